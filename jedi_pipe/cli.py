@@ -1,0 +1,181 @@
+"""The `jedi-pipe` command: parse, call one library function, print. Nothing else lives here."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+
+SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "seed", "codec", "fps",
+                     "short_side", "max_seconds", "shard_max_count", "max_failures", "workers")
+
+
+def fail(msg: str):
+    """One clear sentence on stderr and a non-zero exit, no traceback."""
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="jedi-pipe")
+def main():
+    """jedi-pipe: multi-dataset semi-supervised video action recognition (JEDI).
+
+    \b
+    Stages:  synth -> shard -> (inspect) -> pretrain -> train -> eval
+    Start with `jedi-pipe demo`, which runs them all on generated data.
+    """
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the datasets into (one sub-folder each).")
+@click.option("--datasets", default="hmdb51,ucf101,kinetics400,ssv2", show_default=True, help="Comma-separated subset of hmdb51,ucf101,kinetics400,ssv2.")
+@click.option("--videos-per-class", default=30, show_default=True, type=click.IntRange(2, None), help="Videos generated per class.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same videos.")
+@click.option("--workers", default=None, type=click.IntRange(1, None), help="Processes (default: all cores).")
+@click.option("--kinetics-layout", type=click.Choice(["flat", "per_class"]), default="flat", show_default=True,
+              help="Kinetics videos flat in train/ val/ (CVDF copy) or in per-class folders (MMAction2).")
+def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
+    """Generate synthetic videos in the real on-disk layouts and codecs of the four datasets.
+
+    The datasets differ in label space and look (background, colour, size, speed, camera
+    motion) but share motion primitives, so what one teaches helps the others.
+    """
+    from . import synth as synth_mod
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    unknown = sorted(set(names) - set(synth_mod.DATASETS))
+    if unknown:
+        fail(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(synth_mod.DATASETS)}")
+    t0 = time.time()
+    with _bar("synth", None) as bar:
+        roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
+                                   workers=workers, kinetics_layout=kinetics_layout, progress=bar.update)
+    for name, root in roots.items():
+        click.echo(f"{name:12s} {root}")
+    click.echo(f"synth: {len(roots)} datasets in {time.time() - t0:.1f}s")
+
+
+@main.command()
+@click.option("--dataset", required=True, help="hmdb51 | ucf101 | kinetics400 | ssv2 | folder")
+@click.option("--root", required=True, type=click.Path(), help="Where the dataset was unpacked (split files and videos are searched for under it).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: shards/<dataset>].")
+@click.option("--name", default=None, help="Dataset name in the card (default: --dataset; useful with `folder`).")
+@click.option("--split", default=1, show_default=True, type=int, help="Official split 1|2|3 (hmdb51, ucf101).")
+@click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label [default: 0.1].")
+@click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the labeled selection and shard order.")
+@click.option("--workers", default=None, type=click.IntRange(1, None), help="Transcoding processes (default: all cores).")
+@click.option("--codec", type=click.Choice(["vp9", "mjpeg", "h264"]), default="vp9", show_default=True,
+              help="vp9 decodes on DALI's CPU and GPU paths; h264 only on the GPU; mjpeg is large but cheap to decode.")
+@click.option("--fps", default=12.0, show_default=True, type=float, help="Output frame rate.")
+@click.option("--short-side", default=128, show_default=True, type=int, help="Output short side in pixels.")
+@click.option("--max-seconds", default=10.0, show_default=True, type=float, help="Keep at most this many seconds of each video.")
+@click.option("--shard-max-count", default=1000, show_default=True, type=int, help="Samples per tar at most.")
+@click.option("--max-failures", default=0.05, show_default=True, type=float, help="Fraction of videos allowed to fail before the run exits non-zero.")
+@click.option("--videos", default=None, type=click.Path(), help="Folder of the videos, when not under --root.")
+@click.option("--annotations", default=None, type=click.Path(), help="Folder of the split/annotation files, when not under --root.")
+@click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML of defaults for these options (preprocess/<dataset>.yaml); flags given here win.")
+@click.option("--overwrite", is_flag=True, help="Replace shards made earlier with other settings.")
+@click.pass_context
+def shard(ctx, dataset, root, out, recipe, **opts):
+    """Decode, transcode and write one dataset as WebDataset tar shards (shards/README.md).
+
+    Writes train-labeled / train-unlabeled / test tars with DALI index files, manifest.parquet,
+    dataset.json and errors.jsonl. Interrupted runs resume; a finished run is a no-op.
+    """
+    from .make_shards import ShardError, make_shards
+    if recipe:
+        for key, value in _read_recipe(recipe).items():
+            if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+                opts[key] = value
+    try:
+        s = make_shards(dataset, root, out, **opts)
+    except ShardError as e:
+        fail(str(e))
+    if s.already_complete:
+        click.echo(f"{s.out}: already complete with these settings; nothing to do")
+    counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
+    click.echo(f"{s.out}: {counts}; failures {s.failures} (errors.jsonl); "
+               f"{s.bytes / 1e6:.1f} MB; {s.transcoded} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s)")
+
+
+def _read_recipe(path) -> dict:
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        fail(f"cannot read recipe {path}: {e}")
+    if not isinstance(data, dict):
+        fail(f"recipe {path} must be a YAML mapping of option: value")
+    data.pop("dataset", None)
+    bad = sorted(set(data) - set(SHARD_RECIPE_KEYS))
+    if bad:
+        fail(f"recipe {path}: unknown key(s) {', '.join(bad)}; known: {', '.join(SHARD_RECIPE_KEYS)}")
+    return data
+
+
+@main.command()
+@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--preview", default=None, type=click.Path(dir_okay=False), help="Also write a contact-sheet PNG of a few decoded clips here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the check as one JSON object.")
+def inspect(shard_dir, preview, as_json):
+    """Show a shard folder's card and check every tar against manifest.parquet (counts, sha256)."""
+    from . import shards
+    from .inspect_shards import contact_sheet, verify_shards
+    try:
+        ss = shards.open_shards(shard_dir)
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    report = verify_shards(shard_dir)
+    if as_json:
+        click.echo(json.dumps({"card": ss.card, **report}))
+    else:
+        c = ss.card
+        click.echo(f"{c['name']} ({c['dataset']}, {c['source_split']}): {c['num_classes']} classes, "
+                   f"{c['encoding']['codec']} {c['encoding']['short_side']}px {c['encoding']['fps']}fps")
+        click.echo("  " + ", ".join(f"{r}: {c['counts'][r]} in {len(c['shards'][r])} tar(s)" for r in c["counts"]))
+        click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; {c['bytes'] / 1e6:.1f} MB")
+        click.echo(f"  check: {report['samples_checked']} samples read, "
+                   + ("all match the manifest" if report["ok"] else f"{len(report['problems'])} problem(s):"))
+        for p in report["problems"][:20]:
+            click.echo(f"    {p}")
+    if preview:
+        try:
+            click.echo(f"  preview: {contact_sheet(shard_dir, preview)}")
+        except RuntimeError as e:
+            fail(str(e))
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--out", default="jedi-demo", show_default=True, type=click.Path(file_okay=False), help="Run folder (inside the current directory by default).")
+@click.option("--quick", is_flag=True, help="Fewer videos and steps: a smoke run in about two minutes.")
+@click.option("--seed", default=0, show_default=True, type=int)
+def demo(out, quick, seed):
+    """The whole pipeline on built-in synthetic data: synth -> shard -> inspect."""
+    from .demo import run_demo
+    run_demo(out, quick=quick, seed=seed, echo=click.echo)
+
+
+class _bar:
+    """A tqdm bar on a terminal (nothing when output is piped), usable as a callback."""
+
+    def __init__(self, desc, total):
+        self.desc, self.total = desc, total
+
+    def __enter__(self):
+        from tqdm import tqdm
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="video", disable=None, leave=False)
+        return self.bar
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""What every adapter returns, and the search helpers for real copies' odd folder names."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIDEO_EXTS = (".avi", ".mp4", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+
+
+class DatasetError(Exception):
+    """The input as a whole is unusable (missing root, missing or malformed split file, ...)."""
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    video_id: str      # the dataset's own id (file stem, youtube clip id, SSv2 id)
+    path: str          # absolute path of the source video
+    source: str        # path relative to the dataset root, as recorded in the manifest
+    label: int         # class index into Listing.classes
+    split: str         # "train" or "test"
+
+
+@dataclass
+class Listing:
+    dataset: str
+    root: str
+    classes: list[str]
+    items: list[VideoItem]
+    source_split: str                                    # e.g. "split1", "train/val"
+    errors: list[dict] = field(default_factory=list)     # rows naming missing videos, stray folders
+
+
+def check_root(root) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} does not exist or is not a folder")
+    return root.resolve()
+
+
+def check_split(split: int, allowed=(1, 2, 3)) -> int:
+    if split not in allowed:
+        raise DatasetError(f"--split {split} does not exist; this dataset has splits {', '.join(map(str, allowed))}")
+    return split
+
+
+def find_dir(root: Path, name: str, must_contain: str | None = None) -> Path | None:
+    """The shallowest folder called `name` under root (root itself included)."""
+    if root.name == name and (must_contain is None or (root / must_contain).exists()):
+        return root
+    for dirpath, dirnames, _ in _walk_sorted(root):
+        if name in dirnames:
+            p = Path(dirpath) / name
+            if must_contain is None or (p / must_contain).exists():
+                return p
+    return None
+
+
+def find_file(root: Path, name: str, prefer_parent: str | None = None) -> Path | None:
+    """A file called `name` under root; one inside a folder called `prefer_parent` wins."""
+    hits = [Path(d) / name for d, _, files in _walk_sorted(root) if name in files]
+    if prefer_parent:
+        hits.sort(key=lambda p: p.parent.name != prefer_parent)
+    return hits[0] if hits else None
+
+
+def find_class_root(root: Path, classes: list[str]) -> Path | None:
+    """The shallowest folder holding class folders with videos in them (hmdb51_org/, UCF-101/, ...)."""
+    for dirpath, dirnames, _ in _walk_sorted(root):
+        present = [c for c in classes if c in dirnames]
+        if present and any(f.lower().endswith(VIDEO_EXTS) for f in os.listdir(Path(dirpath) / present[0])):
+            return Path(dirpath)
+    return None
+
+
+def index_videos(root: Path, exts=VIDEO_EXTS) -> dict[str, Path]:
+    """Every video file under root by file name (for layouts that name videos by id)."""
+    found = {}
+    for dirpath, _, files in _walk_sorted(root):
+        for f in files:
+            if f.lower().endswith(exts):
+                found.setdefault(f, Path(dirpath) / f)
+    return found
+
+
+def _walk_sorted(root: Path):
+    # Breadth-first and sorted, so "shallowest" and the first hit are the same on every machine.
+    level = [root]
+    while level:
+        nxt = []
+        for d in level:
+            try:
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError:
+                continue
+            dirs = [e.name for e in entries if e.is_dir(follow_symlinks=True)]
+            files = [e.name for e in entries if not e.is_dir(follow_symlinks=True)]
+            yield str(d), dirs, files
+            nxt.extend(Path(d) / x for x in dirs)
+        level = nxt
+
+
+def rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def missing_error(video_id: str, path: str, what: str) -> dict:
+    return {"video_id": video_id, "path": path, "reason": f"missing file (named by {what})"}

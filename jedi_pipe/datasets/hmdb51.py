@@ -1,0 +1,56 @@
+"""HMDB51: `<class>/<name>.avi` and `testTrainMulti_7030_splits/<class>_test_split<N>.txt`.
+
+Split lines are `<name>.avi <0|1|2> ` (1 train, 2 test, 0 unused). Class order: sorted names.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .common import (DatasetError, Listing, VideoItem, check_root, check_split, find_class_root,
+                     find_dir, missing_error, rel)
+
+SPLITS_DIR = "testTrainMulti_7030_splits"
+_SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>[123])\.txt$")
+
+
+def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
+    root = check_root(root)
+    split = check_split(split)
+    ann = Path(annotations) if annotations else find_dir(root, SPLITS_DIR)
+    if ann is None or not ann.is_dir():
+        raise DatasetError(f"no {SPLITS_DIR}/ folder with the HMDB51 split files under {root} (use --annotations)")
+    split_files = {m["cls"]: ann / f.name for f in sorted(ann.iterdir())
+                   if (m := _SPLIT_FILE.match(f.name)) and m["n"] == str(split)}
+    if not split_files:
+        raise DatasetError(f"{ann} holds no *_test_split{split}.txt files")
+    classes = sorted(split_files)
+
+    vroot = Path(videos) if videos else find_class_root(root, classes)
+    if vroot is None:
+        raise DatasetError(f"no folder holding the HMDB51 class folders (e.g. {classes[0]}/) under {root} (use --videos)")
+
+    items, errors = [], []
+    for label, cls in enumerate(classes):
+        for lineno, line in enumerate(split_files[cls].read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise DatasetError(f"{split_files[cls]}:{lineno}: expected '<name>.avi <0|1|2>', got {line!r}")
+            name, flag = parts
+            if flag == "0":
+                continue
+            path = vroot / cls / name
+            vid = Path(name).stem
+            if not path.is_file():
+                errors.append(missing_error(vid, rel(path, root), split_files[cls].name))
+                continue
+            items.append(VideoItem(vid, str(path), rel(path, root), label, "train" if flag == "1" else "test"))
+
+    for d in sorted(p for p in vroot.iterdir() if p.is_dir() and p.name not in split_files and p != ann):
+        if any(d.glob("*.avi")):
+            errors.append({"video_id": d.name, "path": rel(d, root),
+                           "reason": f"class folder absent from the split lists (split {split}); its videos are skipped"})
+    return Listing("hmdb51", str(root), classes, items, f"split{split}", errors)
+

@@ -1,0 +1,61 @@
+"""Kinetics-400: `annotations/{train,val}.csv` and `<youtube_id>_<start:06d>_<end:06d>.mp4`.
+
+Videos may be flat (`train/`, `val/`, as in the CVDF copy) or in per-class folders (as
+MMAction2 lays them out): they are found by file name anywhere under the videos root. CSV rows
+whose video is missing (every real download misses some) go to errors.jsonl.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .common import (DatasetError, Listing, VideoItem, check_root, find_file, index_videos,
+                     missing_error, rel)
+
+HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
+def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
+    root = check_root(root)
+    if split != 1:
+        raise DatasetError(f"--split {split} does not exist; Kinetics-400 has one split (train/val)")
+    ann = Path(annotations) if annotations else None
+    csvs = {}
+    for name in ("train", "val"):
+        p = (ann / f"{name}.csv") if ann else find_file(root, f"{name}.csv", prefer_parent="annotations")
+        if p is None or not p.is_file():
+            raise DatasetError(f"no {name}.csv with the Kinetics-400 annotations under {ann or root} (use --annotations)")
+        csvs[name] = _read_csv(p)
+    classes = sorted({row["label"] for row in csvs["train"]})
+    index = {c: i for i, c in enumerate(classes)}
+    files = index_videos(Path(videos) if videos else root)
+
+    items, errors = [], []
+    for name, split_name in (("train", "train"), ("val", "test")):
+        for row in csvs[name]:
+            vid = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
+            if row["label"] not in index:
+                errors.append({"video_id": vid, "path": "", "reason": f"label {row['label']!r} absent from train.csv"})
+                continue
+            path = next((files[vid + ext] for ext in (".mp4", ".mkv", ".webm") if vid + ext in files), None)
+            if path is None:
+                errors.append(missing_error(vid, vid + ".mp4", f"{name}.csv"))
+                continue
+            items.append(VideoItem(vid, str(path), rel(path, root), index[row["label"]], split_name))
+    return Listing("kinetics400", str(root), classes, items, "train/val", errors)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [h for h in HEADER[:4] if h not in (reader.fieldnames or [])]
+        if missing:
+            raise DatasetError(f"{path}: header lacks {', '.join(missing)} (expected {','.join(HEADER)})")
+        rows = list(reader)
+    for i, row in enumerate(rows, 2):
+        try:
+            int(float(row["time_start"])), int(float(row["time_end"]))
+        except (TypeError, ValueError):
+            raise DatasetError(f"{path}:{i}: time_start/time_end are not numbers: {row}") from None
+        row["time_start"], row["time_end"] = int(float(row["time_start"])), int(float(row["time_end"]))
+    return rows

@@ -1,0 +1,97 @@
+"""Check a shard folder against its manifest, and draw a contact sheet of a few clips."""
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from pathlib import Path
+
+from . import shards
+
+
+def verify_shards(root) -> dict:
+    """Re-read every tar: counts, keys and sha256 of each clip against manifest.parquet.
+
+    Returns {"ok": bool, "problems": [str], "counts": {role: n}, "samples_checked": n}.
+    """
+    ss = shards.open_shards(root)
+    manifest = ss.manifest().to_pylist()
+    by_key = {r["key"]: r for r in manifest}
+    problems, seen = [], Counter()
+    for role in shards.ROLES:
+        for tar in ss.tars(role):
+            if not tar.is_file():
+                problems.append(f"{tar.name}: missing")
+                continue
+            if not Path(shards.index_name(str(tar))).is_file():
+                problems.append(f"{tar.name}: its DALI index {tar.name}.idx is missing")
+            for sample in shards.iter_tar_samples(tar):
+                key = sample["__key__"]
+                row = by_key.get(key)
+                seen[key] += 1
+                if row is None:
+                    problems.append(f"{tar.name}: sample {key} is not in the manifest")
+                    continue
+                clip = sample.get(ss.clip_ext)
+                if row["shard"] != tar.name or row["role"] != role:
+                    problems.append(f"{tar.name}: {key} belongs to {row['shard']} ({row['role']})")
+                if clip is None or hashlib.sha256(clip).hexdigest() != row["sha256"]:
+                    problems.append(f"{tar.name}: {key} clip bytes differ from the manifest's sha256")
+                if int(sample["cls"]) != row["label"]:
+                    problems.append(f"{tar.name}: {key} cls {int(sample['cls'])} != manifest label {row['label']}")
+    for key in by_key.keys() - seen.keys():
+        problems.append(f"manifest row {key} is in no tar")
+    problems += [f"{k} appears {n} times" for k, n in seen.items() if n > 1]
+    counts = Counter(r["role"] for r in manifest)
+    for role in shards.ROLES:
+        if counts[role] != ss.count(role):
+            problems.append(f"{role}: manifest has {counts[role]} rows, dataset.json says {ss.count(role)}")
+    return {"ok": not problems, "problems": problems, "counts": dict(counts), "samples_checked": sum(seen.values())}
+
+
+def decode_frames(data: bytes, n: int):
+    """n frames evenly spaced over the clip, as uint8 [n, H, W, 3] (PyAV)."""
+    import av
+    import numpy as np
+    with av.open(io.BytesIO(data)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    picks = np.linspace(0, len(frames) - 1, n).round().astype(int)
+    return np.stack([frames[i] for i in picks])
+
+
+def contact_sheet(root, out_png, clips: int = 6, frames: int = 8, role: str = "test") -> Path:
+    """A PNG with a row of frames per clip and its label under it (needs matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError('the preview needs matplotlib: pip install "jedi-pipe[plots]"') from None
+    ss = shards.open_shards(root)
+    role = role if ss.count(role) else next(r for r in shards.ROLES if ss.count(r))
+    samples = []
+    for tar in ss.tars(role):
+        for s in shards.iter_tar_samples(tar):
+            samples.append(s)
+            if len(samples) == clips:
+                break
+        if len(samples) == clips:
+            break
+    fig, axes = plt.subplots(len(samples), frames, figsize=(frames * 1.2, len(samples) * 1.45), squeeze=False)
+    for row, s in enumerate(samples):
+        label = int(s["cls"])
+        name = ss.classes[label] if label >= 0 else "(unlabeled)"
+        for col, img in enumerate(decode_frames(s[ss.clip_ext], frames)):
+            ax = axes[row, col]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(s["__key__"][:14], fontsize=6)
+        axes[row, frames // 2].set_xlabel(f"{name}  [{label}]", fontsize=8)
+    fig.suptitle(f"{ss.name} · {role} · {frames} frames per clip, time left to right", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,255 @@
+"""JEDI: joint expert distillation across datasets (arXiv 2308.04934). Pure tensor code.
+
+For N datasets, student i is ``S_i = h_i(f_i(x))`` (a registered model: ``f_i`` = its
+``features``, ``h_i`` = its ``head``); teacher i is ``T_i(x) = g_i([f_1(x); ...; f_N(x)])``, a
+linear head over the concatenated penultimate features of all students. Students and teachers
+train together: supervised CE of S_i and T_i on labeled clips of dataset i, and distillation
+of T_i (stop-gradient) into S_i on unlabeled clips of dataset i.
+
+Batches are typed by role: labeled clips travel with labels, unlabeled clips are passed as
+clips only (``forward(labeled, unlabeled)``), so an unlabeled label cannot reach a loss.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TEACHER_INITS = ("block", "probe")
+
+
+@dataclass
+class JEDIConfig:
+    temperature: float = 1.0  # tau of the soft targets; the KL term is scaled by tau^2
+    threshold: float = 0.0  # unlabeled clip is masked when the teacher's max prob (at tau=1) is below; 0 keeps all
+    hard: bool = False  # distill argmax pseudo-labels with CE instead of soft targets (tau unused)
+    w_sup_student: float = 1.0  # weight of CE(S_i, y) on labeled clips
+    w_sup_teacher: float = 1.0  # weight of CE(T_i, y) on labeled clips
+    w_distill: float = 1.0  # weight of the T_i -> S_i distillation on unlabeled clips
+    detach_teacher_features: bool = False  # ablation: teacher losses stop at the features, train g_i only
+    teacher_init: str = "block"  # "block": g_i = h_i on f_i's block (T_i == S_i at start); "probe": fit g_i
+    #                              with fit_teacher_heads_probe() on labeled features before training
+
+    def __post_init__(self):
+        if self.teacher_init not in TEACHER_INITS:
+            raise ValueError(f"teacher_init must be one of {TEACHER_INITS}, got {self.teacher_init!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
+
+
+class Logits(NamedTuple):
+    student: Tensor  # [B, C_i]  S_i(x)
+    teacher: Tensor  # [B, C_i]  T_i(x)
+
+
+@dataclass
+class StepOutput:
+    labeled: dict[str, Logits] = field(default_factory=dict)  # per dataset, rows of the labeled clips
+    unlabeled: dict[str, Logits] = field(default_factory=dict)  # per dataset, rows of the unlabeled clips
+
+
+class JEDI(nn.Module):
+    """N students (one per dataset, any registered architectures) and their N teacher heads."""
+
+    def __init__(self, students: Sequence[tuple[str, nn.Module]] | Mapping[str, nn.Module],
+                 config: JEDIConfig | None = None):
+        super().__init__()
+        students = list(students.items()) if isinstance(students, Mapping) else list(students)
+        if not students:
+            raise ValueError("JEDI needs at least one (dataset name, model) pair")
+        names = [name for name, _ in students]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        for name, model in students:
+            if not (hasattr(model, "features") and isinstance(getattr(model, "head", None), nn.Linear)
+                    and hasattr(model, "num_features")):
+                raise TypeError(f"student {name!r} must follow the model contract "
+                                "(features(x), a linear `head`, `num_features`); build it with jedi_pipe.models.build")
+        self.config = config or JEDIConfig()
+        self.names = names
+        self.students = nn.ModuleDict(students)
+        # column block of f_i inside the teachers' input [f_1; ...; f_N]
+        self.feature_slices: dict[str, slice] = {}
+        start = 0
+        for name, model in students:
+            self.feature_slices[name] = slice(start, start + model.num_features)
+            start += model.num_features
+        self.teacher_dim = start
+        self.teachers = nn.ModuleDict({name: nn.Linear(start, m.head.out_features) for name, m in students})
+        # "probe" also starts here: the block init is a warm start that the probe then refines
+        self.init_teachers_block()
+
+    @classmethod
+    def from_experts(cls, experts: Mapping[str, nn.Module], config: JEDIConfig | None = None,
+                     copy_experts: bool = True) -> JEDI:
+        """Students start as the per-dataset experts; copies by default, so the experts stay
+        intact for reporting the expert baseline."""
+        return cls([(n, copy.deepcopy(m) if copy_experts else m) for n, m in experts.items()], config)
+
+    @torch.no_grad()
+    def init_teachers_block(self) -> None:
+        """g_i <- h_i on f_i's column block, zeros elsewhere: T_i(x) == S_i(x).
+
+        Note the zero blocks: at this point T_i does not depend on f_j (j != i), so the very
+        first teacher gradient reaches only f_i; once g_i's off-block weights move (one
+        optimizer step), teacher losses reach every backbone.
+        """
+        for name in self.names:
+            g, h = self.teachers[name], self.students[name].head
+            g.weight.zero_()
+            g.weight[:, self.feature_slices[name]] = h.weight
+            if h.bias is not None:
+                g.bias.copy_(h.bias)
+            else:
+                g.bias.zero_()
+
+    def teacher_features(self, x: Tensor) -> Tensor:
+        """[f_1(x); ...; f_N(x)]: the teachers' input, [B, teacher_dim] (e.g. for the probe)."""
+        return torch.cat([self.students[n].features(x) for n in self.names], dim=1)
+
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
+        """Student and teacher logits for every dataset's clips, every backbone run ONCE.
+
+        ``labeled`` / ``unlabeled``: dataset name -> clips ``[B, C, T, H, W]`` (any subset of the
+        datasets; for evaluation pass the test clips as ``labeled``). All clips of the step go
+        through each backbone as one batch (so they must share C, T, H, W); the rows are then
+        split back per dataset and role.
+        """
+        parts = [("labeled", n, x) for n, x in labeled.items()]
+        parts += [("unlabeled", n, x) for n, x in (unlabeled or {}).items()]
+        if not parts:
+            raise ValueError("forward needs at least one batch of clips")
+        for role, name, x in parts:
+            if name not in self.students:
+                raise KeyError(f"{role} clips for unknown dataset {name!r}; JEDI datasets: {self.names}")
+            if x.dim() != 5:
+                raise ValueError(f"{role} clips of {name!r} must be [B, C, T, H, W], got shape {tuple(x.shape)}")
+        shapes = {tuple(x.shape[1:]) for _, _, x in parts}
+        if len(shapes) > 1:
+            got = ", ".join(f"{name}/{role}: {tuple(x.shape[1:])}" for role, name, x in parts)
+            raise ValueError("all clips of a JEDI step run through every backbone as one batch, so they must "
+                             f"share [C, T, H, W]; got {got}. Use one clip length and crop size for all datasets.")
+
+        x = torch.cat([x for _, _, x in parts]) if len(parts) > 1 else parts[0][2]
+        feats = [self.students[n].features(x) for n in self.names]
+        teacher_in = torch.cat(feats, dim=1)
+        if self.config.detach_teacher_features:
+            teacher_in = teacher_in.detach()
+
+        out, start = StepOutput(), 0
+        for role, name, clips in parts:
+            rows = slice(start, start + clips.shape[0])
+            start = rows.stop
+            student = self.students[name].head(feats[self.names.index(name)][rows])
+            getattr(out, role)[name] = Logits(student, self.teachers[name](teacher_in[rows]))
+        return out
+
+    def forward_all(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
+        # through __call__, so module hooks fire as for jedi(...)
+        return self(labeled, unlabeled)
+
+
+def distill_loss(student_logits: Tensor, teacher_logits: Tensor, cfg: JEDIConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher -> student on unlabeled clips. Returns (loss, mask_rate, mean teacher confidence).
+
+    The loss is averaged over ALL unlabeled clips (masked ones count as zero, as in FixMatch),
+    so its scale does not jump when few clips pass the threshold.
+    """
+    t = teacher_logits.detach().float()  # stop-gradient: the target never trains the teacher
+    s = student_logits.float()
+    conf = t.softmax(-1).amax(-1)
+    keep = (conf >= cfg.threshold).float()
+    if cfg.hard:
+        per_clip = F.cross_entropy(s, t.argmax(-1), reduction="none")
+    else:
+        tau = cfg.temperature
+        log_p_t = F.log_softmax(t / tau, dim=-1)
+        per_clip = (log_p_t.exp() * (log_p_t - F.log_softmax(s / tau, dim=-1))).sum(-1) * tau**2
+    return (per_clip * keep).mean(), 1.0 - keep.mean(), conf.mean()
+
+
+def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) -> tuple[Tensor, dict[str, Tensor]]:
+    """Total loss of one step, and per-dataset detached scalars for logging.
+
+    ``labels``: dataset name -> class indices ``[B]`` for exactly the datasets in ``out.labeled``.
+    Log keys: ``{name}/sup_student``, ``{name}/sup_teacher``, ``{name}/distill``,
+    ``{name}/mask_rate`` (fraction of unlabeled clips masked out), ``{name}/teacher_conf``,
+    and ``total``. Values are 0-dim tensors on the logits' device: no host sync here.
+    """
+    if set(labels) != set(out.labeled):
+        raise ValueError(f"labels given for {sorted(labels)} but labeled clips for {sorted(out.labeled)}")
+    terms: list[Tensor] = []
+    logs: dict[str, Tensor] = {}
+    for name, (s, t) in out.labeled.items():
+        y = labels[name]
+        if y.shape != s.shape[:1]:
+            raise ValueError(f"labels of {name!r}: expected shape {tuple(s.shape[:1])}, got {tuple(y.shape)}")
+        # float(): under autocast the logits may be half precision; CE wants full precision
+        ce_s, ce_t = F.cross_entropy(s.float(), y), F.cross_entropy(t.float(), y)
+        terms += [cfg.w_sup_student * ce_s, cfg.w_sup_teacher * ce_t]
+        logs[f"{name}/sup_student"], logs[f"{name}/sup_teacher"] = ce_s.detach(), ce_t.detach()
+    for name, (s, t) in out.unlabeled.items():
+        loss, mask_rate, conf = distill_loss(s, t, cfg)
+        terms.append(cfg.w_distill * loss)
+        logs[f"{name}/distill"], logs[f"{name}/mask_rate"], logs[f"{name}/teacher_conf"] = (
+            loss.detach(), mask_rate, conf)
+    if not terms:
+        raise ValueError("no labeled or unlabeled outputs to compute a loss on")
+    total = torch.stack(terms).sum()
+    logs["total"] = total.detach()
+    return total, logs
+
+
+def fit_teacher_heads_probe(jedi: JEDI, feats_per_dataset: Mapping[str, Tensor], labels_per_dataset: Mapping[str, Tensor],
+                            steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4) -> dict[str, Tensor]:
+    """``teacher_init="probe"``: fit each g_i by full-batch logistic regression (Adam).
+
+    ``feats_per_dataset[i]``: ``jedi.teacher_features(x)`` of dataset i's labeled clips,
+    ``[M_i, teacher_dim]``, computed beforehand (eval mode, no grad); ``labels_per_dataset[i]``:
+    ``[M_i]``. Starts from the current g_i (the block init, i.e. the expert), touches nothing
+    else. Returns the final training loss per dataset.
+    """
+    final = {}
+    for name, feats in feats_per_dataset.items():
+        g, y = jedi.teachers[name], labels_per_dataset[name]
+        if feats.shape != (y.shape[0], jedi.teacher_dim):
+            raise ValueError(f"probe features of {name!r}: expected [{y.shape[0]}, {jedi.teacher_dim}], "
+                             f"got {list(feats.shape)}")
+        feats = feats.detach().to(g.weight)
+        y = y.to(g.weight.device)
+        # optimise copies, so the module's .grad fields and autograd graph stay untouched
+        w = g.weight.detach().clone().requires_grad_()
+        b = g.bias.detach().clone().requires_grad_()
+        opt = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(F.linear(feats, w, b), y)
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            g.weight.copy_(w)
+            g.bias.copy_(b)
+            final[name] = F.cross_entropy(F.linear(feats, w, b), y)
+    return final
+
+
+@torch.no_grad()
+def ema_update(teacher_model: nn.Module, student_model: nn.Module, decay: float) -> None:
+    """teacher <- decay * teacher + (1 - decay) * student, parameters and float buffers (BN
+    running stats) alike; integer buffers (num_batches_tracked) are copied."""
+    teacher_sd = teacher_model.state_dict()
+    for key, s in student_model.state_dict().items():
+        t = teacher_sd[key]
+        if t.is_floating_point():
+            t.lerp_(s.to(t.dtype), 1.0 - decay)
+        else:
+            t.copy_(s)

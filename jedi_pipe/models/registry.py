@@ -1,0 +1,116 @@
+"""One flat model registry, one constructor, and the one place that loads weights.
+
+Contract of every registered model (JEDI's teachers depend on it):
+  - input ``[B, C, T, H, W]`` float, normalized with ``model.default_cfg["mean"/"std"]``;
+  - ``features(x) -> [B, num_features]``: penultimate features after global pooling;
+  - ``head``: ``nn.Linear(num_features, num_classes)``;
+  - ``forward(x) == head(features(x))``;
+  - ``default_cfg``: the preprocessing that belongs to the architecture / its weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
+
+# Kinetics-400 statistics of torchvision's video models (RGB in [0, 1]).
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+def register_model(**default_cfg):
+    """Decorator: ``@register_model(frames=16, size=112, ...)`` over ``fn(num_classes, **kw)``."""
+
+    def deco(fn):
+        if fn.__name__ in _REGISTRY:
+            raise ValueError(f"model {fn.__name__!r} is registered twice")
+        _REGISTRY[fn.__name__] = (fn, {"arch": fn.__name__, **default_cfg})
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build(name: str, num_classes: int, weights: str | os.PathLike | None = None, **kw) -> nn.Module:
+    """Build registered model ``name``; ``kw`` go to the model (e.g. ``width`` for tiny3d).
+
+    ``weights``: optional checkpoint path, loaded with :func:`load_weights` (a head with a
+    different class count is skipped, so Kinetics weights can start a 51-class model).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    fn, cfg = _REGISTRY[name]
+    model = fn(num_classes=num_classes, **kw)
+    model.default_cfg = dict(cfg)  # a copy: callers may edit theirs
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+class LoadResult(NamedTuple):
+    missing: list[str]
+    unexpected: list[str]
+
+
+def _head_prefix(keys) -> str | None:
+    # torchvision calls the classifier `fc`; our own models call it `head`
+    for prefix in ("head.", "fc."):
+        if f"{prefix}weight" in keys:
+            return prefix
+    return None
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike | Mapping) -> LoadResult:
+    """Load a checkpoint into ``model`` by name, non-strictly, and report what did not match.
+
+    Accepts a path or an already loaded mapping; a plain state_dict, or a dict holding it under
+    ``state_dict`` or ``model`` (our trainer's checkpoints, most others); a DDP ``module.``
+    prefix is stripped; ``fc.*`` and ``head.*`` are mapped onto whichever the model uses.
+    A classifier whose shape differs (other class count) is skipped and its keys come back in
+    ``missing``. Any other shape mismatch is an error: it means a different architecture.
+    """
+    sd = path if isinstance(path, Mapping) else torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if wrapper in sd and isinstance(sd[wrapper], Mapping):
+            sd = sd[wrapper]
+            break
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+
+    own = model.state_dict()
+    src_head, dst_head = _head_prefix(sd), _head_prefix(own)
+    if src_head and dst_head and src_head != dst_head:
+        sd = {(dst_head + k[len(src_head):] if k.startswith(src_head) else k): v for k, v in sd.items()}
+
+    if dst_head and f"{dst_head}weight" in sd and sd[f"{dst_head}weight"].shape != own[f"{dst_head}weight"].shape:
+        src_classes, dst_classes = sd[f"{dst_head}weight"].shape[0], own[f"{dst_head}weight"].shape[0]
+        warnings.warn(
+            f"load_weights: head skipped: checkpoint has {src_classes} classes, model has {dst_classes}",
+            stacklevel=2,
+        )
+        sd = {k: v for k, v in sd.items() if not k.startswith(dst_head)}
+
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+           for k, v in sd.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise ValueError(f"load_weights: shape mismatch (another architecture?): {'; '.join(bad[:5])}")
+
+    result = model.load_state_dict(sd, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        log.warning("load_weights: %d missing keys %s, %d unexpected keys %s",
+                    len(missing), missing[:8], len(unexpected), unexpected[:8])
+    return LoadResult(missing, unexpected)
