@@ -208,8 +208,9 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
     return total, logs
 
 
-def fit_teacher_heads_probe(jedi: JEDI, feats_per_dataset: Mapping[str, Tensor], labels_per_dataset: Mapping[str, Tensor],
-                            steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4) -> dict[str, Tensor]:
+def fit_teacher_heads_probe(jedi: JEDI, feats_per_dataset: Mapping[str, Tensor],
+                            labels_per_dataset: Mapping[str, Tensor], steps: int = 300, lr: float = 1e-2,
+                            weight_decay: float = 1e-4) -> dict[str, Tensor]:
     """``teacher_init="probe"``: fit each g_i by full-batch logistic regression (Adam).
 
     ``feats_per_dataset[i]``: ``jedi.teacher_features(x)`` of dataset i's labeled clips,

@@ -69,8 +69,9 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
               .filter("fps", fps=settings.fps)
               .filter("scale", w=f"if(lte(iw,ih),{settings.short_side},-2)",
                       h=f"if(lte(iw,ih),-2,{settings.short_side})", flags="bilinear"))
-    out = ffmpeg.output(stream, dst, an=None, threads=1, **opts)
-    return ffmpeg.compile(out.global_args("-nostdin", "-loglevel", "error", "-threads", "1"),
+    # bitexact: no random segment UID or encoder-version string, so equal inputs give equal bytes
+    out = ffmpeg.output(stream, dst, an=None, threads=1, fflags="+bitexact", **{"flags:v": "+bitexact"}, **opts)
+    return ffmpeg.compile(out.global_args("-nostdin", "-loglevel", "error"),
                           cmd=ffmpeg_exe(), overwrite_output=True)
 
 

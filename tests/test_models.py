@@ -69,8 +69,8 @@ def test_torchvision_key_names(name, kinetics_state_dicts):
     assert len(sd) == expected["entries"]
     for key, shape in expected["keys"].items():
         assert tuple(sd[key].shape) == shape, key
-    assert sum(v.numel() for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))) \
-        == expected["params"]
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    assert sum(v.numel() for k, v in sd.items() if not k.endswith(buffers)) == expected["params"]
     assert not any(k.startswith("head.") for k in sd)  # `head` aliases `fc`, never a second copy
 
 
@@ -90,8 +90,6 @@ def test_mismatched_head_is_skipped_and_reported(kinetics_state_dicts, tmp_path)
     with pytest.warns(UserWarning, match="head skipped: checkpoint has 400 classes, model has 51"):
         model = build("r3d_18", 51, weights=path)
     torch.testing.assert_close(model.stem[0].weight, kinetics_state_dicts["r3d_18"]["stem.0.weight"])
-    missing, unexpected = load_weights(build("r3d_18", 51), kinetics_state_dicts["r3d_18"]) \
-        if False else (None, None)  # placeholder removed below
     with pytest.warns(UserWarning):
         missing, unexpected = load_weights(build("r3d_18", 51), path)
     assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []

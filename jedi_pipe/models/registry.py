@@ -95,13 +95,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike | Mapping) -> LoadRes
     if src_head and dst_head and src_head != dst_head:
         sd = {(dst_head + k[len(src_head):] if k.startswith(src_head) else k): v for k, v in sd.items()}
 
-    if dst_head and f"{dst_head}weight" in sd and sd[f"{dst_head}weight"].shape != own[f"{dst_head}weight"].shape:
-        src_classes, dst_classes = sd[f"{dst_head}weight"].shape[0], own[f"{dst_head}weight"].shape[0]
-        warnings.warn(
-            f"load_weights: head skipped: checkpoint has {src_classes} classes, model has {dst_classes}",
-            stacklevel=2,
-        )
-        sd = {k: v for k, v in sd.items() if not k.startswith(dst_head)}
+    # same feature width, other class count: a head for another label set, skip it
+    src_w = sd.get(f"{dst_head}weight") if dst_head else None
+    if src_w is not None:
+        dst_w = own[f"{dst_head}weight"]
+        if src_w.shape[1:] == dst_w.shape[1:] and len(src_w) != len(dst_w):
+            warnings.warn(f"load_weights: head skipped: checkpoint has {len(src_w)} classes, "
+                          f"model has {len(dst_w)}", stacklevel=2)
+            sd = {k: v for k, v in sd.items() if not k.startswith(dst_head)}
 
     bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
            for k, v in sd.items() if k in own and v.shape != own[k].shape]

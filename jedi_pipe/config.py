@@ -1,0 +1,173 @@
+"""Training config: plain dataclasses with a default and a comment for every value.
+
+A YAML file is validated on load against these classes: an unknown key or a value of the wrong
+type is an error that names the key. `--set a.b=value` overrides are parsed as YAML scalars
+and checked the same way. The resolved config is saved in the run folder and in checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key."""
+
+
+@dataclass
+class DatasetCfg:
+    name: str                     # dataset name (results, checkpoints and logs use it)
+    shards: str                   # shard folder written by `jedi-pipe shard`
+    model: str = "tiny3d"         # registered model (jedi_pipe.models.list_models())
+    flip: bool = True             # horizontal flip in training; false for direction-dependent labels (ssv2)
+    init: str = ""                # optional weights file for the backbone (e.g. torchvision's r3d_18 .pth)
+
+
+@dataclass
+class ClipCfg:
+    frames: int = 8               # T, frames per clip
+    stride: int = 1               # temporal stride between sampled frames
+    size: int = 32                # crop size in pixels (H = W)
+    eval_views: int = 1           # temporal windows averaged per test clip
+
+
+@dataclass
+class PretrainCfg:
+    epochs: int = 30              # passes over each dataset's labeled clips
+    lr: float = 0.01              # peak learning rate (SGD, momentum 0.9, cosine decay)
+    batch_size: int = 16          # labeled clips per step
+    weight_decay: float = 5e-4
+    warmup_steps: int = 20        # linear warm-up at the start
+
+
+@dataclass
+class JediCfg:
+    epochs: int = 20              # epochs of the joint phase; an epoch = one pass over the labeled clips
+    lr: float = 0.005             # peak learning rate of students and teachers
+    batch_size: int = 16          # labeled clips per dataset per step
+    unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
+    temperature: float = 1.0      # softening of the teachers' targets
+    threshold: float = 0.0        # teacher confidence below which an unlabeled clip is ignored
+    hard: bool = False            # hard pseudo-labels instead of soft targets
+    w_sup_student: float = 1.0    # supervised CE weight of the students
+    w_sup_teacher: float = 1.0    # supervised CE weight of the teachers
+    w_distill: float = 1.0        # distillation weight (teacher -> student, unlabeled clips)
+    detach_teacher_features: bool = False   # ablation: teacher losses do not reach the backbones
+    teacher_init: str = "block"   # block: T_i == S_i at start; probe: fit teacher heads on labeled features first
+    weight_decay: float = 5e-4
+    warmup_steps: int = 20
+
+
+@dataclass
+class Config:
+    name: str                                   # run name
+    out: str                                    # run folder (experts/, checkpoints, metrics, results)
+    datasets: list[DatasetCfg]                  # one entry per dataset
+    seed: int = 0                               # seeds model init, sampling and augmentation
+    clip: ClipCfg = field(default_factory=ClipCfg)
+    pretrain: PretrainCfg = field(default_factory=PretrainCfg)
+    jedi: JediCfg = field(default_factory=JediCfg)
+    loader: str = "auto"                        # auto | dali | torch
+    device: str = "auto"                        # auto | cpu | cuda
+    threads: int = 2                            # loader threads per dataset pipeline
+    eval_batch_size: int = 32
+    eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
+    checkpoint_every: int = 50                  # steps between checkpoints (and at the end)
+    compile: bool = False                       # torch.compile the backbones (GPU runs)
+
+    def __post_init__(self):
+        for key, allowed in (("loader", ("auto", "dali", "torch")), ("device", ("auto", "cpu", "cuda"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        if not self.datasets:
+            raise ConfigError("datasets: at least one dataset is needed")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"datasets: names must be unique, got {names}")
+        if self.jedi.teacher_init not in ("block", "probe"):
+            raise ConfigError(f"jedi.teacher_init: block or probe, got {self.jedi.teacher_init!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data, where: str):
+    """Instantiate dataclass `cls` from a mapping, checking keys and types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, _join(where, name))
+    missing = [n for n, f in fields.items() if n not in kwargs
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{_join(where, missing[0])}: required key is missing")
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, where):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
+            or not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _join(where, key):
+    return f"{where}.{key}" if where else key
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """`a.b=value` strings applied to the raw mapping; values parsed as YAML scalars."""
+    import yaml
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        node, parts = data, key.split(".")
+        for p in parts[:-1]:
+            if isinstance(node, list) and p.isdigit():
+                node = node[int(p)]
+            else:
+                node = node.setdefault(p, {})
+        value = yaml.safe_load(raw)
+        if isinstance(node, list):
+            node[int(parts[-1])] = value
+        else:
+            node[parts[-1]] = value
+    return data
+
+
+def load_config(path=None, overrides: list[str] = (), data: dict | None = None) -> Config:
+    """A validated Config from a YAML file (or a mapping), with `--set` overrides."""
+    import yaml
+    if data is None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    data = apply_overrides(data, list(overrides))
+    return _build(Config, data, "")
+
+
+def save_config(cfg: Config, path) -> None:
+    import yaml
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

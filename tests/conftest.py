@@ -1,0 +1,27 @@
+"""Shared fixtures: synthetic datasets and their shards, built once per test session."""
+from __future__ import annotations
+
+import pytest
+
+# Small but real: every adapter, codec and role is exercised; ~1 min on 2 cores.
+SHARD_OPTS = dict(fps=8.0, short_side=32, max_seconds=3.0, labeled_fraction=0.25, shard_max_count=7, workers=2)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    from jedi_pipe import synth
+    out = tmp_path_factory.mktemp("synth")
+    synth.generate(out, videos_per_class=4, seed=0, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shard_dirs(synth_root, tmp_path_factory):
+    from jedi_pipe.make_shards import make_shards
+    out = tmp_path_factory.mktemp("shards")
+    dirs = {}
+    for name in ("hmdb51", "ucf101", "kinetics400", "ssv2"):
+        s = make_shards(name, synth_root / name, out / name, max_failures=0.5, **SHARD_OPTS)
+        dirs[name] = out / name
+        assert s.counts["test"] > 0 and s.counts["labeled"] > 0
+    return dirs

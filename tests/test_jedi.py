@@ -1,0 +1,180 @@
+"""JEDI: teacher construction, one pass per backbone, gradient routing, losses."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from jedi_pipe.jedi import JEDI, JEDIConfig, distill_loss, ema_update, fit_teacher_heads_probe, jedi_losses
+from jedi_pipe.models import build
+
+CLIP = (3, 4, 16, 16)
+
+
+def clips(b=2, shape=CLIP):
+    return torch.randn(b, *shape)
+
+
+def make_jedi(**cfg):
+    torch.manual_seed(0)
+    experts = {"a": build("tiny3d", 3, width=8), "b": build("tiny3d", 5, width=16)}
+    return JEDI.from_experts(experts, JEDIConfig(**cfg)), experts
+
+
+def backbone_params(model):
+    return [p for n, p in model.named_parameters() if not n.startswith(("head.", "fc."))]
+
+
+def test_teacher_width_is_sum_of_feature_widths():
+    jedi, experts = make_jedi()
+    assert jedi.teacher_dim == 32 + 64
+    assert jedi.teachers["a"].weight.shape == (3, 96) and jedi.teachers["b"].weight.shape == (5, 96)
+    assert jedi.feature_slices == {"a": slice(0, 32), "b": slice(32, 96)}
+    assert jedi.students["a"] is not experts["a"]  # from_experts copies: experts stay intact
+
+
+def test_block_init_teacher_equals_student():
+    jedi, _ = make_jedi()
+    out = jedi.forward_all({"a": clips(), "b": clips(3)}, {"a": clips(4), "b": clips(1)})
+    for role in (out.labeled, out.unlabeled):
+        for name, (s, t) in role.items():
+            torch.testing.assert_close(t, s, rtol=1e-5, atol=1e-6)
+    assert out.labeled["b"].student.shape == (3, 5) and out.unlabeled["a"].teacher.shape == (4, 3)
+    # soft distillation of a teacher into an identical student is zero
+    loss, mask_rate, _ = distill_loss(out.unlabeled["a"].student, out.unlabeled["a"].teacher, jedi.config)
+    assert loss.abs() < 1e-6 and mask_rate == 0
+
+
+def test_each_backbone_runs_once_over_the_union():
+    jedi, _ = make_jedi()
+    seen = {name: [] for name in jedi.names}
+    for name in jedi.names:
+        jedi.students[name].stem.register_forward_hook(lambda m, i, o, name=name: seen[name].append(i[0].shape[0]))
+    jedi.forward_all({"a": clips(2), "b": clips(3)}, {"a": clips(4), "b": clips(5)})
+    assert seen == {"a": [14], "b": [14]}
+
+
+def _teacher_loss_grads(jedi):
+    out = jedi({"a": clips()})
+    loss = F.cross_entropy(out.labeled["a"].teacher, torch.tensor([0, 2]))
+    jedi.zero_grad(set_to_none=True)
+    loss.backward()
+    return {name: [p.grad for p in backbone_params(jedi.students[name])] for name in jedi.names}
+
+
+def test_teacher_loss_reaches_every_backbone():
+    jedi, _ = make_jedi()
+    # at the block init, T_a ignores f_b (zero block), so the first gradient reaches f_a only
+    grads = _teacher_loss_grads(jedi)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads["a"])
+    assert all(g is None or g.abs().sum() == 0 for g in grads["b"])
+    # one optimizer step moves g_a's off-block weights; from then on every backbone is trained
+    torch.optim.SGD(jedi.teachers.parameters(), lr=0.5).step()
+    grads = _teacher_loss_grads(jedi)
+    for name in jedi.names:
+        assert sum(g.abs().sum() for g in grads[name] if g is not None) > 0, name
+    assert all(g is not None for g in grads["b"])
+
+
+def test_detached_teacher_features_stop_at_the_heads():
+    jedi, _ = make_jedi(detach_teacher_features=True)
+    torch.nn.init.normal_(jedi.teachers["a"].weight)  # no zero blocks, so detaching is what stops it
+    grads = _teacher_loss_grads(jedi)
+    for name in jedi.names:
+        assert all(g is None or g.abs().sum() == 0 for g in grads[name]), name
+    assert jedi.teachers["a"].weight.grad.abs().sum() > 0
+
+
+def test_mixed_architectures_forward_backward():
+    torch.manual_seed(0)
+    jedi = JEDI([("small", build("tiny3d", 4, width=8)), ("kin", build("r3d_18", 6))])
+    assert jedi.teacher_dim == 32 + 512
+    out = jedi({"small": clips(), "kin": clips()}, {"small": clips(), "kin": clips()})
+    total, logs = jedi_losses(out, {"small": torch.tensor([0, 3]), "kin": torch.tensor([5, 1])}, jedi.config)
+    total.backward()
+    assert torch.isfinite(total)
+    assert jedi.students["kin"].layer1[0].conv1[0].weight.grad is not None
+    assert jedi.teachers["small"].weight.grad[:, 32:].abs().sum() > 0  # g_small learns from r3d features
+
+
+def test_clip_shapes_must_match():
+    jedi, _ = make_jedi()
+    with pytest.raises(ValueError, match="share"):
+        jedi({"a": clips()}, {"b": clips(shape=(3, 8, 16, 16))})
+    with pytest.raises(KeyError, match="unknown dataset"):
+        jedi({"c": clips()})
+
+
+def test_losses_logs_and_label_routing():
+    jedi, _ = make_jedi(w_sup_teacher=0.5, w_distill=2.0)
+    out = jedi({"a": clips()}, {"a": clips(3), "b": clips(3)})
+    total, logs = jedi_losses(out, {"a": torch.tensor([1, 2])}, jedi.config)
+    expected = logs["a/sup_student"] + 0.5 * logs["a/sup_teacher"] + 2.0 * (logs["a/distill"] + logs["b/distill"])
+    torch.testing.assert_close(total.detach(), expected)
+    assert set(logs) == {"a/sup_student", "a/sup_teacher", "a/distill", "a/mask_rate", "a/teacher_conf",
+                         "b/distill", "b/mask_rate", "b/teacher_conf", "total"}
+    assert all(v.dim() == 0 and not v.requires_grad for v in logs.values())
+    # labels exist only for labeled clips: there is no slot for labels of unlabeled ones
+    with pytest.raises(ValueError, match="labels given"):
+        jedi_losses(out, {"a": torch.tensor([1, 2]), "b": torch.tensor([0, 0, 0])}, jedi.config)
+    with pytest.raises(ValueError, match="expected shape"):
+        jedi_losses(out, {"a": torch.tensor([1, 2, 0])}, jedi.config)
+
+
+def test_soft_and_hard_distillation():
+    torch.manual_seed(0)
+    s = torch.randn(6, 5, requires_grad=True)
+    t = torch.randn(6, 5, requires_grad=True)
+    soft, _, _ = distill_loss(s, t, JEDIConfig(temperature=2.0))
+    reference = F.kl_div(F.log_softmax(s / 2, -1), F.softmax(t / 2, -1), reduction="batchmean") * 4
+    torch.testing.assert_close(soft, reference)
+    hard, _, _ = distill_loss(s, t, JEDIConfig(hard=True, temperature=2.0))
+    torch.testing.assert_close(hard, F.cross_entropy(s, t.argmax(-1)))
+    (soft + hard).backward()
+    assert s.grad is not None and t.grad is None  # stop-gradient on the teacher
+
+
+def test_threshold_masks_unconfident_teacher():
+    t = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # confident, uniform (max prob 1/3)
+    s = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
+    for hard in (False, True):
+        kept_only, _, _ = distill_loss(s[:1], t[:1], JEDIConfig(hard=hard))
+        loss, mask_rate, conf = distill_loss(s, t, JEDIConfig(hard=hard, threshold=0.5))
+        torch.testing.assert_close(loss, kept_only / 2)  # mean over all clips, masked count as 0
+        assert mask_rate == 0.5
+        assert 0.5 < conf < 1
+    _, mask_rate, _ = distill_loss(s, t, JEDIConfig(threshold=0.0))
+    assert mask_rate == 0
+
+
+def test_probe_fits_teacher_heads_only():
+    jedi, _ = make_jedi(teacher_init="probe")
+    torch.manual_seed(1)
+    y = torch.randint(0, 3, (64,))
+    feats = torch.randn(64, jedi.teacher_dim) + 3 * F.one_hot(y, jedi.teacher_dim).float()  # separable
+    before = [p.clone() for p in jedi.students.parameters()]
+    losses = fit_teacher_heads_probe(jedi, {"a": feats}, {"a": y}, steps=200)
+    assert losses["a"] < 0.1
+    assert (jedi.teachers["a"](feats).argmax(-1) == y).float().mean() == 1
+    assert all(torch.equal(p, q) for p, q in zip(before, jedi.students.parameters()))
+    assert jedi.teachers["a"].weight.grad is None
+    with pytest.raises(ValueError, match="probe features"):
+        fit_teacher_heads_probe(jedi, {"a": feats[:, :10]}, {"a": y})
+
+
+def test_ema_update():
+    student, teacher = build("tiny3d", 3, width=8), build("tiny3d", 3, width=8)
+    student.train()(clips())  # move BN running stats and num_batches_tracked
+    old = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ema_update(teacher, student, decay=0.75)
+    for key, value in teacher.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.75 * old[key] + 0.25 * student.state_dict()[key])
+        else:
+            assert torch.equal(value, student.state_dict()[key])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="teacher_init"):
+        JEDIConfig(teacher_init="random")
+    with pytest.raises(ValueError, match="threshold"):
+        JEDIConfig(threshold=1.5)
