@@ -152,14 +152,83 @@ def inspect(shard_dir, preview, as_json):
         sys.exit(1)
 
 
+def _config(path, overrides):
+    from .config import ConfigError, load_config
+    try:
+        return load_config(path, overrides)
+    except ConfigError as e:
+        fail(f"{path}: {e}")
+
+
+_config_options = [
+    click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Training config (YAML), e.g. train/demo.yaml."),
+    click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, dotted keys (jedi.lr=0.01, datasets.0.model=r3d_18); repeatable."),
+]
+
+
+def config_options(f):
+    for opt in reversed(_config_options):
+        f = opt(f)
+    return f
+
+
 @main.command()
-@click.option("--out", default="jedi-demo", show_default=True, type=click.Path(file_okay=False), help="Run folder (inside the current directory by default).")
-@click.option("--quick", is_flag=True, help="Fewer videos and steps: a smoke run in about two minutes.")
+@config_options
+@click.option("--resume", is_flag=True, help="Keep experts already trained (always on: finished experts are never retrained).")
+def pretrain(config_path, overrides, resume):
+    """Train one expert per dataset on its labeled shards only (runs/<name>/experts/<dataset>.pt)."""
+    from .trainer import pretrain as run
+    cfg = _config(config_path, overrides)
+    _run_guarded(lambda: run(cfg, log=click.echo))
+
+
+@main.command()
+@config_options
+@click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoint.pt (model, optimizer, step, RNG, loader position).")
+def train(config_path, overrides, resume):
+    """Joint JEDI training from the experts (pretrained first when missing); writes results.json/.md."""
+    from .trainer import results_table, train as run
+    cfg = _config(config_path, overrides)
+    results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
+    click.echo(results_table(results))
+    click.echo(f"outputs in {cfg.out}")
+
+
+@main.command(name="eval")
+@config_options
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="JEDI checkpoint [default: <out>/checkpoint.pt].")
+def evaluate(config_path, overrides, checkpoint):
+    """Evaluate experts, and the students and teachers of a JEDI checkpoint, on the test shards."""
+    from .trainer import evaluate as run
+    cfg = _config(config_path, overrides)
+    results = _run_guarded(lambda: run(cfg, checkpoint=checkpoint, log=click.echo))
+    for name, kinds in results["datasets"].items():
+        click.echo(f"{name:12s} " + "  ".join(f"{k} {v['top1']:.1f}/{v['top5']:.1f}" for k, v in kinds.items()) + "  (top-1/top-5 %)")
+
+
+def _run_guarded(fn):
+    """Known failures (missing shards, bad config values) end with one sentence, no traceback."""
+    from .config import ConfigError
+    try:
+        return fn()
+    except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as e:
+        fail(str(e))
+
+
+@main.command()
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: ./jedi-demo, or ./jedi-demo-quick with --quick].")
+@click.option("--quick", is_flag=True, help="Fewer videos and epochs: a smoke run of every stage (about two minutes).")
 @click.option("--seed", default=0, show_default=True, type=int)
-def demo(out, quick, seed):
-    """The whole pipeline on built-in synthetic data: synth -> shard -> inspect."""
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value of the demo's training config (train/demo.yaml).")
+def demo(out, quick, seed, overrides):
+    """The whole pipeline on built-in synthetic data, no download needed.
+
+    synth -> shard -> inspect -> pretrain experts -> JEDI -> results table (expert vs student vs
+    teacher per dataset). Rerunning reuses what is already done.
+    """
     from .demo import run_demo
-    run_demo(out, quick=quick, seed=seed, echo=click.echo)
+    out = out or ("jedi-demo-quick" if quick else "jedi-demo")
+    _run_guarded(lambda: run_demo(out, quick=quick, seed=seed, overrides=overrides, echo=click.echo))
 
 
 class _bar:

@@ -4,39 +4,65 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import yaml
+
 DEMO_DATASETS = ("hmdb51", "ucf101", "kinetics400", "ssv2")
+DEMO_CONFIG = Path(__file__).resolve().parent / "demo.yaml"   # packaged copy of train/demo.yaml
 
 # Shard settings of the demo: clips small enough for CPU training (8x32x32 crops of 40 px).
 DEMO_SHARD = dict(fps=8.0, short_side=40, max_seconds=4.0, codec="vp9", labeled_fraction=0.1,
                   shard_max_count=200)
+# --quick: fewer videos and epochs; a smoke run of every stage, not a result.
+QUICK = dict(videos_per_class=8, overrides=["pretrain.epochs=4", "jedi.epochs=2"])
 
 
-def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, echo=print) -> dict:
-    """synth -> shard -> inspect for the four synthetic datasets; returns the shard folders."""
+def demo_config(out: Path, quick: bool, seed: int, overrides=()):
+    """train/demo.yaml with its paths moved under `out`."""
+    from .config import load_config
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data["out"] = str(out / "run")
+    data["seed"] = seed
+    for d in data["datasets"]:
+        d["shards"] = str(out / "shards" / d["name"])
+    return load_config(data=data, overrides=list(QUICK["overrides"] if quick else []) + list(overrides))
+
+
+def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), echo=print) -> dict:
+    """synth -> shard -> inspect -> pretrain -> train (JEDI) -> results table."""
     from . import synth
     from .inspect_shards import verify_shards
     from .make_shards import make_shards
+    from .trainer import results_table, train
 
     out = Path(out)
     echo(f"jedi-pipe demo: writing into {out.resolve()} (--out to change)")
-    vpc = 12 if quick else 30
+    vpc = QUICK["videos_per_class"] if quick else 30
     t0 = time.time()
 
-    echo(f"[1/3] synth: {len(DEMO_DATASETS)} datasets, {vpc} videos per class")
+    echo(f"[1/5] synth: {len(DEMO_DATASETS)} datasets in their real layouts, {vpc} videos per class")
     roots = synth.generate(out / "sources", datasets=DEMO_DATASETS, videos_per_class=vpc, seed=seed)
 
-    echo("[2/3] shard: transcode to VP9 clip shards")
-    shard_dirs = {}
+    echo(f"[2/5] shard: VP9 clips, {DEMO_SHARD['short_side']} px, {DEMO_SHARD['fps']:g} fps, "
+         f"{DEMO_SHARD['labeled_fraction']:.0%} of the training videos labeled")
     for name in DEMO_DATASETS:
         s = make_shards(name, roots[name], out / "shards" / name, seed=seed, **DEMO_SHARD)
-        shard_dirs[name] = Path(s.out)
         counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
-        echo(f"      {name:12s} {counts}; failures {s.failures}; {s.clips_per_s:.0f} clips/s")
+        echo(f"      {name:12s} {counts}; failures {s.failures}")
 
-    echo("[3/3] inspect: tars against manifests")
-    for name, d in shard_dirs.items():
-        report = verify_shards(d)
-        echo(f"      {name:12s} {'ok' if report['ok'] else 'PROBLEMS: ' + '; '.join(report['problems'][:3])}")
+    echo("[3/5] inspect: every tar against its manifest")
+    for name in DEMO_DATASETS:
+        report = verify_shards(out / "shards" / name)
+        if not report["ok"]:
+            raise RuntimeError(f"{name} shards are inconsistent: {'; '.join(report['problems'][:3])}")
+    echo("      ok")
 
-    echo(f"done in {time.time() - t0:.0f}s; shards under {(out / 'shards').resolve()}")
-    return shard_dirs
+    cfg = demo_config(out, quick, seed, overrides)
+    echo(f"[4/5] pretrain + [5/5] JEDI: {', '.join(d.model for d in cfg.datasets[:1])} students, "
+         f"{cfg.pretrain.epochs} expert epochs, {cfg.jedi.epochs} joint epochs")
+    results = train(cfg, resume=True, log=lambda m: echo("      " + m))
+
+    echo("")
+    echo(results_table(results))
+    echo(f"done in {time.time() - t0:.0f}s. Outputs: {Path(cfg.out).resolve()} "
+         "(results.md, results.json, metrics.jsonl, experts/, checkpoint.pt)")
+    return results

@@ -1,0 +1,45 @@
+"""The training config: validated on load, errors name the key, --set overrides typed."""
+from __future__ import annotations
+
+import pytest
+
+from jedi_pipe.config import ConfigError, load_config
+
+BASE = {"name": "t", "out": "runs/t", "datasets": [{"name": "a", "shards": "shards/a"}]}
+
+
+def test_defaults_fill_everything_not_required():
+    cfg = load_config(data=dict(BASE))
+    assert cfg.clip.frames == 8 and cfg.jedi.unlabeled_ratio == 2 and cfg.loader == "auto"
+    assert cfg.datasets[0].model == "tiny3d" and cfg.datasets[0].flip is True
+
+
+@pytest.mark.parametrize("data, key", [
+    ({**BASE, "jedi": {"lr": 0.1, "lrr": 1}}, "jedi.lrr"),
+    ({**BASE, "clip": {"frames": "8"}}, "clip.frames"),
+    ({**BASE, "jedi": {"hard": 1}}, "jedi.hard"),
+    ({"name": "t", "out": "o"}, "datasets"),
+    ({**BASE, "datasets": [{"name": "a"}]}, "datasets[0].shards"),
+    ({**BASE, "loader": "nvdec"}, "loader"),
+])
+def test_bad_keys_and_types_name_the_key(data, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(data=data)
+
+
+def test_overrides_are_typed_and_dotted():
+    cfg = load_config(data=dict(BASE), overrides=["jedi.lr=0.5", "datasets.0.model=r3d_18", "jedi.hard=true",
+                                                  "pretrain.epochs=3"])
+    assert cfg.jedi.lr == 0.5 and cfg.datasets[0].model == "r3d_18" and cfg.jedi.hard is True
+    assert cfg.pretrain.epochs == 3
+    with pytest.raises(ConfigError, match="pretrain.epochs"):
+        load_config(data=dict(BASE), overrides=["pretrain.epochs=three"])
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    for name in ("demo.yaml", "jedi.yaml"):
+        cfg = load_config(root / "train" / name)
+        assert len(cfg.datasets) == 4
+        assert next(d for d in cfg.datasets if d.name == "ssv2").flip is False

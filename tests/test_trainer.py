@@ -1,0 +1,80 @@
+"""synth -> shard -> pretrain -> train -> eval on tiny data on the CPU; kill -9 and --resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jedi_pipe.config import load_config
+from jedi_pipe.trainer import evaluate, pretrain, train
+
+TINY = ["pretrain.epochs=2", "jedi.epochs=2", "pretrain.batch_size=4", "jedi.batch_size=4",
+        "jedi.unlabeled_ratio=1", "checkpoint_every=2", "eval_batch_size=16"]
+
+
+def tiny_config(shard_dirs, out, extra=()):
+    data = {"name": "tiny", "out": str(out), "seed": 0, "loader": "dali",
+            "datasets": [{"name": "hmdb51", "shards": str(shard_dirs["hmdb51"]), "model": "tiny3d"},
+                         {"name": "ssv2", "shards": str(shard_dirs["ssv2"]), "model": "tiny3d", "flip": False}],
+            "clip": {"frames": 4, "stride": 1, "size": 24}}
+    return data, load_config(data=data, overrides=TINY + list(extra))
+
+
+def test_pipeline_writes_every_output(shard_dirs, tmp_path):
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run")
+    experts = pretrain(cfg, log=lambda m: None)
+    assert set(experts) == {"hmdb51", "ssv2"}
+    results = train(cfg, log=lambda m: None)
+    out = Path(cfg.out)
+    for f in ("config.yaml", "metrics.jsonl", "results.json", "results.md", "checkpoint.pt",
+              "experts/hmdb51.pt", "experts/ssv2.pt"):
+        assert (out / f).is_file(), f
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == results
+    for name, kinds in saved["datasets"].items():
+        assert set(kinds) == {"expert", "student", "teacher"}
+        for v in kinds.values():
+            assert 0 <= v["top1"] <= v["top5"] <= 100
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [ln for ln in lines if "dataset" in ln]
+    assert steps and all({"loss", "lr", "sup_student", "sup_teacher", "distill", "pseudo_label_acc",
+                          "clips_per_s", "input_wait"} <= set(ln) for ln in steps)
+    assert any("eval" in ln for ln in lines)
+    assert "| hmdb51 |" in (out / "results.md").read_text()
+    # eval reproduces the final numbers from the checkpoint
+    again = evaluate(cfg, log=lambda m: None)
+    assert again == results
+
+
+def test_kill_and_resume_gives_the_same_results(shard_dirs, tmp_path):
+    import yaml
+    data, cfg = tiny_config(shard_dirs, tmp_path / "ref", ["jedi.epochs=4"])
+    pretrain(cfg, log=lambda m: None)
+    ref = train(cfg, log=lambda m: None)
+
+    # a second run folder with the same experts, killed after its first checkpoint
+    killed = tmp_path / "killed"
+    (killed / "experts").mkdir(parents=True)
+    for f in (Path(cfg.out) / "experts").iterdir():
+        (killed / "experts" / f.name).write_bytes(f.read_bytes())
+    conf = tmp_path / "killed.yaml"
+    conf.write_text(yaml.safe_dump({**data, "out": str(killed)}))
+    args = [sys.executable, "-m", "jedi_pipe.cli", "train", "--config", str(conf)]
+    for o in TINY + ["jedi.epochs=4"]:
+        args += ["--set", o]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint.pt").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "results.json").is_file(), "the run finished before it could be killed"
+    done = subprocess.run(args + ["--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((killed / "results.json").read_text()) == ref
