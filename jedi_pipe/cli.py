@@ -246,5 +246,12 @@ class _bar:
         self.bar.close()
 
 
+def _attach_bench():
+    from .loaders.bench import bench_cli
+    main.add_command(bench_cli)
+
+
+_attach_bench()
+
 if __name__ == "__main__":
     main()

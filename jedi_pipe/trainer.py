@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import shards as shardfmt
 from .config import Config, save_config
 from .jedi import JEDI, JEDIConfig, fit_teacher_heads_probe, jedi_losses
+from .loaders import resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
 from .models import build
@@ -41,18 +42,9 @@ def pick_device(cfg: Config) -> torch.device:
     return torch.device("cpu")
 
 
-def role_loader_cls(backend: str):
-    """The DALI role loader, or the PyTorch one when asked for or when DALI is unusable."""
-    if backend in ("auto", "dali"):
-        try:
-            from .loaders.dali import DaliRoleLoader
-            import nvidia.dali  # noqa: F401
-            return DaliRoleLoader
-        except ImportError:
-            if backend == "dali":
-                raise RuntimeError("loader: dali, but nvidia-dali is not installed (pip install nvidia-dali-cuda120)")
-    from .loaders.torch import TorchRoleLoader
-    return TorchRoleLoader
+def role_loader_cls(cfg: Config, sets=()):
+    """The role-loader class for cfg.loader (auto: DALI when usable here, else PyTorch)."""
+    return role_loader(resolve_backend(cfg.loader, list(sets)))
 
 
 def clip_spec(cfg: Config) -> ClipSpec:
@@ -120,7 +112,7 @@ def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device, rank=0,
     Views of a clip are averaged as probabilities; every test clip counts once (ids dedupe any
     padding a reader adds).
     """
-    loader = role_loader_cls(cfg.loader)(ss, "test", clip_spec(cfg), cfg.eval_batch_size, train=False,
+    loader = role_loader_cls(cfg, [ss])(ss, "test", clip_spec(cfg), cfg.eval_batch_size, train=False,
                                          views=cfg.clip.eval_views, threads=cfg.threads, rank=rank,
                                          world_size=world_size)
     probs, labels, ids = {}, [], []
@@ -180,7 +172,7 @@ def pretrain(cfg: Config, log=print) -> dict:
     out = prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
-    RoleLoader = role_loader_cls(cfg.loader)
+    RoleLoader = role_loader_cls(cfg, sets.values())
     metrics = {}
     for i, d in enumerate(cfg.datasets):
         path = expert_path(cfg, d.name)
@@ -240,7 +232,7 @@ def probe_teachers(jedi: JEDI, cfg: Config, sets, device) -> None:
     feats, labels = {}, {}
     jedi.eval()
     for d in cfg.datasets:
-        loader = role_loader_cls(cfg.loader)(sets[d.name], "labeled", clip_spec(cfg), cfg.eval_batch_size,
+        loader = role_loader_cls(cfg, sets.values())(sets[d.name], "labeled", clip_spec(cfg), cfg.eval_batch_size,
                                              train=False, threads=cfg.threads)
         fs, ys = [], []
         for b in loader:
@@ -267,7 +259,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     seed_everything(cfg.seed)
     jedi = JEDI.from_experts(experts, jcfg).to(device)
     loader = MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
-                                cfg.jedi.batch_size, cfg.jedi.unlabeled_ratio, role_loader_cls(cfg.loader),
+                                cfg.jedi.batch_size, cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
                                 seed=cfg.seed, threads=cfg.threads)
     total = cfg.jedi.epochs * loader.steps_per_epoch
     opt = torch.optim.SGD(jedi.parameters(), lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)

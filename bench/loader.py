@@ -1,0 +1,107 @@
+"""Loader benchmark: make the benchmark data, then run `jedi-pipe bench loader` on it.
+
+    python bench/loader.py make-data DIR [--classes 16 --videos 12]   # sources + shards under DIR
+    python bench/loader.py run --shards DIR/shards --vs-raw DIR/source --json   # = jedi-pipe bench loader
+    python bench/loader.py stages          # CPU cost of the DALI augmentation ops, per clip
+
+`make-data` writes videos shaped like HMDB51 / UCF101 files (320x240, 30 fps, MPEG-4 part 2
+with the XVID tag at 600 kbit/s, about the average bitrate of those sets, 3-6 s) into
+`<DIR>/source/<class>/<video>.avi`, then shards them with the default settings (VP9, short side
+128, 12 fps) into `<DIR>/shards` with the `folder` adapter. Results: bench/README.md.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import click
+
+from jedi_pipe.loaders.bench import loader_command
+from jedi_pipe.make_shards import make_shards
+from jedi_pipe.transcode import ffmpeg_exe
+
+# lavfi sources with motion (option strings appended to size and rate)
+PATTERNS = ("testsrc2", "mandelbrot", "cellauto:rule=110", "rgbtestsrc", "smptehdbars",
+            "gradients:speed=0.05", "testsrc", "sierpinski")
+
+
+def make_source_video(path: Path, pattern: str, seconds: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vf = "scale=320:240,format=yuv420p,noise=alls=6:allf=t+u,hue=H=t/2"
+    name, _, opts = pattern.partition(":")
+    src = f"{name}=size=320x240:rate=30" + (f":{opts}" if opts else "")
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", src,
+                    "-t", f"{seconds:.2f}", "-vf", vf,
+                    "-c:v", "mpeg4", "-vtag", "XVID", "-b:v", "600k", str(path)], check=True)
+
+
+@click.group()
+def cli():
+    """Loader benchmark helpers."""
+
+
+@cli.command("make-data")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--classes", default=16, show_default=True)
+@click.option("--videos", default=12, show_default=True, help="Videos per class.")
+@click.option("--workers", default=2, show_default=True)
+def make_data(out, classes, videos, workers):
+    out = Path(out)
+    for c in range(classes):
+        for v in range(videos):
+            path = out / "source" / f"class{c:02d}" / f"v{v:02d}.avi"
+            if not path.is_file():
+                make_source_video(path, PATTERNS[(c + v) % len(PATTERNS)], 3 + (7 * c + 5 * v) % 31 / 10)
+    s = make_shards("folder", out / "source", out / "shards", workers=workers, labeled_fraction=0.1, progress=False)
+    click.echo(f"{out / 'shards'}: {s.counts}, {s.bytes / 1e6:.1f} MB")
+
+
+@cli.command("stages")
+@click.option("--height", default=128, show_default=True, help="Decoded frame size (the shards' short side).")
+@click.option("--width", default=170, show_default=True)
+@click.option("--frames", default=16, show_default=True)
+@click.option("--size", default=112, show_default=True)
+def stages(height, width, frames, size):
+    """CPU ms per clip of the DALI CPU augmentation ops on decoded frames (no decode), and of
+    torch's uint8 bilinear resize for comparison: where the loader's time goes besides decoding."""
+    import time
+    import numpy as np
+    import torch
+    from nvidia.dali import fn, pipeline_def, types
+    batch = [np.random.default_rng(i).integers(0, 255, (frames, height, width, 3), np.uint8) for i in range(8)]
+
+    def dali_ms(stage) -> float:
+        @pipeline_def(batch_size=8, num_threads=1, device_id=None, seed=0)
+        def pipe():
+            return stage(fn.external_source(source=lambda: batch, batch=True, layout="FHWC"))
+        p = pipe()
+        p.build()
+        p.run()
+        t = time.process_time()
+        for _ in range(10):
+            p.run()
+        return 1000 * (time.process_time() - t) / 80
+
+    rrc = dict(size=[size, size], random_area=[0.25, 1.0], antialias=False)
+    cmn = dict(dtype=types.FLOAT, output_layout="CFHW", mean=[110.0] * 3, std=[57.0] * 3)
+    base = dali_ms(lambda x: x)
+    rows = {"random_resized_crop (linear)": dali_ms(lambda x: fn.random_resized_crop(x, **rrc)) - base,
+            "random_resized_crop (nearest)": dali_ms(lambda x: fn.random_resized_crop(
+                x, interp_type=types.INTERP_NN, **rrc)) - base,
+            "crop_mirror_normalize (float CFHW)": dali_ms(lambda x: fn.crop_mirror_normalize(
+                x, crop=[size, size], **cmn)) - base}
+    torch.set_num_threads(1)
+    x = torch.from_numpy(batch[0]).permute(0, 3, 1, 2)      # channels-last uint8, torch's fast path
+    t = time.process_time()
+    for _ in range(20):
+        torch.nn.functional.interpolate(x[:, :, :height * 3 // 4, :width * 3 // 4], size=(size, size),
+                                        mode="bilinear", antialias=False)
+    rows["torch interpolate (uint8 bilinear)"] = 1000 * (time.process_time() - t) / 20
+    for name, ms in rows.items():
+        click.echo(f"{name:40s} {ms:6.2f} CPU ms / clip of {frames}x{height}x{width} -> {size}x{size}")
+
+
+cli.add_command(loader_command, "run")
+
+if __name__ == "__main__":
+    cli()

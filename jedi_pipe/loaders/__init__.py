@@ -1,0 +1,118 @@
+"""Loaders: shard folders -> normalised clip batches for PyTorch (DESIGN.md section 4).
+
+Two backends with identical output: `dali` (a DALI graph end to end; GPU decode when CUDA is
+visible, DALI's CPU path otherwise) and `torch` (stock webdataset + PyAV in DataLoader workers,
+the fallback where DALI is missing). `backend="auto"` picks dali when it imports and can decode
+the shards' codec on this machine.
+
+Training, `make_loaders(...)` -> MultiDatasetLoader, an endless iterator of steps:
+
+    step = {dataset name: {
+        "x":    float32 [B, C, T, H, W]    labeled clips, normalised (mean/std on 0-1 values)
+        "y":    int64   [B]                class indices
+        "id":   int64   [B]                sample_id (manifest.parquet) of each clip
+        "x_u":  float32 [B_u, C, T, H, W]  unlabeled clips, B_u = max(1, round(unlabeled_ratio * B))
+        "id_u": int64   [B_u]              their sample_ids (labels are never loaded)
+    }, ...}
+
+`x_u`/`id_u` are absent when unlabeled_ratio is 0. Epoch length: `loader.steps_per_epoch` =
+max over datasets of ceil(labeled clips / (world_size * B)). Seeds and resume (mixing.py): batches
+are a function of (seed, epoch, step); save `loader.state_dict()` ({"epoch", "step"}) with the
+checkpoint and `load_state_dict` it into a new loader before iterating.
+Training clips: random window of T frames at stride s, random resized crop, horizontal flip
+unless the dataset says flip=False (default False for ssv2, whose classes depend on direction).
+
+Evaluation, `make_eval_loader(...)` -> an iterable; every `iter()` is one pass over this rank's
+share of the test role, each clip exactly once (no padding), batches:
+
+    {"x": float32 [B, V, C, T, H, W]  V = views temporal windows (centres of V equal parts;
+                                      V=1 is the centred window), short side resized, centre crop
+     "y": int64 [B], "id": int64 [B]}
+
+The last batch of a rank may be smaller. Over world_size ranks the shares are disjoint and
+cover every test clip once. Clips shorter than the window are padded by repeating their last
+frame (never dropped). On a GPU machine with DALI, x lives on the GPU; y and id on the CPU.
+
+Underneath, role loaders (`role_loader(backend)(shards, role, clip, B, train=..., ...)`, i.e.
+DaliRoleLoader / TorchRoleLoader) give {"x", "y", "id"} batches of one role; training ones
+are endless. Unlabeled samples carry y = -1 there (the shards hold no label for them).
+"""
+from __future__ import annotations
+
+import logging
+
+from ..shards import ShardSet, open_shards
+from .clip import KINETICS_MEAN, KINETICS_STD, ClipSpec, as_clip
+from .mixing import MultiDatasetLoader
+
+__all__ = ["ClipSpec", "KINETICS_MEAN", "KINETICS_STD", "MultiDatasetLoader", "make_loaders",
+           "make_eval_loader", "resolve_backend", "role_loader"]
+
+log = logging.getLogger(__name__)
+BACKENDS = ("auto", "dali", "torch")
+NO_FLIP = ("ssv2",)        # datasets whose labels depend on left/right (Something-Something-v2)
+
+
+def resolve_backend(backend: str, shard_sets: list[ShardSet] = ()) -> str:
+    """"dali" or "torch" for `backend` in auto|dali|torch; an error says why dali is unusable."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    try:
+        import nvidia.dali  # noqa: F401
+        from .dali import check_decodable, decode_device
+        for s in shard_sets:
+            check_decodable(s, decode_device()[0])
+    except (ImportError, ValueError) as e:
+        if backend == "dali":
+            raise ValueError(f"the DALI loader cannot run here: {e}") from None
+        log.info("DALI loader unusable (%s); using the torch loader", e)
+        return "torch"
+    return "dali"
+
+
+def role_loader(backend: str):
+    """The role-loader class of a resolved backend (DaliRoleLoader or TorchRoleLoader)."""
+    if backend == "dali":
+        from .dali import DaliRoleLoader
+        return DaliRoleLoader
+    from .torch import TorchRoleLoader
+    return TorchRoleLoader
+
+
+def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batch_size: int = 8,
+                 unlabeled_ratio: float = 1.0, backend: str = "auto", seed: int = 0, rank: int = 0,
+                 world_size: int = 1, threads: int = 2) -> MultiDatasetLoader:
+    """Training loader over several datasets.
+
+    datasets: [{"shards": folder, "name": optional (default: the card's name),
+                "flip": optional bool (default: False when the name or the card's dataset is ssv2)}, ...]
+    clip: ClipSpec or dict of its fields (frames, stride, size, area, mean, std).
+    threads: per role loader, DALI worker threads or DataLoader workers.
+    """
+    clip = as_clip(clip)
+    entries = []
+    for d in datasets:
+        shards = open_shards(d["shards"])
+        name = d.get("name") or shards.name
+        flip = d.get("flip", not {name, shards.card.get("dataset")} & set(NO_FLIP))
+        entries.append((name, shards, flip))
+    names = [e[0] for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"dataset names must be unique, got {names}; set 'name' per dataset")
+    loader = role_loader(resolve_backend(backend, [e[1] for e in entries]))
+    return MultiDatasetLoader(entries, clip, batch_size, unlabeled_ratio, loader, seed=seed, rank=rank,
+                              world_size=world_size, threads=threads)
+
+
+def make_eval_loader(shards_dir, clip: ClipSpec | dict | None = None, batch_size: int = 8, views: int = 1,
+                     backend: str = "auto", rank: int = 0, world_size: int = 1, threads: int = 2,
+                     role: str = "test"):
+    """Evaluation iterable over one dataset's `role` (default test); see the module docstring."""
+    shards = open_shards(shards_dir)
+    if views < 1:
+        raise ValueError(f"views must be >= 1, got {views}")
+    loader = role_loader(resolve_backend(backend, [shards]))
+    return loader(shards, role, as_clip(clip), batch_size, train=False, views=views, rank=rank,
+                  world_size=world_size, threads=threads)

@@ -1,0 +1,77 @@
+"""What a clip is, shared by both backends: window, crop size, normalisation, view placement.
+
+The DALI graph (dali.py) and the PyTorch fallback (torch.py) compute the same windows with the
+same integer formulas, written once here in plain Python and once as graph arithmetic there.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields
+
+# torchvision's Kinetics-400 video statistics, on 0-1 pixel values.
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    frames: int = 16                     # T: frames per clip
+    stride: int = 2                      # s: take every s-th frame of the shard clip (12 fps by default)
+    size: int = 112                      # output height = width, pixels
+    area: tuple = (0.25, 1.0)            # training random-resized-crop: area fraction range
+    ratio: tuple = (3 / 4, 4 / 3)        # and aspect ratio (width / height) range
+    mean: tuple = KINETICS_MEAN          # per channel (RGB), 0-1 scale
+    std: tuple = KINETICS_STD
+
+    def __post_init__(self):
+        if self.frames < 1 or self.stride < 1 or self.size < 8:
+            raise ValueError(f"bad clip {self}: need frames >= 1, stride >= 1, size >= 8")
+
+    @property
+    def span(self) -> int:
+        """Source frames one window covers: first to last sampled frame, inclusive."""
+        return (self.frames - 1) * self.stride + 1
+
+
+def as_clip(clip: ClipSpec | dict | None) -> ClipSpec:
+    """A ClipSpec from a ClipSpec, a dict of its fields (unknown keys are an error), or None."""
+    if clip is None or isinstance(clip, ClipSpec):
+        return clip or ClipSpec()
+    unknown = set(clip) - {f.name for f in fields(ClipSpec)}
+    if unknown:
+        raise ValueError(f"unknown clip settings {sorted(unknown)}; known: {[f.name for f in fields(ClipSpec)]}")
+    return ClipSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in clip.items()})
+
+
+def max_start(frames: int, clip: ClipSpec) -> int:
+    """Last window start that still fits; 0 for clips shorter than the span (edge-padded)."""
+    return max(frames - clip.span, 0)
+
+
+def train_start(frames: int, clip: ClipSpec, u: float) -> int:
+    """Random window start from u in [0, 1): uniform over 0..max_start."""
+    m = max_start(frames, clip)
+    return min(int(u * (m + 1)), m)
+
+
+def view_starts(frames: int, clip: ClipSpec, views: int) -> list[int]:
+    """Evaluation window starts: the centres of `views` equal parts of 0..max_start.
+
+    One view is the centred window; several spread evenly over the clip.
+    """
+    m = max_start(frames, clip)
+    return [m * (2 * k + 1) // (2 * views) for k in range(views)]
+
+
+def train_antialias(shards, clip: ClipSpec) -> bool:
+    """Antialias the training crop only where it can shrink a lot (shard short side > 1.5 x size).
+
+    Crops of 128-px shards to 112 px are mostly enlarged (shrunk 1.14x at most): antialiasing
+    changes nothing visible there but costs ~0.5 ms a clip on DALI's CPU path (bench/README.md).
+    """
+    return shards.card["encoding"]["short_side"] > 1.5 * clip.size
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from any parts (seed, epoch, dataset, role, rank, worker)."""
+    return int(hashlib.sha1(":".join(map(str, parts)).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF

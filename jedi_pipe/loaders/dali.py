@@ -1,0 +1,168 @@
+"""DALI backend: one pipeline per (dataset, role), a DALI graph from tar bytes to normalised clips.
+
+    readers.webdataset (clip bytes + meta.i32 as INT32)      -- shard_id/num_shards = rank/world
+      -> window start from meta `frames` (graph arithmetic)   -- random (train) / centred views (eval)
+      -> decoders.video(start_frame, sequence_length=T, stride=s, pad_mode="edge")
+      -> random_resized_crop + coin-flip mirror (train)  |  resize short side + centre crop (eval)
+      -> crop_mirror_normalize(output_layout="CFHW", float)
+      -> DALIGenericIterator -> torch
+
+No Python runs per sample: labels, frame counts and sample ids come from the shard's binary
+`meta.i32` component. The decoder runs on the GPU (`mixed`) when CUDA is visible and on the
+CPU otherwise.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+
+from ..shards import META_EXT, META_FIELDS, ShardSet
+from .clip import ClipSpec, train_antialias
+
+log = logging.getLogger(__name__)
+
+READER = "reader"                     # the reader's name, which the iterator follows for epochs
+OUTPUTS = ["x", "y", "id"]
+SHUFFLE_BUFFER = 512                  # encoded clips held per training reader for shuffling
+FORBIDDEN_OPS = ("PythonFunction", "ExternalSource")   # the hot path is graph-only
+
+
+@functools.lru_cache(maxsize=None)
+def decode_device() -> tuple[str, int | None]:
+    """("mixed", gpu id) when CUDA is visible, else ("cpu", None); logged once per process."""
+    import torch
+    if torch.cuda.is_available():
+        choice = ("mixed", torch.cuda.current_device())
+        log.info("DALI loader: decoding on GPU %d (device='mixed')", choice[1])
+    else:
+        choice = ("cpu", None)
+        log.info("DALI loader: no GPU visible, decoding on the CPU (device='cpu')")
+    return choice
+
+
+def check_decodable(shards: ShardSet, device: str) -> None:
+    if shards.clip_ext == "mp4" and device == "cpu":
+        raise ValueError(f"{shards.root}: H.264 (mp4) clips decode only on a GPU with DALI; "
+                         f"use the torch loader or re-shard with --codec vp9")
+
+
+def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
+                   flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0,
+                   world_size: int = 1, threads: int = 2):
+    """The (built) DALI pipeline of one role. Outputs x, y (meta label), id (meta sample_id)."""
+    from nvidia.dali import fn, pipeline_def, types
+    import nvidia.dali.math as dmath
+
+    device, device_id = decode_device()
+    check_decodable(shards, device)
+    mean = [255 * m for m in clip.mean]
+    std = [255 * s for s in clip.std]
+    antialias = train_antialias(shards, clip)
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed)
+    def pipeline():
+        encoded, meta = fn.readers.webdataset(
+            paths=[str(p) for p in shards.tars(role)], index_paths=[str(p) for p in shards.indexes(role)],
+            ext=[shards.clip_ext, META_EXT], dtypes=[types.UINT8, types.INT32],
+            missing_component_behavior="error", shard_id=rank, num_shards=world_size,
+            random_shuffle=train, initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name=READER)
+        last = dmath.max(meta[META_FIELDS.index("frames")] - clip.span, 0)   # clip.max_start
+        if train:   # clip.train_start
+            u = fn.random.uniform(range=[0.0, 1.0])
+            starts = [fn.cast(dmath.min(dmath.floor(u * (last + 1)), last), dtype=types.INT32)]
+        else:       # clip.view_starts
+            starts = [last * (2 * k + 1) // (2 * views) for k in range(views)]
+        out = []
+        for start in starts:
+            video = fn.decoders.video(encoded, device=device, start_frame=start, sequence_length=clip.frames,
+                                      stride=clip.stride, pad_mode="edge")
+            if train:   # one crop box and one flip per sample, applied to every frame
+                video = fn.random_resized_crop(video, size=[clip.size, clip.size], random_area=list(clip.area),
+                                               random_aspect_ratio=list(clip.ratio), antialias=antialias)
+                mirror = fn.random.coin_flip(probability=0.5) if flip else 0
+            else:
+                video = fn.resize(video, resize_shorter=clip.size)
+                mirror = 0
+            out.append(fn.crop_mirror_normalize(video, crop=[clip.size, clip.size], mirror=mirror, mean=mean,
+                                                std=std, dtype=types.FLOAT, output_layout="CFHW"))
+        x = out[0] if train else fn.stack(*out)     # eval: [V, C, T, H, W] per clip
+        return x, meta[META_FIELDS.index("label")], meta[META_FIELDS.index("sample_id")]
+
+    pipe = pipeline()
+    pipe.build()
+    return pipe
+
+
+class DaliRoleLoader:
+    """Batches {"x", "y", "id"} of one role (see jedi_pipe.loaders). Training: endless, reshuffled
+    as the reader wraps. Evaluation: one pass per `iter()`, this rank's share exactly once."""
+
+    def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
+                 flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 threads: int = 2):
+        self.args = (shards, role, clip, batch_size)
+        self.kw = dict(train=train, flip=flip, views=views, seed=seed, rank=rank, world_size=world_size,
+                       threads=threads)
+
+    def __iter__(self):
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+        train = self.kw["train"]
+        pipe = build_pipeline(*self.args, **self.kw)     # built per pass: cheap next to a pass
+        # Training fills a batch across the epoch end (no sample lost, none padded); evaluation
+        # pads the reader's last batch and the iterator trims the padding (PARTIAL).
+        it = DALIGenericIterator([pipe], OUTPUTS, reader_name=READER,
+                                 last_batch_policy=LastBatchPolicy.FILL if train else LastBatchPolicy.PARTIAL)
+        try:
+            while True:
+                try:
+                    (b,) = next(it)
+                except StopIteration:
+                    if not train:
+                        return
+                    it.reset()      # training: the next epoch of the reader, endlessly
+                    continue
+                yield {"x": b["x"], "y": b["y"].long(), "id": b["id"].long()}
+        finally:
+            del it, pipe
+
+
+def graph_operators(pipe) -> list[str]:
+    """Operator names of a built pipeline, read from its serialized graph (DALI's protobuf).
+
+    PipelineDef field 5 holds the OpDefs, whose field 1 is the operator name; a dozen lines of
+    wire-format reading saves depending on DALI's private Python objects.
+    """
+    def fields(buf):
+        i = 0
+        while i < len(buf):
+            key, i = _varint(buf, i)
+            kind = key & 7
+            if kind == 0:
+                val, i = _varint(buf, i)
+            elif kind == 2:
+                n, i = _varint(buf, i)
+                val, i = buf[i:i + n], i + n
+            else:   # fixed 64 / 32 bit
+                n = 8 if kind == 1 else 4
+                val, i = buf[i:i + n], i + n
+            yield key >> 3, val
+    return [dict(fields(op))[1].decode() for f, op in fields(pipe.serialize()) if f == 5]
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    val = shift = 0
+    while True:
+        b = buf[i]
+        val |= (b & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if b < 0x80:
+            return val, i
+
+
+def check_graph(pipe) -> list[str]:
+    """Raise if a Python callback or an external source sits in the graph; return the operators."""
+    ops = graph_operators(pipe)
+    bad = [op for op in ops if any(f in op for f in FORBIDDEN_OPS)]
+    if bad:
+        raise AssertionError(f"DALI graph has per-sample Python/host input on its path: {bad}")
+    return ops

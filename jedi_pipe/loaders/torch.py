@@ -1,0 +1,175 @@
+"""PyTorch fallback: stock `webdataset` reading + PyAV decoding in DataLoader workers.
+
+Same batches as the DALI backend (shapes, dtypes, normalisation, window and crop rules from
+clip.py); used where DALI is missing (macOS, Windows) or when asked for with `loader: torch`.
+
+Splitting across processes: when a role has at least one tar per reader (world_size x
+workers), tars are dealt out with a node splitter (rank/world_size given explicitly) and
+webdataset's `split_by_worker`; otherwise every reader streams all tars of the role and keeps
+every N-th sample (only small roles have so few tars, so the extra reading is cheap). Either
+way ranks see disjoint samples and together see every sample once.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import random
+from itertools import islice
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..shards import META_EXT, ShardSet, decode_meta
+from .clip import ClipSpec, derive_seed, train_antialias, train_start, view_starts
+
+
+# ---------------------------------------------------------------------------- per-clip stages
+
+def read_frames(src, indices: list[int]) -> np.ndarray:
+    """Decode the frames `indices` (ascending or not) of a video given as bytes or a path.
+
+    Decodes sequentially up to the last index needed; indices past the end get the last frame
+    (DALI's pad_mode="edge"). Returns uint8 [len(indices), H, W, 3] RGB.
+    """
+    import av
+    wanted, last, got, frame = set(indices), max(indices), {}, None
+    with av.open(io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else str(src)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+        if frame is None:
+            raise ValueError("no decodable video frames")
+        tail = got[last] if last in got else frame.to_ndarray(format="rgb24")   # the clip's last frame
+    return np.stack([got.get(i, tail) for i in indices])
+
+
+def window(start: int, clip: ClipSpec) -> list[int]:
+    return [start + i * clip.stride for i in range(clip.frames)]
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [T, 3, H, W] (0-255 values)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+
+
+def _normalize(x: torch.Tensor, clip: ClipSpec) -> torch.Tensor:
+    """[T, 3, H, W] on 0-255 -> normalised [3, T, H, W] (DALI's CFHW)."""
+    mean = torch.tensor(clip.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(clip.std).view(1, 3, 1, 1) * 255
+    return ((x - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def _resize(x: torch.Tensor, h: int, w: int, antialias: bool = True) -> torch.Tensor:
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def resize_short(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Short side to `side` pixels, aspect kept (DALI's resize_shorter)."""
+    h, w = x.shape[2:]
+    scale = side / min(h, w)
+    return _resize(x, max(side, round(h * scale)), max(side, round(w * scale)))
+
+
+def crop_box(h: int, w: int, area: tuple, ratio: tuple, rng: random.Random) -> tuple:
+    """Random resized crop box (top, left, height, width), torchvision's rule with its fallback."""
+    for _ in range(10):
+        a = h * w * rng.uniform(*area)
+        r = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        cw, ch = round(math.sqrt(a * r)), round(math.sqrt(a / r))
+        if 0 < cw <= w and 0 < ch <= h:
+            return rng.randint(0, h - ch), rng.randint(0, w - cw), ch, cw
+    ch, cw = (h, min(w, round(h * ratio[1]))) if w / h > ratio[1] else (min(h, round(w / ratio[0])), w)
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+def train_transform(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: bool,
+                    antialias: bool = True) -> torch.Tensor:
+    """[T, 3, H, W] -> [3, T, S, S]: one crop box and one flip for all frames."""
+    top, left, ch, cw = crop_box(x.shape[2], x.shape[3], clip.area, clip.ratio, rng)
+    x = _resize(x[:, :, top:top + ch, left:left + cw], clip.size, clip.size, antialias)
+    if flip and rng.random() < 0.5:
+        x = x.flip(-1)
+    return _normalize(x, clip)
+
+
+def eval_transform(x: torch.Tensor, clip: ClipSpec) -> torch.Tensor:
+    """[T, 3, H, W] -> [3, T, S, S]: short side to S, centre crop."""
+    x = resize_short(x, clip.size)
+    top, left = (x.shape[2] - clip.size + 1) // 2, (x.shape[3] - clip.size + 1) // 2   # DALI rounds half up
+    return _normalize(x[:, :, top:top + clip.size, left:left + clip.size], clip)
+
+
+# ---------------------------------------------------------------------------- stream of one role
+
+class ClipStream(torch.utils.data.IterableDataset):
+    """Samples {"x", "y", "id"} of one role for this rank and DataLoader worker."""
+
+    def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, *, train: bool, flip: bool = True,
+                 views: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0):
+        self.urls = [str(p) for p in shards.tars(role)]
+        self.ext, self.clip, self.train, self.flip, self.views = shards.clip_ext, clip, train, flip, views
+        self.antialias = train_antialias(shards, clip)
+        self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, workers
+
+    def _samples(self, worker: int, rng: random.Random):
+        import webdataset as wds
+        readers = self.world_size * max(self.workers, 1)
+        by_tar = len(self.urls) >= readers
+        rank, world = self.rank, self.world_size
+        ds = wds.WebDataset(
+            self.urls, shardshuffle=False, empty_check=False,
+            nodesplitter=(lambda src: islice(src, rank, None, world)) if by_tar else None,
+            workersplitter=wds.split_by_worker if by_tar else None,
+            select_files=lambda name: name.endswith((f".{self.ext}", f".{META_EXT}")))
+        samples = iter(ds) if by_tar else islice(ds, rank * max(self.workers, 1) + worker, None, readers)
+        if self.train:   # a shuffle buffer, like DALI's reader
+            samples = wds.shuffle(256, 64, rng=rng)(samples)
+        return samples
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info else 0
+        if info:
+            torch.set_num_threads(1)      # parallelism comes from the workers
+        rng = random.Random(derive_seed(self.seed, self.rank, worker))
+        for _ in itertools.count() if self.train else range(1):
+            n = 0
+            for sample in self._samples(worker, rng):
+                yield self._clip(sample, rng)
+                n += 1
+            if n == 0:      # nothing for this reader: stop instead of spinning forever
+                return
+
+    def _clip(self, sample: dict, rng: random.Random) -> dict:
+        meta = decode_meta(sample[META_EXT])
+        data, frames = sample[self.ext], meta["frames"]
+        if self.train:
+            decoded = read_frames(data, window(train_start(frames, self.clip, rng.random()), self.clip))
+            x = train_transform(to_tensor(decoded), self.clip, rng, self.flip, self.antialias)
+        else:
+            starts = view_starts(frames, self.clip, self.views)
+            decoded = to_tensor(read_frames(data, [i for s in starts for i in window(s, self.clip)]))
+            T = self.clip.frames
+            x = torch.stack([eval_transform(decoded[k * T:(k + 1) * T], self.clip) for k in range(self.views)])
+        return {"x": x, "y": meta["label"], "id": meta["sample_id"]}
+
+
+class TorchRoleLoader:
+    """Batches {"x", "y", "id"} of one role, as DaliRoleLoader; `threads` DataLoader workers."""
+
+    def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
+                 flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 threads: int = 2):
+        self.stream = ClipStream(shards, role, clip, train=train, flip=flip, views=views, seed=seed,
+                                 rank=rank, world_size=world_size, workers=threads)
+        self.batch_size, self.threads = batch_size, threads
+
+    def __iter__(self):
+        loader = torch.utils.data.DataLoader(self.stream, batch_size=self.batch_size, num_workers=self.threads,
+                                             prefetch_factor=2 if self.threads else None)
+        for b in loader:
+            yield {"x": b["x"], "y": b["y"].long(), "id": b["id"].long()}

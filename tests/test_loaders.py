@@ -1,0 +1,279 @@
+"""Loaders: DALI (CPU path here) and the torch fallback on tiny shards written in tmp_path."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import subprocess
+
+import pytest
+import torch
+
+from jedi_pipe.loaders import ClipSpec, make_eval_loader, make_loaders
+from jedi_pipe.shards import open_shards
+
+dali = pytest.importorskip("nvidia.dali")
+from jedi_pipe.loaders import dali as D  # noqa: E402
+from jedi_pipe.loaders import torch as TL  # noqa: E402
+
+CLIP = dict(frames=8, stride=2, size=32)
+BACKENDS = ["dali", "torch"]
+# (lavfi pattern, size, seconds): landscape, portrait and square frames; 0.3 s is 4 frames at
+# 12 fps, shorter than the 15-frame window of CLIP
+VIDEOS = [("testsrc", "64x48", 0.3), ("mandelbrot", "48x64", 1.0), ("rgbtestsrc", "64x64", 2.0),
+          ("smptebars", "80x60", 1.5), ("testsrc2", "64x64", 1.2), ("testsrc", "64x64", 0.3)]
+
+
+@pytest.fixture(scope="session")
+def folder(tmp_path_factory):
+    """A `folder` dataset: 3 classes x 6 videos -> shards (40 px short side, 12 fps, 3 per tar)."""
+    from jedi_pipe.make_shards import make_shards
+    from jedi_pipe.transcode import ffmpeg_exe
+    root = tmp_path_factory.mktemp("folder_src")
+    for c in range(3):
+        for v, (pattern, size, secs) in enumerate(VIDEOS):
+            path = root / f"class{c}" / f"v{v}.avi"
+            path.parent.mkdir(exist_ok=True)
+            subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                            f"{pattern}=size={size}:rate=25", "-t", str(secs), "-c:v", "mpeg4", str(path)], check=True)
+    out = tmp_path_factory.mktemp("shards") / "folder"
+    make_shards("folder", root, out, short_side=40, fps=12, workers=2, labeled_fraction=0.3,
+                shard_max_count=3, progress=False)
+    return {"root": root, "shards": out}
+
+
+@pytest.fixture(scope="session")
+def ssv2(tmp_path_factory):
+    from jedi_pipe import synth
+    from jedi_pipe.make_shards import make_shards
+    src = tmp_path_factory.mktemp("ssv2_src")
+    synth.generate(src, datasets=["ssv2"], videos_per_class=3, seed=0, workers=2)
+    out = tmp_path_factory.mktemp("shards") / "ssv2"
+    make_shards("ssv2", src / "ssv2", out, short_side=32, fps=8, max_seconds=3, workers=2,
+                labeled_per_class=1, shard_max_count=7, progress=False)
+    return out
+
+
+def manifest(shards_dir, role=None) -> list[dict]:
+    rows = open_shards(shards_dir).manifest().to_pylist()
+    return [r for r in rows if role is None or r["role"] == role]
+
+
+def eval_pass(shards_dir, backend, clip=CLIP, role="test", **kw) -> dict:
+    """sample_id -> (x [V, C, T, H, W], y) over one evaluation pass."""
+    out = {}
+    for b in make_eval_loader(shards_dir, clip, batch_size=3, backend=backend, role=role, **kw):
+        for x, y, i in zip(b["x"], b["y"].tolist(), b["id"].tolist()):
+            assert i not in out, f"sample {i} seen twice"
+            out[i] = (x, y)
+    return out
+
+
+def steps(loader, n) -> list[dict]:
+    it = iter(loader)
+    out = [next(it) for _ in range(n)]
+    it.close()
+    return out
+
+
+def test_cpu_path_is_chosen_and_logged(folder, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the mixed path is chosen")
+    D.decode_device.cache_clear()
+    with caplog.at_level(logging.INFO, logger=D.__name__):
+        assert D.decode_device() == ("cpu", None)
+        batch = next(iter(make_eval_loader(folder["shards"], CLIP, backend="dali")))
+    said = [r.getMessage() for r in caplog.records if "DALI loader" in r.getMessage()]
+    assert len(said) == 1 and "CPU" in said[0]
+    assert batch["x"].device.type == "cpu"
+
+
+@pytest.mark.parametrize("role", ["test", "unlabeled"])
+def test_backends_agree(folder, role):
+    """Same ids, labels, shapes, dtypes, and nearly the same pixels (same windows and crops)."""
+    a, b = (eval_pass(folder["shards"], be, role=role, views=2) for be in BACKENDS)
+    assert sorted(a) == sorted(b) == sorted(r["sample_id"] for r in manifest(folder["shards"], role))
+    for i in a:
+        (xa, ya), (xb, yb) = a[i], b[i]
+        assert xa.shape == xb.shape == (2, 3, 8, 32, 32) and xa.dtype == xb.dtype == torch.float32
+        assert ya == yb
+        # The decoders' YUV->RGB conversions differ in chroma only: compare luma, in grey levels.
+        assert (luma(xa) - luma(xb)).abs().mean() < 3, f"sample {i}: DALI and torch pixels differ"
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """Normalised [..., C, T, H, W] -> 0-255 luma [..., T, H, W]."""
+    c = ClipSpec()
+    rgb = x * torch.tensor(c.std).view(3, 1, 1, 1) * 255 + torch.tensor(c.mean).view(3, 1, 1, 1) * 255
+    return (rgb * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)).sum(-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_step_format(folder, ssv2, backend):
+    loader = make_loaders([{"shards": folder["shards"]}, {"shards": ssv2}], CLIP, batch_size=4,
+                          unlabeled_ratio=0.5, backend=backend, threads=1)
+    (step,) = steps(loader, 1)
+    assert set(step) == {"folder", "ssv2"}
+    for name, b in step.items():
+        # unlabeled clips come with their ids only, never with labels
+        assert set(b) == {"x", "y", "id", "x_u", "id_u"}
+        assert b["x"].shape == (4, 3, 8, 32, 32) and b["x_u"].shape == (2, 3, 8, 32, 32)
+        assert b["x"].dtype == b["x_u"].dtype == torch.float32
+        assert b["y"].dtype == b["id"].dtype == b["id_u"].dtype == torch.int64
+        n_classes = len(open_shards(folder["shards"] if name == "folder" else ssv2).classes)
+        assert 0 <= b["y"].min() and b["y"].max() < n_classes
+    labeled = {r["sample_id"]: r["label"] for r in manifest(folder["shards"], "labeled")}
+    assert all(labeled[i] == y for i, y in zip(step["folder"]["id"].tolist(), step["folder"]["y"].tolist()))
+    assert set(step["folder"]["id_u"].tolist()) <= {r["sample_id"] for r in manifest(folder["shards"], "unlabeled")}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unlabeled_role_carries_no_labels(folder, backend):
+    seen = eval_pass(folder["shards"], backend, role="unlabeled")
+    assert seen and {y for _, y in seen.values()} == {-1}
+
+
+@pytest.mark.parametrize("backend,world_size,threads",
+                         [("dali", 1, 1), ("dali", 2, 1), ("torch", 1, 0), ("torch", 2, 2)])
+def test_eval_visits_every_clip_once(folder, backend, world_size, threads):
+    ids = []
+    for rank in range(world_size):
+        ids += list(eval_pass(folder["shards"], backend, rank=rank, world_size=world_size, threads=threads))
+    assert sorted(ids) == sorted(r["sample_id"] for r in manifest(folder["shards"], "test"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ranks_see_disjoint_training_clips(folder, backend):
+    shards = open_shards(folder["shards"])
+    n = shards.count("labeled") // 2
+    seen = []
+    for rank in range(2):
+        loader = TL.TorchRoleLoader if backend == "torch" else D.DaliRoleLoader
+        it = iter(loader(shards, "labeled", ClipSpec(**CLIP), 1, train=True, rank=rank, world_size=2,
+                         threads=0 if backend == "torch" else 1))
+        seen.append({next(it)["id"].item() for _ in range(n)})
+        it.close()
+    assert len(seen[0]) == len(seen[1]) == n and not seen[0] & seen[1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_is_seeded_differs_across_epochs_and_resumes(folder, backend):
+    def make(seed):
+        return make_loaders([{"shards": folder["shards"]}], CLIP, batch_size=2, unlabeled_ratio=1,
+                            backend=backend, seed=seed, threads=1)
+    loader = make(0)
+    n = loader.steps_per_epoch
+    assert n == math.ceil(open_shards(folder["shards"]).count("labeled") / 2)
+    a, b, c = steps(loader, 2 * n), steps(make(0), 2 * n), steps(make(1), n)
+    assert loader.state_dict() == {"epoch": 2, "step": 0}
+    x = [s["folder"]["x"] for s in a]
+    assert all(torch.equal(p, q["folder"]["x"]) for p, q in zip(x, b))                  # reproducible
+    assert not all(torch.equal(p, q) for p, q in zip(x[:n], x[n:]))                      # epochs differ
+    assert not all(torch.equal(p, q["folder"]["x"]) for p, q in zip(x, c))              # seeds differ
+    resumed = make(0)
+    resumed.load_state_dict({"epoch": 1, "step": 1})
+    (r,) = steps(resumed, 1)
+    assert torch.equal(r["folder"]["x"], a[n + 1]["folder"]["x"])
+    assert torch.equal(r["folder"]["id_u"], a[n + 1]["folder"]["id_u"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_short_clip_is_edge_padded(folder, backend):
+    """A 4-frame clip with a 15-frame window: frames 4, 6, ... repeat the last one, 3."""
+    rows = [r for r in manifest(folder["shards"]) if r["frames"] < ClipSpec(**CLIP).span]
+    assert rows, "the fixture must hold a clip shorter than the window"
+    for role in {r["role"] for r in rows}:
+        seen = eval_pass(folder["shards"], backend, role=role)
+        for r in (r for r in rows if r["role"] == role):
+            x = seen[r["sample_id"]][0][0]                       # [C, T, H, W], one view
+            first_padded = math.ceil((r["frames"] - 1) / CLIP["stride"])
+            assert all(torch.equal(x[:, t], x[:, first_padded]) for t in range(first_padded, CLIP["frames"]))
+            assert not torch.equal(x[:, 0], x[:, first_padded])
+
+
+def test_flip_defaults_off_for_ssv2(folder, ssv2):
+    datasets = [{"shards": folder["shards"]}, {"shards": ssv2}, {"shards": folder["shards"], "name": "mine", "flip": False}]
+    loader = make_loaders(datasets, CLIP, backend="torch")
+    assert [(name, flip) for name, _, flip in loader.datasets] == [("folder", True), ("ssv2", False), ("mine", False)]
+    shards = open_shards(ssv2)
+    with_flip = D.graph_operators(D.build_pipeline(shards, "labeled", ClipSpec(**CLIP), 2, train=True, flip=True))
+    without = D.graph_operators(D.build_pipeline(shards, "labeled", ClipSpec(**CLIP), 2, train=True, flip=False))
+    assert "random__CoinFlip" in with_flip and "random__CoinFlip" not in without
+
+
+# Full-frame crops of square clips with the window at frame 0: training output == evaluation
+# output exactly when flip is off, and == it or its mirror image when flip is on.
+SQUARE = dict(frames=26, stride=1, size=40, area=(1.0, 1.0), ratio=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_dali_flip_switch(folder, flip):
+    shards = open_shards(folder["shards"])
+    square = [r["sample_id"] for r in manifest(folder["shards"], "unlabeled") if r["width"] == r["height"]]
+    assert square and all(r["frames"] <= SQUARE["frames"] for r in manifest(folder["shards"]))
+    ref = {i: x[0] for i, (x, _) in eval_pass(folder["shards"], "dali", clip=SQUARE, role="unlabeled").items()}
+    it = iter(D.DaliRoleLoader(shards, "unlabeled", ClipSpec(**SQUARE), 3, train=True, flip=flip, seed=1, threads=1))
+    flipped = []
+    for _ in range(2 * shards.count("unlabeled")):
+        b = next(it)
+        for x, i in zip(b["x"], b["id"].tolist()):
+            if i in square:
+                assert torch.equal(x, ref[i]) or (flip and torch.equal(x, ref[i].flip(-1)))
+                flipped.append(not torch.equal(x, ref[i]))
+    it.close()
+    assert any(flipped) == flip
+
+
+def test_torch_flip_switch():
+    clip = ClipSpec(**SQUARE)
+    x = torch.rand(clip.frames, 3, 40, 40) * 255
+    ref = TL.eval_transform(x, clip)
+    outs = [TL.train_transform(x, clip, random.Random(k), flip=True) for k in range(16)]
+    assert all(torch.equal(TL.train_transform(x, clip, random.Random(k), flip=False), ref) for k in range(16))
+    assert all(torch.equal(o, ref) or torch.equal(o, ref.flip(-1)) for o in outs)
+    assert any(torch.equal(o, ref.flip(-1)) for o in outs)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_dali_graph_has_no_python_on_the_decode_path(folder, train):
+    pipe = D.build_pipeline(open_shards(folder["shards"]), "test", ClipSpec(**CLIP), 2, train=train, views=2)
+    ops = D.check_graph(pipe)
+    assert ops[0] == "readers__Webdataset" and "decoders__Video" in ops and "CropMirrorNormalize" in ops
+    assert ("RandomResizedCrop" in ops) == train
+
+    # the check catches a host-side input feeding the decoder
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None)
+    def fed_from_python():
+        return fn.decoders.video(fn.external_source(source=lambda: [], batch=True, dtype=types.UINT8), device="cpu")
+    bad = fed_from_python()
+    bad.build()
+    with pytest.raises(AssertionError, match="ExternalSource"):
+        D.check_graph(bad)
+
+
+def test_up_front_errors(folder):
+    with pytest.raises(ValueError, match="at least one"):
+        make_loaders([{"shards": folder["shards"]}], CLIP, backend="torch", world_size=100)
+    with pytest.raises(ValueError, match="unknown clip settings"):
+        make_loaders([{"shards": folder["shards"]}], dict(CLIP, fps=3), backend="torch")
+    with pytest.raises(ValueError, match="unique"):
+        make_loaders([{"shards": folder["shards"]}] * 2, CLIP, backend="torch")
+    with pytest.raises(ValueError, match="unknown loader backend"):
+        make_eval_loader(folder["shards"], CLIP, backend="tensorflow")
+
+
+def test_bench_cli_json(folder):
+    from click.testing import CliRunner
+    from jedi_pipe.loaders.bench import bench_cli
+    res = CliRunner().invoke(bench_cli, ["loader", "--shards", str(folder["shards"]), "--batch-size", "2",
+                                         "--frames", "4", "--size", "32", "--threads", "1", "--clips", "4",
+                                         "--vs-raw", str(folder["root"]), "--json"])
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.output.strip().splitlines()[-1])
+    assert r["loader"] == "dali" and r["clips"] == 4
+    assert all(r[k] > 0 for k in ("clips_per_s", "frames_per_s", "vs_raw", "vs_decode"))
+    assert set(r["decode_clips_per_s"]) == {"pyav", "dali"}
+
