@@ -39,6 +39,9 @@ def pick_device(cfg: Config) -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError("device: cuda was asked for but no GPU is visible")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    # On the CPU the loader's decode threads share the cores with the step: half for each.
+    # (torch's intra-op threads spin-wait; oversubscribed they run ~10x slower, not 2x.)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     return torch.device("cpu")
 
 
