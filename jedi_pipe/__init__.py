@@ -1,2 +1,36 @@
-"""jedi-pipe: multi-dataset semi-supervised video action recognition (JEDI), data-pipeline first."""
+"""jedi-pipe: multi-dataset semi-supervised video action recognition (JEDI), data-pipeline first.
+
+The Python API mirrors the CLI (each command is a thin layer over one of these):
+
+    import jedi_pipe
+    jedi_pipe.synthesize("data/synth")                              # jedi-pipe synth
+    jedi_pipe.shard("hmdb51", "data/synth/hmdb51", "shards/hmdb51")  # jedi-pipe shard
+    cfg = jedi_pipe.load_config("train/demo.yaml", ["jedi.epochs=5"])
+    jedi_pipe.pretrain(cfg); jedi_pipe.train(cfg); jedi_pipe.evaluate(cfg)
+    loader = jedi_pipe.make_loaders([{"shards": "shards/hmdb51"}], clip={"frames": 8, "size": 32})
+"""
 __version__ = "0.1.0"
+
+_API = {
+    "synthesize": ("synth", "generate"),
+    "shard": ("make_shards", "make_shards"),
+    "load_config": ("config", "load_config"),
+    "pretrain": ("trainer", "pretrain"),
+    "train": ("trainer", "train"),
+    "evaluate": ("trainer", "evaluate"),
+    "make_loaders": ("loaders", "make_loaders"),
+    "make_eval_loader": ("loaders", "make_eval_loader"),
+    "open_shards": ("shards", "open_shards"),
+}
+
+
+def __getattr__(name):
+    # Imported on first use: `import jedi_pipe` stays cheap (no torch/DALI) for the CLI.
+    if name in _API:
+        import importlib
+        module, attr = _API[name]
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+    raise AttributeError(f"module 'jedi_pipe' has no attribute {name!r}")
+
+
+__all__ = list(_API)
