@@ -1,7 +1,8 @@
 """The shard stage: adapter listing -> labeled selection -> plan -> parallel transcode -> tars.
 
 Data flows one way: `datasets` lists the source videos, `transcode` turns each into clip
-bytes in worker processes, this module writes them with `shards.ShardWriter` in planned order.
+bytes in ffmpeg child processes (one per worker thread), this module writes them with
+`shards.ShardWriter` in planned order.
 The plan (which video goes to which role, shard and position) is fixed before any transcode,
 so the output does not depend on the worker count, and a rerun after an interruption redoes
 only the shards that are not complete.
@@ -10,29 +11,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import random
 import shutil
-import signal
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, shards
 from .datasets import DatasetError, Listing, VideoItem, list_videos
-from .transcode import EncodeSettings, TranscodeError, probe_clip, transcode
+from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings, TranscodeError, encode_clip
 
 PARTS = ".parts"          # per-shard manifest rows and errors, merged at the end
 JOB = ".job.json"         # the settings fingerprint the folder was started with
+TMP = ".tmp"              # ffmpeg's output files while they are written
+LOCK = ".lock"            # flock'ed while a run writes the folder
 
 
 class ShardError(Exception):
     """The shard stage cannot go on; the message is one sentence for the user."""
 
 
-@dataclass
+@dataclass(slots=True)   # one per video for the whole run: keep them small
 class PlannedSample:
     item: VideoItem
     key: str
@@ -84,8 +87,9 @@ def plan_samples(listing: Listing, labeled: set[str], seed: int, shard_max_count
     for role in shards.ROLES:
         keyed = sorted(((shards.make_key(it.video_id), it) for it in roles[role]),
                        key=lambda kv: shards.order_key(seed, kv[0]))
-        for pos, (key, it) in enumerate(keyed):
-            plan.append(PlannedSample(it, key, role, sample_id, shards.shard_name(role, pos // shard_max_count)))
+        names = [shards.shard_name(role, i) for i in range((len(keyed) + shard_max_count - 1) // shard_max_count)]
+        for pos, (key, it) in enumerate(keyed):   # one name string per shard, shared by its samples
+            plan.append(PlannedSample(it, key, role, sample_id, names[pos // shard_max_count]))
             sample_id += 1
     keys = [p.key for p in plan]
     if len(set(keys)) != len(keys):
@@ -93,45 +97,51 @@ def plan_samples(listing: Listing, labeled: set[str], seed: int, shard_max_count
     return plan
 
 
-def _encode(path: str, settings: EncodeSettings):
-    """Worker: one source video -> (clip bytes, ClipInfo) or (None, reason)."""
+def _encode(path: str, settings: EncodeSettings, tmp_dir: str, timeout_s: float, min_frames: int):
+    """Worker thread: one source video -> (clip bytes, ClipInfo, sha256) or (None, reason, None).
+
+    The work happens in the ffmpeg child process, so a thread per worker is enough: a crashing
+    decoder takes down one ffmpeg (reported as that video's failure), never a worker, and
+    nothing is forked from this process. The probe and the hash run here too (hashlib drops the
+    GIL), which leaves the writing thread only the tar to write.
+    """
     try:
-        data = transcode(path, settings)
-        info = probe_clip(data)
-        if info.frames < 1:
-            return None, "no decodable video frames"
-        return data, info
+        data, info = encode_clip(path, settings, tmp_dir=tmp_dir, timeout_s=timeout_s, min_frames=min_frames)
+        return data, info, hashlib.sha256(data).hexdigest()
     except TranscodeError as e:
-        return None, str(e)
+        return None, str(e), None
+    except OSError as e:
+        import av
+        if isinstance(e, av.error.FFmpegError):   # PyAV's errors subclass OSError: the clip's fault
+            return None, f"unreadable clip: {e}", None
+        raise   # the temp folder is full, ffmpeg is missing, ...: the run's fault, not the video's
     except Exception as e:  # a broken container can make PyAV raise anything; record, go on
-        return None, f"{type(e).__name__}: {e}"
-
-
-def _worker_init():
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C and stops the pool
+        return None, f"{type(e).__name__}: {e}", None
 
 
 def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 labeled_fraction: float | None = None, labeled_per_class: int | None = None,
                 seed: int = 0, workers: int | None = None, codec: str = "vp9", fps: float = 12.0,
                 short_side: int = 128, max_seconds: float = 10.0, shard_max_count: int = 1000,
-                max_failures: float = 0.05, videos=None, annotations=None, name: str | None = None,
+                max_failures: float = 0.05, min_frames: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
+                videos=None, annotations=None, name: str | None = None,
                 overwrite: bool = False, progress: bool | None = None) -> ShardSummary:
-    """Write the shard folder of one dataset (shards/README.md); see `jedi-pipe shard --help`."""
+    """Write the shard folder of one dataset (shards/README.md); see `jedi-pipe shard --help`.
+
+    min_frames: clips with fewer frames at the output rate (a truncated source keeps what
+    decodes) are skipped and recorded in errors.jsonl. timeout_s: wall-clock limit of one
+    transcode. Raises ShardError (one sentence) when the input as a whole is unusable or more
+    than `max_failures` of the videos failed; in the latter case the folder is still complete.
+    """
     name = name or dataset
     out = Path(out) if out is not None else Path("shards") / name
     if labeled_fraction is not None and labeled_per_class is not None:
         raise ShardError("give --labeled-fraction or --labeled-per-class, not both")
     if labeled_fraction is None and labeled_per_class is None:
         labeled_fraction = 0.1
-    if labeled_fraction is not None and not 0 < labeled_fraction <= 1:
-        raise ShardError(f"--labeled-fraction must be in (0, 1], got {labeled_fraction}")
-    if labeled_per_class is not None and labeled_per_class < 1:
-        raise ShardError(f"--labeled-per-class must be >= 1, got {labeled_per_class}")
-    if shard_max_count < 1:
-        raise ShardError(f"--shard-max-count must be >= 1, got {shard_max_count}")
-    if not 0 <= max_failures <= 1:
-        raise ShardError(f"--max-failures is a fraction in [0, 1], got {max_failures}")
+    _check_options(split=split, labeled_fraction=labeled_fraction, labeled_per_class=labeled_per_class,
+                   seed=seed, workers=workers, shard_max_count=shard_max_count, max_failures=max_failures,
+                   min_frames=min_frames, timeout_s=timeout_s)
     try:
         settings = EncodeSettings(codec=codec, fps=fps, short_side=short_side, max_seconds=max_seconds)
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
@@ -144,89 +154,179 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
 
     selection = ({"rule": "fraction", "value": labeled_fraction} if labeled_per_class is None
                  else {"rule": "per_class", "value": labeled_per_class})
+    plan_hash = hashlib.sha256()
+    for p in plan:
+        plan_hash.update(f"{p.key} {p.role} {p.shard} {p.item.label} {p.item.source}\n".encode())
     job = {"format_version": shards.FORMAT_VERSION, "dataset": dataset, "name": name,
-           "encoding": settings.as_dict(), "selection": {**selection, "seed": seed},
-           "shard_max_count": shard_max_count, "source_split": listing.source_split,
-           "plan": hashlib.sha256("\n".join(f"{p.key} {p.role} {p.shard} {p.item.label} {p.item.source}"
-                                             for p in plan).encode()).hexdigest()}
-    _claim_folder(out, job, overwrite)
-    summary = ShardSummary(out=str(out), planned=len(plan) + len(listing.errors))
-    if (out / shards.CARD).is_file():
-        card = json.loads((out / shards.CARD).read_text())
-        summary.counts, summary.failures = card["counts"], card["failures"]
-        summary.bytes, summary.already_complete = card["bytes"], True
+           "encoding": {**settings.as_dict(), "min_frames": min_frames},
+           "selection": {**selection, "seed": seed}, "shard_max_count": shard_max_count,
+           "source_split": listing.source_split, "plan": plan_hash.hexdigest()}
+    with _locked(out):   # held until this run ends, however it ends
+        _claim_folder(out, job, overwrite)
+        summary = ShardSummary(out=str(out), planned=len(plan) + len(listing.errors))
+        parts, tmp = out / PARTS, out / TMP
+        if (out / shards.CARD).is_file():
+            card = json.loads((out / shards.CARD).read_text())
+            for leftover in (parts, tmp):    # a kill right after the card leaves them behind
+                shutil.rmtree(leftover, ignore_errors=True)
+            summary.counts, summary.failures = card["counts"], card["failures"]
+            summary.bytes, summary.already_complete = card["bytes"], True
+            _check_failures(summary, max_failures)
+            return summary
+
+        by_shard: dict[str, list[PlannedSample]] = {}
+        for p in plan:   # insertion order = plan order: roles labeled, unlabeled, test
+            by_shard.setdefault(p.shard, []).append(p)
+        t0 = time.time()
+        try:
+            parts.mkdir(exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)   # clips of ffmpeg runs a kill left behind
+            tmp.mkdir()
+            for leftover in out.glob("*.partial"):   # a tar or index cut short by a kill
+                leftover.unlink()
+            pending = [s for s in by_shard if not _shard_done(out, parts, s)]
+            summary.transcoded = _write_shards(out, parts, tmp, by_shard, pending, settings, listing,
+                                               workers, progress, min_frames, timeout_s)
+            card = _finalize(out, parts, by_shard, listing, job, settings)
+        except OSError as e:   # disk full, folder removed under us: the run cannot go on
+            raise ShardError(f"writing {out} failed: {e.strerror or e}"
+                             f"{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
+                             f"rerun the same command to resume") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        summary.seconds = time.time() - t0
+        summary.counts, summary.failures, summary.bytes = card["counts"], card["failures"], card["bytes"]
+        _check_failures(summary, max_failures)
         return summary
 
-    parts = out / PARTS
-    parts.mkdir(exist_ok=True)
-    by_shard: dict[str, list[PlannedSample]] = {}
-    for p in plan:
-        by_shard.setdefault(p.shard, []).append(p)
-    pending = [s for s in by_shard if not ((out / s).is_file() and (parts / (s + ".json")).is_file())]
-    for leftover in out.glob("*.partial"):
-        leftover.unlink()
 
-    t0 = time.time()
-    todo = [p for s in pending for p in by_shard[s]]
-    summary.transcoded = _write_shards(out, parts, by_shard, pending, todo, settings, listing, workers, progress)
-    summary.seconds = time.time() - t0
+def _check_options(**opts) -> None:
+    """Types and ranges of the options, so that a recipe's `fps: fast` is one sentence, not a traceback."""
+    def flag(k):
+        return "--" + k.replace("_", "-")
 
-    card = _finalize(out, parts, plan, listing, job, settings)
-    summary.counts, summary.failures, summary.bytes = card["counts"], card["failures"], card["bytes"]
+    def number(k, integer=False, optional=False):
+        v = opts[k]
+        if v is None and optional:
+            return False
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+            raise ShardError(f"{flag(k)} must be {'an integer' if integer else 'a number'}, got {v!r}")
+        return True
+
+    for k in ("split", "seed", "shard_max_count", "min_frames"):
+        number(k, integer=True)
+    for k in ("max_failures", "timeout_s"):
+        number(k)
+    if number("labeled_fraction", optional=True) and not 0 < opts["labeled_fraction"] <= 1:
+        raise ShardError(f"--labeled-fraction must be in (0, 1], got {opts['labeled_fraction']}")
+    if number("labeled_per_class", integer=True, optional=True) and opts["labeled_per_class"] < 1:
+        raise ShardError(f"--labeled-per-class must be >= 1, got {opts['labeled_per_class']}")
+    if number("workers", integer=True, optional=True) and opts["workers"] < 1:
+        raise ShardError(f"--workers must be >= 1, got {opts['workers']}")
+    if opts["shard_max_count"] < 1:
+        raise ShardError(f"--shard-max-count must be >= 1, got {opts['shard_max_count']}")
+    if opts["min_frames"] < 1:
+        raise ShardError(f"--min-frames must be >= 1, got {opts['min_frames']}")
+    if not 0 <= opts["max_failures"] <= 1:
+        raise ShardError(f"--max-failures is a fraction in [0, 1], got {opts['max_failures']}")
+    if not opts["timeout_s"] > 0:
+        raise ShardError(f"the transcode timeout must be > 0 s, got {opts['timeout_s']}")
+
+
+def _check_failures(summary: ShardSummary, max_failures: float) -> None:
     if summary.failures > max_failures * summary.planned:
         raise ShardError(f"{summary.failures} of {summary.planned} videos failed "
                          f"({summary.failures / summary.planned:.1%} > --max-failures {max_failures:.1%}); "
-                         f"see {out / shards.ERRORS}")
-    return summary
+                         f"the rest is written, see {Path(summary.out) / shards.ERRORS}")
+
+
+_OURS = ("*.tar", "*.tar.idx", "*.partial", shards.MANIFEST, shards.CARD, shards.ERRORS, PARTS, TMP)
+
+
+@contextmanager
+def _locked(out: Path):
+    """Create `out` and lock it: two runs writing one folder would ruin each other's tars.
+
+    The lock is an flock on `out/.lock`, which the kernel drops when the process dies (kill -9
+    included), so a stale lock never blocks a resume.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK, "a")
+    except OSError as e:
+        raise ShardError(f"cannot write to --out {out}: {e.strerror or e}") from None
+    with handle:
+        try:
+            import fcntl
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:      # no flock (Windows): go on unlocked
+            pass
+        except BlockingIOError:
+            raise ShardError(f"another `jedi-pipe shard` is writing to {out}; wait for it to finish "
+                             f"(or stop it) and rerun") from None
+        except OSError:          # a file system without flock (some network mounts): go on unlocked
+            pass
+        yield
 
 
 def _claim_folder(out: Path, job: dict, overwrite: bool) -> None:
     """Refuse to mix settings in one folder; --overwrite clears what an earlier run wrote."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ShardError(f"cannot write to --out {out}: {e.strerror or e}") from None
     job_path = out / JOB
+    old = None
     if job_path.is_file():
-        old = json.loads(job_path.read_text())
-        if old == job:
-            return
-        if not overwrite:
+        try:
+            old = json.loads(job_path.read_text())
+        except ValueError:
+            old = "unreadable"
+    if old == job:
+        return   # same settings: resume, or nothing to do when complete
+    ours = [p for pat in _OURS for p in out.glob(pat)]
+    if not overwrite:
+        if isinstance(old, dict):
             changed = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
             raise ShardError(f"{out} holds shards made with other settings ({', '.join(changed)} differ); "
                              f"pass --overwrite to replace them or choose another --out")
-    if overwrite or job_path.is_file():
-        for p in list(out.glob("*.tar")) + list(out.glob("*.tar.idx")) + list(out.glob("*.partial")):
-            p.unlink()
-        for f in (shards.MANIFEST, shards.CARD, shards.ERRORS):
-            (out / f).unlink(missing_ok=True)
-        shutil.rmtree(out / PARTS, ignore_errors=True)
-    tmp = job_path.with_suffix(".partial")
-    tmp.write_text(json.dumps(job, indent=1, sort_keys=True))
-    os.replace(tmp, job_path)
+        if old is not None or ours:
+            raise ShardError(f"{out} holds shard files of unknown settings (no readable {JOB}); "
+                             f"pass --overwrite to replace them or choose another --out")
+    for p in ours:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _write_json_atomic(job_path, job, indent=1, sort_keys=True)
 
 
-def _write_shards(out, parts, by_shard, pending, todo, settings, listing, workers, progress) -> int:
-    """Transcode `todo` in worker processes and write the pending shards in planned order."""
+def _shard_done(out: Path, parts: Path, shard: str) -> bool:
+    """A shard is done when its part (written after the tar) is there, and its tar when it has rows."""
+    part = parts / (shard + ".json")
+    if not part.is_file():
+        return False
+    try:
+        rows = json.loads(part.read_text())["rows"]
+    except (ValueError, KeyError):
+        return False
+    return not rows or ((out / shard).is_file() and (out / shards.index_name(shard)).is_file())
+
+
+def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers, progress,
+                  min_frames, timeout_s) -> int:
+    """Transcode the videos of the pending shards in worker threads; write them in planned order."""
     from tqdm import tqdm
-    workers = workers or os.cpu_count() or 1
+    todo = [p for s in pending for p in by_shard[s]]
+    # the cores this process may use (a container or taskset may allow fewer than the machine has)
+    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
     bar = tqdm(total=len(todo), unit="video", desc=f"shard {listing.dataset}",
                disable=(None if progress is None else not progress), leave=False)
-    pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers, _worker_init) if workers > 1 else None
-    # A window of in-flight encodes keeps every worker busy while bounding the clip bytes
-    # held in memory, whatever the dataset size.
-    window, inflight, it = 4 * workers, deque(), iter(todo)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="transcode")
+    # A window of in-flight encodes keeps every worker busy across shard boundaries (and while a
+    # tar is closed) and lets fast videos overtake a slow one, while bounding the clip bytes held
+    # in memory, whatever the dataset size.
+    window, inflight, it = max(16, 4 * workers), deque(), iter(todo)
 
     def submit():
         p = next(it, None)
         if p is not None:
-            args = (p.item.path, settings)
-            inflight.append((p, pool.apply_async(_encode, args) if pool else _encode(*args)))
+            inflight.append((p, pool.submit(_encode, p.item.path, settings, str(tmp), timeout_s, min_frames)))
 
-    done = 0
+    done, writer = 0, None
     try:
         for _ in range(window):
             submit()
@@ -234,23 +334,35 @@ def _write_shards(out, parts, by_shard, pending, todo, settings, listing, worker
             writer = shards.ShardWriter(out / shard)
             rows, errors = [], []
             for _ in by_shard[shard]:
-                p, res = inflight.popleft()
-                data, info = res.get() if pool else res
+                p, fut = inflight.popleft()
+                data, info, sha = fut.result()
                 submit()
                 if data is None:
                     errors.append({"video_id": p.item.video_id, "path": p.item.source, "reason": info})
                 else:
                     writer.write(_members(p, data, info, listing, settings))
-                    rows.append(_manifest_row(p, data, info, listing))
+                    rows.append(_manifest_row(p, data, info, sha, listing))
                 done += 1
                 bar.update(1)
+            if rows:
+                writer.close()
+            else:   # every video of the shard failed: no tar, not even one an earlier run left
+                writer.abort()
+                for stale in (out / shard, out / shards.index_name(shard)):
+                    stale.unlink(missing_ok=True)
+            writer = None
+            # The part is written last: it marks the shard complete for a resumed run.
             _write_json_atomic(parts / (shard + ".json"), {"rows": rows, "errors": errors})
-            writer.close()
     finally:
         bar.close()
-        if pool:
-            pool.terminate()
-            pool.join()
+        for _, fut in inflight:
+            fut.cancel()
+        pool.shutdown(wait=True)   # running ffmpegs end within the timeout
+        if writer is not None:
+            try:
+                writer.abort()
+            except OSError:
+                pass
     return done
 
 
@@ -265,56 +377,61 @@ def _members(p: PlannedSample, data: bytes, info, listing: Listing, settings: En
                                  info.height, info.width, p.sample_id)
 
 
-def _manifest_row(p: PlannedSample, data: bytes, info, listing: Listing) -> dict:
+def _manifest_row(p: PlannedSample, data: bytes, info, sha: str, listing: Listing) -> dict:
     unlabeled = p.role == "unlabeled"
     return {"sample_id": p.sample_id, "key": p.key, "shard": p.shard, "role": p.role, "split": p.item.split,
             "label": shards.UNLABELED if unlabeled else p.item.label,
             "label_name": "" if unlabeled else listing.classes[p.item.label],
             "label_true": p.item.label, "video_id": p.item.video_id, "source": p.item.source,
             "frames": info.frames, "fps": info.fps, "width": info.width, "height": info.height,
-            "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            "bytes": len(data), "sha256": sha}
 
 
-def _write_json_atomic(path: Path, obj, indent=None) -> None:
+def _write_json_atomic(path: Path, obj, indent=None, sort_keys=False) -> None:
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=indent))
+    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys))
     os.replace(tmp, path)
 
 
-def _finalize(out: Path, parts: Path, plan, listing: Listing, job: dict, settings: EncodeSettings) -> dict:
-    """Merge the per-shard parts into manifest.parquet, errors.jsonl and (last) dataset.json."""
+def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dict, settings: EncodeSettings) -> dict:
+    """Merge the per-shard parts into manifest.parquet, errors.jsonl and (last) dataset.json.
+
+    Streamed part by part (shards in plan order hold consecutive sample ids), so memory stays
+    bounded by a batch of rows whatever the dataset size.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
-    rows, errors = [], list(listing.errors)
-    for shard in sorted({p.shard for p in plan}):
-        part = json.loads((parts / (shard + ".json")).read_text())
-        rows += part["rows"]
-        errors += part["errors"]
-    rows.sort(key=lambda r: r["sample_id"])
-    per_shard = {}
-    for r in rows:
-        per_shard[r["shard"]] = per_shard.get(r["shard"], 0) + 1
-    for shard in sorted({p.shard for p in plan} - set(per_shard)):   # every video of it failed
-        (out / shard).unlink(missing_ok=True)
-        (out / shards.index_name(shard)).unlink(missing_ok=True)
+    schema = shards.manifest_schema()
+    counts = {r: 0 for r in shards.ROLES}
+    written = {r: [] for r in shards.ROLES}
+    failures, nbytes, batch = len(listing.errors), 0, []
+    manifest_tmp, errors_tmp = out / (shards.MANIFEST + ".partial"), out / (shards.ERRORS + ".partial")
+    with pq.ParquetWriter(manifest_tmp, schema) as manifest, open(errors_tmp, "w") as errors:
+        errors.writelines(json.dumps(e, sort_keys=True) + "\n" for e in listing.errors)
+        for shard, planned in by_shard.items():
+            part = json.loads((parts / (shard + ".json")).read_text())
+            errors.writelines(json.dumps(e, sort_keys=True) + "\n" for e in part["errors"])
+            failures += len(part["errors"])
+            rows, role = part["rows"], planned[0].role
+            if rows:
+                written[role].append(shard)
+            counts[role] += len(rows)
+            nbytes += sum(r["bytes"] for r in rows)
+            batch += rows
+            if len(batch) >= 1024:   # row groups of ~1k rows: memory bounded, file still compact
+                manifest.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch = []
+        if batch:
+            manifest.write_table(pa.Table.from_pylist(batch, schema=schema))
+    os.replace(manifest_tmp, out / shards.MANIFEST)
+    os.replace(errors_tmp, out / shards.ERRORS)
 
-    table = pa.Table.from_pylist(rows, schema=shards.manifest_schema())
-    pq.write_table(table, out / (shards.MANIFEST + ".partial"))
-    os.replace(out / (shards.MANIFEST + ".partial"), out / shards.MANIFEST)
-    tmp = out / (shards.ERRORS + ".partial")
-    tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in errors))
-    os.replace(tmp, out / shards.ERRORS)
-
-    counts = {r: sum(1 for x in rows if x["role"] == r) for r in shards.ROLES}
     card = {"format_version": shards.FORMAT_VERSION, "name": job["name"], "dataset": job["dataset"],
             "classes": listing.classes, "num_classes": len(listing.classes), "counts": counts,
-            "shards": {r: sorted(s for s in per_shard if s.startswith(shards.ROLE_PREFIX[r] + "-"))
-                       for r in shards.ROLES},
-            "encoding": {**settings.as_dict(), "ext": settings.ext},
+            "shards": {r: sorted(written[r]) for r in shards.ROLES},
+            "encoding": {**job["encoding"], "ext": settings.ext},
             "selection": job["selection"], "source_split": job["source_split"],
-            "failures": len(errors), "bytes": sum(r["bytes"] for r in rows),
-            "tool": f"jedi-pipe {__version__}"}
+            "failures": failures, "bytes": nbytes, "tool": f"jedi-pipe {__version__}"}
     _write_json_atomic(out / shards.CARD, card, indent=1)   # last: the card marks a complete folder
     shutil.rmtree(parts, ignore_errors=True)
     return card
-

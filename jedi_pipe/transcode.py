@@ -34,8 +34,19 @@ class EncodeSettings:
     def __post_init__(self):
         if self.codec not in CODECS:
             raise ValueError(f"unknown codec {self.codec!r}; choose one of {', '.join(CODECS)}")
+        for name, kind in (("fps", (int, float)), ("short_side", int), ("max_seconds", (int, float))):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                what = "an integer" if kind is int else "a number"
+                raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
+        # a recipe's `fps: 15` and the CLI's 15.0 are the same setting (and the same fingerprint)
+        object.__setattr__(self, "fps", float(self.fps))
+        object.__setattr__(self, "max_seconds", float(self.max_seconds))
         if self.fps <= 0 or self.short_side < 8 or self.max_seconds <= 0:
             raise ValueError(f"bad encode settings {self}: need fps > 0, short_side >= 8, max_seconds > 0")
+        if self.codec == "h264" and self.short_side % 2:
+            # libx264 refuses odd sizes in 4:2:0; VP9 and MJPEG take them
+            raise ValueError(f"--short-side {self.short_side} is odd; h264 (yuv420p) needs an even size")
 
     @property
     def ext(self) -> str:
@@ -43,6 +54,11 @@ class EncodeSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+# Wall-clock limit of one transcode. Sources are cut to max_seconds, so a healthy transcode takes
+# seconds even for 4K on one core; ten minutes only ever catches a hang.
+DEFAULT_TIMEOUT_S = 600.0
 
 
 class TranscodeError(Exception):
@@ -75,16 +91,29 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
                           cmd=ffmpeg_exe(), overwrite_output=True)
 
 
-def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None) -> bytes:
-    """Decode `src` with ffmpeg and return the encoded clip; raises TranscodeError with a reason."""
-    if not os.path.isfile(src):
+def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
+              timeout_s: float = DEFAULT_TIMEOUT_S) -> bytes:
+    """Decode `src` with ffmpeg and return the encoded clip; raises TranscodeError with a reason.
+
+    ffmpeg runs under a wall-clock limit: a hung decode (a broken file, a stalled network mount)
+    is killed after `timeout_s` and reported, instead of stalling the whole run.
+    """
+    if not os.path.exists(src):
         raise TranscodeError("missing file")
+    if not os.path.isfile(src):
+        raise TranscodeError("not a regular file")
     if os.path.getsize(src) == 0:
         raise TranscodeError("zero-byte file")
     fd, dst = tempfile.mkstemp(suffix="." + settings.ext, dir=tmp_dir)
     os.close(fd)
     try:
-        proc = subprocess.run(ffmpeg_args(src, dst, settings), capture_output=True, text=True)
+        try:
+            # errors="replace": ffmpeg echoes file names, which need not be valid UTF-8
+            proc = subprocess.run(ffmpeg_args(src, dst, settings), stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True, errors="replace", timeout=timeout_s)
+        except subprocess.TimeoutExpired:   # run() has killed ffmpeg already
+            raise TranscodeError(f"ffmpeg did not finish within {timeout_s:g} s and was killed "
+                                 f"(a hung or pathological input)") from None
         if proc.returncode != 0:
             raise TranscodeError(_ffmpeg_reason(proc.stderr))
         with open(dst, "rb") as f:
@@ -92,17 +121,48 @@ def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None) ->
     finally:
         os.unlink(dst)
     if len(data) == 0:
-        raise TranscodeError("ffmpeg wrote no output (no decodable video frames)")
+        raise TranscodeError(_no_frames(settings))
     return data
+
+
+def encode_clip(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
+                timeout_s: float = DEFAULT_TIMEOUT_S, min_frames: int = 1) -> tuple[bytes, "ClipInfo"]:
+    """`transcode` + `probe_clip`, refusing clips with fewer than `min_frames` frames.
+
+    A truncated source gives what decodes before the damage; it is kept when that is at least
+    `min_frames` frames at the output rate.
+    """
+    import av
+    data = transcode(src, settings, tmp_dir=tmp_dir, timeout_s=timeout_s)
+    try:
+        info = probe_clip(data)
+    except (av.error.FFmpegError, EOFError, IndexError):
+        # ffmpeg wrote a container without a single frame (WebM then has no cluster to read)
+        raise TranscodeError(_no_frames(settings)) from None
+    if info.frames < 1:
+        raise TranscodeError(_no_frames(settings))
+    if info.frames < min_frames:
+        raise TranscodeError(f"only {info.frames} frame(s) at {settings.fps:g} fps, fewer than "
+                             f"min_frames {min_frames} (truncated or too short)")
+    return data, info
+
+
+def _no_frames(settings: EncodeSettings) -> str:
+    return (f"no video frames at {settings.fps:g} fps (shorter than one output frame, "
+            f"or no frame decodes)")
 
 
 def _ffmpeg_reason(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
-    if any("does not contain any stream" in ln or "matches no streams" in ln for ln in lines):
-        return "no video stream"
-    if any("Invalid data found when processing input" in ln for ln in lines):
-        return "not a video (ffmpeg: invalid data found when processing input)"
-    return "ffmpeg failed: " + (lines[-1] if lines else "no message")
+    text = "\n".join(lines)
+    if "moov atom not found" in text:
+        return "truncated or unfinished MP4, or not a video (moov atom not found)"
+    if "does not contain any stream" in text or "matches no streams" in text:
+        return "no video stream (audio only or empty container)"
+    if "Invalid data found when processing input" in text:
+        return "not a video, or truncated before its first frame (ffmpeg: invalid data found when processing input)"
+    last = lines[-1] if lines else "no message"
+    return "ffmpeg failed: " + (last if len(last) <= 200 else last[:200] + "...")
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,12 @@ ADAPTERS = {
 
 
 def list_videos(dataset: str, root, split: int = 1, videos=None, annotations=None) -> Listing:
-    if dataset not in ADAPTERS:
+    if not isinstance(dataset, str) or dataset not in ADAPTERS:
         raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(ADAPTERS)}")
-    return ADAPTERS[dataset](root, split=split, videos=videos, annotations=annotations)
+    try:
+        return ADAPTERS[dataset](root, split=split, videos=videos, annotations=annotations)
+    except OSError as e:   # an unreadable folder or file met while searching: the input is unusable
+        raise DatasetError(f"cannot read {e.filename or root}: {e.strerror or e}") from None
 
 
 __all__ = ["ADAPTERS", "DatasetError", "Listing", "VideoItem", "list_videos"]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from .common import (DatasetError, Listing, VideoItem, check_root, check_split, find_class_root,
-                     find_dir, missing_error, rel)
+                     find_dir, missing_error, read_text, rel, stray_class_errors)
 
 SPLITS_DIR = "testTrainMulti_7030_splits"
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>[123])\.txt$")
@@ -32,13 +32,13 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
 
     items, errors = [], []
     for label, cls in enumerate(classes):
-        for lineno, line in enumerate(split_files[cls].read_text().splitlines(), 1):
+        for lineno, line in enumerate(read_text(split_files[cls]).splitlines(), 1):
             if not line.strip():
                 continue
-            parts = line.split()
+            parts = line.rsplit(None, 1)   # the flag is the last field; be lenient about the name
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise DatasetError(f"{split_files[cls]}:{lineno}: expected '<name>.avi <0|1|2>', got {line!r}")
-            name, flag = parts
+            name, flag = parts[0].strip(), parts[1]
             if flag == "0":
                 continue
             path = vroot / cls / name
@@ -48,9 +48,6 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), label, "train" if flag == "1" else "test"))
 
-    for d in sorted(p for p in vroot.iterdir() if p.is_dir() and p.name not in split_files and p != ann):
-        if any(d.glob("*.avi")):
-            errors.append({"video_id": d.name, "path": rel(d, root),
-                           "reason": f"class folder absent from the split lists (split {split}); its videos are skipped"})
+    errors += stray_class_errors(vroot, root, set(split_files), (ann,), f"the split {split} lists")
     return Listing("hmdb51", str(root), classes, items, f"split{split}", errors)
 

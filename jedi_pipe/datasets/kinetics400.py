@@ -7,10 +7,11 @@ whose video is missing (every real download misses some) go to errors.jsonl.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from .common import (DatasetError, Listing, VideoItem, check_root, find_file, index_videos,
-                     missing_error, rel)
+                     missing_error, read_text, rel)
 
 HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
 
@@ -46,16 +47,19 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    try:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         missing = [h for h in HEADER[:4] if h not in (reader.fieldnames or [])]
         if missing:
             raise DatasetError(f"{path}: header lacks {', '.join(missing)} (expected {','.join(HEADER)})")
         rows = list(reader)
+    except csv.Error as e:
+        raise DatasetError(f"{path} is not a readable CSV file: {e}") from None
     for i, row in enumerate(rows, 2):
+        if not row.get("label") or not row.get("youtube_id"):
+            raise DatasetError(f"{path}:{i}: row lacks a label or youtube_id: {row}")
         try:
-            int(float(row["time_start"])), int(float(row["time_end"]))
+            row["time_start"], row["time_end"] = int(float(row["time_start"])), int(float(row["time_end"]))
         except (TypeError, ValueError):
             raise DatasetError(f"{path}:{i}: time_start/time_end are not numbers: {row}") from None
-        row["time_start"], row["time_end"] = int(float(row["time_start"])), int(float(row["time_end"]))
     return rows

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from .common import (DatasetError, Listing, VideoItem, check_root, find_file, index_videos,
-                     missing_error, rel)
+                     missing_error, read_text, rel)
 
 
 def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
@@ -36,7 +36,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     items, errors = [], []
     for name, split_name in (("train", "train"), ("validation", "test")):
         for entry in _load(paths[name], list):
-            if not isinstance(entry, dict) or "id" not in entry or "template" not in entry:
+            if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("template"), str):
                 raise DatasetError(f"{paths[name]}: entries need 'id' and 'template', got {entry!r:.120}")
             vid = str(entry["id"])
             cls = entry["template"].replace("[", "").replace("]", "")
@@ -53,7 +53,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
 
 def _load(path: Path, kind):
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(data, kind):

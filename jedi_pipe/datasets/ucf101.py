@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (DatasetError, Listing, VideoItem, check_root, check_split, find_class_root,
-                     find_dir, missing_error, rel)
+                     find_dir, missing_error, read_text, rel, stray_class_errors)
 
 LISTS_DIR = "ucfTrainTestlist"
 
@@ -42,12 +42,13 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 errors.append(missing_error(vid, rel(vroot / relpath, root), list_file))
                 continue
             items.append(VideoItem(vid, str(video), rel(video, root), index[cls], split_name))
+    errors += stray_class_errors(vroot, root, set(classes), (ann,), "classInd.txt")
     return Listing("ucf101", str(root), classes, items, f"split{split}", errors)
 
 
 def _lines(path: Path) -> list[str]:
     # The real lists end lines with CRLF; splitlines() takes both.
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    return [ln.strip() for ln in read_text(path).splitlines() if ln.strip()]
 
 
 def _read_class_ind(path: Path) -> list[str]:

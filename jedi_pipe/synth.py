@@ -1,0 +1,559 @@
+"""Procedural videos written in the exact on-disk layouts of HMDB51, UCF101, Kinetics-400 and SSv2.
+
+Used by tests, the demo and benchmarks: every adapter, the transcoder and the trainer can run on
+these folders as if they were the real downloads. The four datasets get different label spaces
+and visual domains but share motion primitives (move, circle, bounce, spin, ...), so, as with
+the real sets, features learned on one dataset help the others. A class is defined by its motion
+only: shape, colour, size and background are drawn independently of the label.
+
+    from jedi_pipe import synth
+    roots = synth.generate("data/synth", videos_per_class=30, seed=0)   # {"hmdb51": Path, ...}
+"""
+import colorsys
+import json
+import math
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+
+DATASETS = ("hmdb51", "ucf101", "kinetics400", "ssv2")
+
+# -----------------------------------------------------------------------------
+# label spaces: (class name, motion primitive, sign)
+# sign: +1 right / down / clockwise / grow, -1 the opposite, 0 drawn per video. Classes with
+# sign 0 stay correct under horizontal flips, which the loaders apply to all datasets but ssv2;
+# ssv2 alone has direction-dependent pairs, as the real set does.
+_TABLE = {
+    "hmdb51": [
+        ("cartwheel", "spin", 0), ("clap", "pulse", 0), ("climb_stairs", "step_v", -1),
+        ("golf", "circle", 0), ("jump", "bounce", 0), ("pullup", "osc_v", 0),
+        ("walk", "move_h", 0), ("wave", "osc_h", 0),
+    ],
+    "ucf101": [  # alphabetical, as classInd.txt is
+        ("Biking", "move_h", 0), ("BoxingSpeedBag", "osc_h", 0), ("HandstandPushups", "osc_v", 0),
+        ("HulaHoop", "circle", 0), ("JumpingJack", "pulse", 0), ("PizzaTossing", "spin", 0),
+        ("RopeClimbing", "step_v", -1), ("Skiing", "zigzag", 0), ("SkyDiving", "zoom", +1),
+        ("TrampolineJumping", "bounce", 0),
+    ],
+    "kinetics400": [
+        ("air drumming", "pulse", 0), ("bowling", "zoom", -1), ("breakdancing", "spin", 0),
+        ("dribbling basketball", "bounce", 0), ("pull ups", "osc_v", 0),
+        ("pushing car", "step_h", 0), ("riding a bike", "move_h", 0), ("rock climbing", "move_v", -1),
+        ("shaking head", "osc_h", 0), ("skiing slalom", "zigzag", 0), ("skydiving", "move_v", +1),
+        ("spinning poi", "circle", 0),
+    ],
+    "ssv2": [  # templates; labels.json is alphabetical, as the real one
+        ("Moving [something] away from the camera", "zoom", -1),
+        ("Moving [something] down", "move_v", +1),
+        ("Moving [something] towards the camera", "zoom", +1),
+        ("Moving [something] up", "move_v", -1),
+        ("Pushing [something] from left to right", "move_h", +1),
+        ("Pushing [something] from right to left", "move_h", -1),
+        ("Spinning [something] so it continues spinning", "spin", 0),
+        ("Spinning [something] that quickly stops spinning", "spin_stop", 0),
+    ],
+}
+# class names in label-index order; for ssv2 the labels.json keys (template without brackets)
+CLASSES = {ds: [name.replace("[", "").replace("]", "") for name, _, _ in rows] for ds, rows in _TABLE.items()}
+SSV2_TEMPLATES = [name for name, _, _ in _TABLE["ssv2"]]
+
+# -----------------------------------------------------------------------------
+# visual domains. Static looks vary little inside a dataset (places, shapes, palette: how many
+# backgrounds, actor shapes and actor colours it draws from, before jitter) and a lot between
+# datasets: see render() for why.
+# Sizes: (height, aspect) draws, width clamped to 64..176 and even (yuv420p). size: actor length
+# in short sides; speed: multiplies every rate of the motion; noise: grain sigma in 0..255;
+# flicker: per-frame gain; jitter: hand-held shake in short sides; pan: camera speed in short
+# sides per second; distractors: (min, max) count; occlusion: probability of a pole in front.
+_DOMAIN = {
+    "hmdb51": dict(  # old film: muted colours on a flat wall, grain and flicker, 30 fps
+        bg="flat", places=1, shapes=("ellipse",), palette=1, sat=(0.1, 0.45), size=(0.24, 0.34),
+        heights=(72, 80, 96), aspects=(4 / 3, 1.45, 16 / 9), fps=(30, 25, 24), dur=(1.5, 3.5),
+        speed=(0.8, 1.1), noise=(6, 12), flicker=0.05, jitter=0.012, pan=0.0, distractors=(0, 1), occlusion=0.15),
+    "ucf101": dict(  # clean 320x240 look: saturated actors on sky-to-ground gradients, 25 fps
+        bg="gradient", places=1, shapes=("diamond",), palette=1, sat=(0.6, 1.0), size=(0.22, 0.32),
+        heights=(96,), aspects=(4 / 3,), fps=(25, 25, 30), dur=(1.5, 3.5),
+        speed=(0.9, 1.2), noise=(2, 5), flicker=0.0, jitter=0.006, pan=0.0, distractors=(0, 1), occlusion=0.1),
+    "kinetics400": dict(  # YouTube: textured outdoor scenes, panning camera, any size and fps
+        bg="texture", places=1, shapes=("ellipse",), palette=1, sat=(0.3, 0.9), size=(0.28, 0.38),
+        heights=(64, 72, 96, 128), aspects=(16 / 9, 4 / 3, 1.0, 9 / 16), fps=(12, 15, 24, 25, 30), dur=(1.5, 3.5),
+        speed=(1.0, 1.35), noise=(2, 6), flicker=0.02, jitter=0.012, pan=0.06, distractors=(0, 2), occlusion=0.2),
+    "ssv2": dict(  # phone close-ups: big boxy objects on cluttered table tops, 12 fps, height 96
+        bg="clutter", places=1, shapes=("rect",), palette=1, sat=(0.2, 0.8), size=(0.28, 0.38),
+        heights=(96,), aspects=(1.0, 4 / 3, 1.5, 16 / 9), fps=(12, 12, 15), dur=(2.0, 4.0),
+        speed=(0.7, 1.0), noise=(3, 6), flicker=0.0, jitter=0.01, pan=0.0, distractors=(0, 1), occlusion=0.1),
+}
+_CODEC = {"hmdb51": "mpeg4", "ucf101": "mpeg4", "kinetics400": "libx264", "ssv2": "libvpx-vp9"}
+
+
+# -----------------------------------------------------------------------------
+# motion: trajectories of the main object, in pixels and radians, vectorised over time
+
+def _wrap(p, lo, hi):
+    # leaves one side and comes back on the other, so the motion stays visible in any window
+    return lo + np.mod(p - lo, hi - lo)
+
+
+def _reflect(p, lo, hi):
+    span = hi - lo
+    q = np.mod(p - lo, 2 * span)
+    return lo + np.where(q < span, q, 2 * span - q)
+
+
+def _motion(prim, sign, t, H, W, r, speed, rng):
+    """-> x, y, scale, angle arrays over t (seconds) for a primitive; r is the object half-size."""
+    S = min(H, W)
+    sign = sign or rng.choice((-1, 1))
+    v = rng.uniform(0.5, 0.9) * speed * S           # px / s: a few px per frame at 32 px and 8 fps
+    f = rng.uniform(0.7, 1.2) * speed               # Hz of periodic motions: ~1 cycle per 8-frame clip
+    ph = rng.uniform(0, 2 * np.pi)
+    x = np.full_like(t, W / 2 + rng.uniform(-0.15, 0.15) * W)
+    y = np.full_like(t, H / 2 + rng.uniform(-0.15, 0.15) * H)
+    scale = np.ones_like(t)
+    angle = np.full_like(t, rng.uniform(0, 2 * np.pi))
+    if prim in ("move_h", "move_v", "step_h", "step_v"):
+        d = v * t
+        if prim.startswith("step"):  # stop and go: speed (1 - cos) swings between 0 and 2v
+            w = 2 * np.pi * f * 0.7
+            d = v * (t - (np.sin(w * t + ph) - np.sin(ph)) / w)
+        if prim.endswith("h"):
+            x = _wrap(rng.uniform(0, W) + sign * d, -r, W + r)
+        else:
+            y = _wrap(rng.uniform(0, H) + sign * d, -r, H + r)
+    elif prim in ("osc_h", "osc_v"):
+        a = rng.uniform(0.25, 0.35) * S
+        if prim == "osc_h":
+            x = W / 2 + rng.uniform(-0.05, 0.05) * W + a * np.sin(2 * np.pi * f * t + ph)
+        else:
+            y = H / 2 + rng.uniform(-0.05, 0.05) * H + a * np.sin(2 * np.pi * f * t + ph)
+    elif prim == "circle":  # clockwise on screen for sign +1 (y points down)
+        R = rng.uniform(0.2, 0.3) * S
+        x = W / 2 + R * np.cos(sign * 2 * np.pi * f * t + ph)
+        y = H / 2 + R * np.sin(sign * 2 * np.pi * f * t + ph)
+    elif prim == "bounce":  # |sin|: sharp turn at the floor, slow at the top, unlike osc_v
+        a = rng.uniform(0.4, 0.5) * S
+        y = H / 2 + a / 2 - a * np.abs(np.sin(np.pi * f * 0.8 * t + ph))
+        x = _reflect(x + sign * 0.1 * S * t, r, W - r)
+    elif prim == "zigzag":  # steady sideways drift, sharp vertical turns
+        p = f * t + ph / (2 * np.pi)
+        y = H / 2 + rng.uniform(0.2, 0.28) * S * (4 * np.abs(p - np.floor(p + 0.5)) - 1)
+        x = _wrap(rng.uniform(0, W) + sign * 0.8 * v * t, -r, W + r)
+    elif prim == "pulse":
+        scale = 1 + 0.4 * np.sin(2 * np.pi * f * t + ph)
+    elif prim == "zoom":  # steady exponential growth (or shrink), restarting at the size limits
+        lo, hi = np.log(0.55), np.log(1.7)
+        k = rng.uniform(0.5, 0.8) * speed
+        s = np.mod(k * t + rng.uniform(0, hi - lo), hi - lo)
+        scale = np.exp(lo + s if sign > 0 else hi - s)
+    elif prim == "spin":
+        angle = angle + sign * rng.uniform(3.0, 6.0) * speed * t
+    elif prim == "spin_stop":  # angular speed decays with time constant tau: quickly still
+        tau = rng.uniform(0.3, 0.6)
+        angle = angle + sign * rng.uniform(4.0, 7.0) * speed * tau * (1 - np.exp(-t / tau))
+    else:
+        raise ValueError(f"unknown motion primitive {prim!r}")
+    # float32 all the way: a float64 slipping in here doubles the cost of every paint below
+    return [np.asarray(a, np.float32) for a in (x, y, scale, angle)]
+
+
+def _shake(t, amp, rng):
+    # hand-held camera: two small sinusoids per axis
+    out = []
+    for _ in range(2):
+        fr, phs = rng.uniform(0.8, 3.0, 2), rng.uniform(0, 2 * np.pi, 2)
+        out.append(amp * 0.5 * (np.sin(2 * np.pi * fr[0] * t + phs[0]) + np.sin(2 * np.pi * fr[1] * t + phs[1])))
+    return [o.astype(np.float32) for o in out]
+
+
+# -----------------------------------------------------------------------------
+# appearance
+
+def _colour(rng, sat, val=(0.35, 1.0)):
+    return np.array(colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*sat), rng.uniform(*val)), np.float32) * 255
+
+
+def _lum(c):
+    return float(c @ np.array([0.299, 0.587, 0.114], np.float32))
+
+
+def _upsample(grid, H, W):
+    # separable linear interpolation of a coarse random grid to H x W: a smooth texture.
+    # (Gathers, not matrix products: tiny BLAS calls pay threading overheads in every worker.)
+    def lerp(g, n, axis):
+        pos = np.linspace(0, g.shape[axis] - 1, n, dtype=np.float32)
+        i = np.minimum(pos.astype(int), g.shape[axis] - 2)
+        w = (pos - i).astype(np.float32).reshape([-1 if ax == axis else 1 for ax in range(g.ndim)])
+        return np.take(g, i, axis) * (1 - w) + np.take(g, i + 1, axis) * w
+    return lerp(lerp(np.asarray(grid, np.float32), H, 0), W, 1)
+
+
+def _background(kind, H, W, dom, rng):
+    base = _colour(rng, (dom["sat"][0] * 0.5, dom["sat"][1] * 0.6), (0.25, 0.85))
+    if kind == "flat":  # muted wall with a soft vignette, like old indoor footage
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+        d = ((yy / H - 0.5) ** 2 + (xx / W - 0.5) ** 2)[..., None]
+        return base * (1 - 0.6 * d)
+    if kind == "gradient":  # sky-to-ground style blend along a random direction
+        other = _colour(rng, dom["sat"], (0.2, 0.9))
+        a = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+        g = (np.cos(a) * (xx / W - 0.5) + np.sin(a) * (yy / H - 0.5)) / 1.42 + 0.5
+        return base + g[..., None] * (other - base)
+    if kind == "texture":  # outdoor clutter: coarse colour blobs plus finer luminance texture
+        # grids of fixed size: one place looks the same at every resolution
+        coarse = _upsample(base + rng.normal(0, 20, (7, 9, 3)).astype(np.float32), H, W)
+        fine = _upsample(rng.normal(0, 7, (24, 30, 1)).astype(np.float32), H, W)
+        return coarse + fine
+    if kind == "clutter":  # table top: two-tone surface with static items on it
+        img = np.empty((H, W, 3), np.float32)
+        edge = int(rng.uniform(0.3, 0.6) * H)
+        img[:edge], img[edge:] = base, _colour(rng, (0.1, 0.5), (0.3, 0.8))
+        for _ in range(rng.integers(4, 10)):
+            h, w = (rng.uniform(0.08, 0.25, 2) * (H, W)).astype(int) + 2
+            y0, x0 = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
+            img[y0:y0 + h, x0:x0 + w] = 0.5 * img[y0, x0] + 0.5 * _colour(rng, (0.1, 0.6), (0.2, 0.95))
+        return img
+    raise ValueError(kind)
+
+
+def _shape_mask(kind, u, v, a, b):
+    # soft (anti-aliased) inside-ness in [0, 1]; u, v in object coordinates, half-axes a, b
+    if kind == "ellipse":
+        d = (np.sqrt((u / a) ** 2 + (v / b) ** 2) - 1) * b
+    elif kind == "rect":
+        d = np.maximum(np.abs(u) - a, np.abs(v) - b)
+    else:  # diamond
+        d = (np.abs(u) / a + np.abs(v) / b - 1) * b * 0.8
+    return np.clip(0.5 - d, 0, 1)
+
+
+def _sprite(canvas, x, y, half, draw):
+    """Composite one moving object into canvas [T, H, W, 3], touching only a box of 2 * half
+    around its centre (x, y) in each frame: objects cover a few % of a frame, so this is several
+    times cheaper than full-frame masks. draw(dx, dy) -> (alpha [T, B, B], colour) with dx, dy
+    the offsets of the box's pixels from the centre."""
+    T, H, W, _ = canvas.shape
+    B = min(int(2 * half) + 3, H, W)
+    # a box clipped into the frame still covers the visible part of an object half outside it
+    y0 = np.clip(np.floor(y - B / 2).astype(int), 0, H - B)
+    x0 = np.clip(np.floor(x - B / 2).astype(int), 0, W - B)
+    rows, cols = y0[:, None] + np.arange(B), x0[:, None] + np.arange(B)
+    idx = (np.arange(T)[:, None, None], rows[:, :, None], cols[:, None, :])
+    dx = (cols + 0.5 - x[:, None]).astype(np.float32)[:, None, :]
+    dy = (rows + 0.5 - y[:, None]).astype(np.float32)[:, :, None]
+    alpha, colour = draw(dx, dy)
+    box = canvas[idx]
+    canvas[idx] = box + alpha[..., None] * (colour - box)
+
+
+def render(dataset, label, seed=0, scene=0, index=0):
+    """Video `index` of `dataset`, of class `label`, shot in `scene` -> (frames uint8 [T, H, W, 3], fps).
+
+    Static looks vary little inside a dataset: its place(s) and actor palette are shared by all
+    classes and only jittered per scene/video, so the look says nothing about the label and a
+    small model must learn the motion. (With one random look per video, a tiny 3D CNN memorises
+    looks and stays at chance even with all labels.) Clips of one scene (a UCF group, an HMDB
+    subject) share framing size, fps, actor look and white balance."""
+    dom, d = _DOMAIN[dataset], DATASETS.index(dataset)
+    rng_of = lambda *key: np.random.default_rng(np.random.SeedSequence([seed, d, *key]))
+    srng, rng = rng_of(1, scene), rng_of(2, index)
+    palette = [_colour(rng_of(3, i), dom["sat"]) for i in range(dom["palette"])]
+    extras = _colour(rng_of(5), (0.3, 0.8))  # distractors: their own colour, never the actor's
+    # scene: frame size, fps, place, actor look
+    H = int(srng.choice(dom["heights"]))
+    W = int(np.clip(round(H * srng.choice(dom["aspects"]) / 2) * 2, 64, 176))
+    fps = int(srng.choice(dom["fps"]))
+    S = min(H, W)
+    # the place is drawn larger than the frame: each video frames it differently, kinetics pans over it
+    room = int(math.ceil(0.1 * S + dom["pan"] * S * dom["dur"][1] / 2 + (0.03 * S if dom["pan"] else 0))) + 1
+    place = rng_of(4, int(srng.integers(dom["places"])))
+    bg = _background(dom["bg"], H + 2 * room, W + 2 * room, dom, place).astype(np.float32)
+    bg *= srng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance differs between cameras
+    shape = srng.choice(dom["shapes"])
+    colour = np.clip(palette[srng.integers(len(palette))] + srng.normal(0, 15, 3), 0, 255).astype(np.float32)
+    if abs(_lum(colour) - _lum(bg.mean((0, 1)))) < 60:  # keep the actor visible on its background
+        colour = 255 - colour
+    a = srng.uniform(*dom["size"]) * S / 2
+    b = a * srng.uniform(0.5, 0.8)  # elongated, and one half darker: rotation is visible
+    # video: duration, motion, camera
+    T = max(16, int(round(rng.uniform(*dom["dur"]) * fps)))
+    t = np.arange(T, dtype=np.float32) / fps
+    prim, sign = _TABLE[dataset][label][1:]
+    x, y, scale, angle = _motion(prim, sign, t, H, W, a, rng.uniform(*dom["speed"]), rng)
+    jx, jy = _shake(t, dom["jitter"] * S, rng)
+    x, y = x + jx, y + jy
+    # camera over the place: a random framing, then (kinetics) a slow pan with shake. It follows
+    # the actor, so only the jitter above moves the actor in the frame.
+    fx, fy = rng.uniform(-0.1, 0.1, 2) * S + room
+    if dom["pan"]:
+        ang, ps = rng.uniform(0, 2 * np.pi), rng.uniform(0.3, 1.0) * dom["pan"] * S
+        cx, cy = _shake(t, 0.02 * S, rng)
+        ox = np.clip(np.round(fx + ps * np.cos(ang) * (t - t[-1] / 2) + cx), 0, 2 * room).astype(int)
+        oy = np.clip(np.round(fy + ps * np.sin(ang) * (t - t[-1] / 2) + cy), 0, 2 * room).astype(int)
+        frames = np.stack([bg[oy[i]:oy[i] + H, ox[i]:ox[i] + W] for i in range(T)])
+    else:
+        frames = np.broadcast_to(bg[int(fy):int(fy) + H, int(fx):int(fx) + W], (T, H, W, 3)).copy()
+
+    for _ in range(rng.integers(dom["distractors"][0], dom["distractors"][1] + 1)):
+        # small things wandering in straight lines, bouncing off the borders: motion with no label
+        rd = rng.uniform(0.04, 0.08) * S
+        vel = rng.uniform(0.2, 0.6) * S * rng.choice((-1, 1), 2)
+        dxs = _reflect(rng.uniform(rd, W - rd) + vel[0] * t, rd, W - rd)
+        dys = _reflect(rng.uniform(rd, H - rd) + vel[1] * t, rd, H - rd)
+        col = np.clip(extras + rng.normal(0, 20, 3), 0, 255).astype(np.float32)
+        _sprite(frames, dxs, dys, rd, lambda dx, dy: (np.clip(rd + 0.5 - np.sqrt(dx * dx + dy * dy), 0, 1), col))
+
+    def actor(dx, dy):
+        c, s, k = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None], 1 / scale[:, None, None]
+        u, v = (dx * c + dy * s) * k, (dy * c - dx * s) * k
+        shade = np.where(u > 0, np.float32(0.55), np.float32(1))[..., None]
+        return _shape_mask(shape, u, v, a, b), colour * shade
+    _sprite(frames, x, y, a * scale.max() + 1, actor)
+    if rng.uniform() < dom["occlusion"]:  # a pole in front of the camera, hiding part of the path
+        x0 = int(rng.uniform(0.2, 0.7) * W)
+        frames[:, :, x0:x0 + int(rng.uniform(0.1, 0.18) * W)] = _colour(rng, (0, 0.5), (0.1, 0.6))
+    # sensor: per-frame gain (film flicker) and grey grain; uniform noise is 5x cheaper than normal
+    frames *= 1 + dom["flicker"] * (2 * rng.random((T, 1, 1, 1), dtype=np.float32) - 1)
+    grain = rng.random((T, H, W, 1), dtype=np.float32)
+    grain -= 0.5
+    grain *= rng.uniform(*dom["noise"]) * 12 ** 0.5  # uniform noise with that sigma
+    frames += grain
+    return np.clip(frames, 0, 255, out=frames).astype(np.uint8), fps
+
+
+# -----------------------------------------------------------------------------
+# encoding (in-process PyAV; bitexact so the bytes depend on the seed only)
+
+def _encode(path, frames, fps, codec):
+    import av  # imported where used (style guide); the workers import it once each
+    fmt = {"mpeg4": "avi", "libx264": "mp4", "libvpx-vp9": "webm"}[codec]
+    # fastest settings that still look like the real files; one thread: we parallelise over videos
+    opts = {"libx264": {"preset": "superfast", "crf": "26", "threads": "1"},
+            "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "crf": "36", "b": "0",
+                           "threads": "1", "lag-in-frames": "0", "row-mt": "0"}}.get(codec, {})
+    tmp = path.with_name(path.name + ".part")  # a video appears under its name only when complete
+    with av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"}) as out:
+        st = out.add_stream(codec, rate=fps, options=opts)
+        st.height, st.width, st.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        st.codec_context.flags |= av.codec.context.Flags.bitexact
+        if codec == "mpeg4":  # Xvid FourCC and a modest bit rate (0.4 bit per pixel), as HMDB51 / UCF101
+            st.codec_context.codec_tag = "XVID"
+            st.codec_context.bit_rate = int(0.4 * frames.shape[1] * frames.shape[2] * fps)
+        for f in frames:
+            out.mux(st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        out.mux(st.encode())
+    os.replace(tmp, path)
+
+
+def _make_video(job):
+    seed, ds, index, label, scene, path = job
+    frames, fps = render(ds, label, seed, scene, index)
+    _encode(Path(path), frames, fps, _CODEC[ds])
+    return 1
+
+
+# -----------------------------------------------------------------------------
+# layouts: each writes the annotation files and returns its video jobs
+# (label, scene, path); the main process does all the drawing, so it is worker-independent
+
+def _train_test_counts(n):
+    n_test = max(1, round(0.3 * n))
+    return n - n_test, n_test
+
+
+def _write_lines(path, lines, eol):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:  # newline="": we choose the line ends, not the OS
+        f.writelines(line + eol for line in lines)
+
+
+_SUBJECTS = ["April_09", "AmericanGangster", "Bad_Boys_2", "Blonde_being_brushed", "Catch_Me_If_You_Can",
+             "DerSchuh", "Faith_Rewarded", "Fellowship_3", "KUNG_FU_HUSTLE", "LONGESTYARD", "Megamind",
+             "NoCountryForOldMen", "Pirates_5", "RushHour2", "Sixth_Sense", "TheBigLebowski",
+             "Veoh_Alpha_Dog_1", "WhatWomenWant", "likebeckam", "prelinger_LetsPlay"]
+
+
+def _hmdb51(root, n, rng):
+    jobs = []
+    for ci, cls in enumerate(CLASSES["hmdb51"]):
+        # subjects (source movies) of 1-4 clips share a look; the split keeps a subject on one side
+        subjects, names, order = [], [], rng.permutation(len(_SUBJECTS))
+        while len(names) < n:
+            s, size = len(subjects), min(n - len(names), int(rng.integers(1, max(1, min(4, n // 3)) + 1)))
+            who = _SUBJECTS[order[s % len(order)]] + (f"_{s // len(order)}" if s >= len(order) else "")
+            # body part, camera motion, people, view, quality: the real name fields, drawn per subject
+            tags = "_".join([rng.choice(["f", "h", "u", "l"]), rng.choice(["cm", "nm"]), rng.choice(["np1", "np2"]),
+                             rng.choice(["fr", "ba", "le", "ri"]), rng.choice(["bad", "med", "goo"])])
+            subjects.append(list(range(len(names), len(names) + size)))
+            for i in range(size):
+                names.append(f"{who}_{cls}_{tags}_{i}.avi")
+                jobs.append((ci, ci * 1000 + s, root / cls / names[-1]))
+        _, n_test = _train_test_counts(n)
+        for k in (1, 2, 3):
+            tag, n_in_test = [1] * n, 0
+            for sub in rng.permutation(len(subjects)):
+                if n_in_test >= n_test or n_in_test + len(subjects[sub]) >= n:
+                    continue
+                for i in subjects[sub]:
+                    tag[i] = 2
+                n_in_test += len(subjects[sub])
+            if n_in_test == 0:  # every subject was too big: test its first clip alone
+                tag[0] = 2
+            train = [i for i in range(n) if tag[i] == 1]
+            for i in rng.permutation(train)[: max(0, (len(train) - 1) // 10)]:
+                tag[i] = 0  # a few clips unused, as in the real split files
+            lines = [f"{names[i]} {tag[i]} " for i in sorted(range(n), key=names.__getitem__)]
+            _write_lines(root / "testTrainMulti_7030_splits" / f"{cls}_test_split{k}.txt", lines, "\n")
+    return jobs
+
+
+def ucf_test_groups(n_groups, split):
+    """Groups (1-based) tested by split 1..3: disjoint consecutive blocks, as the real
+    g01-07 / g08-14 / g15-21 for 25 groups; blocks wrap around when there are too few groups."""
+    b = max(1, round(n_groups * 7 / 25))
+    return sorted({((split - 1) * b + j) % n_groups + 1 for j in range(b)})
+
+
+def _ucf101(root, n, rng):
+    jobs, trainlists, testlists = [], {k: [] for k in (1, 2, 3)}, {k: [] for k in (1, 2, 3)}
+    G = int(np.clip(round(n / 4.5), 2, 25))  # real: 25 groups of 4-7 clips
+    for ci, cls in enumerate(CLASSES["ucf101"]):
+        stem = "HandStandPushups" if cls == "HandstandPushups" else cls  # the real set's odd spelling
+        sizes = np.full(G, n // G)
+        sizes[rng.permutation(G)[: n % G]] += 1
+        for g in range(1, G + 1):
+            for c in range(1, sizes[g - 1] + 1):
+                rel = f"{cls}/v_{stem}_g{g:02d}_c{c:02d}.avi"
+                jobs.append((ci, ci * 1000 + g, root / "UCF-101" / rel))
+                for k in (1, 2, 3):
+                    if g in ucf_test_groups(G, k):
+                        testlists[k].append(rel)
+                    else:
+                        trainlists[k].append(f"{rel} {ci + 1}")
+    lists = root / "ucfTrainTestlist"
+    _write_lines(lists / "classInd.txt", [f"{i + 1} {c}" for i, c in enumerate(CLASSES["ucf101"])], "\r\n")
+    for k in (1, 2, 3):
+        _write_lines(lists / f"trainlist0{k}.txt", trainlists[k], "\r\n")
+        _write_lines(lists / f"testlist0{k}.txt", testlists[k], "\r\n")
+    return jobs
+
+
+_YT = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _csv_field(s):
+    # the real annotation files quote labels with spaces; csv.QUOTE_MINIMAL alone would not
+    return '"' + s.replace('"', '""') + '"' if any(ch in s for ch in ' ,"') else s
+
+
+def _kinetics400(root, n, rng, layout):
+    rows, seen = [], set()
+    n_train, _ = _train_test_counts(n)
+    for ci, cls in enumerate(CLASSES["kinetics400"]):
+        for i in range(n):
+            while True:  # ids starting with '-' or holding '_' break naive parsers: include both
+                yt = "".join(rng.choice(list(_YT), 11))
+                if len(rows) % 7 == 0:
+                    yt = "-" + yt[1:]
+                if len(rows) % 5 == 0:
+                    yt = yt[:4] + "_" + yt[5:]
+                if yt not in seen:
+                    break
+            seen.add(yt)
+            start = int(rng.integers(0, 300))
+            rows.append((cls, yt, start, start + 10, "train" if i < n_train else "val", int(rng.uniform() < 0.1), ci))
+    missing = set(rng.permutation(len(rows))[: max(1, round(0.03 * len(rows)))].tolist())
+    jobs = []
+    for split in ("train", "val"):
+        part = sorted((r for r in rows if r[4] == split), key=lambda r: (r[0], r[1]))
+        lines = ["label,youtube_id,time_start,time_end,split,is_cc"]
+        lines += [f"{_csv_field(r[0])},{r[1]},{r[2]},{r[3]},{r[4]},{r[5]}" for r in part]
+        _write_lines(root / "annotations" / f"{split}.csv", lines, "\n")
+    for idx, (cls, yt, s, e, split, _, ci) in enumerate(rows):
+        if idx in missing:  # listed in the csv, never downloaded
+            continue
+        name = f"{yt}_{s:06d}_{e:06d}.mp4"
+        # MMAction2 layout: class folders renamed with '_' for ' ' (its rename_classnames.sh)
+        folder = root / split if layout == "flat" else root / f"videos_{split}" / cls.replace(" ", "_")
+        jobs.append((ci, idx, folder / name))
+    return jobs
+
+
+_THINGS = ["cup", "pen", "phone", "remote control", "book", "bottle", "box", "spoon", "shoe", "apple",
+           "toy car", "wallet"]
+
+
+def _ssv2(root, n, rng):
+    n_train, n_val = _train_test_counts(n)
+    C = len(SSV2_TEMPLATES)
+    n_test = max(2, round(0.1 * n * C))
+    labels = [ci for ci in range(C) for _ in range(n)] + rng.integers(0, C, n_test).tolist()
+    ids = (rng.permutation(220000)[: len(labels)] + 1).tolist()
+    entries = {"train": [], "validation": [], "test": []}
+    jobs = []
+    for j, (ci, vid) in enumerate(zip(labels, ids)):
+        split = "test" if j >= n * C else ("train" if j % n < n_train else "validation")
+        if split == "test":
+            entries[split].append({"id": str(vid)})
+        else:
+            thing = str(rng.choice(_THINGS))
+            tpl = SSV2_TEMPLATES[ci]
+            label = tpl.replace("[something]", thing)
+            entries[split].append({"id": str(vid), "label": label[0].lower() + label[1:], "template": tpl,
+                                   "placeholders": [thing]})
+        jobs.append((ci, j, root / "20bn-something-something-v2" / f"{vid}.webm"))
+    lab = root / "labels"
+    lab.mkdir(parents=True, exist_ok=True)
+    (lab / "labels.json").write_text(json.dumps({c: str(i) for i, c in enumerate(CLASSES["ssv2"])}, indent=1))
+    for split, items in entries.items():
+        order = rng.permutation(len(items))  # the real files are not sorted by class
+        (lab / f"{split}.json").write_text(json.dumps([items[i] for i in order], indent=1))
+    return jobs
+
+
+# -----------------------------------------------------------------------------
+
+def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, kinetics_layout="flat",
+             top_dirs=None, progress=None):
+    """Write synthetic copies of `datasets` under `out` (one folder each, named by `top_dirs` or the
+    dataset). kinetics_layout: "flat" (CVDF: train/, val/) or "per_class" (MMAction2: videos_train/
+    <label>/). progress(n) is called as videos finish. The same seed gives the same files for any
+    number of workers. Returns {dataset: root folder}."""
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+    if kinetics_layout not in ("flat", "per_class"):
+        raise ValueError(f"kinetics_layout must be 'flat' or 'per_class', not {kinetics_layout!r}")
+    if videos_per_class < 2:
+        raise ValueError("videos_per_class must be at least 2 (one train and one test clip per class)")
+    out, top_dirs = Path(out), top_dirs or {}
+    roots, jobs = {}, []
+    for ds in datasets:
+        root = roots[ds] = out / top_dirs.get(ds, ds)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, DATASETS.index(ds), 0]))
+        if ds == "kinetics400":
+            found = _kinetics400(root, videos_per_class, rng, kinetics_layout)
+        else:
+            found = {"hmdb51": _hmdb51, "ucf101": _ucf101, "ssv2": _ssv2}[ds](root, videos_per_class, rng)
+        for index, (label, scene, path) in enumerate(found):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            jobs.append((seed, ds, index, label, scene, str(path)))
+    workers = os.cpu_count() if workers is None else workers
+    if workers <= 1:
+        done = map(_make_video, jobs)
+    else:
+        # fork: no re-import of the caller's __main__, so plain scripts without a main guard work
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        pool = ctx.Pool(workers)
+        done = pool.imap_unordered(_make_video, jobs, chunksize=4)
+    try:
+        for n in done:
+            if progress is not None:
+                progress(n)
+    finally:
+        if workers > 1:
+            pool.close()
+            pool.join()
+    return roots

@@ -1,0 +1,225 @@
+"""jedi_pipe.synth: the four real on-disk layouts, codecs, determinism, label semantics."""
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from jedi_pipe import synth
+
+av = pytest.importorskip("av")
+
+N = 2  # videos per class: the least that still gives every class a train and a test clip
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    done = []
+    roots = synth.generate(out, videos_per_class=N, seed=0, workers=2, progress=done.append)
+    return out, roots, sum(done)
+
+
+def _videos(root):
+    return sorted(p for p in root.rglob("*") if p.suffix in (".avi", ".mp4", ".webm"))
+
+
+def _probe(path):
+    with av.open(str(path)) as c:
+        st = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(video=0))
+        return dict(format=c.format.name, codec=st.codec_context.name, tag=st.codec_context.codec_tag,
+                    size=(st.codec_context.width, st.codec_context.height), fps=float(st.average_rate),
+                    frames=frames)
+
+
+def test_classes():
+    assert [len(synth.CLASSES[d]) for d in synth.DATASETS] == [8, 10, 12, 8]
+    assert "HandstandPushups" in synth.CLASSES["ucf101"]
+    assert synth.CLASSES["ucf101"] == sorted(synth.CLASSES["ucf101"])  # classInd is alphabetical
+    assert all(re.fullmatch(r"[a-z_]+", c) for c in synth.CLASSES["hmdb51"])
+    assert any(" " in c for c in synth.CLASSES["kinetics400"])
+    ssv2 = synth.CLASSES["ssv2"]
+    assert "Pushing something from left to right" in ssv2 and "Pushing something from right to left" in ssv2
+    assert "Moving something up" in ssv2 and "Moving something down" in ssv2
+
+
+def test_roots_and_progress(synth_root):
+    out, roots, n_done = synth_root
+    assert roots == {d: out / d for d in synth.DATASETS}
+    assert n_done == len(_videos(out)) > 0
+    assert not list(out.rglob("*.part"))
+
+
+def test_hmdb51_layout(synth_root):
+    root = synth_root[1]["hmdb51"]
+    splits = root / "testTrainMulti_7030_splits"
+    differ = False
+    for cls in synth.CLASSES["hmdb51"]:
+        files = {p.name for p in (root / cls).glob("*.avi")}
+        assert len(files) == N and all(f"_{cls}_" in f for f in files)
+        tags = {}
+        for k in (1, 2, 3):
+            raw = (splits / f"{cls}_test_split{k}.txt").read_bytes()
+            assert b"\r" not in raw
+            lines = raw.decode().split("\n")
+            assert lines[-1] == "" and all(re.fullmatch(r"\S+\.avi [012] ", line) for line in lines[:-1])
+            tags[k] = dict(line.split() for line in lines[:-1])
+            assert set(tags[k]) == files
+            assert "1" in tags[k].values() and "2" in tags[k].values()
+        differ |= tags[1] != tags[2] or tags[2] != tags[3]
+    assert differ
+
+
+def _crlf_lines(path):
+    raw = path.read_bytes()
+    assert raw.endswith(b"\r\n") and raw.count(b"\n") == raw.count(b"\r\n")
+    return raw.decode().split("\r\n")[:-1]
+
+
+def test_ucf101_layout(synth_root):
+    root = synth_root[1]["ucf101"]
+    lists = root / "ucfTrainTestlist"
+    ind = [line.split(" ") for line in _crlf_lines(lists / "classInd.txt")]
+    assert ind == [[str(i + 1), c] for i, c in enumerate(synth.CLASSES["ucf101"])]
+    label = {c: int(i) for i, c in ind}
+    on_disk = {p.relative_to(root / "UCF-101").as_posix() for p in _videos(root)}
+    assert len(on_disk) == N * len(ind)
+    for k in (1, 2, 3):
+        train = [line.split(" ") for line in _crlf_lines(lists / f"trainlist0{k}.txt")]
+        test = _crlf_lines(lists / f"testlist0{k}.txt")
+        assert all(len(t) == 2 and int(t[1]) == label[t[0].split("/")[0]] for t in train)
+        assert all(" " not in t for t in test)
+        assert {t[0] for t in train} | set(test) == on_disk and not {t[0] for t in train} & set(test)
+        group = lambda rel: re.fullmatch(r"(\w+)/v_(\w+)_g(\d\d)_c(\d\d)\.avi", rel).group(3)
+        assert not {group(t[0]) for t in train} & {group(t) for t in test}  # a group never on both sides
+    hs = sorted(r for r in on_disk if r.startswith("HandstandPushups/"))
+    assert hs and all(re.fullmatch(r"HandstandPushups/v_HandStandPushups_g\d\d_c\d\d\.avi", r) for r in hs)
+    assert "HandstandPushups/v_HandStandPushups_g01_c01.avi" in on_disk
+
+
+def test_ucf101_split_blocks():
+    assert [synth.ucf_test_groups(25, k) for k in (1, 2, 3)] == [
+        list(range(1, 8)), list(range(8, 15)), list(range(15, 22))]
+    blocks = [set(synth.ucf_test_groups(7, k)) for k in (1, 2, 3)]
+    assert all(blocks) and not (blocks[0] & blocks[1] or blocks[1] & blocks[2] or blocks[0] & blocks[2])
+
+
+def test_kinetics400_layout(synth_root):
+    root = synth_root[1]["kinetics400"]
+    rows = []
+    for split in ("train", "val"):
+        text = (root / "annotations" / f"{split}.csv").read_text()
+        assert text.splitlines()[0] == "label,youtube_id,time_start,time_end,split,is_cc"
+        assert '\n"air drumming",' in text and "\nbowling," in text  # quoted only when needed
+        part = list(csv.DictReader(text.splitlines()))
+        assert {r["split"] for r in part} == {split}
+        rows += part
+    assert len(rows) == N * 12 and {r["label"] for r in rows} == set(synth.CLASSES["kinetics400"])
+    ids = [r["youtube_id"] for r in rows]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9_-]{11}", y) for y in ids)
+    assert any(y.startswith("-") for y in ids) and any("_" in y for y in ids)
+    expected = {f"{r['split']}/{r['youtube_id']}_{int(r['time_start']):06d}_{int(r['time_end']):06d}.mp4" for r in rows}
+    on_disk = {p.relative_to(root).as_posix() for p in _videos(root)}
+    assert on_disk < expected and len(expected - on_disk) == max(1, round(0.03 * len(rows)))
+
+
+def test_ssv2_layout(synth_root):
+    root = synth_root[1]["ssv2"]
+    labels = json.loads((root / "labels" / "labels.json").read_text())
+    assert list(labels) == synth.CLASSES["ssv2"] and list(labels.values()) == [str(i) for i in range(len(labels))]
+    ids = []
+    for split in ("train", "validation"):
+        for e in json.loads((root / "labels" / f"{split}.json").read_text()):
+            assert set(e) == {"id", "label", "template", "placeholders"} and e["id"].isdigit()
+            assert e["template"].replace("[", "").replace("]", "") in labels
+            filled = e["template"].replace("[something]", e["placeholders"][0])
+            assert e["label"] == filled[0].lower() + filled[1:]
+            ids.append(e["id"])
+    test = json.loads((root / "labels" / "test.json").read_text())
+    assert test and all(set(e) == {"id"} and e["id"].isdigit() for e in test)
+    ids += [e["id"] for e in test]
+    assert len(set(ids)) == len(ids)
+    assert {p.name for p in _videos(root)} == {f"{i}.webm" for i in ids}
+    assert all(p.parent.name == "20bn-something-something-v2" for p in _videos(root))
+
+
+def test_codecs_and_variety(synth_root):
+    out = synth_root[0]
+    expect = {"hmdb51": ("avi", "mpeg4"), "ucf101": ("avi", "mpeg4"), "kinetics400": ("mp4", "h264"),
+              "ssv2": ("webm", "vp9")}
+    sizes, rates = set(), set()
+    for ds, (fmt, codec) in expect.items():
+        for p in _videos(out / ds):
+            info = _probe(p)
+            assert fmt in info["format"] and info["codec"] == codec and info["frames"] >= 16
+            if codec == "mpeg4":
+                assert info["tag"] == "XVID"
+            w, h = info["size"]
+            assert 64 <= w <= 176 and w % 2 == 0 and h % 2 == 0
+            sizes.add(info["size"])
+            rates.add(round(info["fps"]))
+    assert len(sizes) >= 4 and len(rates) >= 3 and rates <= {12, 15, 24, 25, 30}
+
+
+def test_same_files_for_any_worker_count(synth_root, tmp_path):
+    # one dataset per container (ucf101 shares hmdb51's); also: a subset gives the same files
+    kept = ("hmdb51", "kinetics400", "ssv2")
+    synth.generate(tmp_path, datasets=kept, videos_per_class=N, seed=0, workers=1)
+    out = synth_root[0]
+    a = {p.relative_to(out): p.read_bytes() for d in kept for p in (out / d).rglob("*") if p.is_file()}
+    b = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert a.keys() == b.keys()
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_seed_changes_content(tmp_path):
+    one = synth.generate(tmp_path / "a", datasets=("ssv2",), videos_per_class=2, seed=1, workers=1)["ssv2"]
+    two = synth.generate(tmp_path / "b", datasets=("ssv2",), videos_per_class=2, seed=2, workers=1)["ssv2"]
+    assert (one / "labels" / "train.json").read_text() != (two / "labels" / "train.json").read_text()
+
+
+def test_per_class_layout_and_top_dirs(tmp_path):
+    roots = synth.generate(tmp_path, datasets=("hmdb51", "kinetics400"), videos_per_class=2, workers=2,
+                           kinetics_layout="per_class", top_dirs={"hmdb51": "hmdb51_org"})
+    assert roots == {"hmdb51": tmp_path / "hmdb51_org", "kinetics400": tmp_path / "kinetics400"}
+    assert (tmp_path / "hmdb51_org" / "testTrainMulti_7030_splits").is_dir() and not (tmp_path / "hmdb51").exists()
+    k = roots["kinetics400"]
+    assert not (k / "train").exists() and not (k / "val").exists()
+    vids = _videos(k)
+    assert vids and {p.parent.parent.name for p in vids} == {"videos_train", "videos_val"}
+    # MMAction2 renames class folders with '_' for ' ' (tools/data/kinetics/rename_classnames.sh)
+    assert {p.parent.name for p in vids} <= {c.replace(" ", "_") for c in synth.CLASSES["kinetics400"]}
+    assert "riding_a_bike" in {p.parent.name for p in vids}
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        synth.generate(tmp_path, datasets=("hmdb52",))
+    with pytest.raises(ValueError, match="kinetics_layout"):
+        synth.generate(tmp_path, kinetics_layout="mmaction")
+    with pytest.raises(ValueError, match="at least 2"):
+        synth.generate(tmp_path, videos_per_class=1)
+
+
+@pytest.mark.parametrize("template, axis, sign", [
+    ("Pushing [something] from left to right", 0, +1), ("Pushing [something] from right to left", 0, -1),
+    ("Moving [something] down", 1, +1), ("Moving [something] up", 1, -1),
+    ("Moving [something] towards the camera", 2, +1), ("Moving [something] away from the camera", 2, -1),
+])
+def test_ssv2_directions_match_labels(template, axis, sign):
+    # the motion, not the name, carries the label: check its direction on the raw trajectory
+    _, prim, s = synth._TABLE["ssv2"][synth.SSV2_TEMPLATES.index(template)]
+    t = np.arange(60, dtype=np.float32) / 15
+    for seed in range(5):
+        track = synth._motion(prim, s, t, 96, 128, 12.0, 1.0, np.random.default_rng(seed))[axis]
+        steps = np.diff(track)
+        assert np.median(np.sign(steps)) == sign
+
+
+def test_render_is_visible_motion():
+    frames, fps = synth.render("ucf101", 0, seed=0, scene=0, index=1)
+    assert frames.dtype == np.uint8 and frames.ndim == 4 and fps in (12, 15, 24, 25, 30)
+    diff = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(-1)
+    assert (diff > 40).mean() > 0.002  # something moves well above the grain
