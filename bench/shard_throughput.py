@@ -144,9 +144,9 @@ def measure(dataset, root, settings, workers, rounds, scratch: Path) -> dict:
                 times[what] = bare_loop(paths, settings, workers, scratch)
             else:
                 times[what], summary = shard_run(dataset, root, scratch / "out", settings, workers)
-            c1 = cpu_seconds()
+            c1, w1 = cpu_seconds(), time.perf_counter()
             cpu[what].append((c1[0] - c0[0], c1[1] - c0[1]))   # (driver, ffmpeg) CPU seconds
-            util[what].append(utilisation(w0, w0 + times[what], workers))
+            util[what].append(utilisation(w0, w1, workers))
         bare.append(len(paths) / times["bare"])
         shard.append(len(paths) / times["shard"])
         ratios.append(times["bare"] / times["shard"])

@@ -11,7 +11,8 @@ import click
 from . import __version__
 
 SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "seed", "codec", "fps",
-                     "short_side", "max_seconds", "shard_max_count", "max_failures", "workers")
+                     "short_side", "max_seconds", "shard_max_count", "max_failures", "workers",
+                     "min_frames", "timeout_s")
 
 
 def fail(msg: str):
@@ -76,6 +77,8 @@ def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
 @click.option("--max-seconds", default=10.0, show_default=True, type=float, help="Keep at most this many seconds of each video.")
 @click.option("--shard-max-count", default=1000, show_default=True, type=int, help="Samples per tar at most.")
 @click.option("--max-failures", default=0.05, show_default=True, type=float, help="Fraction of videos allowed to fail before the run exits non-zero.")
+@click.option("--min-frames", default=1, show_default=True, type=click.IntRange(1, None), help="Skip clips with fewer frames (after --fps); truncated files keep what decodes.")
+@click.option("--timeout", "timeout_s", default=600.0, show_default=True, type=float, help="Seconds one ffmpeg transcode may take before its video is recorded as failed.")
 @click.option("--videos", default=None, type=click.Path(), help="Folder of the videos, when not under --root.")
 @click.option("--annotations", default=None, type=click.Path(), help="Folder of the split/annotation files, when not under --root.")
 @click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML of defaults for these options (preprocess/<dataset>.yaml); flags given here win.")
@@ -89,13 +92,20 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     """
     from .make_shards import ShardError, make_shards
     if recipe:
+        params = {p.name: p for p in ctx.command.params}
         for key, value in _read_recipe(recipe).items():
             if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
-                opts[key] = value
+                try:   # recipe values pass the same type checks as flags
+                    opts[key] = params[key].type_cast_value(ctx, value)
+                except click.BadParameter as e:
+                    fail(f"recipe {recipe}: {key}: {e.message}")
     try:
         s = make_shards(dataset, root, out, **opts)
     except ShardError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        click.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
     if s.already_complete:
         click.echo(f"{s.out}: already complete with these settings; nothing to do")
     counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
@@ -107,8 +117,12 @@ def _read_recipe(path) -> dict:
     import yaml
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        fail(f"cannot read recipe {path}: {e}")
+    except OSError as e:
+        fail(f"cannot read recipe {path}: {e.strerror}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        fail(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}")
     if not isinstance(data, dict):
         fail(f"recipe {path} must be a YAML mapping of option: value")
     data.pop("dataset", None)

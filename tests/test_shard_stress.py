@@ -372,12 +372,12 @@ def _case_bad_recipe_key(tmp):
 
 def _case_bad_recipe_value(tmp):
     (tmp / "r.yaml").write_text("fps: fast\n")
-    return ["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--recipe", tmp / "r.yaml"], "--fps must be a number"
+    return ["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--recipe", tmp / "r.yaml"], "fps: 'fast' is not a valid float"
 
 
 def _case_bad_recipe_yaml(tmp):
     (tmp / "r.yaml").write_text("fps: [8\n")
-    return ["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--recipe", tmp / "r.yaml"], "cannot read recipe"
+    return ["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--recipe", tmp / "r.yaml"], "is not valid YAML at line 2"
 
 
 def _case_odd_short_side_h264(tmp):
@@ -392,8 +392,7 @@ UNUSABLE = {f.__name__[len("_case_"):]: f for f in (
     _case_bad_recipe_yaml, _case_odd_short_side_h264)}
 
 
-# cli.py prints PyYAML's multi-line message as is; the fix belongs there (one line: problem + line number)
-_NEEDS_CLI_FIX = {"bad_recipe_yaml"}
+_NEEDS_CLI_FIX: set = set()   # cases waiting on a CLI change (none now)
 
 
 @pytest.mark.parametrize("case", [
