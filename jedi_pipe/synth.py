@@ -73,13 +73,13 @@ _DOMAIN = {
         heights=(72, 80, 96), aspects=(4 / 3, 1.45, 16 / 9), fps=(30, 25, 24), dur=(1.5, 3.5),
         speed=(0.8, 1.1), noise=(6, 12), flicker=0.05, jitter=0.012, pan=0.0, distractors=(0, 1), occlusion=0.15),
     "ucf101": dict(  # clean 320x240 look: saturated actors on sky-to-ground gradients, 25 fps
-        bg="gradient", places=1, shapes=("diamond",), palette=1, sat=(0.6, 1.0), size=(0.22, 0.32),
+        bg="gradient", places=1, shapes=("diamond",), palette=1, sat=(0.6, 1.0), size=(0.26, 0.36),
         heights=(96,), aspects=(4 / 3,), fps=(25, 25, 30), dur=(1.5, 3.5),
         speed=(0.9, 1.2), noise=(2, 5), flicker=0.0, jitter=0.006, pan=0.0, distractors=(0, 1), occlusion=0.1),
     "kinetics400": dict(  # YouTube: textured outdoor scenes, panning camera, any size and fps
         bg="texture", places=1, shapes=("ellipse",), palette=1, sat=(0.3, 0.9), size=(0.28, 0.38),
-        heights=(64, 72, 96, 128), aspects=(16 / 9, 4 / 3, 1.0, 9 / 16), fps=(12, 15, 24, 25, 30), dur=(1.5, 3.5),
-        speed=(1.0, 1.35), noise=(2, 6), flicker=0.02, jitter=0.012, pan=0.06, distractors=(0, 2), occlusion=0.2),
+        heights=(64, 72, 96, 128), aspects=(16 / 9, 4 / 3, 1.0, 3 / 4), fps=(12, 15, 24, 25, 30), dur=(1.5, 3.5),
+        speed=(1.0, 1.35), noise=(2, 6), flicker=0.02, jitter=0.012, pan=0.04, distractors=(0, 2), occlusion=0.2),
     "ssv2": dict(  # phone close-ups: big boxy objects on cluttered table tops, 12 fps, height 96
         bg="clutter", places=1, shapes=("rect",), palette=1, sat=(0.2, 0.8), size=(0.28, 0.38),
         heights=(96,), aspects=(1.0, 4 / 3, 1.5, 16 / 9), fps=(12, 12, 15), dur=(2.0, 4.0),
@@ -260,7 +260,7 @@ def render(dataset, label, seed=0, scene=0, index=0):
     rng_of = lambda *key: np.random.default_rng(np.random.SeedSequence([seed, d, *key]))
     srng, rng = rng_of(1, scene), rng_of(2, index)
     palette = [_colour(rng_of(3, i), dom["sat"]) for i in range(dom["palette"])]
-    extras = _colour(rng_of(5), (0.3, 0.8))  # distractors: their own colour, never the actor's
+    extras = 0.6 * (255 - palette[0]) + 0.4 * 128  # distractors: a muted complement of the actor
     # scene: frame size, fps, place, actor look
     H = int(srng.choice(dom["heights"]))
     W = int(np.clip(round(H * srng.choice(dom["aspects"]) / 2) * 2, 64, 176))
