@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from collections import Counter
 from pathlib import Path
 
@@ -49,16 +48,6 @@ def verify_shards(root) -> dict:
     return {"ok": not problems, "problems": problems, "counts": dict(counts), "samples_checked": sum(seen.values())}
 
 
-def decode_frames(data: bytes, n: int):
-    """n frames evenly spaced over the clip, as uint8 [n, H, W, 3] (PyAV)."""
-    import av
-    import numpy as np
-    with av.open(io.BytesIO(data)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    picks = np.linspace(0, len(frames) - 1, n).round().astype(int)
-    return np.stack([frames[i] for i in picks])
-
-
 def contact_sheet(root, out_png, clips: int = 6, frames: int = 8, role: str = "test") -> Path:
     """A PNG with a row of frames per clip and its label under it (needs matplotlib)."""
     try:
@@ -67,6 +56,8 @@ def contact_sheet(root, out_png, clips: int = 6, frames: int = 8, role: str = "t
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError('the preview needs matplotlib: pip install "jedi-pipe[plots]"') from None
+    import numpy as np
+    from .loaders.torch import read_frames
     ss = shards.open_shards(root)
     role = role if ss.count(role) else next(r for r in shards.ROLES if ss.count(r))
     samples = []
@@ -81,7 +72,9 @@ def contact_sheet(root, out_png, clips: int = 6, frames: int = 8, role: str = "t
     for row, s in enumerate(samples):
         label = int(s["cls"])
         name = ss.classes[label] if label >= 0 else "(unlabeled)"
-        for col, img in enumerate(decode_frames(s[ss.clip_ext], frames)):
+        # n frames evenly spaced over the clip, decoded only up to the last one needed
+        picks = np.linspace(0, shards.decode_meta(s[shards.META_EXT])["frames"] - 1, frames).round().astype(int)
+        for col, img in enumerate(read_frames(s[ss.clip_ext], picks.tolist())):
             ax = axes[row, col]
             ax.imshow(img)
             ax.set_xticks([])
