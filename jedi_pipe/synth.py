@@ -91,9 +91,14 @@ _CODEC = {"hmdb51": "mpeg4", "ucf101": "mpeg4", "kinetics400": "libx264", "ssv2"
 # -----------------------------------------------------------------------------
 # motion: trajectories of the main object, in pixels and radians, vectorised over time
 
-def _wrap(p, lo, hi):
-    # leaves one side and comes back on the other, so the motion stays visible in any window
-    return lo + np.mod(p - lo, hi - lo)
+def _fit(p, lo, hi, rng):
+    """A straight path placed at random inside [lo, hi], slowed down where it would not fit: the
+    object never jumps from one edge to the other (a wrap-around inside an 8-frame window makes
+    "moving down" look like "moving up")."""
+    span = float(p.max() - p.min())
+    if span > hi - lo:
+        p, span = p * ((hi - lo) / span), hi - lo
+    return lo + rng.uniform(0, hi - lo - span) + (p - p.min())
 
 
 def _reflect(p, lo, hi):
@@ -118,10 +123,10 @@ def _motion(prim, sign, t, H, W, r, speed, rng):
         if prim.startswith("step"):  # stop and go: speed (1 - cos) swings between 0 and 2v
             w = 2 * np.pi * f * 0.7
             d = v * (t - (np.sin(w * t + ph) - np.sin(ph)) / w)
-        if prim.endswith("h"):
-            x = _wrap(rng.uniform(0, W) + sign * d, -r, W + r)
+        if prim.endswith("h"):   # the centre may reach the border: half the object still shows
+            x = _fit(sign * d, 0, W, rng)
         else:
-            y = _wrap(rng.uniform(0, H) + sign * d, -r, H + r)
+            y = _fit(sign * d, 0, H, rng)
     elif prim in ("osc_h", "osc_v"):
         a = rng.uniform(0.25, 0.35) * S
         if prim == "osc_h":
@@ -139,13 +144,13 @@ def _motion(prim, sign, t, H, W, r, speed, rng):
     elif prim == "zigzag":  # steady sideways drift, sharp vertical turns
         p = f * t + ph / (2 * np.pi)
         y = H / 2 + rng.uniform(0.2, 0.28) * S * (4 * np.abs(p - np.floor(p + 0.5)) - 1)
-        x = _wrap(rng.uniform(0, W) + sign * 0.8 * v * t, -r, W + r)
+        x = _fit(sign * 0.8 * v * t, 0, W, rng)
     elif prim == "pulse":
         scale = 1 + 0.4 * np.sin(2 * np.pi * f * t + ph)
-    elif prim == "zoom":  # steady exponential growth (or shrink), restarting at the size limits
+    elif prim == "zoom":  # steady exponential growth (or shrink) within the size limits
         lo, hi = np.log(0.55), np.log(1.7)
-        k = rng.uniform(0.5, 0.8) * speed
-        s = np.mod(k * t + rng.uniform(0, hi - lo), hi - lo)
+        k = min(rng.uniform(0.5, 0.8) * speed, (hi - lo) / max(float(t[-1]), 1e-3))
+        s = rng.uniform(0, hi - lo - k * float(t[-1])) + k * t
         scale = np.exp(lo + s if sign > 0 else hi - s)
     elif prim == "spin":
         angle = angle + sign * rng.uniform(3.0, 6.0) * speed * t
