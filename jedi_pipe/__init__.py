@@ -7,6 +7,7 @@ The Python API mirrors the CLI (each command is a thin layer over one of these):
     jedi_pipe.shard("hmdb51", "data/synth/hmdb51", "shards/hmdb51")  # jedi-pipe shard
     cfg = jedi_pipe.load_config("train/demo.yaml", ["jedi.epochs=5"])
     jedi_pipe.pretrain(cfg); jedi_pipe.train(cfg); jedi_pipe.evaluate(cfg)
+    jedi_pipe.plot(cfg.out)                                          # jedi-pipe plot
     loader = jedi_pipe.make_loaders([{"shards": "shards/hmdb51"}], clip={"frames": 8, "size": 32})
 """
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ _API = {
     "pretrain": ("trainer", "pretrain"),
     "train": ("trainer", "train"),
     "evaluate": ("trainer", "evaluate"),
+    "plot": ("plots", "write_plots"),
     "make_loaders": ("loaders", "make_loaders"),
     "make_eval_loader": ("loaders", "make_eval_loader"),
     "open_shards": ("shards", "open_shards"),

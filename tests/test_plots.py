@@ -1,0 +1,111 @@
+"""Pictures of a run folder: written by hand with the trainer's own writers, at three stages."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from jedi_pipe import trainer
+from jedi_pipe.cli import main
+from jedi_pipe.config import load_config
+from jedi_pipe.plots import MISSING_MATPLOTLIB, read_run, write_plots
+
+NAMES = {"hmdb51": 8, "ssv2": 5}          # dataset -> number of classes
+EXPERT_TOP1 = {"hmdb51": 30.0, "ssv2": 40.0}
+
+
+def make_run(root, stage: str):
+    """A run folder as the trainer leaves it after `stage`: experts | midrun | finished."""
+    cfg = load_config(data={"name": "tiny", "out": str(root), "seed": 0,
+                            "datasets": [{"name": n, "shards": f"shards/{n}", "model": "tiny3d"} for n in NAMES]})
+    out = trainer.prepare_run(cfg)
+    for n, k in NAMES.items():
+        torch.save({"arch": "tiny3d", "num_classes": k, "classes": [f"c{i}" for i in range(k)], "model": {},
+                    "test": {"top1": EXPERT_TOP1[n], "top5": 90.0, "n": 40}, "config": cfg.to_dict()},
+                   trainer.expert_path(cfg, n))
+    if stage == "experts":
+        return out
+    last = 40 if stage == "finished" else 25
+    for step in range(10, last + 1, 10):
+        trainer.append_jsonl(out / "metrics.jsonl", [
+            {"step": step, "dataset": n, "lr": 0.01, "loss": 9.0 - step / 10, "clips_per_s": 50.0, "input_wait": 0.1,
+             "sup_student": 2.0 - step / 40, "sup_teacher": 2.1 - step / 40, "distill": 0.05 + step / 1000,
+             "mask_rate": 0.0, "teacher_conf": 0.4 + step / 200, "pseudo_label_acc": 0.2 + step / 100}
+            for n in NAMES])
+        if step % 20 == 0:
+            trainer.append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": {
+                n: {kind: {"top1": EXPERT_TOP1[n] + step / 4 + d, "top5": 95.0, "n": 40}
+                    for kind, d in (("student", 0.0), ("teacher", 2.0))} for n in NAMES}}])
+    if stage == "finished":
+        trainer.write_results(out, {"datasets": {n: {"expert": {"top1": EXPERT_TOP1[n], "top5": 90.0},
+                                                     "student": {"top1": EXPERT_TOP1[n] + 10, "top5": 95.0},
+                                                     "teacher": {"top1": EXPERT_TOP1[n] + 12, "top5": 95.0}}
+                                                 for n in NAMES}})
+    else:   # killed mid-write: the last line is cut short
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write('{"step": 30, "dataset": "hmd')
+    return out
+
+
+def assert_png(path, min_w=600, min_h=400):
+    image = pytest.importorskip("matplotlib.image")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    img = image.imread(path)
+    h, w = img.shape[:2]
+    assert w >= min_w and h >= min_h, (w, h)
+    assert img[..., :3].std() > 0.05          # not a blank canvas
+
+
+def test_cli_plots_a_finished_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = make_run(tmp_path / "run", "finished")
+    r = CliRunner().invoke(main, ["plot", str(run)])
+    assert r.exit_code == 0, r.output
+    assert r.output.split() == [str(run / "curves.png"), str(run / "results.png")]
+    assert_png(run / "curves.png", min_w=1000, min_h=600)    # 3 rows x (2 datasets + mean)
+    assert_png(run / "results.png")
+    assert not list(run.glob("*.partial.png"))
+
+
+def test_a_run_in_progress_uses_the_experts_and_the_latest_evaluation(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = make_run(tmp_path / "run", "midrun")
+    data = read_run(run)
+    assert not data["finished"] and data["names"] == list(NAMES)
+    assert {n: e["num_classes"] for n, e in data["experts"].items()} == NAMES
+    assert [s for s, _ in data["evals"]] == [20]
+    assert [r["step"] for r in data["steps"]["hmdb51"]] == [10, 20]      # the cut line is skipped
+    assert write_plots(run) == [run / "curves.png", run / "results.png"]
+    assert_png(run / "curves.png")
+    assert_png(run / "results.png")
+
+
+def test_experts_only_gives_the_bars_alone(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = make_run(tmp_path / "run", "experts")
+    assert write_plots(run) == [run / "results.png"]
+    assert_png(run / "results.png", min_w=400, min_h=300)
+
+
+def test_not_a_run_folder_is_one_sentence(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    r = CliRunner().invoke(main, ["plot", str(tmp_path)])
+    assert r.exit_code == 2 and "is not a run folder" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["plot", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "is not a folder" in r.output
+
+
+def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch):
+    run = make_run(tmp_path / "run", "experts")
+    for mod in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, mod, None)      # `import` now raises ImportError
+    r = CliRunner().invoke(main, ["plot", str(run)])
+    assert r.exit_code == 2 and MISSING_MATPLOTLIB in r.output and "Traceback" not in r.output
+    assert not (run / "results.png").exists()
+
+
+def test_help():
+    r = CliRunner().invoke(main, ["plot", "--help"])
+    assert r.exit_code == 0 and "results.png" in r.output and "jedi-pipe[plots]" in r.output
