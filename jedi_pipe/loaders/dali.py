@@ -65,7 +65,10 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
             paths=[str(p) for p in shards.tars(role)], index_paths=[str(p) for p in shards.indexes(role)],
             ext=[shards.clip_ext, META_EXT], dtypes=[types.UINT8, types.INT32],
             missing_component_behavior="error", shard_id=rank, num_shards=world_size,
-            random_shuffle=train, initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name=READER)
+            random_shuffle=train, initial_fill=SHUFFLE_BUFFER, pad_last_batch=not train, name=READER,
+            # without it a training reader moves on to the next rank's shard at every wrap, and
+            # ranks overlap from the second pass on (MultiDatasetLoader rotates shards per block)
+            stick_to_shard=train)
         last = dmath.max(meta[META_FIELDS.index("frames")] - clip.span, 0)   # clip.max_start
         if train:   # clip.train_start
             u = fn.random.uniform(range=[0.0, 1.0])
