@@ -56,6 +56,8 @@ class JediCfg:
     w_distill: float = 1.0        # distillation weight (teacher -> student, unlabeled clips)
     detach_teacher_features: bool = False   # ablation: teacher losses do not reach the backbones
     teacher_init: str = "block"   # block: T_i == S_i at start; probe: fit teacher heads on labeled features first
+    teachers: str = "joint"       # joint: JEDI; ema: baseline, each student's own EMA, its dataset alone
+    ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4
     warmup_steps: int = 20
 
@@ -88,6 +90,8 @@ class Config:
             raise ConfigError(f"datasets: names must be unique, got {names}")
         if self.jedi.teacher_init not in ("block", "probe"):
             raise ConfigError(f"jedi.teacher_init: block or probe, got {self.jedi.teacher_init!r}")
+        if self.jedi.teachers not in ("joint", "ema"):
+            raise ConfigError(f"jedi.teachers: joint or ema, got {self.jedi.teachers!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

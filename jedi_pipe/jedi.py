@@ -157,6 +157,54 @@ class JEDI(nn.Module):
         return self(labeled, unlabeled)
 
 
+class EMABaseline(nn.Module):
+    """The single-dataset semi-supervised baseline (mean teacher): each student distilled from an
+    exponential moving average of itself, on its own dataset's clips only. Same interface, losses
+    and budget as JEDI, so the gap JEDI - EMABaseline is what the other datasets contribute.
+
+    ``teacher`` logits come from the EMA copies (eval mode, no gradient): the teacher CE term
+    of ``jedi_losses`` is logged but trains nothing. Call ``update_teachers()`` after each step.
+    """
+
+    def __init__(self, students: Mapping[str, nn.Module], config: JEDIConfig | None = None, decay: float = 0.95):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema decay must be in [0, 1), got {decay}")
+        self.config, self.decay = config or JEDIConfig(), decay
+        self.names = list(students)
+        self.students = nn.ModuleDict(students)
+        self.teachers = nn.ModuleDict({n: copy.deepcopy(m).requires_grad_(False) for n, m in students.items()})
+
+    @classmethod
+    def from_experts(cls, experts: Mapping[str, nn.Module], config: JEDIConfig | None = None,
+                     decay: float = 0.95) -> EMABaseline:
+        return cls({n: copy.deepcopy(m) for n, m in experts.items()}, config, decay)
+
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
+        unlabeled = unlabeled or {}
+        out = StepOutput()
+        for name in self.names:
+            parts = [(role, x) for role, x in (("labeled", labeled.get(name)), ("unlabeled", unlabeled.get(name)))
+                     if x is not None]
+            if not parts:
+                continue
+            x = torch.cat([x for _, x in parts])
+            student = self.students[name](x)
+            teacher_model = self.teachers[name].eval()   # running BN statistics, which the EMA carries
+            with torch.no_grad():
+                teacher = teacher_model(x)
+            start = 0
+            for role, clips in parts:
+                rows = slice(start, start + clips.shape[0])
+                start = rows.stop
+                getattr(out, role)[name] = Logits(student[rows], teacher[rows])
+        return out
+
+    def update_teachers(self) -> None:
+        for name in self.names:
+            ema_update(self.teachers[name], self.students[name], self.decay)
+
+
 def distill_loss(student_logits: Tensor, teacher_logits: Tensor, cfg: JEDIConfig) -> tuple[Tensor, Tensor, Tensor]:
     """Teacher -> student on unlabeled clips. Returns (loss, mask_rate, mean teacher confidence).
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jedi_pipe.jedi import JEDI, JEDIConfig, distill_loss, ema_update, fit_teacher_heads_probe, jedi_losses
+from jedi_pipe.jedi import JEDI, EMABaseline, JEDIConfig, distill_loss, ema_update, fit_teacher_heads_probe, jedi_losses
 from jedi_pipe.models import build
 
 CLIP = (3, 4, 16, 16)
@@ -171,6 +171,31 @@ def test_ema_update():
             torch.testing.assert_close(value, 0.75 * old[key] + 0.25 * student.state_dict()[key])
         else:
             assert torch.equal(value, student.state_dict()[key])
+
+
+def test_ema_baseline_uses_its_own_dataset_only():
+    torch.manual_seed(0)
+    experts = {"a": build("tiny3d", 3, width=8), "b": build("tiny3d", 5, width=8)}
+    base = EMABaseline.from_experts(experts, decay=0.5)
+    for m in experts.values():
+        m.eval()
+    xa, xua = clips(2), clips(3)
+    out = base({"a": xa}, {"a": xua})
+    assert set(out.labeled) == set(out.unlabeled) == {"a"}          # b's student never ran
+    torch.testing.assert_close(out.unlabeled["a"].teacher, experts["a"](xua), rtol=1e-5, atol=1e-6)
+    assert not out.unlabeled["a"].teacher.requires_grad and out.unlabeled["a"].student.requires_grad
+    loss, _ = jedi_losses(out, {"a": torch.tensor([0, 2])}, base.config)
+    loss.backward()
+    assert all(p.grad is None for p in base.teachers.parameters())   # teachers move by EMA only
+    assert all(p.grad is None for p in base.students["b"].parameters())
+    with torch.no_grad():
+        for p in base.students["a"].parameters():
+            p.add_(1.0)
+    before = {k: v.clone() for k, v in base.teachers["a"].state_dict().items()}
+    base.update_teachers()
+    w = "head.weight"
+    torch.testing.assert_close(base.teachers["a"].state_dict()[w],
+                               0.5 * before[w] + 0.5 * base.students["a"].state_dict()[w])
 
 
 def test_config_validation():
