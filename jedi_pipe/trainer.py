@@ -21,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config
-from .jedi import JEDI, JEDIConfig, fit_teacher_heads_probe, jedi_losses
+from .jedi import JEDI, EMABaseline, JEDIConfig, fit_teacher_heads_probe, jedi_losses
 from .loaders import resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
@@ -101,23 +102,30 @@ def open_all(cfg: Config) -> dict[str, shardfmt.ShardSet]:
 
 def prepare_run(cfg: Config) -> Path:
     out = Path(cfg.out)
-    (out / "experts").mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if distributed.is_main():
+        (out / "experts").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    distributed.barrier()
     return out
+
+
+def quiet_unless_main(log):
+    """Under torchrun only rank 0 prints."""
+    return log if distributed.is_main() else (lambda m: None)
 
 
 # ---------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device, rank=0, world_size=1) -> dict:
+def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device) -> dict:
     """Run `forward(x) -> {kind: logits}` over the test role; top-1/top-5 (%) per kind.
 
     Views of a clip are averaged as probabilities; every test clip counts once (ids dedupe any
-    padding a reader adds).
+    padding a reader adds). Under torchrun each rank runs its part and every rank gets the totals.
     """
     loader = role_loader_cls(cfg, [ss])(ss, "test", clip_spec(cfg), cfg.eval_batch_size, train=False,
-                                         views=cfg.clip.eval_views, threads=cfg.threads, rank=rank,
-                                         world_size=world_size)
+                                         views=cfg.clip.eval_views, threads=cfg.threads, rank=distributed.rank(),
+                                         world_size=distributed.world_size())
     probs, labels, ids = {}, [], []
     for b in loader:
         x = b["x"]                                    # [B, V, C, T, H, W]
@@ -129,6 +137,10 @@ def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device, rank=0,
             probs.setdefault(kind, []).append(p.cpu())
         labels.append(b["y"])
         ids.append(b["id"])
+    if distributed.world_size() > 1:
+        parts = distributed.gather((probs, labels, ids))
+        probs = {k: [p for part in parts for p in part[0][k]] for k in parts[0][0]}
+        labels, ids = [y for part in parts for y in part[1]], [i for part in parts for i in part[2]]
     ids_t = torch.cat(ids)
     _, first = np.unique(ids_t.numpy(), return_index=True)
     keep = torch.as_tensor(np.sort(first))
@@ -172,6 +184,8 @@ def load_expert(cfg: Config, name: str, device) -> torch.nn.Module:
 
 def pretrain(cfg: Config, log=print) -> dict:
     """Train one expert per dataset on its labeled clips only; skip experts already written."""
+    rank, world = distributed.init()
+    log = quiet_unless_main(log)
     out = prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
@@ -189,31 +203,39 @@ def pretrain(cfg: Config, log=print) -> dict:
         seed_everything(cfg.seed * 1000 + i)
         ss = sets[d.name]
         model = build(d.model, len(ss.classes), weights=d.init or None).to(device)
-        loader = MultiDatasetLoader([(d.name, ss, d.flip)], clip_spec(cfg), cfg.pretrain.batch_size, 0,
-                                    RoleLoader, seed=cfg.seed * 1000 + i, threads=cfg.threads)
+        loader = MultiDatasetLoader([(d.name, ss, d.flip)], clip_spec(cfg),
+                                    distributed.per_rank(cfg.pretrain.batch_size, "pretrain.batch_size"), 0,
+                                    RoleLoader, seed=cfg.seed * 1000 + i, rank=rank, world_size=world,
+                                    threads=cfg.threads)
         total = cfg.pretrain.epochs * loader.steps_per_epoch
         opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain.lr, momentum=0.9,
                               weight_decay=cfg.pretrain.weight_decay)
         model.train()
+        forward = distributed.wrap(model)
         t0 = time.time()
         for step, batch in zip(range(total), loader):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
             b = batch[d.name]
             with autocast(device):
-                loss = F.cross_entropy(model(to_device(b["x"], device)), b["y"].to(device))
+                loss = F.cross_entropy(forward(to_device(b["x"], device)), b["y"].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if step % LOG_EVERY == 0 or step == total - 1:
-                append_jsonl(out / "pretrain.jsonl", [{"dataset": d.name, "step": step, "loss": loss.item(),
-                                                      "lr": opt.param_groups[0]["lr"]}])
+                mean = distributed.mean_over_ranks({"loss": loss.item()})
+                if distributed.is_main():
+                    append_jsonl(out / "pretrain.jsonl", [{"dataset": d.name, "step": step, "loss": mean["loss"],
+                                                          "lr": opt.param_groups[0]["lr"]}])
         model.eval()
+        distributed.sync_buffers(model)
         test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
-        tmp = path.with_suffix(".pt.partial")
-        torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
-                    "model": model.state_dict(), "test": test, "config": cfg.to_dict()}, tmp)
-        os.replace(tmp, path)
+        if distributed.is_main():
+            tmp = path.with_suffix(".pt.partial")
+            torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
+                        "model": model.state_dict(), "test": test, "config": cfg.to_dict()}, tmp)
+            os.replace(tmp, path)
+        distributed.barrier()   # every rank finds the expert before it goes on
         metrics[d.name] = test
         log(f"expert {d.name}: {total} steps in {time.time() - t0:.0f}s, test top-1 {test['top1']:.1f} "
             f"top-5 {test['top5']:.1f}")
@@ -227,6 +249,13 @@ def jedi_config(cfg: Config) -> JEDIConfig:
     return JEDIConfig(temperature=j.temperature, threshold=j.threshold, hard=j.hard,
                       w_sup_student=j.w_sup_student, w_sup_teacher=j.w_sup_teacher, w_distill=j.w_distill,
                       detach_teacher_features=j.detach_teacher_features, teacher_init=j.teacher_init)
+
+
+def joint_model(experts: dict, cfg: Config):
+    """Students from the experts, with JEDI's joint teachers or (baseline) per-dataset EMA teachers."""
+    if cfg.jedi.teachers == "ema":
+        return EMABaseline.from_experts(experts, jedi_config(cfg), decay=cfg.jedi.ema_decay)
+    return JEDI.from_experts(experts, jedi_config(cfg))
 
 
 @torch.no_grad()
@@ -248,6 +277,8 @@ def probe_teachers(jedi: JEDI, cfg: Config, sets, device) -> None:
 
 def train(cfg: Config, resume: bool = False, log=print) -> dict:
     """JEDI from the experts (pretrained first when missing); writes results.json/.md."""
+    rank, world = distributed.init()
+    log = quiet_unless_main(log)
     out = prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
@@ -260,13 +291,15 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
 
     # -- model, optimizer, loader
     seed_everything(cfg.seed)
-    jedi = JEDI.from_experts(experts, jcfg).to(device)
+    jedi = joint_model(experts, cfg).to(device)
     loader = MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
-                                cfg.jedi.batch_size, cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
-                                seed=cfg.seed, threads=cfg.threads)
+                                distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"),
+                                cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
+                                seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads)
     total = cfg.jedi.epochs * loader.steps_per_epoch
-    opt = torch.optim.SGD(jedi.parameters(), lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
-    forward = torch.compile(jedi) if cfg.compile else jedi
+    opt = torch.optim.SGD([p for p in jedi.parameters() if p.requires_grad], lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
+    forward = distributed.wrap(jedi)
+    forward = torch.compile(forward) if cfg.compile else forward
     label_true = {n: torch.as_tensor(_label_true(sets[n])) for n in names}   # diagnostics only
 
     ckpt_path, step = out / "checkpoint.pt", 0
@@ -276,20 +309,24 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         jedi.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         loader.load_state_dict(ck["loader"])
-        set_rng_state(ck["rng"])
+        set_rng_state(ck["rng"][rank])
         step = ck["step"]
-        _truncate_metrics(out / "metrics.jsonl", step)
+        if distributed.is_main():
+            _truncate_metrics(out / "metrics.jsonl", step)
         log(f"resumed from {ckpt_path} at step {step}/{total}")
     else:
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-        if jcfg.teacher_init == "probe":
+        if distributed.is_main():
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        if jcfg.teacher_init == "probe" and cfg.jedi.teachers == "joint":
             probe_teachers(jedi, cfg, sets, device)
 
     def save_checkpoint():
-        tmp = ckpt_path.with_suffix(".pt.partial")
-        torch.save({"model": jedi.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-                    "rng": rng_state(), "step": step, "config": cfg.to_dict(), "names": names}, tmp)
-        os.replace(tmp, ckpt_path)    # a kill mid-save leaves the previous checkpoint intact
+        rng = distributed.gather(rng_state())    # every rank's augmentation RNG, by rank
+        if distributed.is_main():
+            tmp = ckpt_path.with_suffix(".pt.partial")
+            torch.save({"model": jedi.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
+                        "rng": rng, "step": step, "config": cfg.to_dict(), "names": names}, tmp)
+            os.replace(tmp, ckpt_path)    # a kill mid-save leaves the previous checkpoint intact
 
     # -- the loop
     log(f"JEDI: {len(names)} datasets, {total} steps ({cfg.jedi.epochs} epochs of {loader.steps_per_epoch})")
@@ -313,27 +350,36 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if cfg.jedi.teachers == "ema":
+            jedi.update_teachers()
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)
         clips_done += sum(x.shape[0] for x in labeled.values()) + sum(x.shape[0] for x in unlabeled.values())
+        distributed.trace_ids(step, {f"{n}/{role}": b[key].tolist() for n, b in batch.items()
+                                     for role, key in (("labeled", "id"), ("unlabeled", "id_u")) if key in b})
 
         if step % LOG_EVERY == 0 or step == total:
-            records = []
+            # clips/s of all ranks together; everything else is the mean over ranks
+            flat = {"loss": logs["total"].item(), "clips_per_s": clips_done / t_step * world,
+                    "input_wait": t_wait / t_step, **{k: v.item() for k, v in logs.items() if "/" in k}}
             for n, b in batch.items():
-                rec = {"step": step, "dataset": n, "lr": lr, "loss": logs["total"].item(),
-                       "clips_per_s": clips_done / t_step, "input_wait": t_wait / t_step}
-                rec.update({k.split("/", 1)[1]: v.item() for k, v in logs.items() if k.startswith(n + "/")})
                 if "x_u" in b:   # how often the teacher's pseudo-label is right (label_true never trains)
                     pl = outputs.unlabeled[n].teacher.argmax(-1).cpu()
-                    rec["pseudo_label_acc"] = (pl == label_true[n][b["id_u"]]).float().mean().item()
-                records.append(rec)
-            append_jsonl(out / "metrics.jsonl", records)
+                    flat[f"{n}/pseudo_label_acc"] = (pl == label_true[n][b["id_u"]]).float().mean().item()
+            flat = distributed.mean_over_ranks(flat)
+            if distributed.is_main():
+                append_jsonl(out / "metrics.jsonl", [
+                    {"step": step, "dataset": n, "lr": lr, "loss": flat["loss"], "clips_per_s": flat["clips_per_s"],
+                     "input_wait": flat["input_wait"],
+                     **{k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(n + "/")}} for n in batch])
             t_wait = t_step = 0.0
             clips_done = 0
         epoch_end = step % loader.steps_per_epoch == 0
         if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total:
-            append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": evaluate_jedi(jedi, cfg, sets, device)}])
+            scores = evaluate_jedi(jedi, cfg, sets, device)
+            if distributed.is_main():
+                append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": scores}])
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
             save_checkpoint()
@@ -344,13 +390,15 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     for n in names:
         expert = torch.load(expert_path(cfg, n), map_location="cpu", weights_only=False)["test"]
         results["datasets"][n] = {"expert": _topk(expert), **{k: _topk(v) for k, v in final[n].items()}}
-    write_results(out, results)
+    if distributed.is_main():
+        write_results(out, results)
     return results
 
 
 @torch.no_grad()
-def evaluate_jedi(jedi: JEDI, cfg: Config, sets, device) -> dict:
+def evaluate_jedi(jedi, cfg: Config, sets, device) -> dict:
     """Student and teacher top-1/top-5 on every dataset's test role."""
+    distributed.sync_buffers(jedi)
     jedi.eval()
     res = {}
     for n in jedi.names:
@@ -401,6 +449,8 @@ def results_table(results: dict) -> str:
 
 def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
     """Experts, and students and teachers of a JEDI checkpoint (default: the run's), on the test roles."""
+    distributed.init()
+    log = quiet_unless_main(log)
     out = Path(cfg.out)
     device = pick_device(cfg)
     sets = open_all(cfg)
@@ -414,7 +464,7 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
                                                                   sets[n], cfg, device)["expert"])} for n in names}}
     ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
     if ckpt.is_file():
-        jedi = JEDI.from_experts(experts, jedi_config(cfg)).to(device)
+        jedi = joint_model(experts, cfg).to(device)
         jedi.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
         for n, kinds in evaluate_jedi(jedi, cfg, sets, device).items():
             results["datasets"][n].update({k: _topk(v) for k, v in kinds.items()})
