@@ -80,13 +80,26 @@ def steps(loader, n) -> list[dict]:
 def test_cpu_path_is_chosen_and_logged(folder, caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the mixed path is chosen")
-    D.decode_device.cache_clear()
+    D._said.cache_clear()
     with caplog.at_level(logging.INFO, logger=D.__name__):
         assert D.decode_device() == ("cpu", None)
         batch = next(iter(make_eval_loader(folder["shards"], CLIP, backend="dali")))
     said = [r.getMessage() for r in caplog.records if "DALI loader" in r.getMessage()]
     assert len(said) == 1 and "CPU" in said[0]
     assert batch["x"].device.type == "cpu"
+
+
+def test_small_vp9_frames_decode_on_the_cpu_of_a_gpu_machine(folder, monkeypatch):
+    # NVDEC refuses VP9 below 128x128 (seen on an H200): such shards keep DALI's CPU decoder and
+    # hand the frames to the GPU; H.264 of the same size goes to NVDEC
+    monkeypatch.setattr(D, "_gpu", lambda: 0)
+    shards = open_shards(folder["shards"])
+    assert shards.clip_ext == "webm" and max(D._smallest_frame(str(shards.root))) < 128
+    assert D.decode_device(shards) == ("cpu", 0)
+    monkeypatch.setattr(D, "NVDEC_MIN", {"webm": (16, 16)})
+    D._smallest_frame.cache_clear()
+    assert D.decode_device(shards) == ("mixed", 0)
+    assert D.decode_device() == ("mixed", 0)
 
 
 @pytest.mark.parametrize("role", ["test", "unlabeled"])

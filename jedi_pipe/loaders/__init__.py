@@ -63,7 +63,7 @@ def resolve_backend(backend: str, shard_sets: list[ShardSet] = ()) -> str:
         import nvidia.dali  # noqa: F401
         from .dali import check_decodable, decode_device
         for s in shard_sets:
-            check_decodable(s, decode_device()[0])
+            check_decodable(s, decode_device(s)[0])
     except (ImportError, ValueError) as e:
         if backend == "dali":
             raise ValueError(f"the DALI loader cannot run here: {e}") from None

@@ -86,13 +86,13 @@ def _pyav_decode(job) -> float:
     return time.process_time() - c0
 
 
-def _dali_decode(clips: list[tuple[bytes, int]], clip: ClipSpec, batch_size: int, threads: int):
+def _dali_decode(clips: list[tuple[bytes, int]], clip: ClipSpec, batch_size: int, threads: int, ss):
     """Batches of DALI's decoder on in-memory clip bytes (same window rule as our graph)."""
     import numpy as np
     from nvidia.dali import fn, pipeline_def, types
     import nvidia.dali.math as dmath
     from .dali import decode_device
-    device, device_id = decode_device()
+    device, device_id = decode_device(ss)
     data = [np.frombuffer(b, np.uint8) for b, _ in clips]
     nframes = [np.int32(n) for _, n in clips]
 
@@ -167,7 +167,7 @@ def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int 
         measures["raw"] = lambda: in_pool(_raw_clip, jobs)
         measures["decode_pyav"] = lambda: in_pool(_pyav_decode, dec)
         if importlib.util.find_spec("nvidia.dali"):
-            measures["decode_dali"] = lambda: _timed(_dali_decode(mem, clip, batch_size, threads), n_batches)[:2]
+            measures["decode_dali"] = lambda: _timed(_dali_decode(mem, clip, batch_size, threads, ss), n_batches)[:2]
     try:
         names = list(measures)
         for r in range(rounds):
@@ -186,7 +186,7 @@ def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int 
            "clips_per_s": rate["ours"], "frames_per_s": rate["ours"] * frames, "cpu_ms_per_clip": cpu}
     if backend == "dali":
         from .dali import decode_device
-        res["device"] = decode_device()[0]
+        res["device"] = decode_device(ss)[0]
     if vs_raw is not None:
         bounds = {k[len("decode_"):]: v for k, v in rate.items() if k.startswith("decode_")}
         res.update(raw_clips_per_s=rate["raw"], decode_clips_per_s=bounds, vs_raw=rate["ours"] / rate["raw"],

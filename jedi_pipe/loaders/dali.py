@@ -8,8 +8,8 @@
       -> DALIGenericIterator -> torch
 
 No Python runs per sample: labels, frame counts and sample ids come from the shard's binary
-`meta.i32` component. The decoder runs on the GPU (`mixed`) when CUDA is visible and on the
-CPU otherwise.
+`meta.i32` component. The decoder runs on the GPU (`mixed`) when CUDA is visible and NVDEC
+takes the clips' frame size (VP9 needs 128x128), on the CPU otherwise.
 """
 from __future__ import annotations
 
@@ -27,23 +27,53 @@ SHUFFLE_BUFFER = 512                  # encoded clips held per training reader f
 FORBIDDEN_OPS = ("PythonFunction", "ExternalSource")   # the hot path is graph-only
 
 
+# Smallest frames (height, width) that NVDEC decodes, by the shards' container: VP9 in WebM,
+# H.264 in MP4. Seen on an H200 (DALI 2.4): a 60x40 VP9 clip is refused ("supported: 128x128"),
+# 72x40 H.264 decodes. Smaller clips decode on DALI's CPU decoder; the rest runs on the GPU.
+NVDEC_MIN = {"webm": (128, 128), "mp4": (16, 48)}
+
+
 @functools.lru_cache(maxsize=None)
-def decode_device() -> tuple[str, int | None]:
-    """("mixed", gpu id) when CUDA is visible, else ("cpu", None); logged once per process."""
+def _gpu() -> int | None:
     import torch
-    if torch.cuda.is_available():
-        choice = ("mixed", torch.cuda.current_device())
-        log.info("DALI loader: decoding on GPU %d (device='mixed')", choice[1])
-    else:
-        choice = ("cpu", None)
-        log.info("DALI loader: no GPU visible, decoding on the CPU (device='cpu')")
-    return choice
+    return torch.cuda.current_device() if torch.cuda.is_available() else None
+
+
+@functools.lru_cache(maxsize=None)
+def _smallest_frame(root: str) -> tuple[int, int]:
+    from ..shards import open_shards
+    t = open_shards(root).manifest(columns=["height", "width"]).to_pydict()
+    return (min(t["height"], default=0), min(t["width"], default=0))
+
+
+def decode_device(shards: ShardSet | None = None) -> tuple[str, int | None]:
+    """(decoder device, GPU id or None) for a shard set, logged once per choice:
+    ("mixed", gpu) when CUDA is visible and NVDEC takes the shards' frame sizes; ("cpu", gpu) when
+    the frames are smaller than NVDEC's minimum (CPU decode, resize/crop/normalise on the GPU);
+    ("cpu", None) without a GPU."""
+    gpu = _gpu()
+    if gpu is None:
+        return _said("cpu", None, "no GPU visible, decoding on the CPU (device='cpu')")
+    if shards is not None:
+        need = NVDEC_MIN.get(shards.clip_ext, (0, 0))
+        h, w = _smallest_frame(str(shards.root))
+        if h < need[0] or w < need[1]:
+            return _said("cpu", gpu, f"{shards.root}: {w}x{h} frames are below NVDEC's {need[1]}x{need[0]} "
+                                     f"minimum for .{shards.clip_ext}; decoding on the CPU, the rest on GPU {gpu}")
+    return _said("mixed", gpu, f"decoding on GPU {gpu} (device='mixed')")
+
+
+@functools.lru_cache(maxsize=None)
+def _said(device: str, gpu: int | None, why: str) -> tuple[str, int | None]:
+    log.info("DALI loader: %s", why)
+    return device, gpu
 
 
 def check_decodable(shards: ShardSet, device: str) -> None:
     if shards.clip_ext == "mp4" and device == "cpu":
-        raise ValueError(f"{shards.root}: H.264 (mp4) clips decode only on a GPU with DALI; "
-                         f"use the torch loader or re-shard with --codec vp9")
+        raise ValueError(f"{shards.root}: H.264 (mp4) clips decode only on a GPU with DALI (NVDEC, frames of at "
+                         f"least {NVDEC_MIN['mp4'][1]}x{NVDEC_MIN['mp4'][0]}); use the torch loader or re-shard "
+                         f"with --codec vp9")
 
 
 def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
@@ -53,7 +83,7 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
     from nvidia.dali import fn, pipeline_def, types
     import nvidia.dali.math as dmath
 
-    device, device_id = decode_device()
+    device, device_id = decode_device(shards)
     check_decodable(shards, device)
     mean = [255 * m for m in clip.mean]
     std = [255 * s for s in clip.std]
@@ -79,6 +109,8 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
         for start in starts:
             video = fn.decoders.video(encoded, device=device, start_frame=start, sequence_length=clip.frames,
                                       stride=clip.stride, pad_mode="edge")
+            if device == "cpu" and device_id is not None:   # small frames: CPU decode, GPU for the rest
+                video = video.gpu()
             if train:   # one crop box and one flip per sample, applied to every frame
                 video = fn.random_resized_crop(video, size=[clip.size, clip.size], random_area=list(clip.area),
                                                random_aspect_ratio=list(clip.ratio), antialias=antialias)
