@@ -392,7 +392,19 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         results["datasets"][n] = {"expert": _topk(expert), **{k: _topk(v) for k, v in final[n].items()}}
     if distributed.is_main():
         write_results(out, results)
+        draw_pictures(out, log)
     return results
+
+
+def draw_pictures(out: Path, log) -> None:
+    """curves.png and results.png in the run folder; matplotlib is an optional extra."""
+    from .plots import MISSING_MATPLOTLIB, write_plots
+    try:
+        log("pictures: " + ", ".join(str(p) for p in write_plots(out)))
+    except RuntimeError as e:
+        if str(e) != MISSING_MATPLOTLIB:
+            raise
+        log(f"no pictures: {e}")
 
 
 @torch.no_grad()

@@ -23,3 +23,5 @@ def test_demo_quick(tmp_path):
     for name in results["datasets"]:
         assert (out / "shards" / name / "manifest.parquet").is_file()
         assert (run / "experts" / f"{name}.pt").is_file()
+    for png in ("curves.png", "results.png"):    # matplotlib is in the test extra
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

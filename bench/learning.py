@@ -1,0 +1,126 @@
+"""The learning benchmark: expert vs single-dataset EMA baseline vs JEDI vs oracle, over seeds.
+
+    python bench/learning.py --seeds 3                     # the table in bench/README.md
+    python bench/learning.py --seeds 1 --set jedi.epochs=40 --out /tmp/lb   # an ablation
+
+The synthetic datasets of the demo (generated once, seed 0) are sharded twice: with the demo's
+10 % labels and with every training clip labeled (the oracle's shards; same clips, same test
+set). Per training seed, with `train/demo.yaml` and the given --set overrides:
+
+    expert   the demo's experts, trained on each dataset's labeled clips only
+    ema      each expert fine-tuned with its own EMA teacher on its own unlabeled clips (same
+             steps, batches, losses and weights as JEDI): what semi-supervision alone gives
+    jedi     JEDI students and teachers: what the other datasets add on top
+    oracle   an expert trained on all training labels (oracle.epochs passes over them)
+
+Prints mean ± std (population std over seeds) of test top-1 per dataset and the mean over
+datasets; --json also writes every number. Runs that exist are reused (delete --out to redo).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from jedi_pipe import synth, trainer
+from jedi_pipe.config import load_config
+from jedi_pipe.demo import DEMO_CONFIG, DEMO_DATASETS, DEMO_SHARD, DEMO_VIDEOS_PER_CLASS
+from jedi_pipe.make_shards import make_shards
+
+ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
+
+
+def make_data(root: Path, videos_per_class: int) -> None:
+    sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, videos_per_class=videos_per_class, seed=0)
+    for name in DEMO_DATASETS:
+        make_shards(name, sources[name], root / "shards" / name, seed=0, **DEMO_SHARD)
+        make_shards(name, sources[name], root / "shards-all" / name, seed=0, **{**DEMO_SHARD, "labeled_fraction": 1.0})
+
+
+def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
+    d = yaml.safe_load(DEMO_CONFIG.read_text())
+    d.update(out=str(out), seed=seed, eval_every=10**9)   # the final evaluation only
+    for ds in d["datasets"]:
+        ds["shards"] = str(data / shards / ds["name"])
+    return load_config(data=d, overrides=list(overrides))
+
+
+def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log) -> dict:
+    """{row: {dataset: top1}} for one training seed."""
+    row = {}
+    jedi_cfg = config(data, "shards", out / "jedi", seed, overrides)
+    trainer.pretrain(jedi_cfg, log=log)
+    jedi = _results(jedi_cfg, log)
+    # the baseline reuses the same experts (same signature), in a run folder of its own
+    ema_cfg = config(data, "shards", out / "ema", seed, [*overrides, "jedi.teachers=ema"])
+    (out / "ema").mkdir(parents=True, exist_ok=True)
+    if not (out / "ema" / "experts").exists():
+        (out / "ema" / "experts").symlink_to((out / "jedi" / "experts").resolve())
+    ema = _results(ema_cfg, log)
+    oracle_cfg = config(data, "shards-all", out / "oracle", seed, [*overrides, f"pretrain.epochs={oracle_epochs}"])
+    oracle = trainer.pretrain(oracle_cfg, log=log)
+    for n in jedi:
+        row.setdefault("expert", {})[n] = jedi[n]["expert"]["top1"]
+        row.setdefault("ema student", {})[n] = ema[n]["student"]["top1"]
+        row.setdefault("jedi student", {})[n] = jedi[n]["student"]["top1"]
+        row.setdefault("jedi teacher", {})[n] = jedi[n]["teacher"]["top1"]
+        row.setdefault("oracle", {})[n] = oracle[n]["top1"]
+    return row
+
+
+def _results(cfg, log) -> dict:
+    path = Path(cfg.out) / "results.json"
+    if not path.is_file():
+        trainer.train(cfg, log=log)
+    return json.loads(path.read_text())["datasets"]
+
+
+def table(per_seed: list[dict]) -> str:
+    names = list(per_seed[0]["expert"])
+
+    def cell(values):
+        mean = statistics.fmean(values)
+        return f"{mean:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+    lines = ["| | " + " | ".join(names) + " | mean |", "| --- |" + " --- |" * (len(names) + 1)]
+    for r in ROWS:
+        cells = [cell([s[r][n] for s in per_seed]) for n in names]
+        cells.append(cell([statistics.fmean(s[r].values()) for s in per_seed]))
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
+    ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
+    ap.add_argument("--videos-per-class", type=int, default=DEMO_VIDEOS_PER_CLASS)
+    ap.add_argument("--oracle-epochs", type=int, default=20, help="passes of the oracle over all training labels")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for every run (e.g. jedi.epochs=40)")
+    ap.add_argument("--json", action="store_true", help="also write OUT/learning.json")
+    args = ap.parse_args()
+
+    t0 = time.time()
+    log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True)
+    log(f"data: {args.videos_per_class} videos per class into {args.out / 'data'}")
+    make_data(args.out / "data", args.videos_per_class)
+    per_seed = []
+    for seed in range(args.seeds):
+        log(f"seed {seed}")
+        per_seed.append(run_seed(args.out / "data", args.out / f"seed{seed}", seed, args.overrides,
+                                 args.oracle_epochs, log))
+    text = table(per_seed)
+    print(f"\ntest top-1 (%), mean ± std over {args.seeds} seeds; overrides: {args.overrides or 'none'}\n")
+    print(text)
+    if args.json:
+        (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "seeds": per_seed}, indent=1))
+    log("done")
+
+
+if __name__ == "__main__":
+    main()
