@@ -29,6 +29,7 @@ PARTS = ".parts"          # per-shard manifest rows and errors, merged at the en
 JOB = ".job.json"         # the settings fingerprint the folder was started with
 TMP = ".tmp"              # ffmpeg's output files while they are written
 LOCK = ".lock"            # flock'ed while a run writes the folder
+EXECUTORS = ("local", "ray")   # where the shards are written: this machine's threads, or Ray tasks
 
 
 class ShardError(Exception):
@@ -125,8 +126,13 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 short_side: int = 128, max_seconds: float = 10.0, shard_max_count: int = 1000,
                 max_failures: float = 0.05, min_frames: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
                 videos=None, annotations=None, name: str | None = None,
-                overwrite: bool = False, progress: bool | None = None) -> ShardSummary:
+                overwrite: bool = False, progress: bool | None = None,
+                executor: str = "local", ray_address: str | None = None) -> ShardSummary:
     """Write the shard folder of one dataset (shards/README.md); see `jedi-pipe shard --help`.
+
+    executor: "local" (threads driving ffmpeg processes on this machine) or "ray" (one Ray task
+    per shard, on the cluster at `ray_address`, or on a local Ray of `workers` CPUs without one);
+    both write the same bytes, so either can resume what the other started.
 
     min_frames: clips with fewer frames at the output rate (a truncated source keeps what
     decodes) are skipped and recorded in errors.jsonl. timeout_s: wall-clock limit of one
@@ -142,6 +148,13 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
     _check_options(split=split, labeled_fraction=labeled_fraction, labeled_per_class=labeled_per_class,
                    seed=seed, workers=workers, shard_max_count=shard_max_count, max_failures=max_failures,
                    min_frames=min_frames, timeout_s=timeout_s)
+    if executor not in EXECUTORS:
+        raise ShardError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if ray_address is not None and executor != "ray":
+        raise ShardError("--ray-address is only used with --executor ray")
+    if executor == "ray":
+        from .ray_executor import require_ray
+        require_ray()   # before any work: a missing extra is one sentence, not a late traceback
     try:
         settings = EncodeSettings(codec=codec, fps=fps, short_side=short_side, max_seconds=max_seconds)
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
@@ -185,8 +198,14 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
             for leftover in out.glob("*.partial"):   # a tar or index cut short by a kill
                 leftover.unlink()
             pending = [s for s in by_shard if not _shard_done(out, parts, s)]
-            summary.transcoded = _write_shards(out, parts, tmp, by_shard, pending, settings, listing,
-                                               workers, progress, min_frames, timeout_s)
+            if executor == "ray":
+                from .ray_executor import write_shards_ray
+                summary.transcoded = write_shards_ray(out, {s: by_shard[s] for s in pending}, settings, listing,
+                                                      workers=workers, progress=progress, min_frames=min_frames,
+                                                      timeout_s=timeout_s, address=ray_address)
+            else:
+                summary.transcoded = _write_shards(out, parts, tmp, by_shard, pending, settings, listing,
+                                                   workers, progress, min_frames, timeout_s)
             card = _finalize(out, parts, by_shard, listing, job, settings)
         except OSError as e:   # disk full, folder removed under us: the run cannot go on
             raise ShardError(f"writing {out} failed: {e.strerror or e}"
@@ -306,13 +325,17 @@ def _shard_done(out: Path, parts: Path, shard: str) -> bool:
     return not rows or ((out / shard).is_file() and (out / shards.index_name(shard)).is_file())
 
 
+def default_workers() -> int:
+    """The cores this process may use (a container or taskset may allow fewer than the machine has)."""
+    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+
+
 def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers, progress,
                   min_frames, timeout_s) -> int:
     """Transcode the videos of the pending shards in worker threads; write them in planned order."""
     from tqdm import tqdm
     todo = [p for s in pending for p in by_shard[s]]
-    # the cores this process may use (a container or taskset may allow fewer than the machine has)
-    workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    workers = workers or default_workers()
     bar = tqdm(total=len(todo), unit="video", desc=f"shard {listing.dataset}",
                disable=(None if progress is None else not progress), leave=False)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="transcode")
@@ -326,62 +349,79 @@ def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers
         if p is not None:
             inflight.append((p, pool.submit(_encode, p.item.path, settings, str(tmp), timeout_s, min_frames)))
 
-    done, writer = 0, None
+    done = 0
+
+    def results(shard):   # the shard's encodes in planned order, refilling the window as they are taken
+        nonlocal done
+        for _ in by_shard[shard]:
+            _, fut = inflight.popleft()
+            result = fut.result()
+            submit()
+            done += 1
+            bar.update(1)
+            yield result
+
     try:
         for _ in range(window):
             submit()
         for shard in pending:
-            writer = shards.ShardWriter(out / shard)
-            rows, errors = [], []
-            for _ in by_shard[shard]:
-                p, fut = inflight.popleft()
-                data, info, sha = fut.result()
-                submit()
-                if data is None:
-                    errors.append({"video_id": p.item.video_id, "path": p.item.source, "reason": info})
-                else:
-                    writer.write(_members(p, data, info, listing, settings))
-                    rows.append(_manifest_row(p, data, info, sha, listing))
-                done += 1
-                bar.update(1)
-            if rows:
-                writer.close()
-            else:   # every video of the shard failed: no tar, not even one an earlier run left
-                writer.abort()
-                for stale in (out / shard, out / shards.index_name(shard)):
-                    stale.unlink(missing_ok=True)
-            writer = None
-            # The part is written last: it marks the shard complete for a resumed run.
-            _write_json_atomic(parts / (shard + ".json"), {"rows": rows, "errors": errors})
+            write_shard(out, parts, shard, by_shard[shard], results(shard), settings, listing.dataset, listing.classes)
     finally:
         bar.close()
         for _, fut in inflight:
             fut.cancel()
         pool.shutdown(wait=True)   # running ffmpegs end within the timeout
-        if writer is not None:
-            try:
-                writer.abort()
-            except OSError:
-                pass
     return done
 
 
-def _members(p: PlannedSample, data: bytes, info, listing: Listing, settings: EncodeSettings):
+def write_shard(out: Path, parts: Path, shard: str, samples: list[PlannedSample], results,
+                settings: EncodeSettings, dataset: str, classes: list[str]) -> None:
+    """Write shard `shard` of `out`: its tar and index, then its part (which marks it complete).
+
+    `results` yields one `_encode` result per sample, in the order of `samples`. Both executors
+    call this: the local one with encodes from its thread pool, a Ray task with its own.
+    """
+    writer = shards.ShardWriter(out / shard)
+    rows, errors = [], []
+    try:
+        for p, (data, info, sha) in zip(samples, results, strict=True):
+            if data is None:
+                errors.append({"video_id": p.item.video_id, "path": p.item.source, "reason": info})
+            else:
+                writer.write(_members(p, data, info, dataset, classes, settings))
+                rows.append(_manifest_row(p, data, info, sha, classes))
+        if rows:
+            writer.close()
+        else:   # every video of the shard failed: no tar, not even one an earlier run left
+            writer.abort()
+            for stale in (out / shard, out / shards.index_name(shard)):
+                stale.unlink(missing_ok=True)
+    except BaseException:
+        try:
+            writer.abort()
+        except OSError:
+            pass
+        raise
+    # The part is written last: it marks the shard complete for a resumed run.
+    _write_json_atomic(parts / (shard + ".json"), {"rows": rows, "errors": errors})
+
+
+def _members(p: PlannedSample, data: bytes, info, dataset: str, classes: list[str], settings: EncodeSettings):
     label = shards.UNLABELED if p.role == "unlabeled" else p.item.label
-    meta = {"key": p.key, "dataset": listing.dataset, "video_id": p.item.video_id, "role": p.role,
+    meta = {"key": p.key, "dataset": dataset, "video_id": p.item.video_id, "role": p.role,
             "split": p.item.split, "frames": info.frames, "fps": info.fps,
             "width": info.width, "height": info.height}
     if p.role != "unlabeled":     # an unlabeled sample never carries its label in the tar
-        meta.update(label=p.item.label, label_name=listing.classes[p.item.label])
+        meta.update(label=p.item.label, label_name=classes[p.item.label])
     return shards.sample_members(p.key, settings.ext, data, meta, label, info.frames,
                                  info.height, info.width, p.sample_id)
 
 
-def _manifest_row(p: PlannedSample, data: bytes, info, sha: str, listing: Listing) -> dict:
+def _manifest_row(p: PlannedSample, data: bytes, info, sha: str, classes: list[str]) -> dict:
     unlabeled = p.role == "unlabeled"
     return {"sample_id": p.sample_id, "key": p.key, "shard": p.shard, "role": p.role, "split": p.item.split,
             "label": shards.UNLABELED if unlabeled else p.item.label,
-            "label_name": "" if unlabeled else listing.classes[p.item.label],
+            "label_name": "" if unlabeled else classes[p.item.label],
             "label_true": p.item.label, "video_id": p.item.video_id, "source": p.item.source,
             "frames": info.frames, "fps": info.fps, "width": info.width, "height": info.height,
             "bytes": len(data), "sha256": sha}
