@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,7 +70,10 @@ def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
 @click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label [default: 0.1].")
 @click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the labeled selection and shard order.")
-@click.option("--workers", default=None, type=click.IntRange(1, None), help="Transcoding processes (default: all cores).")
+@click.option("--workers", default=None, type=click.IntRange(1, None), help="Transcoding processes (default: all cores); with --executor ray and no --ray-address, the local Ray's CPUs.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: transcode on this machine; ray: one Ray task per shard (pip install \"jedi-pipe[ray]\"), same output.")
+@click.option("--ray-address", default=None, help="With --executor ray: the cluster to join (`auto` = the one `ray start` runs here) [default: start a local Ray].")
 @click.option("--codec", type=click.Choice(["vp9", "mjpeg", "h264"]), default="vp9", show_default=True,
               help="vp9 decodes on DALI's CPU and GPU paths; h264 only on the GPU; mjpeg is large but cheap to decode.")
 @click.option("--fps", default=12.0, show_default=True, type=float, help="Output frame rate.")
@@ -204,8 +208,9 @@ def train(config_path, overrides, resume):
     from .trainer import results_table, train as run
     cfg = _config(config_path, overrides)
     results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
-    click.echo(results_table(results))
-    click.echo(f"outputs in {cfg.out}")
+    if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
+        click.echo(results_table(results))
+        click.echo(f"outputs in {cfg.out}")
 
 
 @main.command(name="eval")
@@ -216,6 +221,8 @@ def evaluate(config_path, overrides, checkpoint):
     from .trainer import evaluate as run
     cfg = _config(config_path, overrides)
     results = _run_guarded(lambda: run(cfg, checkpoint=checkpoint, log=click.echo))
+    if int(os.environ.get("RANK", 0)):
+        return
     for name, kinds in results["datasets"].items():
         click.echo(f"{name:12s} " + "  ".join(f"{k} {v['top1']:.1f}/{v['top5']:.1f}" for k, v in kinds.items()) + "  (top-1/top-5 %)")
 
@@ -223,10 +230,30 @@ def evaluate(config_path, overrides, checkpoint):
 def _run_guarded(fn):
     """Known failures (missing shards, bad config values) end with one sentence, no traceback."""
     from .config import ConfigError
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:    # started by torchrun
+        return _run_as_rank(fn)
     try:
         return fn()
     except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as e:
         fail(str(e))
+
+
+def _run_as_rank(fn):
+    """One process of a torchrun job: a failure names its rank and ends with a non-zero exit, which
+    makes torchrun stop the other ranks (they would otherwise wait in their next collective)."""
+    import torch.distributed as dist
+
+    from . import distributed
+    from .config import ConfigError
+    where = f"rank {os.environ.get('RANK')}/{os.environ.get('WORLD_SIZE')}"
+    try:
+        return fn()
+    except dist.DistError:
+        fail(f"{where}: another process of this run failed or stopped (its message is above)")
+    except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as e:
+        fail(f"{where}: {e}")
+    finally:
+        distributed.shutdown()
 
 
 @main.command()
@@ -243,6 +270,19 @@ def demo(out, quick, seed, overrides):
     from .demo import run_demo
     out = out or ("jedi-demo-quick" if quick else "jedi-demo")
     _run_guarded(lambda: run_demo(out, quick=quick, seed=seed, overrides=overrides, echo=click.echo))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+def plot(run_dir):
+    """Draw a run folder as curves.png (top-1 and losses over steps) and results.png (bars).
+
+    Works while training runs (experts/*.pt and metrics.jsonl) and after (results.json).
+    Needs matplotlib: pip install "jedi-pipe[plots]".
+    """
+    from .plots import write_plots
+    for path in _run_guarded(lambda: write_plots(run_dir)):
+        click.echo(str(path))
 
 
 class _bar:

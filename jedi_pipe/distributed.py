@@ -1,6 +1,6 @@
 """torchrun support: one process group for every student and teacher head of a run.
 
-Under `torchrun --nproc-per-node N [--nnodes M ...] $(which jedi-pipe) train --config F`, the
+Under `torchrun --nproc-per-node N [--nnodes M ...] -m jedi_pipe.cli train --config F`, the
 trainer calls `init()`: gloo on the CPU, nccl on GPUs (one per local rank). Batch sizes in the
 config are global: each rank loads batch_size / world_size clips of its own part of the data
 (loaders split by rank), DDP averages the gradients, so N processes take the same steps as one
