@@ -35,6 +35,8 @@ class JEDIConfig:
     detach_teacher_features: bool = False  # ablation: teacher losses stop at the features, train g_i only
     teacher_init: str = "block"  # "block": g_i = h_i on f_i's block (T_i == S_i at start); "probe": fit g_i
     #                              with fit_teacher_heads_probe() on labeled features before training
+    teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features in training: a linear
+    #                               head over N x D features fit on a few labeled clips overfits without it
 
     def __post_init__(self):
         if self.teacher_init not in TEACHER_INITS:
@@ -143,6 +145,8 @@ class JEDI(nn.Module):
         teacher_in = torch.cat(feats, dim=1)
         if self.config.detach_teacher_features:
             teacher_in = teacher_in.detach()
+        if self.config.teacher_dropout:
+            teacher_in = F.dropout(teacher_in, self.config.teacher_dropout, self.training)
 
         out, start = StepOutput(), 0
         for role, name, clips in parts:

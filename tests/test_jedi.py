@@ -198,6 +198,17 @@ def test_ema_baseline_uses_its_own_dataset_only():
                                0.5 * before[w] + 0.5 * base.students["a"].state_dict()[w])
 
 
+def test_teacher_dropout_is_off_in_eval():
+    jedi, _ = make_jedi(teacher_dropout=0.5)
+    x = clips()
+    jedi.eval()
+    s, t = jedi({"a": x}).labeled["a"]
+    torch.testing.assert_close(t, s, rtol=1e-5, atol=1e-6)
+    jedi.train()
+    s, t = jedi({"a": x}).labeled["a"]
+    assert not torch.allclose(t, s)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="teacher_init"):
         JEDIConfig(teacher_init="random")
