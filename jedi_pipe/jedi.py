@@ -13,6 +13,7 @@ clips only (``forward(labeled, unlabeled)``), so an unlabeled label cannot reach
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -35,6 +36,8 @@ class JEDIConfig:
     detach_teacher_features: bool = False  # ablation: teacher losses stop at the features, train g_i only
     teacher_init: str = "block"  # "block": g_i = h_i on f_i's block (T_i == S_i at start); "probe": fit g_i
     #                              with fit_teacher_heads_probe() on labeled features before training
+    w_mutual: float = 0.0  # weight of the reverse term: the student's prediction (stop-gradient) distilled
+    #                        into the teacher on the same unlabeled clips (deep mutual learning)
     teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features in training: a linear
     #                               head over N x D features fit on a few labeled clips overfits without it
 
@@ -253,6 +256,10 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
         terms.append(cfg.w_distill * loss)
         logs[f"{name}/distill"], logs[f"{name}/mask_rate"], logs[f"{name}/teacher_conf"] = (
             loss.detach(), mask_rate, conf)
+        if cfg.w_mutual:   # the same loss the other way round: the student's prediction teaches the teacher
+            back, _, _ = distill_loss(t, s, dataclasses.replace(cfg, threshold=0.0))
+            terms.append(cfg.w_mutual * back)
+            logs[f"{name}/mutual"] = back.detach()
     if not terms:
         raise ValueError("no labeled or unlabeled outputs to compute a loss on")
     total = torch.stack(terms).sum()

@@ -249,7 +249,7 @@ def jedi_config(cfg: Config) -> JEDIConfig:
     return JEDIConfig(temperature=j.temperature, threshold=j.threshold, hard=j.hard,
                       w_sup_student=j.w_sup_student, w_sup_teacher=j.w_sup_teacher, w_distill=j.w_distill,
                       detach_teacher_features=j.detach_teacher_features, teacher_init=j.teacher_init,
-                      teacher_dropout=j.teacher_dropout)
+                      teacher_dropout=j.teacher_dropout, w_mutual=j.w_mutual)
 
 
 def joint_model(experts: dict, cfg: Config):

@@ -198,6 +198,19 @@ def test_ema_baseline_uses_its_own_dataset_only():
                                0.5 * before[w] + 0.5 * base.students["a"].state_dict()[w])
 
 
+def test_mutual_term_trains_the_teacher_only():
+    jedi, _ = make_jedi(detach_teacher_features=True, w_distill=0.0, w_mutual=1.0)
+    with torch.no_grad():
+        jedi.teachers["a"].weight.add_(0.1)      # T != S, or the term is zero
+    out = jedi({"a": clips()}, {"a": clips(3)})
+    out = type(out)(labeled={}, unlabeled=out.unlabeled)      # the unlabeled terms alone
+    loss, logs = jedi_losses(out, {}, jedi.config)
+    loss.backward()
+    assert "a/mutual" in logs
+    assert jedi.teachers["a"].weight.grad is not None and jedi.teachers["a"].weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in jedi.students.parameters())
+
+
 def test_teacher_dropout_is_off_in_eval():
     jedi, _ = make_jedi(teacher_dropout=0.5)
     x = clips()
