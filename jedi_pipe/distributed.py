@@ -100,9 +100,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def trace_ids(step: int, ids: dict[str, list[int]]) -> None:
+def trace_ids(step: int, batch: dict) -> None:
+    """With JEDI_PIPE_TRACE_IDS set: this rank's sample ids of one training step, by dataset/role."""
     folder = os.environ.get("JEDI_PIPE_TRACE_IDS")
     if folder:
+        ids = {f"{n}/{role}": b[key].tolist() for n, b in batch.items()
+               for role, key in (("labeled", "id"), ("unlabeled", "id_u")) if key in b}
         Path(folder).mkdir(parents=True, exist_ok=True)
         with open(Path(folder) / f"rank{rank()}.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "ids": ids}) + "\n")

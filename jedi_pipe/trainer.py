@@ -298,7 +298,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                                 cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
                                 seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads)
     total = cfg.jedi.epochs * loader.steps_per_epoch
-    opt = torch.optim.SGD([p for p in jedi.parameters() if p.requires_grad], lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
+    trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA baseline's teachers
+    opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
     forward = distributed.wrap(jedi)
     forward = torch.compile(forward) if cfg.compile else forward
     label_true = {n: torch.as_tensor(_label_true(sets[n])) for n in names}   # diagnostics only
@@ -357,8 +358,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)
         clips_done += sum(x.shape[0] for x in labeled.values()) + sum(x.shape[0] for x in unlabeled.values())
-        distributed.trace_ids(step, {f"{n}/{role}": b[key].tolist() for n, b in batch.items()
-                                     for role, key in (("labeled", "id"), ("unlabeled", "id_u")) if key in b})
+        distributed.trace_ids(step, batch)
 
         if step % LOG_EVERY == 0 or step == total:
             # clips/s of all ranks together; everything else is the mean over ranks
