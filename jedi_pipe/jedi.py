@@ -38,8 +38,8 @@ class JEDIConfig:
     #                              with fit_teacher_heads_probe() on labeled features before training
     w_mutual: float = 0.0  # weight of the reverse term: the student's prediction (stop-gradient) distilled
     #                        into the teacher on the same unlabeled clips (deep mutual learning)
-    teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features in training: a linear
-    #                               head over N x D features fit on a few labeled clips overfits without it
+    teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features in training (a regulariser
+    #                               for a head over N x D features fit on few labels; did not help: docs/method.md)
 
     def __post_init__(self):
         if self.teacher_init not in TEACHER_INITS:
