@@ -56,7 +56,7 @@ class JediCfg:
     w_distill: float = 1.0        # distillation weight (teacher -> student, unlabeled clips)
     detach_teacher_features: bool = False   # ablation: teacher losses do not reach the backbones
     teacher_init: str = "block"   # block: T_i == S_i at start; probe: fit teacher heads on labeled features first
-    w_mutual: float = 0.0         # student -> teacher distillation on unlabeled clips (the reverse direction)
+    w_mutual: float = 0.5         # student -> teacher distillation on unlabeled clips (chosen on the benchmark: docs/method.md)
     teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features (training only)
     teachers: str = "joint"       # joint: JEDI; ema: baseline, each student's own EMA, its dataset alone
     ema_decay: float = 0.95       # teachers: ema only; per step

@@ -37,7 +37,8 @@ class JEDIConfig:
     teacher_init: str = "block"  # "block": g_i = h_i on f_i's block (T_i == S_i at start); "probe": fit g_i
     #                              with fit_teacher_heads_probe() on labeled features before training
     w_mutual: float = 0.0  # weight of the reverse term: the student's prediction (stop-gradient) distilled
-    #                        into the teacher on the same unlabeled clips (deep mutual learning)
+    #                        into the teacher on the same unlabeled clips (deep mutual learning); 0 is the
+    #                        abstract's formulation, the trainer's config defaults to 0.5 (docs/method.md)
     teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features in training (a regulariser
     #                               for a head over N x D features fit on few labels; did not help: docs/method.md)
 

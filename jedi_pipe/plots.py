@@ -13,9 +13,10 @@ MISSING_MATPLOTLIB = 'pictures need matplotlib: pip install "jedi-pipe[plots]"'
 
 # One colour per model, the same in both pictures.
 COLORS = {"expert": "black", "student": "tab:blue", "teacher": "tab:orange"}
-LOSS_COLORS = {"sup_student": "tab:blue", "sup_teacher": "tab:orange", "distill": "tab:purple"}
+LOSS_COLORS = {"sup_student": "tab:blue", "sup_teacher": "tab:orange", "distill": "tab:purple",
+               "mutual": "tab:pink"}
 LOSS_LABELS = {"sup_student": "student CE (labeled)", "sup_teacher": "teacher CE (labeled)",
-               "distill": "distillation (unlabeled)"}
+               "distill": "distillation T->S (unlabeled)", "mutual": "distillation S->T (unlabeled)"}
 # metrics.jsonl fields that are fractions of the teacher's behaviour on unlabeled training clips
 PSEUDO = {"pseudo_label_acc": ("pseudo-label accuracy", "tab:green"),
           "teacher_conf": ("teacher confidence", "tab:olive"),
