@@ -336,6 +336,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     it = iter(loader)
     t_wait = t_step = 0.0
     clips_done = 0
+    final = None          # the evaluation at the last step, which is also the result
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         for g in opt.param_groups:
@@ -379,6 +380,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         epoch_end = step % loader.steps_per_epoch == 0
         if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total:
             scores = evaluate_jedi(jedi, cfg, sets, device)
+            final = scores if step == total else None
             if distributed.is_main():
                 append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": scores}])
             jedi.train()
@@ -387,7 +389,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
 
     # -- results
     results = {"datasets": {}}
-    final = evaluate_jedi(jedi, cfg, sets, device)
+    if final is None:     # resumed from the final checkpoint: the loop did not run
+        final = evaluate_jedi(jedi, cfg, sets, device)
     for n in names:
         expert = torch.load(expert_path(cfg, n), map_location="cpu", weights_only=False)["test"]
         results["datasets"][n] = {"expert": _topk(expert), **{k: _topk(v) for k, v in final[n].items()}}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,4 +116,12 @@ def test_a_failed_rank_ends_the_run(shard_dirs, tmp_path):
     os.kill(int(rank1[0]), signal.SIGKILL)
     _, err = proc.communicate(timeout=120)    # ends, does not hang
     assert proc.returncode != 0
-    assert "rank" in err.lower() and "fail" in err.lower(), err[-2000:]
+    # torchrun stops rank 0 and names the killed rank as the root cause
+    assert re.search(r"Root Cause.*?rank\s*:\s*1\b", err, re.S), err[-2000:]
+
+    # a rank's own error is one line that names the rank
+    bad = subprocess.run(torchrun(2, "train", "--config", str(conf), *overrides(extra + ["jedi.batch_size=3"])),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert re.search(r"error: rank [01]/2: jedi.batch_size=3 does not split over 2 processes", bad.stderr), \
+        bad.stderr[-2000:]
