@@ -58,6 +58,7 @@ class JediCfg:
     teacher_init: str = "block"   # block: T_i == S_i at start; probe: fit teacher heads on labeled features first
     w_mutual: float = 0.5         # student -> teacher distillation on unlabeled clips (chosen on the benchmark: docs/method.md)
     teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features (training only)
+    teacher_ema: float = 0.0      # > 0: the teachers' targets and scores come from a moving average of the joint model
     teachers: str = "joint"       # joint: JEDI; ema: baseline, each student's own EMA, its dataset alone
     ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4

@@ -41,6 +41,9 @@ class JEDIConfig:
     #                        abstract's formulation, the trainer's config defaults to 0.5 (docs/method.md)
     teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features in training (a regulariser
     #                               for a head over N x D features fit on few labels; did not help: docs/method.md)
+    teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
+    #                           exponential moving average of the joint model, this decay per step (mean teacher);
+    #                           the live teacher heads still train on CE and the mutual term. 0: the live heads
 
     def __post_init__(self):
         if self.teacher_init not in TEACHER_INITS:
@@ -49,11 +52,19 @@ class JEDIConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold is a probability in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.teacher_ema < 1.0:
+            raise ValueError(f"teacher_ema is a decay in [0, 1), got {self.teacher_ema}")
 
 
 class Logits(NamedTuple):
     student: Tensor  # [B, C_i]  S_i(x)
-    teacher: Tensor  # [B, C_i]  T_i(x)
+    teacher: Tensor  # [B, C_i]  T_i(x), the live teacher head (trained by CE and the mutual term)
+    teacher_ema: Tensor | None = None  # [B, C_i]  T_i of the moving average (teacher_ema > 0), no gradient
+
+    @property
+    def target(self) -> Tensor:
+        """The teacher's prediction: what the student is distilled from, and what is scored."""
+        return self.teacher if self.teacher_ema is None else self.teacher_ema
 
 
 @dataclass
@@ -92,6 +103,30 @@ class JEDI(nn.Module):
         self.teachers = nn.ModuleDict({name: nn.Linear(start, m.head.out_features) for name, m in students})
         # "probe" also starts here: the block init is a warm start that the probe then refines
         self.init_teachers_block()
+        if self.config.teacher_ema:
+            # the slow copy of students and teachers; never trained, moved by update_ema()
+            self.ema_students = copy.deepcopy(self.students).requires_grad_(False)
+            self.ema_teachers = copy.deepcopy(self.teachers).requires_grad_(False)
+
+    def train(self, mode: bool = True) -> JEDI:
+        super().train(mode)
+        if self.config.teacher_ema:   # the average runs on its running BN statistics, which it carries
+            self.ema_students.eval()
+            self.ema_teachers.eval()
+        return self
+
+    @torch.no_grad()
+    def reset_ema(self) -> None:
+        """The average restarts at the live model (after the probe has moved the teacher heads)."""
+        if self.config.teacher_ema:
+            self.ema_students.load_state_dict(self.students.state_dict())
+            self.ema_teachers.load_state_dict(self.teachers.state_dict())
+
+    def update_ema(self) -> None:
+        """After each optimizer step: average <- decay * average + (1 - decay) * live."""
+        if self.config.teacher_ema:
+            ema_update(self.ema_students, self.students, self.config.teacher_ema)
+            ema_update(self.ema_teachers, self.teachers, self.config.teacher_ema)
 
     @classmethod
     def from_experts(cls, experts: Mapping[str, nn.Module], config: JEDIConfig | None = None,
@@ -152,12 +187,23 @@ class JEDI(nn.Module):
         if self.config.teacher_dropout:
             teacher_in = F.dropout(teacher_in, self.config.teacher_dropout, self.training)
 
+        ema_from = x.shape[0]      # rows from here on also get the average's teacher (teacher_ema > 0)
+        if self.config.teacher_ema:
+            # training: only the unlabeled rows (a suffix of x) need it, as targets; evaluation: every row
+            ema_from = sum(c.shape[0] for role, _, c in parts if role == "labeled") if self.training else 0
+            with torch.no_grad():
+                ema_in = torch.cat([self.ema_students[n].features(x[ema_from:]) for n in self.names], dim=1)
+
         out, start = StepOutput(), 0
         for role, name, clips in parts:
             rows = slice(start, start + clips.shape[0])
             start = rows.stop
             student = self.students[name].head(feats[self.names.index(name)][rows])
-            getattr(out, role)[name] = Logits(student, self.teachers[name](teacher_in[rows]))
+            teacher_ema = None
+            if rows.start >= ema_from:
+                with torch.no_grad():
+                    teacher_ema = self.ema_teachers[name](ema_in[rows.start - ema_from:rows.stop - ema_from])
+            getattr(out, role)[name] = Logits(student, self.teachers[name](teacher_in[rows]), teacher_ema)
         return out
 
     def forward_all(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
@@ -244,7 +290,7 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
         raise ValueError(f"labels given for {sorted(labels)} but labeled clips for {sorted(out.labeled)}")
     terms: list[Tensor] = []
     logs: dict[str, Tensor] = {}
-    for name, (s, t) in out.labeled.items():
+    for name, (s, t, _) in out.labeled.items():
         y = labels[name]
         if y.shape != s.shape[:1]:
             raise ValueError(f"labels of {name!r}: expected shape {tuple(s.shape[:1])}, got {tuple(y.shape)}")
@@ -252,8 +298,9 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
         ce_s, ce_t = F.cross_entropy(s.float(), y), F.cross_entropy(t.float(), y)
         terms += [cfg.w_sup_student * ce_s, cfg.w_sup_teacher * ce_t]
         logs[f"{name}/sup_student"], logs[f"{name}/sup_teacher"] = ce_s.detach(), ce_t.detach()
-    for name, (s, t) in out.unlabeled.items():
-        loss, mask_rate, conf = distill_loss(s, t, cfg)
+    for name, logits in out.unlabeled.items():
+        s, t = logits.student, logits.teacher
+        loss, mask_rate, conf = distill_loss(s, logits.target, cfg)
         terms.append(cfg.w_distill * loss)
         logs[f"{name}/distill"], logs[f"{name}/mask_rate"], logs[f"{name}/teacher_conf"] = (
             loss.detach(), mask_rate, conf)

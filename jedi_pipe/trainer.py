@@ -249,7 +249,8 @@ def jedi_config(cfg: Config) -> JEDIConfig:
     return JEDIConfig(temperature=j.temperature, threshold=j.threshold, hard=j.hard,
                       w_sup_student=j.w_sup_student, w_sup_teacher=j.w_sup_teacher, w_distill=j.w_distill,
                       detach_teacher_features=j.detach_teacher_features, teacher_init=j.teacher_init,
-                      teacher_dropout=j.teacher_dropout, w_mutual=j.w_mutual)
+                      teacher_dropout=j.teacher_dropout, w_mutual=j.w_mutual,
+                      teacher_ema=j.teacher_ema)
 
 
 def joint_model(experts: dict, cfg: Config):
@@ -298,7 +299,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                                 cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
                                 seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads)
     total = cfg.jedi.epochs * loader.steps_per_epoch
-    trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA baseline's teachers
+    trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA copies
     opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
     forward = distributed.wrap(jedi)
     forward = torch.compile(forward) if cfg.compile else forward
@@ -321,6 +322,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             (out / "metrics.jsonl").unlink(missing_ok=True)
         if jcfg.teacher_init == "probe" and cfg.jedi.teachers == "joint":
             probe_teachers(jedi, cfg, sets, device)
+            jedi.reset_ema()
 
     def save_checkpoint():
         rng = distributed.gather(rng_state())    # every rank's augmentation RNG, by rank
@@ -355,6 +357,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         opt.step()
         if cfg.jedi.teachers == "ema":
             jedi.update_teachers()
+        else:
+            jedi.update_ema()
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)
@@ -367,7 +371,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                     "input_wait": t_wait / t_step, **{k: v.item() for k, v in logs.items() if "/" in k}}
             for n, b in batch.items():
                 if "x_u" in b:   # how often the teacher's pseudo-label is right (label_true never trains)
-                    pl = outputs.unlabeled[n].teacher.argmax(-1).cpu()
+                    pl = outputs.unlabeled[n].target.argmax(-1).cpu()
                     flat[f"{n}/pseudo_label_acc"] = (pl == label_true[n][b["id_u"]]).float().mean().item()
             flat = distributed.mean_over_ranks(flat)
             if distributed.is_main():
@@ -420,7 +424,7 @@ def evaluate_jedi(jedi, cfg: Config, sets, device) -> dict:
     for n in jedi.names:
         def forward(x, n=n):
             o = jedi({n: x}).labeled[n]
-            return {"student": o.student, "teacher": o.teacher}
+            return {"student": o.student, "teacher": o.target}
         res[n] = evaluate_logits(forward, sets[n], cfg, device)
     return res
 

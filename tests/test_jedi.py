@@ -36,7 +36,7 @@ def test_block_init_teacher_equals_student():
     jedi, _ = make_jedi()
     out = jedi.forward_all({"a": clips(), "b": clips(3)}, {"a": clips(4), "b": clips(1)})
     for role in (out.labeled, out.unlabeled):
-        for name, (s, t) in role.items():
+        for name, (s, t, _) in role.items():
             torch.testing.assert_close(t, s, rtol=1e-5, atol=1e-6)
     assert out.labeled["b"].student.shape == (3, 5) and out.unlabeled["a"].teacher.shape == (4, 3)
     # soft distillation of a teacher into an identical student is zero
@@ -215,10 +215,10 @@ def test_teacher_dropout_is_off_in_eval():
     jedi, _ = make_jedi(teacher_dropout=0.5)
     x = clips()
     jedi.eval()
-    s, t = jedi({"a": x}).labeled["a"]
+    s, t, _ = jedi({"a": x}).labeled["a"]
     torch.testing.assert_close(t, s, rtol=1e-5, atol=1e-6)
     jedi.train()
-    s, t = jedi({"a": x}).labeled["a"]
+    s, t, _ = jedi({"a": x}).labeled["a"]
     assert not torch.allclose(t, s)
 
 
@@ -227,3 +227,37 @@ def test_config_validation():
         JEDIConfig(teacher_init="random")
     with pytest.raises(ValueError, match="threshold"):
         JEDIConfig(threshold=1.5)
+
+
+def test_teacher_ema_is_the_target_and_the_score():
+    jedi, _ = make_jedi(teacher_ema=0.9)
+    assert not any(p.requires_grad for p in [*jedi.ema_students.parameters(), *jedi.ema_teachers.parameters()])
+    jedi.eval()                                    # at the start the average is the model: T_i == S_i
+    o = jedi({"a": clips()}).labeled["a"]
+    torch.testing.assert_close(o.target, o.student, rtol=1e-5, atol=1e-6)
+
+    jedi.train()
+    assert not jedi.ema_students.training          # the average always runs on its running BN statistics
+    out = jedi({"a": clips(), "b": clips()}, {"a": clips(3), "b": clips(4)})
+    assert all(o.teacher_ema is None for o in out.labeled.values())       # not needed: no target there
+    u = out.unlabeled["b"]
+    assert u.teacher_ema.shape == u.teacher.shape and not u.teacher_ema.requires_grad
+    assert u.target is u.teacher_ema
+    _, logs = jedi_losses(out, {"a": torch.tensor([0, 1]), "b": torch.tensor([2, 3])}, jedi.config)
+    torch.testing.assert_close(logs["b/distill"], distill_loss(u.student, u.teacher_ema, jedi.config)[0])
+
+
+def test_update_ema_moves_the_average_toward_the_model():
+    jedi, _ = make_jedi(teacher_ema=0.9)
+    before = jedi.ema_teachers["a"].weight.clone()
+    with torch.no_grad():
+        jedi.teachers["a"].weight.add_(1.0)
+    jedi.update_ema()
+    torch.testing.assert_close(jedi.ema_teachers["a"].weight, before + 0.1)
+    jedi.reset_ema()
+    torch.testing.assert_close(jedi.ema_teachers["a"].weight, jedi.teachers["a"].weight)
+    plain, _ = make_jedi()
+    assert not any(k.startswith("ema_") for k in plain.state_dict())     # off: nothing extra to save
+    plain.update_ema()
+    with pytest.raises(ValueError, match="teacher_ema"):
+        JEDIConfig(teacher_ema=1.0)

@@ -78,3 +78,27 @@ def test_kill_and_resume_gives_the_same_results(shard_dirs, tmp_path):
     done = subprocess.run(args + ["--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((killed / "results.json").read_text()) == ref
+
+
+def test_mean_teacher_run_and_the_teacher_probe(shard_dirs, tmp_path):
+    """jedi.teacher_ema: the run saves the average and `eval` scores its teachers from it;
+    bench/teacher_probe.py reads the run and agrees with it on the student heads."""
+    import importlib.util
+
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.teacher_ema=0.9"])
+    results = train(cfg, log=lambda m: None)
+    assert evaluate(cfg, log=lambda m: None) == results
+    import torch
+    state = torch.load(Path(cfg.out) / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    assert any(k.startswith("ema_teachers.") for k in state) and any(k.startswith("ema_students.") for k in state)
+
+    path = Path(__file__).parents[1] / "bench" / "teacher_probe.py"
+    spec = importlib.util.spec_from_file_location("teacher_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rows = probe.probe_run(Path(cfg.out), l2=1e-2)
+    assert set(rows) == {"hmdb51", "ssv2"}
+    for name, r in rows.items():
+        assert r["student_head"] == pytest.approx(results["datasets"][name]["student"]["top1"], abs=0.01)
+        assert all(0 <= r[k] <= 100 for k in ("probe_own", "probe_all", "probe_other"))
+        assert r["norm_own"] > 0 and len(r["norm_other"]) == 1
