@@ -2,6 +2,7 @@
 
     python bench/learning.py --seeds 3                     # the table in bench/README.md
     python bench/learning.py --seeds 1 --set jedi.epochs=40 --out /tmp/lb   # an ablation
+    python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --set jedi.epochs=7 --out /tmp/lb30
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded twice: with the demo's
 10 % labels and with every training clip labeled (the oracle's shards; same clips, same test
@@ -34,10 +35,11 @@ from jedi_pipe.make_shards import make_shards
 ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
-def make_data(root: Path, videos_per_class: int) -> None:
+def make_data(root: Path, videos_per_class: int, labeled_fraction: float) -> None:
     sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, videos_per_class=videos_per_class, seed=0)
     for name in DEMO_DATASETS:
-        make_shards(name, sources[name], root / "shards" / name, seed=0, **DEMO_SHARD)
+        make_shards(name, sources[name], root / "shards" / name, seed=0,
+                    **{**DEMO_SHARD, "labeled_fraction": labeled_fraction})
         make_shards(name, sources[name], root / "shards-all" / name, seed=0, **{**DEMO_SHARD, "labeled_fraction": 1.0})
 
 
@@ -99,6 +101,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
     ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
     ap.add_argument("--videos-per-class", type=int, default=DEMO_VIDEOS_PER_CLASS)
+    ap.add_argument("--labeled-fraction", type=float, default=DEMO_SHARD["labeled_fraction"],
+                    help="fraction of each dataset's training videos that keep their labels (a fresh --out per value)")
     ap.add_argument("--oracle-epochs", type=int, default=20, help="passes of the oracle over all training labels")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. jedi.epochs=40)")
@@ -107,8 +111,8 @@ def main() -> None:
 
     t0 = time.time()
     log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True)
-    log(f"data: {args.videos_per_class} videos per class into {args.out / 'data'}")
-    make_data(args.out / "data", args.videos_per_class)
+    log(f"data: {args.videos_per_class} videos per class, {args.labeled_fraction:.0%} labeled, into {args.out / 'data'}")
+    make_data(args.out / "data", args.videos_per_class, args.labeled_fraction)
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")

@@ -7,7 +7,8 @@ only beat its student if the other backbones' features carry information about t
 classes that the student's own features lack. This measures that on a finished run (its
 config.yaml, experts and checkpoint.pt), per dataset:
 
-    head     test top-1 of the run's student head (own block) and teacher head (all blocks)
+    head     test top-1 of the run's student head (own block) and teacher head (all blocks;
+             the live head, also where jedi.teacher_ema makes the average the reported teacher)
     probe    test top-1 of a logistic regression fit on the labeled clips' features of the
              student's own block, of all blocks, and of the other blocks alone
     weights  Frobenius norm of the teacher head's weights on each block (own block first)
