@@ -28,17 +28,6 @@ from jedi_pipe import trainer
 from jedi_pipe.config import load_config
 
 
-@torch.no_grad()
-def features(jedi, cfg, ss, role: str) -> tuple[torch.Tensor, torch.Tensor]:
-    loader = trainer.role_loader_cls(cfg, [ss])(ss, role, trainer.clip_spec(cfg), cfg.eval_batch_size,
-                                                train=False, threads=cfg.threads)
-    fs, ys = [], []
-    for b in loader:
-        fs.append(jedi.teacher_features(b["x"][:, 0]))
-        ys.append(b["y"])
-    return torch.cat(fs), torch.cat(ys)
-
-
 def probe_top1(x_train, y_train, x_test, y_test, num_classes: int, l2: float) -> float:
     """Multinomial logistic regression on standardised features; test top-1 (%)."""
     mu, sd = x_train.mean(0), x_train.std(0) + 1e-6
@@ -69,8 +58,8 @@ def probe_run(run: Path, l2: float) -> dict:
     blocks = jedi.feature_slices
     rows = {}
     for n in jedi.names:
-        x_tr, y_tr = features(jedi, cfg, sets[n], "labeled")
-        x_te, y_te = features(jedi, cfg, sets[n], "test")
+        x_tr, y_tr = trainer.teacher_features(jedi, cfg, sets[n], "labeled", device)
+        x_te, y_te = trainer.teacher_features(jedi, cfg, sets[n], "test", device)
         own = blocks[n]
         others = [blocks[m] for m in jedi.names if m != n]
         other_tr = torch.cat([x_tr[:, s] for s in others], 1)
@@ -97,7 +86,6 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="JEDI run folders (config.yaml, experts/, checkpoint.pt)")
     ap.add_argument("--l2", type=float, default=1e-2, help="L2 penalty of the probes")
     args = ap.parse_args()
-    torch.set_num_threads(1)
     print("| run | dataset | student head | teacher head | probe own | probe all | probe other | "
           "teacher weights own / others |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -217,7 +217,7 @@ class EMABaseline(nn.Module):
     and budget as JEDI, so the gap JEDI - EMABaseline is what the other datasets contribute.
 
     ``teacher`` logits come from the EMA copies (eval mode, no gradient): the teacher CE term
-    of ``jedi_losses`` is logged but trains nothing. Call ``update_teachers()`` after each step.
+    of ``jedi_losses`` is logged but trains nothing. Call ``update_ema()`` after each step.
     """
 
     def __init__(self, students: Mapping[str, nn.Module], config: JEDIConfig | None = None, decay: float = 0.95):
@@ -228,6 +228,11 @@ class EMABaseline(nn.Module):
         self.names = list(students)
         self.students = nn.ModuleDict(students)
         self.teachers = nn.ModuleDict({n: copy.deepcopy(m).requires_grad_(False) for n, m in students.items()})
+
+    def train(self, mode: bool = True) -> EMABaseline:
+        super().train(mode)
+        self.teachers.eval()   # running BN statistics, which the EMA carries
+        return self
 
     @classmethod
     def from_experts(cls, experts: Mapping[str, nn.Module], config: JEDIConfig | None = None,
@@ -244,9 +249,8 @@ class EMABaseline(nn.Module):
                 continue
             x = torch.cat([x for _, x in parts])
             student = self.students[name](x)
-            teacher_model = self.teachers[name].eval()   # running BN statistics, which the EMA carries
             with torch.no_grad():
-                teacher = teacher_model(x)
+                teacher = self.teachers[name](x)
             start = 0
             for role, clips in parts:
                 rows = slice(start, start + clips.shape[0])
@@ -254,7 +258,8 @@ class EMABaseline(nn.Module):
                 getattr(out, role)[name] = Logits(student[rows], teacher[rows])
         return out
 
-    def update_teachers(self) -> None:
+    def update_ema(self) -> None:
+        """After each optimizer step: each teacher <- decay * teacher + (1 - decay) * its student."""
         for name in self.names:
             ema_update(self.teachers[name], self.students[name], self.decay)
 

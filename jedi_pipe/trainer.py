@@ -261,20 +261,24 @@ def joint_model(experts: dict, cfg: Config):
 
 
 @torch.no_grad()
+def teacher_features(jedi: JEDI, cfg: Config, ss: shardfmt.ShardSet, role: str, device) -> tuple:
+    """[f_1; ...; f_N] of every clip of a role (one centre view, eval mode), and the labels."""
+    jedi.eval()
+    loader = role_loader_cls(cfg, [ss])(ss, role, clip_spec(cfg), cfg.eval_batch_size, train=False,
+                                        threads=cfg.threads)
+    fs, ys = [], []
+    for b in loader:
+        fs.append(jedi.teacher_features(to_device(b["x"][:, 0], device)).float())
+        ys.append(b["y"].to(device))
+    return torch.cat(fs), torch.cat(ys)
+
+
 def probe_teachers(jedi: JEDI, cfg: Config, sets, device) -> None:
     """teacher_init: probe: fit the teacher heads on the labeled clips' concatenated features."""
     feats, labels = {}, {}
-    jedi.eval()
     for d in cfg.datasets:
-        loader = role_loader_cls(cfg, sets.values())(sets[d.name], "labeled", clip_spec(cfg), cfg.eval_batch_size,
-                                             train=False, threads=cfg.threads)
-        fs, ys = [], []
-        for b in loader:
-            fs.append(jedi.teacher_features(to_device(b["x"][:, 0], device)).float())
-            ys.append(b["y"].to(device))
-        feats[d.name], labels[d.name] = torch.cat(fs), torch.cat(ys)
-    with torch.enable_grad():
-        fit_teacher_heads_probe(jedi, feats, labels)
+        feats[d.name], labels[d.name] = teacher_features(jedi, cfg, sets[d.name], "labeled", device)
+    fit_teacher_heads_probe(jedi, feats, labels)
 
 
 def train(cfg: Config, resume: bool = False, log=print) -> dict:
@@ -355,10 +359,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if cfg.jedi.teachers == "ema":
-            jedi.update_teachers()
-        else:
-            jedi.update_ema()
+        jedi.update_ema()     # the moving averages, where there are any (EMA baseline, teacher_ema)
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)

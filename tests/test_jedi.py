@@ -192,7 +192,7 @@ def test_ema_baseline_uses_its_own_dataset_only():
         for p in base.students["a"].parameters():
             p.add_(1.0)
     before = {k: v.clone() for k, v in base.teachers["a"].state_dict().items()}
-    base.update_teachers()
+    base.update_ema()
     w = "head.weight"
     torch.testing.assert_close(base.teachers["a"].state_dict()[w],
                                0.5 * before[w] + 0.5 * base.students["a"].state_dict()[w])
