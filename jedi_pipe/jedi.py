@@ -105,8 +105,8 @@ class JEDI(nn.Module):
         self.init_teachers_block()
         if self.config.teacher_ema:
             # the slow copy of students and teachers; never trained, moved by update_ema()
-            self.ema_students = copy.deepcopy(self.students).requires_grad_(False)
-            self.ema_teachers = copy.deepcopy(self.teachers).requires_grad_(False)
+            self.ema_students = copy.deepcopy(self.students).requires_grad_(False).eval()
+            self.ema_teachers = copy.deepcopy(self.teachers).requires_grad_(False).eval()
 
     def train(self, mode: bool = True) -> JEDI:
         super().train(mode)
@@ -227,7 +227,7 @@ class EMABaseline(nn.Module):
         self.config, self.decay = config or JEDIConfig(), decay
         self.names = list(students)
         self.students = nn.ModuleDict(students)
-        self.teachers = nn.ModuleDict({n: copy.deepcopy(m).requires_grad_(False) for n, m in students.items()})
+        self.teachers = nn.ModuleDict({n: copy.deepcopy(m).requires_grad_(False).eval() for n, m in students.items()})
 
     def train(self, mode: bool = True) -> EMABaseline:
         super().train(mode)

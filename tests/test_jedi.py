@@ -232,6 +232,7 @@ def test_config_validation():
 def test_teacher_ema_is_the_target_and_the_score():
     jedi, _ = make_jedi(teacher_ema=0.9)
     assert not any(p.requires_grad for p in [*jedi.ema_students.parameters(), *jedi.ema_teachers.parameters()])
+    assert not jedi.ema_students.training          # from the start, not only after a train() call
     jedi.eval()                                    # at the start the average is the model: T_i == S_i
     o = jedi({"a": clips()}).labeled["a"]
     torch.testing.assert_close(o.target, o.student, rtol=1e-5, atol=1e-6)
