@@ -59,6 +59,7 @@ class JediCfg:
     w_mutual: float = 0.5         # student -> teacher distillation on unlabeled clips (chosen on the benchmark: docs/method.md)
     teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features (training only)
     teacher_ema: float = 0.0      # > 0: the teachers' targets and scores come from a moving average of the joint model
+    bn_stats: str = "batch"       # own: each backbone's BatchNorm uses its own dataset's clips' statistics; batch: all clips'
     teachers: str = "joint"       # joint: JEDI; ema: baseline, each student's own EMA, its dataset alone
     ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4
@@ -93,6 +94,8 @@ class Config:
             raise ConfigError(f"datasets: names must be unique, got {names}")
         if self.jedi.teacher_init not in ("block", "probe"):
             raise ConfigError(f"jedi.teacher_init: block or probe, got {self.jedi.teacher_init!r}")
+        if self.jedi.bn_stats not in ("own", "batch"):
+            raise ConfigError(f"jedi.bn_stats: own or batch, got {self.jedi.bn_stats!r}")
         if self.jedi.teachers not in ("joint", "ema"):
             raise ConfigError(f"jedi.teachers: joint or ema, got {self.jedi.teachers!r}")
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 TEACHER_INITS = ("block", "probe")
+BN_STATS = ("own", "batch")
 
 
 @dataclass
@@ -44,8 +45,14 @@ class JEDIConfig:
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE and the mutual term. 0: the live heads
+    bn_stats: str = "batch"  # training BatchNorm statistics of each backbone: "batch", over all clips of the step
+    #                          (every dataset's); "own", over its own dataset's clips only, applied to all, as its
+    #                          expert saw them. "batch" first costs the experts accuracy, then gains far more than
+    #                          "own" (docs/method.md)
 
     def __post_init__(self):
+        if self.bn_stats not in BN_STATS:
+            raise ValueError(f"bn_stats must be one of {BN_STATS}, got {self.bn_stats!r}")
         if self.teacher_init not in TEACHER_INITS:
             raise ValueError(f"teacher_init must be one of {TEACHER_INITS}, got {self.teacher_init!r}")
         if self.temperature <= 0:
@@ -100,6 +107,9 @@ class JEDI(nn.Module):
             self.feature_slices[name] = slice(start, start + model.num_features)
             start += model.num_features
         self.teacher_dim = start
+        # BatchNorm layers that take their statistics from their own dataset's rows of the step
+        self.own_stats_bns = {name: own_stats_batchnorm(model) if self.config.bn_stats == "own" else []
+                              for name, model in students}
         self.teachers = nn.ModuleDict({name: nn.Linear(start, m.head.out_features) for name, m in students})
         # "probe" also starts here: the block init is a warm start that the probe then refines
         self.init_teachers_block()
@@ -180,7 +190,7 @@ class JEDI(nn.Module):
                              f"share [C, T, H, W]; got {got}. Use one clip length and crop size for all datasets.")
 
         x = torch.cat([x for _, _, x in parts]) if len(parts) > 1 else parts[0][2]
-        feats = [self.students[n].features(x) for n in self.names]
+        feats = [self._features(n, x, parts) for n in self.names]
         teacher_in = torch.cat(feats, dim=1)
         if self.config.detach_teacher_features:
             teacher_in = teacher_in.detach()
@@ -205,6 +215,25 @@ class JEDI(nn.Module):
                     teacher_ema = self.ema_teachers[name](ema_in[rows.start - ema_from:rows.stop - ema_from])
             getattr(out, role)[name] = Logits(student, self.teachers[name](teacher_in[rows]), teacher_ema)
         return out
+
+    def _features(self, name: str, x: Tensor, parts: list) -> Tensor:
+        """f_name(x); with bn_stats "own", its BatchNorm statistics come from the rows of dataset `name`."""
+        bns = self.own_stats_bns[name]
+        if not (bns and self.training):
+            return self.students[name].features(x)
+        rows, start = [], 0
+        for _, n, clips in parts:
+            if n == name:
+                rows.append(torch.arange(start, start + clips.shape[0], device=x.device))
+            start += clips.shape[0]
+        own = torch.cat(rows) if rows else None     # no clips of its own this step: the whole batch
+        for bn in bns:
+            bn.stat_rows = own
+        try:
+            return self.students[name].features(x)
+        finally:
+            for bn in bns:
+                bn.stat_rows = None
 
     def forward_all(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
         # through __call__, so module hooks fire as for jedi(...)
@@ -353,6 +382,63 @@ def fit_teacher_heads_probe(jedi: JEDI, feats_per_dataset: Mapping[str, Tensor],
             g.bias.copy_(b)
             final[name] = F.cross_entropy(F.linear(feats, w, b), y)
     return final
+
+
+class OwnStatsBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm that, in training, normalises every row with the mean and variance of the rows
+    in ``stat_rows`` (and tracks those in its running statistics); plain BatchNorm when
+    ``stat_rows`` is None or in eval mode. Same parameters and buffers, so the same state_dict.
+
+    Why: a JEDI backbone runs over the clips of every dataset at once. With statistics of the
+    whole mixed batch its own dataset's clips are normalised differently from how its expert saw
+    them, and the expert's accuracy collapses (docs/method.md: 85 -> 53 % on one dataset from
+    the running statistics alone). With its own dataset's statistics the student starts exactly
+    as its expert, and the other datasets' clips are normalised as at test time.
+    """
+
+    stat_rows: Tensor | None = None
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.stat_rows is None:
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        sub = x[self.stat_rows].float()
+        mean, var = sub.mean(dims), sub.var(dims, unbiased=False)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                n = sub.numel() / sub.shape[1]
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * (n / max(n - 1.0, 1.0)), factor)
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = (x.float() - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def own_stats_batchnorm(model: nn.Module) -> list[OwnStatsBatchNorm]:
+    """Swap every BatchNorm in `model` for an OwnStatsBatchNorm holding the same parameters and
+    buffers (in place); returns them in module order."""
+    swapped = []
+    for parent in list(model.modules()):
+        for child_name, bn in list(parent.named_children()):
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and not isinstance(bn, OwnStatsBatchNorm):
+                new = OwnStatsBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+                if bn.affine:
+                    new.weight, new.bias = bn.weight, bn.bias
+                if bn.track_running_stats:
+                    new.running_mean, new.running_var = bn.running_mean, bn.running_var
+                    new.num_batches_tracked = bn.num_batches_tracked
+                new.train(bn.training)
+                setattr(parent, child_name, new)
+                swapped.append(new)
+    return swapped
 
 
 @torch.no_grad()

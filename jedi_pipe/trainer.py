@@ -250,7 +250,7 @@ def jedi_config(cfg: Config) -> JEDIConfig:
                       w_sup_student=j.w_sup_student, w_sup_teacher=j.w_sup_teacher, w_distill=j.w_distill,
                       detach_teacher_features=j.detach_teacher_features, teacher_init=j.teacher_init,
                       teacher_dropout=j.teacher_dropout, w_mutual=j.w_mutual,
-                      teacher_ema=j.teacher_ema)
+                      teacher_ema=j.teacher_ema, bn_stats=j.bn_stats)
 
 
 def joint_model(experts: dict, cfg: Config):

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jedi_pipe.jedi import JEDI, EMABaseline, JEDIConfig, distill_loss, ema_update, fit_teacher_heads_probe, jedi_losses
+from jedi_pipe.jedi import (JEDI, EMABaseline, JEDIConfig, OwnStatsBatchNorm, distill_loss, ema_update,
+                            fit_teacher_heads_probe, jedi_losses)
 from jedi_pipe.models import build
 
 CLIP = (3, 4, 16, 16)
@@ -227,6 +228,34 @@ def test_config_validation():
         JEDIConfig(teacher_init="random")
     with pytest.raises(ValueError, match="threshold"):
         JEDIConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="bn_stats"):
+        JEDIConfig(bn_stats="frozen")
+
+
+def test_own_bn_stats_start_as_the_expert_in_a_mixed_batch():
+    # dataset a's clips on another scale than b's: whole-batch statistics shift a's features
+    xa, xb = 3 * clips(4) + 2, clips(6)
+    for bn_stats in ("own", "batch"):
+        jedi, experts = make_jedi(bn_stats=bn_stats)
+        jedi.train()
+        out = jedi({"a": xa}, {"b": xb})
+        expert_a = experts["a"].train()(xa)       # the expert on its own clips, in training mode
+        same = torch.allclose(out.labeled["a"].student, expert_a, rtol=1e-4, atol=1e-5)
+        assert same == (bn_stats == "own")
+    # own: the running statistics follow a's clips alone, in the same state_dict as the expert's
+    jedi, experts = make_jedi(bn_stats="own")
+    assert jedi.students["a"].state_dict().keys() == experts["a"].state_dict().keys()
+    bn = next(m for m in jedi.students["a"].modules() if isinstance(m, OwnStatsBatchNorm))
+    ref = next(m for m in experts["a"].modules() if isinstance(m, torch.nn.BatchNorm3d))
+    jedi.train()({"a": xa}, {"b": xb})
+    experts["a"].train()(xa)
+    torch.testing.assert_close(bn.running_mean, ref.running_mean)
+    torch.testing.assert_close(bn.running_var, ref.running_var)
+    assert bn.stat_rows is None                       # set only for the duration of the forward
+    # gradients flow through the own-rows statistics into every backbone as before
+    out = jedi({"a": xa}, {"b": xb})
+    F.cross_entropy(out.labeled["a"].student, torch.tensor([0, 1, 2, 0])).backward()
+    assert all(p.grad is not None for p in backbone_params(jedi.students["a"]))
 
 
 def test_teacher_ema_is_the_target_and_the_score():
