@@ -3,6 +3,7 @@
     python bench/learning.py --seeds 3                     # the table in bench/README.md
     python bench/learning.py --seeds 1 --set jedi.epochs=40 --out /tmp/lb   # an ablation
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --set jedi.epochs=7 --out /tmp/lb30
+    python bench/learning.py --scale kinetics400=3 --set jedi.epochs=25 --out /tmp/lbk3   # real-like sizes
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded twice: with the demo's
 10 % labels and with every training clip labeled (the oracle's shards; same clips, same test
@@ -35,8 +36,14 @@ from jedi_pipe.make_shards import make_shards
 ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
-def make_data(root: Path, videos_per_class: int, labeled_fraction: float) -> None:
-    sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, videos_per_class=videos_per_class, seed=0)
+def make_data(root: Path, videos_per_class: int, labeled_fraction: float, scale: dict | None = None) -> None:
+    """scale: dataset -> factor on its videos per class (synth seeds each dataset on its own, so
+    the other datasets' videos are the same whatever the factors)."""
+    scale = scale or {}
+    sources = {}
+    for name in DEMO_DATASETS:
+        sources.update(synth.generate(root / "sources", datasets=[name], seed=0,
+                                      videos_per_class=videos_per_class * scale.get(name, 1)))
     for name in DEMO_DATASETS:
         make_shards(name, sources[name], root / "shards" / name, seed=0,
                     **{**DEMO_SHARD, "labeled_fraction": labeled_fraction})
@@ -101,6 +108,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
     ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
     ap.add_argument("--videos-per-class", type=int, default=DEMO_VIDEOS_PER_CLASS)
+    ap.add_argument("--scale", action="append", default=[], metavar="DATASET=K",
+                    help="give DATASET K times the videos per class, as the real sets differ in size "
+                         "(e.g. kinetics400=3; a fresh --out per value)")
     ap.add_argument("--labeled-fraction", type=float, default=DEMO_SHARD["labeled_fraction"],
                     help="fraction of each dataset's training videos that keep their labels (a fresh --out per value)")
     ap.add_argument("--oracle-epochs", type=int, default=20, help="passes of the oracle over all training labels")
@@ -111,8 +121,15 @@ def main() -> None:
 
     t0 = time.time()
     log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True)
-    log(f"data: {args.videos_per_class} videos per class, {args.labeled_fraction:.0%} labeled, into {args.out / 'data'}")
-    make_data(args.out / "data", args.videos_per_class, args.labeled_fraction)
+    scale = {}
+    for item in args.scale:
+        name, _, k = item.partition("=")
+        if name not in DEMO_DATASETS or not k.isdigit() or int(k) < 1:
+            ap.error(f"--scale {item!r}: expected DATASET=K with DATASET one of {', '.join(DEMO_DATASETS)} and K >= 1")
+        scale[name] = int(k)
+    log(f"data: {args.videos_per_class} videos per class (x {scale or 1}), {args.labeled_fraction:.0%} labeled, "
+        f"into {args.out / 'data'}")
+    make_data(args.out / "data", args.videos_per_class, args.labeled_fraction, scale)
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
