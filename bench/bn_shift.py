@@ -18,7 +18,6 @@ import torch
 
 from jedi_pipe import trainer
 from jedi_pipe.config import load_config
-from jedi_pipe.loaders.mixing import MultiDatasetLoader
 
 
 def main() -> None:
@@ -36,11 +35,8 @@ def main() -> None:
         return {n: v["student"]["top1"] for n, v in trainer.evaluate_jedi(jedi, cfg, sets, device).items()}
 
     before = top1()
-    loader = MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], trainer.clip_spec(cfg),
-                                cfg.jedi.batch_size, cfg.jedi.unlabeled_ratio, trainer.role_loader_cls(cfg, sets.values()),
-                                seed=cfg.seed, threads=cfg.threads)
     jedi.train()
-    it = iter(loader)
+    it = iter(trainer.joint_loader(cfg, sets))
     with torch.no_grad():
         for _ in range(args.batches):
             batch = next(it)

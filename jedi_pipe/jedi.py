@@ -391,7 +391,7 @@ class OwnStatsBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     Why: a JEDI backbone runs over the clips of every dataset at once. With statistics of the
     whole mixed batch its own dataset's clips are normalised differently from how its expert saw
-    them, and the expert's accuracy collapses (docs/method.md: 85 -> 53 % on one dataset from
+    them, and the expert's accuracy collapses (docs/method.md: Kinetics-400's 55.5 -> 15.6 % from
     the running statistics alone). With its own dataset's statistics the student starts exactly
     as its expert, and the other datasets' clips are normalised as at test time.
     """

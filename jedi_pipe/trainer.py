@@ -260,6 +260,14 @@ def joint_model(experts: dict, cfg: Config):
     return JEDI.from_experts(experts, jedi_config(cfg))
 
 
+def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1) -> MultiDatasetLoader:
+    """The joint phase's batches: per step, labeled and unlabeled clips of every dataset."""
+    return MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
+                              distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"),
+                              cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
+                              seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads)
+
+
 @torch.no_grad()
 def teacher_features(jedi: JEDI, cfg: Config, ss: shardfmt.ShardSet, role: str, device) -> tuple:
     """[f_1; ...; f_N] of every clip of a role (one centre view, eval mode), and the labels."""
@@ -298,10 +306,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     # -- model, optimizer, loader
     seed_everything(cfg.seed)
     jedi = joint_model(experts, cfg).to(device)
-    loader = MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
-                                distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"),
-                                cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
-                                seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads)
+    loader = joint_loader(cfg, sets, rank, world)
     total = cfg.jedi.epochs * loader.steps_per_epoch
     trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA copies
     opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
