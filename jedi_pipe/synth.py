@@ -14,6 +14,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -525,23 +526,30 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
     """Write synthetic copies of `datasets` under `out` (one folder each, named by `top_dirs` or the
     dataset). kinetics_layout: "flat" (CVDF: train/, val/) or "per_class" (MMAction2: videos_train/
     <label>/). progress(n) is called as videos finish. The same seed gives the same files for any
-    number of workers. Returns {dataset: root folder}."""
+    number of workers, and each dataset the same files whatever else is generated with it.
+    videos_per_class: one number for all, or {dataset: number}. Returns {dataset: root folder}."""
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
     if kinetics_layout not in ("flat", "per_class"):
         raise ValueError(f"kinetics_layout must be 'flat' or 'per_class', not {kinetics_layout!r}")
-    if videos_per_class < 2:
-        raise ValueError("videos_per_class must be at least 2 (one train and one test clip per class)")
+    per_dataset = (dict(videos_per_class) if isinstance(videos_per_class, Mapping)
+                   else {ds: videos_per_class for ds in datasets})
+    missing = [ds for ds in datasets if ds not in per_dataset]
+    if missing:
+        raise ValueError(f"videos_per_class has no number for {missing}")
+    if any(per_dataset[ds] < 2 for ds in datasets):
+        raise ValueError("videos_per_class must be at least 2 (one train and one test clip per class), "
+                         f"got {videos_per_class}")
     out, top_dirs = Path(out), top_dirs or {}
     roots, jobs = {}, []
     for ds in datasets:
         root = roots[ds] = out / top_dirs.get(ds, ds)
         rng = np.random.default_rng(np.random.SeedSequence([seed, DATASETS.index(ds), 0]))
         if ds == "kinetics400":
-            found = _kinetics400(root, videos_per_class, rng, kinetics_layout)
+            found = _kinetics400(root, per_dataset[ds], rng, kinetics_layout)
         else:
-            found = {"hmdb51": _hmdb51, "ucf101": _ucf101, "ssv2": _ssv2}[ds](root, videos_per_class, rng)
+            found = {"hmdb51": _hmdb51, "ucf101": _ucf101, "ssv2": _ssv2}[ds](root, per_dataset[ds], rng)
         for index, (label, scene, path) in enumerate(found):
             path.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((seed, ds, index, label, scene, str(path)))

@@ -174,6 +174,20 @@ def test_same_files_for_any_worker_count(synth_root, tmp_path):
     assert [k for k in a if a[k] != b[k]] == []
 
 
+def test_videos_per_class_per_dataset(synth_root, tmp_path):
+    # a bigger kinetics400 leaves hmdb51's files as they were
+    roots = synth.generate(tmp_path, datasets=("hmdb51", "kinetics400"), videos_per_class={"hmdb51": N, "kinetics400": 2 * N},
+                           seed=0, workers=2)
+    out = synth_root[0]
+    a = {p.relative_to(out): p.read_bytes() for p in (out / "hmdb51").rglob("*") if p.is_file()}
+    b = {p.relative_to(tmp_path): p.read_bytes() for p in roots["hmdb51"].rglob("*") if p.is_file()}
+    assert a == b
+    # about twice the videos (a few are missing on purpose, as some YouTube clips are in the real set)
+    assert 1.7 * len(_videos(out / "kinetics400")) < len(_videos(roots["kinetics400"]))
+    with pytest.raises(ValueError, match="no number for"):
+        synth.generate(tmp_path / "x", datasets=("hmdb51", "ssv2"), videos_per_class={"hmdb51": 4})
+
+
 def test_seed_changes_content(tmp_path):
     one = synth.generate(tmp_path / "a", datasets=("ssv2",), videos_per_class=2, seed=1, workers=1)["ssv2"]
     two = synth.generate(tmp_path / "b", datasets=("ssv2",), videos_per_class=2, seed=2, workers=1)["ssv2"]
