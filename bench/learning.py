@@ -2,8 +2,8 @@
 
     python bench/learning.py --seeds 3                     # the table in bench/README.md
     python bench/learning.py --seeds 1 --set jedi.epochs=40 --out /tmp/lb   # an ablation
-    python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --set jedi.epochs=7 --out /tmp/lb30
-    python bench/learning.py --scale kinetics400=3 --set jedi.epochs=25 --out /tmp/lbk3   # real-like sizes
+    python bench/learning.py --videos-per-class 60 --out /tmp/lb60          # equal sizes
+    python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded twice: with the demo's
 10 % labels and with every training clip labeled (the oracle's shards; same clips, same test
@@ -36,14 +36,10 @@ from jedi_pipe.make_shards import make_shards
 ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
-def make_data(root: Path, videos_per_class: int, labeled_fraction: float, scale: dict | None = None) -> None:
-    """scale: dataset -> factor on its videos per class (synth seeds each dataset on its own, so
-    the other datasets' videos are the same whatever the factors)."""
-    scale = scale or {}
-    sources = {}
-    for name in DEMO_DATASETS:
-        sources.update(synth.generate(root / "sources", datasets=[name], seed=0,
-                                      videos_per_class=videos_per_class * scale.get(name, 1)))
+def make_data(root: Path, videos_per_class: dict, labeled_fraction: float) -> None:
+    """videos_per_class: {dataset: number} (synth draws each dataset from a random stream of its
+    own, so a dataset's videos are the same whatever the others' numbers)."""
+    sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=0, videos_per_class=videos_per_class)
     for name in DEMO_DATASETS:
         make_shards(name, sources[name], root / "shards" / name, seed=0,
                     **{**DEMO_SHARD, "labeled_fraction": labeled_fraction})
@@ -107,10 +103,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
     ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
-    ap.add_argument("--videos-per-class", type=int, default=DEMO_VIDEOS_PER_CLASS)
-    ap.add_argument("--scale", action="append", default=[], metavar="DATASET=K",
-                    help="give DATASET K times the videos per class, as the real sets differ in size "
-                         "(e.g. kinetics400=3; a fresh --out per value)")
+    ap.add_argument("--videos-per-class", action="append", default=[], metavar="N|DATASET=N",
+                    help="videos per class: N for every dataset or DATASET=N for one, on top of the demo's "
+                         f"{DEMO_VIDEOS_PER_CLASS} (e.g. 60 for equal sizes; a fresh --out per value)")
     ap.add_argument("--labeled-fraction", type=float, default=DEMO_SHARD["labeled_fraction"],
                     help="fraction of each dataset's training videos that keep their labels (a fresh --out per value)")
     ap.add_argument("--oracle-epochs", type=int, default=20, help="passes of the oracle over all training labels")
@@ -118,18 +113,20 @@ def main() -> None:
                     help="config override for every run (e.g. jedi.epochs=40)")
     ap.add_argument("--json", action="store_true", help="also write OUT/learning.json")
     args = ap.parse_args()
+    if args.seeds < 1:
+        ap.error("--seeds must be at least 1")
 
     t0 = time.time()
     log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True)
-    scale = {}
-    for item in args.scale:
-        name, _, k = item.partition("=")
-        if name not in DEMO_DATASETS or not k.isdigit() or int(k) < 1:
-            ap.error(f"--scale {item!r}: expected DATASET=K with DATASET one of {', '.join(DEMO_DATASETS)} and K >= 1")
-        scale[name] = int(k)
-    log(f"data: {args.videos_per_class} videos per class (x {scale or 1}), {args.labeled_fraction:.0%} labeled, "
-        f"into {args.out / 'data'}")
-    make_data(args.out / "data", args.videos_per_class, args.labeled_fraction, scale)
+    vpc = dict(DEMO_VIDEOS_PER_CLASS)
+    for item in args.videos_per_class:
+        name, _, n = item.rpartition("=")
+        if (name and name not in DEMO_DATASETS) or not n.isdigit() or int(n) < 2:
+            ap.error(f"--videos-per-class {item!r}: expected N or DATASET=N with N >= 2 and DATASET one of "
+                     f"{', '.join(DEMO_DATASETS)}")
+        vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
+    log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, into {args.out / 'data'}")
+    make_data(args.out / "data", vpc, args.labeled_fraction)
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
