@@ -11,6 +11,10 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# choices of the method's options; jedi.py validates against the same tuples (this module imports no torch)
+TEACHER_INITS = ("block", "probe")
+BN_STATS = ("own", "batch")
+
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key."""
@@ -92,10 +96,10 @@ class Config:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"datasets: names must be unique, got {names}")
-        if self.jedi.teacher_init not in ("block", "probe"):
-            raise ConfigError(f"jedi.teacher_init: block or probe, got {self.jedi.teacher_init!r}")
-        if self.jedi.bn_stats not in ("own", "batch"):
-            raise ConfigError(f"jedi.bn_stats: own or batch, got {self.jedi.bn_stats!r}")
+        if self.jedi.teacher_init not in TEACHER_INITS:
+            raise ConfigError(f"jedi.teacher_init: one of {', '.join(TEACHER_INITS)}, got {self.jedi.teacher_init!r}")
+        if self.jedi.bn_stats not in BN_STATS:
+            raise ConfigError(f"jedi.bn_stats: one of {', '.join(BN_STATS)}, got {self.jedi.bn_stats!r}")
         if self.jedi.teachers not in ("joint", "ema"):
             raise ConfigError(f"jedi.teachers: joint or ema, got {self.jedi.teachers!r}")
 

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-TEACHER_INITS = ("block", "probe")
-BN_STATS = ("own", "batch")
+from .config import BN_STATS, TEACHER_INITS
 
 
 @dataclass
