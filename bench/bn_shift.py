@@ -8,7 +8,7 @@ its expert did. This loads a run's experts (RUN_DIR: config.yaml and experts/), 
 students on the test clips, runs --batches mixed training batches through the joint model
 with no gradient (only the running statistics move), and scores them again. With
 jedi.bn_stats=own the statistics stay each backbone's own and the scores move by a few points at
-most (within 3 on the equal-size benchmark's seed 0, docs/method.md).
+most (within 3 on the equal-size benchmark's seed 0, docs/experiments.md).
 """
 from __future__ import annotations
 
