@@ -143,10 +143,11 @@ def _read_recipe(path) -> dict:
 def inspect(shard_dir, preview, as_json):
     """Show a shard folder's card and check every tar against manifest.parquet (counts, sha256)."""
     from . import shards
+    from .errors import JediPipeError
     from .inspect_shards import contact_sheet, verify_shards
     try:
         ss = shards.open_shards(shard_dir)
-    except (FileNotFoundError, ValueError) as e:
+    except (JediPipeError, ValueError) as e:   # ValueError: a dataset.json that is not JSON
         fail(str(e))
     report = verify_shards(shard_dir)
     if as_json:
@@ -164,7 +165,7 @@ def inspect(shard_dir, preview, as_json):
     if preview:
         try:
             click.echo(f"  preview: {contact_sheet(shard_dir, preview)}")
-        except RuntimeError as e:
+        except JediPipeError as e:
             fail(str(e))
     if not report["ok"]:
         sys.exit(1)
@@ -228,13 +229,15 @@ def evaluate(config_path, overrides, checkpoint):
 
 
 def _run_guarded(fn):
-    """Known failures (missing shards, bad config values) end with one sentence, no traceback."""
-    from .config import ConfigError
+    """Expected failures (jedi_pipe.errors: bad config, missing data, ...) end with one sentence and exit 2.
+    Anything else (out of memory, a shape bug, a DALI error) propagates with its traceback: it is a bug
+    or a resource limit, and a one-line summary would hide where it happened."""
+    from .errors import JediPipeError
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:    # started by torchrun
         return _run_as_rank(fn)
     try:
         return fn()
-    except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as e:
+    except JediPipeError as e:
         fail(str(e))
 
 
@@ -244,14 +247,17 @@ def _run_as_rank(fn):
     import torch.distributed as dist
 
     from . import distributed
-    from .config import ConfigError
+    from .errors import JediPipeError
     where = f"rank {os.environ.get('RANK')}/{os.environ.get('WORLD_SIZE')}"
     try:
         return fn()
     except dist.DistError:
         fail(f"{where}: another process of this run failed or stopped (its message is above)")
-    except (FileNotFoundError, ConfigError, ValueError, RuntimeError) as e:
+    except JediPipeError as e:
         fail(f"{where}: {e}")
+    except Exception:
+        click.echo(f"error: {where}: unexpected failure, traceback below", err=True)
+        raise
     finally:
         distributed.shutdown()
 

@@ -11,12 +11,14 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import InputError
+
 # choices of the method's options; jedi.py validates against the same tuples (this module imports no torch)
 TEACHER_INITS = ("block", "probe")
 BN_STATS = ("own", "batch")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot be used; the message names the key."""
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .errors import InputError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -51,7 +53,7 @@ def per_rank(global_batch: int, what: str) -> int:
     """The part of a global batch size that each rank loads."""
     w = world_size()
     if global_batch % w:
-        raise ValueError(f"{what}={global_batch} does not split over {w} processes; "
+        raise InputError(f"{what}={global_batch} does not split over {w} processes; "
                          f"use a multiple of {w}")
     return global_batch // w
 

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import shards
+from .errors import UnavailableError
 
 
 def verify_shards(root) -> dict:
@@ -55,7 +56,7 @@ def contact_sheet(root, out_png, clips: int = 6, frames: int = 8, role: str = "t
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError('the preview needs matplotlib: pip install "jedi-pipe[plots]"') from None
+        raise UnavailableError('the preview needs matplotlib: pip install "jedi-pipe[plots]"') from None
     import numpy as np
     from .loaders.torch import read_frames
     ss = shards.open_shards(root)

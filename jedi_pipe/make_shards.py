@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import __version__, shards
 from .datasets import DatasetError, Listing, VideoItem, list_videos
+from .errors import JediPipeError
 from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings, TranscodeError, encode_clip
 
 PARTS = ".parts"          # per-shard manifest rows and errors, merged at the end
@@ -32,7 +33,7 @@ LOCK = ".lock"            # flock'ed while a run writes the folder
 EXECUTORS = ("local", "ray")   # where the shards are written: this machine's threads, or Ray tasks
 
 
-class ShardError(Exception):
+class ShardError(JediPipeError):
     """The shard stage cannot go on; the message is one sentence for the user."""
 
 

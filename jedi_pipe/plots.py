@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .errors import InputError, MissingError, UnavailableError
+
 MISSING_MATPLOTLIB = 'pictures need matplotlib: pip install "jedi-pipe[plots]"'
 
 # One colour per model, the same in both pictures.
@@ -31,17 +33,17 @@ def write_plots(run_dir) -> list[Path]:
     """
     run = Path(run_dir)
     if not run.is_dir():
-        raise FileNotFoundError(f"{run} is not a folder")
+        raise MissingError(f"{run} is not a folder")
     data = read_run(run)
     if not (data["steps"] or data["evals"] or data["results"] or data["experts"]):
-        raise FileNotFoundError(f"{run} is not a run folder: it has no metrics.jsonl, results.json or experts/*.pt")
+        raise MissingError(f"{run} is not a run folder: it has no metrics.jsonl, results.json or experts/*.pt")
     try:
         # Figure + FigureCanvasAgg rather than pyplot: renders with Agg without switching the
         # backend of a caller's session (a notebook keeps its inline plots).
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise RuntimeError(MISSING_MATPLOTLIB) from None
+        raise UnavailableError(MISSING_MATPLOTLIB) from None
 
     def new_figure(**kw):
         fig = Figure(**kw)
@@ -91,7 +93,7 @@ def read_run(run: Path) -> dict:
         try:
             results = json.loads((run / "results.json").read_text())["datasets"]
         except (json.JSONDecodeError, KeyError):
-            raise ValueError(f"{run / 'results.json'} is not a results file (expected {{\"datasets\": ...}})") from None
+            raise InputError(f"{run / 'results.json'} is not a results file (expected {{\"datasets\": ...}})") from None
     experts = {}
     for path in sorted((run / "experts").glob("*.pt")):
         ck = _load_expert_summary(path)

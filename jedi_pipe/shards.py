@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, MissingError
+
 FORMAT_VERSION = 1
 ROLES = ("labeled", "unlabeled", "test")
 ROLE_PREFIX = {"labeled": "train-labeled", "unlabeled": "train-unlabeled", "test": "test"}
@@ -169,10 +171,10 @@ def open_shards(root: str | Path) -> ShardSet:
     root = Path(root)
     card_path = root / CARD
     if not card_path.is_file():
-        raise FileNotFoundError(f"{root} is not a shard folder: no {CARD} (run `jedi-pipe shard` first)")
+        raise MissingError(f"{root} is not a shard folder: no {CARD} (run `jedi-pipe shard` first)")
     card = json.loads(card_path.read_text())
     if card.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{card_path}: shard format {card.get('format_version')}, this jedi-pipe reads {FORMAT_VERSION}")
+        raise InputError(f"{card_path}: shard format {card.get('format_version')}, this jedi-pipe reads {FORMAT_VERSION}")
     return ShardSet(root, card)
 
 

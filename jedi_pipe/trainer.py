@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config
+from .errors import InputError, MissingError, UnavailableError
 from .jedi import JEDI, EMABaseline, JEDIConfig, fit_teacher_heads_probe, jedi_losses
 from .loaders import resolve_backend, role_loader
 from .loaders.clip import ClipSpec
@@ -38,7 +39,7 @@ LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host syn
 def pick_device(cfg: Config) -> torch.device:
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device: cuda was asked for but no GPU is visible")
+            raise UnavailableError("device: cuda was asked for but no GPU is visible")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     # On the CPU the loader's decode threads share the cores with the step: half for each.
     # (torch's intra-op threads spin-wait; oversubscribed they run ~10x slower, not 2x.)
@@ -171,7 +172,7 @@ def expert_signature(config: dict, name: str) -> dict:
 def _check_same(saved: dict, now: dict, what: str) -> None:
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise ValueError(f"{what} was made with other settings ({', '.join(diff)} differ); "
+        raise InputError(f"{what} was made with other settings ({', '.join(diff)} differ); "
                          f"choose another run folder (out) or delete it")
 
 
@@ -484,7 +485,7 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
     experts = {}
     for n in names:
         if not expert_path(cfg, n).is_file():
-            raise FileNotFoundError(f"no expert for {n} in {out / 'experts'}: run `jedi-pipe pretrain` first")
+            raise MissingError(f"no expert for {n} in {out / 'experts'}: run `jedi-pipe pretrain` first")
         experts[n] = load_expert(cfg, n, device).eval()
     results = {"datasets": {n: {"expert": _topk(evaluate_logits(lambda x, n=n: {"expert": experts[n](x)},
                                                                   sets[n], cfg, device)["expert"])} for n in names}}
@@ -495,7 +496,7 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
         for n, kinds in evaluate_jedi(jedi, cfg, sets, device).items():
             results["datasets"][n].update({k: _topk(v) for k, v in kinds.items()})
     elif checkpoint:
-        raise FileNotFoundError(f"checkpoint {ckpt} does not exist")
+        raise MissingError(f"checkpoint {ckpt} does not exist")
     else:
         log(f"no JEDI checkpoint in {out}: evaluating the experts only")
     return results

@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 
+from .errors import JediPipeError
+
 # codec name -> (container extension, ffmpeg output options). One thread per encode:
 # parallelism comes from running several encodes at once, which scales better on small clips
 # and keeps VP9 output deterministic.
@@ -61,7 +63,7 @@ class EncodeSettings:
 DEFAULT_TIMEOUT_S = 600.0
 
 
-class TranscodeError(Exception):
+class TranscodeError(JediPipeError):
     """A source video that cannot be turned into a clip; the message is the reason."""
 
 

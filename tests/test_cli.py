@@ -42,3 +42,70 @@ def test_train_with_a_bad_config_is_one_sentence(tmp_path):
     conf.write_text("name: x\nout: o\ndatasets: [{name: a, shards: s}]\njedi: {lrate: 1}\n")
     r = CliRunner().invoke(main, ["train", "--config", str(conf)])
     assert r.exit_code == 2 and "jedi.lrate" in r.output and "Traceback" not in r.output
+
+
+# ---- expected failures are one sentence; anything else keeps its traceback (cli._run_guarded)
+
+def _config(tmp_path, shards, model="tiny3d"):
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"name: x\nout: {tmp_path / 'run'}\ndatasets: [{{name: a, shards: {shards}, model: {model}}}]\n"
+                    "pretrain: {epochs: 1}\n")
+    return conf
+
+
+def _one_sentence(r, *words):
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and lines[-1].startswith("error: "), r.output
+    assert all(w in lines[-1] for w in words), r.output
+
+
+def test_missing_shards_are_one_sentence_naming_the_folder(tmp_path):
+    r = CliRunner().invoke(main, ["pretrain", "--config", str(_config(tmp_path, tmp_path / "nowhere"))])
+    _one_sentence(r, str(tmp_path / "nowhere"), "not a shard folder")
+
+
+def test_an_unknown_model_is_one_sentence(shard_dirs, tmp_path):
+    r = CliRunner().invoke(main, ["pretrain", "--config", str(_config(tmp_path, shard_dirs["ssv2"], "r3d_19"))])
+    _one_sentence(r, "unknown model 'r3d_19'")
+
+
+def test_eval_without_experts_is_one_sentence(shard_dirs, tmp_path):
+    r = CliRunner().invoke(main, ["eval", "--config", str(_config(tmp_path, shard_dirs["ssv2"]))])
+    _one_sentence(r, "no expert for a", "jedi-pipe pretrain")
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   ValueError("mat1 and mat2 shapes cannot be multiplied (8x512 and 256x10)")])
+@pytest.mark.parametrize("world_size", ["1", "2"])
+def test_an_unexpected_error_keeps_its_traceback(tmp_path, monkeypatch, error, world_size):
+    # What an out-of-memory or a shape bug inside torch raises; the guard must not flatten it.
+    import jedi_pipe.trainer
+
+    def step_that_breaks(cfg, log):
+        raise error
+    monkeypatch.setattr(jedi_pipe.trainer, "pretrain", step_that_breaks)
+    monkeypatch.setenv("WORLD_SIZE", world_size)   # 2: the torchrun path, which also names the rank
+    monkeypatch.setenv("RANK", "0")
+    r = CliRunner().invoke(main, ["pretrain", "--config", str(_config(tmp_path, tmp_path / "s"))])
+    assert r.exception is error and r.exit_code == 1, r.output
+    tb = "".join(__import__("traceback").format_exception(*r.exc_info))
+    assert "step_that_breaks" in tb   # the frame where it happened is kept
+    assert ("rank 0/2: unexpected failure" in r.output) == (world_size == "2")
+
+
+def test_an_unexpected_error_prints_its_traceback_from_the_command_line(tmp_path):
+    # The same through a real process: what the user sees on stderr.
+    import subprocess
+    import sys
+    code = ("import sys, jedi_pipe.trainer as t\n"
+            "def pretrain(cfg, log): raise RuntimeError('CUDA out of memory')\n"
+            "t.pretrain = pretrain\n"
+            "from jedi_pipe.cli import main\n"
+            "sys.argv = ['jedi-pipe', 'pretrain', '--config', sys.argv[1]]\n"
+            "main()\n")
+    p = subprocess.run([sys.executable, "-c", code, str(_config(tmp_path, tmp_path / "s"))],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback (most recent call last)" in p.stderr and "in pretrain" in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == "RuntimeError: CUDA out of memory"

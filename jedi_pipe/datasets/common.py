@@ -5,10 +5,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import JediPipeError
+
 VIDEO_EXTS = (".avi", ".mp4", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 
 
-class DatasetError(Exception):
+class DatasetError(JediPipeError):
     """The input as a whole is unusable (missing root, missing or malformed split file, ...)."""
 
 

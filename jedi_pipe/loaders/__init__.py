@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import InputError
 from ..shards import ShardSet, open_shards
 from .clip import KINETICS_MEAN, KINETICS_STD, ClipSpec, as_clip
 from .mixing import MultiDatasetLoader
@@ -66,7 +67,7 @@ def resolve_backend(backend: str, shard_sets: list[ShardSet] = ()) -> str:
             check_decodable(s, decode_device(s)[0])
     except (ImportError, ValueError) as e:
         if backend == "dali":
-            raise ValueError(f"the DALI loader cannot run here: {e}") from None
+            raise InputError(f"the DALI loader cannot run here: {e}") from None
         log.info("DALI loader unusable (%s); using the torch loader", e)
         return "torch"
     return "dali"

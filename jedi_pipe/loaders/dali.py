@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 
+from ..errors import InputError
 from ..shards import META_EXT, META_FIELDS, ShardSet
 from .clip import ClipSpec, train_antialias
 
@@ -71,7 +72,7 @@ def _said(device: str, gpu: int | None, why: str) -> tuple[str, int | None]:
 
 def check_decodable(shards: ShardSet, device: str) -> None:
     if shards.clip_ext == "mp4" and device == "cpu":
-        raise ValueError(f"{shards.root}: H.264 (mp4) clips decode only on a GPU with DALI (NVDEC, frames of at "
+        raise InputError(f"{shards.root}: H.264 (mp4) clips decode only on a GPU with DALI (NVDEC, frames of at "
                          f"least {NVDEC_MIN['mp4'][1]}x{NVDEC_MIN['mp4'][0]}); use the torch loader or re-shard "
                          f"with --codec vp9")
 

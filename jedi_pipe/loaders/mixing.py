@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import InputError
 from ..shards import ShardSet
 from .clip import ClipSpec, derive_seed
 
@@ -36,7 +37,7 @@ class MultiDatasetLoader:
             roles = ["labeled"] + (["unlabeled"] if self.unlabeled_batch else [])
             for role in roles:
                 if shards.count(role) < world_size:
-                    raise ValueError(f"{name} ({shards.root}): {shards.count(role)} {role} clips for {world_size} "
+                    raise InputError(f"{name} ({shards.root}): {shards.count(role)} {role} clips for {world_size} "
                                      f"processes; every process needs at least one"
                                      + (" (or set unlabeled_ratio=0)" if role == "unlabeled" else ""))
         # One epoch = one pass over the largest labeled set; smaller ones wrap around.

@@ -19,6 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
@@ -51,7 +53,7 @@ def build(name: str, num_classes: int, weights: str | os.PathLike | None = None,
     different class count is skipped, so Kinetics weights can start a 51-class model).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     fn, cfg = _REGISTRY[name]
     model = fn(num_classes=num_classes, **kw)
     model.default_cfg = dict(cfg)  # a copy: callers may edit theirs
