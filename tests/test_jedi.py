@@ -212,6 +212,35 @@ def test_mutual_term_trains_the_teacher_only():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in jedi.students.parameters())
 
 
+def test_mutual_term_with_live_features_reaches_every_backbone_but_no_student_head():
+    # The trainer's setting: teacher features not detached, so the student -> teacher term trains the
+    # teacher head and, through [f_1; f_2], both backbones; the student's prediction is only a target.
+    jedi, _ = make_jedi(w_distill=0.0, w_mutual=1.0)
+    with torch.no_grad():
+        jedi.teachers["a"].weight.add_(0.1)      # T != S, and a non-zero weight on b's block
+    out = jedi({"a": clips()}, {"a": clips(3)})
+    out = type(out)(labeled={}, unlabeled=out.unlabeled)      # the unlabeled terms alone
+    loss, logs = jedi_losses(out, {}, jedi.config)
+    assert torch.equal(loss, logs["a/mutual"]) and loss > 0
+    loss.backward()
+    grad = {n: p.grad for n, p in jedi.named_parameters()}
+    assert grad["teachers.a.weight"].abs().sum() > 0
+    assert grad["teachers.b.weight"] is None                 # b's teacher saw no clip
+    for name in ("a", "b"):
+        backbone = [g for n, g in grad.items() if n.startswith(f"students.{name}.") and ".head." not in n]
+        assert any(g is not None and g.abs().sum() > 0 for g in backbone), name
+        head = [g for n, g in grad.items() if n.startswith(f"students.{name}.head.")]
+        assert head and all(g is None or g.abs().sum() == 0 for g in head), name   # the target is stop-gradient
+
+    # the gradient is the mutual term's and nothing else's: the same term written out by hand
+    jedi.zero_grad(set_to_none=True)
+    out = jedi({"a": clips()}, {"a": clips(3)})
+    t, s = out.unlabeled["a"].teacher, out.unlabeled["a"].student
+    by_hand = (F.softmax(s.detach(), -1) * (F.log_softmax(s.detach(), -1) - F.log_softmax(t, -1))).sum(-1).mean()
+    mutual, _ = jedi_losses(type(out)(labeled={}, unlabeled=out.unlabeled), {}, jedi.config)
+    torch.testing.assert_close(mutual, by_hand)
+
+
 def test_teacher_dropout_is_off_in_eval():
     jedi, _ = make_jedi(teacher_dropout=0.5)
     x = clips()
