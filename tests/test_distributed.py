@@ -42,23 +42,88 @@ def run(args, env=None, timeout=600):
     return p
 
 
+def _jedi_step_grads(rank, world, store, batch, out_path):
+    """One JEDI step on this rank's share of `batch` (under DDP when world > 1); its gradients."""
+    import torch
+    import torch.distributed as dist
+
+    from jedi_pipe import distributed
+    from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
+    from jedi_pipe.models import build
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    jedi = JEDI.from_experts({"a": build("tiny3d", 3, width=8), "b": build("tiny3d", 5, width=8)},
+                             JEDIConfig(w_mutual=0.5, threshold=0.3))
+    with torch.no_grad():
+        for t in jedi.teachers.values():
+            t.weight.add_(0.05)    # teachers that differ from their students and read every block
+    # BatchNorm on its running statistics: each clip's outputs then do not depend on the other clips
+    # of its batch, which is what lets one rank's half stand for its part of the whole batch
+    jedi.train().apply(lambda m: m.eval() if isinstance(m, torch.nn.BatchNorm3d) else None)
+    share = lambda x: x.chunk(world)[rank]
+    forward = distributed.wrap(jedi)
+    out = forward({n: share(x) for n, (x, _, _) in batch.items()}, {n: share(u) for n, (_, _, u) in batch.items()})
+    loss, _ = jedi_losses(out, {n: share(y) for n, (_, y, _) in batch.items()}, jedi.config)
+    loss.backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in jedi.named_parameters() if p.grad is not None}, out_path)
+    distributed.shutdown()
+
+
+def test_a_ddp_step_over_two_ranks_is_the_one_process_step(tmp_path):
+    """Two ranks with half the clips each take the step one process takes with all of them.
+
+    Tolerance, from the arithmetic: every loss term is a mean over the step's clips of a per-clip
+    value (CE; distillation averaged over all unlabeled clips, masked ones as zero) and DDP averages
+    the ranks' gradients, so the mean over 2 ranks of means over 2 clips is the mean over 4 clips:
+    equal in exact arithmetic. In float32 only the order of the sums changes, a relative error of a
+    few ulp (2^-24 ~ 6e-8) per addition over at most a few thousand terms: rtol 1e-4, atol 1e-6 of
+    the largest gradient leaves room for that and none for a gradient summed instead of averaged
+    (2x), a rank that drops its clips, or a loss normalised per rank by the wrong count."""
+    import torch
+    import torch.multiprocessing as mp
+    torch.manual_seed(1)
+    batch = {n: (torch.randn(4, 3, 4, 16, 16), torch.randint(0, k, (4,)), torch.randn(4, 3, 4, 16, 16))
+             for n, k in (("a", 3), ("b", 5))}
+    _jedi_step_grads(0, 1, None, batch, tmp_path / "one.pt")
+    mp.spawn(_jedi_step_grads, args=(2, tmp_path / "store", batch, tmp_path / "two.pt"), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and len(one) > 20
+    scale = max(g.abs().max() for g in one.values())
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6 * scale,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_two_ranks_match_one_process_and_see_disjoint_clips(shard_dirs, tmp_path):
     extra = ["jedi.epochs=3"]
     one = write_config(shard_dirs, tmp_path / "one", extra)
     two = write_config(shard_dirs, tmp_path / "two", extra)
-    run(cli("train", "--config", str(one), *overrides(extra)))
+    run(cli("train", "--config", str(one), *overrides(extra)), env={"JEDI_PIPE_TRACE_IDS": str(tmp_path / "ids1")})
     trace = tmp_path / "ids"
     p = run(torchrun(2, "train", "--config", str(two), *overrides(extra)), env={"JEDI_PIPE_TRACE_IDS": str(trace)})
     assert p.stdout.count("| mean |") == 1, "rank 0 alone prints the results"
 
+    # The trained numbers are not compared: each rank normalises BatchNorm over its own 2 clips
+    # instead of 4 and draws its own crops, so the runs follow different paths, and on test roles
+    # of 8 clips (12.5 points a clip) a tolerance wide enough for that could not fail on a bug.
+    # What must be equal is checked exactly: the step itself (test_a_ddp_step_over_two_ranks_...),
+    # the steps and learning rates here, and the scores of the same weights under two ranks below.
+    one_steps = [json.loads(ln) for ln in (tmp_path / "ids1" / "rank0.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in one_steps] == list(range(1, 7)) and all(
+        len(ids) == 4 for s in one_steps for ids in s["ids"].values()), "3 epochs of 2 steps of 4 clips"
+
+    def last_lr(run):
+        return [(m["step"], m["lr"]) for m in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines())
+                if m.get("dataset") == "hmdb51"][-1]
+    assert last_lr("two") == last_lr("one")
     r1 = json.loads((tmp_path / "one" / "results.json").read_text())["datasets"]
-    r2 = json.loads((tmp_path / "two" / "results.json").read_text())["datasets"]
-    assert r1.keys() == r2.keys()
-    for name in r1:
-        # experts: the same clips, seed and global batch; per-rank BatchNorm statistics and the
-        # ranks' own augmentation draws make the runs close, not equal
-        for kind in ("expert", "student", "teacher"):
-            assert abs(r1[name][kind]["top1"] - r2[name][kind]["top1"]) <= 25, (name, kind, r1, r2)
+    p = run(torchrun(2, "eval", "--config", str(one), *overrides(extra)))
+    for name, kinds in r1.items():   # eval mode: a clip's scores do not depend on its batch or rank
+        line = f"{name:12s} " + "  ".join(f"{k} {v['top1']:.1f}/{v['top5']:.1f}" for k, v in kinds.items())
+        assert line in p.stdout, (line, p.stdout)
     # one writer: the metrics have each step once
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
              if "dataset" in ln and '"hmdb51"' in ln]
