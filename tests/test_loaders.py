@@ -1,24 +1,44 @@
 """Loaders: DALI (CPU path here) and the torch fallback on tiny shards written in tmp_path."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
 import random
 import subprocess
+import sys
 
 import pytest
 import torch
 
-from jedi_pipe.loaders import ClipSpec, make_eval_loader, make_loaders
+from jedi_pipe.errors import InputError
+from jedi_pipe.loaders import ClipSpec, make_eval_loader, make_loaders, resolve_backend
+from jedi_pipe.loaders import dali as D   # imports nvidia.dali only inside its functions
+from jedi_pipe.loaders import torch as TL
 from jedi_pipe.shards import open_shards
 
-dali = pytest.importorskip("nvidia.dali")
-from jedi_pipe.loaders import dali as D  # noqa: E402
-from jedi_pipe.loaders import torch as TL  # noqa: E402
-
+# Only the DALI tests need DALI: the torch fallback's tests run (with DALI hidden) on any machine.
+needs_dali = pytest.mark.skipif(importlib.util.find_spec("nvidia") is None
+                                or importlib.util.find_spec("nvidia.dali") is None, reason="nvidia-dali is not installed")
 CLIP = dict(frames=8, stride=2, size=32)
-BACKENDS = ["dali", "torch"]
+BACKENDS = [pytest.param("dali", marks=needs_dali), "torch"]
+
+
+def hide_dali(monkeypatch):
+    """This process as on a machine without DALI: `import nvidia.dali` (and its submodules) fails."""
+    for name in [m for m in sys.modules if m == "nvidia.dali" or m.startswith("nvidia.dali.")] + ["nvidia.dali"]:
+        monkeypatch.setitem(sys.modules, name, None)   # None in sys.modules: the import raises ImportError
+    with pytest.raises(ImportError):
+        import nvidia.dali  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def torch_backend_without_dali(request, monkeypatch):
+    """Every test of the torch backend runs with DALI hidden: the fallback must not need it."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec and callspec.params.get("backend") == "torch":
+        hide_dali(monkeypatch)
 # (lavfi pattern, size, seconds): landscape, portrait and square frames; 0.3 s is 4 frames at
 # 12 fps, shorter than the 15-frame window of CLIP
 VIDEOS = [("testsrc", "64x48", 0.3), ("mandelbrot", "48x64", 1.0), ("rgbtestsrc", "64x64", 2.0),
@@ -77,6 +97,7 @@ def steps(loader, n) -> list[dict]:
     return out
 
 
+@needs_dali
 def test_cpu_path_is_chosen_and_logged(folder, caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the mixed path is chosen")
@@ -89,6 +110,7 @@ def test_cpu_path_is_chosen_and_logged(folder, caplog):
     assert batch["x"].device.type == "cpu"
 
 
+@needs_dali
 def test_small_vp9_frames_decode_on_the_cpu_of_a_gpu_machine(folder, monkeypatch):
     # NVDEC refuses VP9 below 128x128 (seen on an H200): such shards keep DALI's CPU decoder and
     # hand the frames to the GPU; H.264 of the same size goes to NVDEC
@@ -102,10 +124,11 @@ def test_small_vp9_frames_decode_on_the_cpu_of_a_gpu_machine(folder, monkeypatch
     assert D.decode_device() == ("mixed", 0)
 
 
+@needs_dali
 @pytest.mark.parametrize("role", ["test", "unlabeled"])
 def test_backends_agree(folder, role):
     """Same ids, labels, shapes, dtypes, and nearly the same pixels (same windows and crops)."""
-    a, b = (eval_pass(folder["shards"], be, role=role, views=2) for be in BACKENDS)
+    a, b = (eval_pass(folder["shards"], be, role=role, views=2) for be in ("dali", "torch"))
     assert sorted(a) == sorted(b) == sorted(r["sample_id"] for r in manifest(folder["shards"], role))
     for i in a:
         (xa, ya), (xb, yb) = a[i], b[i]
@@ -148,7 +171,8 @@ def test_unlabeled_role_carries_no_labels(folder, backend):
 
 
 @pytest.mark.parametrize("backend,world_size,threads",
-                         [("dali", 1, 1), ("dali", 2, 1), ("torch", 1, 0), ("torch", 2, 2)])
+                         [pytest.param("dali", 1, 1, marks=needs_dali), pytest.param("dali", 2, 1, marks=needs_dali),
+                          ("torch", 1, 0), ("torch", 2, 2)])
 def test_eval_visits_every_clip_once(folder, backend, world_size, threads):
     ids = []
     for rank in range(world_size):
@@ -206,6 +230,7 @@ def test_short_clip_is_edge_padded(folder, backend):
             assert not torch.equal(x[:, 0], x[:, first_padded])
 
 
+@needs_dali
 def test_flip_defaults_off_for_ssv2(folder, ssv2):
     datasets = [{"shards": folder["shards"]}, {"shards": ssv2}, {"shards": folder["shards"], "name": "mine", "flip": False}]
     loader = make_loaders(datasets, CLIP, backend="torch")
@@ -221,6 +246,7 @@ def test_flip_defaults_off_for_ssv2(folder, ssv2):
 SQUARE = dict(frames=26, stride=1, size=40, area=(1.0, 1.0), ratio=(1.0, 1.0))
 
 
+@needs_dali
 @pytest.mark.parametrize("flip", [False, True])
 def test_dali_flip_switch(folder, flip):
     shards = open_shards(folder["shards"])
@@ -249,6 +275,7 @@ def test_torch_flip_switch():
     assert any(torch.equal(o, ref.flip(-1)) for o in outs)
 
 
+@needs_dali
 @pytest.mark.parametrize("train", [True, False])
 def test_dali_graph_has_no_python_on_the_decode_path(folder, train):
     pipe = D.build_pipeline(open_shards(folder["shards"]), "test", ClipSpec(**CLIP), 2, train=train, views=2)
@@ -279,6 +306,7 @@ def test_up_front_errors(folder):
         make_eval_loader(folder["shards"], CLIP, backend="tensorflow")
 
 
+@needs_dali
 def test_bench_cli_json(folder):
     from click.testing import CliRunner
     from jedi_pipe.loaders.bench import bench_cli
@@ -291,3 +319,19 @@ def test_bench_cli_json(folder):
     assert all(r[k] > 0 for k in ("clips_per_s", "frames_per_s", "vs_raw", "vs_decode"))
     assert set(r["decode_clips_per_s"]) == {"pyav", "dali"}
 
+
+
+def test_without_dali_auto_falls_back_to_the_torch_loader(folder, monkeypatch, caplog):
+    hide_dali(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="jedi_pipe.loaders"):
+        assert resolve_backend("auto") == "torch"
+    assert any("using the torch loader" in r.getMessage() for r in caplog.records)
+    with pytest.raises(InputError, match="the DALI loader cannot run here"):
+        resolve_backend("dali")
+    # the whole loader API works: training steps and an evaluation pass, with the fallback's output
+    loader = make_loaders([{"shards": folder["shards"]}], CLIP, batch_size=2, backend="auto", threads=0)
+    assert loader.role_loader is TL.TorchRoleLoader
+    (step,) = steps(loader, 1)
+    assert step["folder"]["x"].shape == (2, 3, 8, 32, 32) and step["folder"]["x_u"].shape == (2, 3, 8, 32, 32)
+    seen = eval_pass(folder["shards"], "auto", threads=0)
+    assert sorted(seen) == sorted(r["sample_id"] for r in manifest(folder["shards"], "test"))
