@@ -392,12 +392,7 @@ UNUSABLE = {f.__name__[len("_case_"):]: f for f in (
     _case_bad_recipe_yaml, _case_odd_short_side_h264)}
 
 
-_NEEDS_CLI_FIX: set = set()   # cases waiting on a CLI change (none now)
-
-
-@pytest.mark.parametrize("case", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="cli._read_recipe prints a multi-line YAML error"))
-    if c in _NEEDS_CLI_FIX else c for c in UNUSABLE])
+@pytest.mark.parametrize("case", list(UNUSABLE))
 def test_unusable_input_exits_non_zero_with_one_sentence(case, tmp_path):
     args, expected = UNUSABLE[case](tmp_path)
     if "--out" not in args:
