@@ -1,41 +1,88 @@
 """The model contract over every registered model, and torchvision weight compatibility."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from jedi_pipe.models import KINETICS_MEAN, KINETICS_STD, build, list_models, load_weights
 
-# Counts read off torchvision/models/video/resnet.py: each BatchNorm3d gives 5 entries
-# (weight, bias, running_mean, running_var, num_batches_tracked), each bias-free conv 1, fc 2.
-#   r3d_18: stem 1+5, BasicBlock 2x(1+5), downsample +6 in layer2..4: 6 + 24 + 3*30 + 2 = 122
-#   r2plus1d_18: stem 2x(1+5), (2+1)D conv = 1+5+1, block 2x(7+5): 12 + 48 + 3*54 + 2 = 224
-# Parameter counts (400 classes) are torchvision's published `num_params` of the weights.
-TORCHVISION = {
-    "r3d_18": dict(entries=122, params=33_371_472, keys={
-        "stem.0.weight": (64, 3, 3, 7, 7),
-        "layer1.0.conv1.0.weight": (64, 64, 3, 3, 3),
-        "layer2.0.downsample.0.weight": (128, 64, 1, 1, 1),
-        "layer4.1.conv2.1.running_var": (512,),
-        "fc.weight": (400, 512),
-    }),
-    "r2plus1d_18": dict(entries=224, params=31_505_325, keys={
-        "stem.0.weight": (45, 3, 1, 7, 7),
-        "stem.3.weight": (64, 45, 3, 1, 1),
-        "layer1.0.conv1.0.0.weight": (144, 64, 1, 3, 3),
-        "layer1.0.conv1.0.1.num_batches_tracked": (),
-        "layer1.0.conv1.0.3.weight": (64, 144, 3, 1, 1),
-        "layer2.0.conv2.0.0.weight": (230, 128, 1, 3, 3),
-        "layer2.0.downsample.1.running_mean": (128,),
-        "fc.bias": (400,),
-    }),
-}
+# torchvision (the model that published r3d_18 / r2plus1d_18 Kinetics-400 weights) cannot be
+# installed here: only CUDA wheels exist for it, and they fail to load next to the CPU torch. So the
+# weights' layout is derived below from torchvision's architecture rules (torchvision/models/video/
+# resnet.py, VideoResNet), written out independently of jedi_pipe's implementation: every state_dict
+# entry a torchvision model has, with its shape, and the stride and padding of every convolution
+# (the shapes alone would not show a weight applied with the wrong stride).
+#   stem: r3d conv 3->64 (3,7,7) s(1,2,2) p(1,3,3), BN; r(2+1)d conv 3->45 (1,7,7) s(1,2,2) p(0,3,3),
+#         BN, conv 45->64 (3,1,1) s1 p(1,0,0), BN (ReLUs hold no entries)
+#   layer1..4: 64, 128, 256, 512 planes, 2 BasicBlocks, the first of layers 2-4 with stride 2;
+#   block: conv1 = [conv(in, planes, stride), BN], conv2 = [conv(planes, planes), BN],
+#          downsample = [Conv3d 1x1x1 stride (s,s,s), BN] when stride != 1 or in != planes;
+#   conv(in, out, s): r3d one (3,3,3) conv, padding 1; r(2+1)d [(1,3,3) conv to mid, BN(mid), ReLU,
+#          (3,1,1) conv to out] with mid = in*out*27 // (in*9 + 3*out) of the block's in and planes;
+#   fc: Linear(512, classes). BatchNorm: weight, bias, running_mean, running_var, num_batches_tracked.
+
+
+def torchvision_layout(arch: str, classes: int) -> dict:
+    """state_dict key -> (shape, stride, padding) of a torchvision video ResNet-18; BN and fc
+    entries with stride and padding None."""
+    entries = {}
+
+    def conv(key, cin, cout, k, stride, pad):
+        entries[key + ".weight"] = ((cout, cin, *k), stride, pad)
+
+    def bn(key, c):
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            entries[f"{key}.{p}"] = ((c,), None, None)
+        entries[f"{key}.num_batches_tracked"] = ((), None, None)
+
+    def block_conv(key, cin, cout, mid, s):
+        if arch == "r3d_18":
+            conv(key, cin, cout, (3, 3, 3), (s, s, s), (1, 1, 1))
+        else:
+            conv(key + ".0", cin, mid, (1, 3, 3), (1, s, s), (0, 1, 1))
+            bn(key + ".1", mid)
+            conv(key + ".3", mid, cout, (3, 1, 1), (s, 1, 1), (1, 0, 0))
+
+    if arch == "r3d_18":
+        conv("stem.0", 3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3))
+        bn("stem.1", 64)
+    else:
+        conv("stem.0", 3, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3))
+        bn("stem.1", 45)
+        conv("stem.3", 45, 64, (3, 1, 1), (1, 1, 1), (1, 0, 0))
+        bn("stem.4", 64)
+    cin = 64
+    for layer, planes in enumerate((64, 128, 256, 512), start=1):
+        for j in range(2):
+            s = 2 if layer > 1 and j == 0 else 1
+            key, mid = f"layer{layer}.{j}", cin * planes * 27 // (cin * 9 + 3 * planes)
+            block_conv(key + ".conv1.0", cin, planes, mid, s)
+            bn(key + ".conv1.1", planes)
+            block_conv(key + ".conv2.0", planes, planes, mid, 1)
+            bn(key + ".conv2.1", planes)
+            if s != 1 or cin != planes:
+                conv(key + ".downsample.0", cin, planes, (1, 1, 1), (s, s, s), (0, 0, 0))
+                bn(key + ".downsample.1", planes)
+            cin = planes
+    entries["fc.weight"] = ((classes, 512), None, None)
+    entries["fc.bias"] = ((classes,), None, None)
+    return entries
+
+
+TORCHVISION = ("r3d_18", "r2plus1d_18")
 
 
 @pytest.fixture(scope="module")
-def kinetics_state_dicts():
+def kinetics_models():
     # building a 33M-parameter model takes a moment; build each once per module
-    return {name: build(name, 400).state_dict() for name in TORCHVISION}
+    return {name: build(name, 400) for name in TORCHVISION}
+
+
+@pytest.fixture(scope="module")
+def kinetics_state_dicts(kinetics_models):
+    return {name: m.state_dict() for name, m in kinetics_models.items()}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -62,19 +109,38 @@ def test_registry_errors_and_cfg():
     assert build("tiny3d", 3, width=8).num_features == 32
 
 
-@pytest.mark.parametrize("name", list(TORCHVISION))
-def test_torchvision_key_names(name, kinetics_state_dicts):
-    expected = TORCHVISION[name]
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_layout(name, kinetics_models, kinetics_state_dicts):
+    """Every entry of torchvision's state_dict, no other, with its shape; every conv's stride/padding."""
+    expected = torchvision_layout(name, 400)
     sd = kinetics_state_dicts[name]
-    assert len(sd) == expected["entries"]
-    for key, shape in expected["keys"].items():
-        assert tuple(sd[key].shape) == shape, key
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    assert sum(v.numel() for k, v in sd.items() if not k.endswith(buffers)) == expected["params"]
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {k: shape for k, (shape, _, _) in expected.items()}
+    model = kinetics_models[name]
+    convs = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, nn.Conv3d)}
+    assert set(convs) == {k for k, (_, stride, _) in expected.items() if stride is not None}
+    for key, m in convs.items():
+        assert (m.stride, m.padding, m.bias) == (*expected[key][1:], None), key
     assert not any(k.startswith("head.") for k in sd)  # `head` aliases `fc`, never a second copy
 
 
-@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_the_layout_rules_are_the_ones_torchvision_states():
+    # the derived layout against the few facts torchvision documents about these models in prose:
+    # R(2+1)D's (2+1)D convs keep the parameter count of the 3D conv they replace (midplanes), and
+    # the two networks differ in the stem and block convs only
+    r3d, r21d = torchvision_layout("r3d_18", 400), torchvision_layout("r2plus1d_18", 400)
+    numel = lambda layout, prefix: sum(math.prod(shape) for k, (shape, stride, _) in layout.items()
+                                       if k.startswith(prefix) and stride is not None)
+    # (mid comes from the block's in and planes, also for conv2, so the first blocks of layers 2-4
+    # keep the count in conv1 only: torchvision computes it once per block)
+    for block in ("layer1.0.conv1.0", "layer2.0.conv1.0", "layer3.1.conv2.0", "layer4.1.conv1.0"):
+        assert abs(numel(r21d, block) - numel(r3d, block)) / numel(r3d, block) < 0.01, block
+    differ = {k.split(".conv")[0].split(".")[0] for k in set(r3d) ^ set(r21d)}
+    assert differ == {"stem", "layer1", "layer2", "layer3", "layer4"}
+    assert {k for k in r3d if k.startswith(("fc.", "layer2.0.downsample"))} == \
+           {k for k in r21d if k.startswith(("fc.", "layer2.0.downsample"))}
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
 def test_state_dict_roundtrip(name, kinetics_state_dicts, tmp_path):
     path = tmp_path / f"{name}.pth"
     torch.save(kinetics_state_dicts[name], path)
