@@ -35,7 +35,7 @@ def test_teacher_width_is_sum_of_feature_widths():
 
 def test_block_init_teacher_equals_student():
     jedi, _ = make_jedi()
-    out = jedi.forward_all({"a": clips(), "b": clips(3)}, {"a": clips(4), "b": clips(1)})
+    out = jedi({"a": clips(), "b": clips(3)}, {"a": clips(4), "b": clips(1)})
     for role in (out.labeled, out.unlabeled):
         for name, (s, t, _) in role.items():
             torch.testing.assert_close(t, s, rtol=1e-5, atol=1e-6)
@@ -50,7 +50,7 @@ def test_each_backbone_runs_once_over_the_union():
     seen = {name: [] for name in jedi.names}
     for name in jedi.names:
         jedi.students[name].stem.register_forward_hook(lambda m, i, o, name=name: seen[name].append(i[0].shape[0]))
-    jedi.forward_all({"a": clips(2), "b": clips(3)}, {"a": clips(4), "b": clips(5)})
+    jedi({"a": clips(2), "b": clips(3)}, {"a": clips(4), "b": clips(5)})
     assert seen == {"a": [14], "b": [14]}
 
 
