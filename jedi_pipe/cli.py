@@ -285,6 +285,68 @@ def plot(run_dir):
         click.echo(str(path))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--dataset", required=True, help="Which dataset's classifier (a dataset name of the run).")
+@click.option("--which", type=click.Choice(["student", "teacher", "expert"]), default="student", show_default=True,
+              help="student: one backbone; teacher: every backbone of the run (usually the best); expert: before JEDI.")
+@click.option("--out", default="model.pt2", show_default=True, type=click.Path(dir_okay=False),
+              help="File to write (a torch.export archive; keep the .pt2 suffix for plain torch.export.load).")
+def export(run_dir, dataset, which, out):
+    """Write one model of a run as a self-contained file: weights, graph, class names, clip spec.
+
+    \b
+    Plain PyTorch, without jedi-pipe:
+        import torch
+        model = torch.export.load("model.pt2").module()   # clips [B,3,T,S,S] -> logits
+    jedi-pipe: jedi_pipe.load_model("model.pt2"), or `jedi-pipe predict --model model.pt2 VIDEO...`.
+    """
+    from .export import export_model
+    path = _run_guarded(lambda: export_model(run_dir, dataset, which, out))
+    click.echo(f"{path}: {which} of {dataset} ({Path(path).stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A file written by `jedi-pipe export`.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--role", default="test", show_default=True, help="With a shard folder as input: the role to predict.")
+@click.option("-k", "--top", "k", default=5, show_default=True, type=click.IntRange(1, None), help="Classes shown per video.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (video or key, top classes with probabilities).")
+def predict(model_path, inputs, role, k, as_json):
+    """Top-k classes of videos (any format ffmpeg reads), or of a shard folder's clips.
+
+    Videos are transcoded and sampled exactly as the model's shards were (fps, short side,
+    frames, stride, views). A video that cannot be decoded is named on stderr and the others are
+    still predicted; the exit is non-zero only when none could be.
+    """
+    from .export import load_model
+    from .predict import predict_shards, predict_videos
+    model = _run_guarded(lambda: load_model(model_path))
+    ok = bad = 0
+
+    def show(r, name):
+        if as_json:
+            click.echo(json.dumps(r))
+        else:
+            click.echo(f"{name}: " + ", ".join(f"{t['class']} {t['prob']:.2f}" for t in r["top"]))
+
+    for item in inputs:
+        if (Path(item) / "dataset.json").is_file():
+            for r in _run_guarded(lambda: list(predict_shards(model, item, role=role, k=k))):
+                show(r, f"{item}/{r['key']}")
+                ok += 1
+            continue
+        for r in predict_videos(model, [item], k=k):
+            if "error" in r:
+                click.echo(f"error: {item}: {r['error']}", err=True)
+                bad += 1
+            else:
+                show(r, item)
+                ok += 1
+    if not ok:
+        fail(f"no prediction: none of the {bad} input(s) could be decoded")
+
+
 class _bar:
     """A tqdm bar on a terminal (nothing when output is piped), usable as a callback."""
 

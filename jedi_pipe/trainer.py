@@ -260,6 +260,13 @@ def joint_model(experts: dict, cfg: Config):
     return JEDI.from_experts(experts, jedi_config(cfg))
 
 
+def load_joint(cfg: Config, experts: dict, checkpoint, device):
+    """The joint model (students and teachers) of a checkpoint written by `train`."""
+    jedi = joint_model(experts, cfg).to(device)
+    jedi.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    return jedi
+
+
 def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1) -> MultiDatasetLoader:
     """The joint phase's batches: per step, labeled and unlabeled clips of every dataset."""
     return MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
@@ -490,8 +497,7 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
                                                                   sets[n], cfg, device)["expert"])} for n in names}}
     ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
     if ckpt.is_file():
-        jedi = joint_model(experts, cfg).to(device)
-        jedi.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+        jedi = load_joint(cfg, experts, ckpt, device)
         for n, kinds in evaluate_jedi(jedi, cfg, sets, device).items():
             results["datasets"][n].update({k: _topk(v) for k, v in kinds.items()})
     elif checkpoint:

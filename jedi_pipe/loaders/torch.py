@@ -103,6 +103,17 @@ def eval_transform(x: torch.Tensor, clip: ClipSpec) -> torch.Tensor:
     return _normalize(x[:, :, top:top + clip.size, left:left + clip.size], clip)
 
 
+def eval_views(src, frames: int, clip: ClipSpec, views: int) -> torch.Tensor:
+    """The evaluation views of one encoded clip (bytes or a path) of `frames` frames: [V, 3, T, S, S].
+
+    The one definition of a test clip, shared by this loader and `jedi-pipe predict`.
+    """
+    starts = view_starts(frames, clip, views)
+    decoded = to_tensor(read_frames(src, [i for s in starts for i in window(s, clip)]))
+    T = clip.frames
+    return torch.stack([eval_transform(decoded[k * T:(k + 1) * T], clip) for k in range(views)])
+
+
 # ---------------------------------------------------------------------------- stream of one role
 
 class ClipStream(torch.utils.data.IterableDataset):
@@ -151,10 +162,7 @@ class ClipStream(torch.utils.data.IterableDataset):
             decoded = read_frames(data, window(train_start(frames, self.clip, rng.random()), self.clip))
             x = train_transform(to_tensor(decoded), self.clip, rng, self.flip, self.antialias)
         else:
-            starts = view_starts(frames, self.clip, self.views)
-            decoded = to_tensor(read_frames(data, [i for s in starts for i in window(s, self.clip)]))
-            T = self.clip.frames
-            x = torch.stack([eval_transform(decoded[k * T:(k + 1) * T], self.clip) for k in range(self.views)])
+            x = eval_views(data, frames, self.clip, self.views)
         return {"x": x, "y": meta["label"], "id": meta["sample_id"]}
 
 
