@@ -205,10 +205,13 @@ def pretrain(config_path, overrides, resume):
 @click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoint.pt (model, optimizer, step, RNG, loader position).")
 def train(config_path, overrides, resume):
     """Joint JEDI training from the experts (pretrained first when missing); writes results.json/.md."""
-    from .trainer import results_table, train as run
+    from .plots import draw
+    from .records import results_table
+    from .trainer import train as run
     cfg = _config(config_path, overrides)
     results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
+        draw(cfg.out, click.echo)
         click.echo(results_table(results))
         click.echo(f"outputs in {cfg.out}")
 
@@ -275,7 +278,7 @@ def demo(out, quick, seed, overrides):
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def plot(run_dir):
-    """Draw a run folder as curves.png (top-1 and losses over steps) and results.png (bars).
+    """Draw a run folder: curves.png (top-1 and losses over steps), results.png (bars), confusion.png.
 
     Works while training runs (experts/*.pt and metrics.jsonl) and after (results.json).
     Needs matplotlib: pip install "jedi-pipe[plots]".

@@ -35,6 +35,7 @@ class ClipCfg:
     stride: int = 1               # temporal stride between sampled frames
     size: int = 32                # crop size in pixels (H = W)
     eval_views: int = 1           # temporal windows averaged per test clip
+    eval_crops: int = 1           # spatial crops across the long side per window (3: the standard 3-crop test)
 
 
 @dataclass

@@ -8,7 +8,7 @@ PyTorch loads it without jedi-pipe installed:
     model = torch.export.load("model.pt2").module()    # normalised clips [B, 3, T, S, S] -> logits [B, C]
 
 Next to the program the archive holds `jedi_pipe.json` (MODEL_CARD below): class names, the clip
-(frames, stride, size, mean/std), the evaluation views, and the shard encoding (codec, fps, short
+(frames, stride, size, mean/std), the evaluation views (windows x crops), and the shard encoding (codec, fps, short
 side, seconds kept) that `jedi-pipe predict` re-applies to raw videos so that they are sampled as
 the model was trained and tested. Plain PyTorch reads it with `torch.export.load(path,
 extra_files={"jedi_pipe.json": ""})`.
@@ -101,7 +101,7 @@ def model_card(run, dataset: str, which: str) -> dict:
     archs = [x.model for x in cfg.datasets] if which == "teacher" and cfg.jedi.teachers == "joint" else [d.model]
     clip = {k: v for k, v in asdict(clip_spec(cfg)).items() if k not in ("area", "ratio")}   # training-only
     return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": ss.classes,
-            "clip": clip, "views": cfg.clip.eval_views, "flip": d.flip,
+            "clip": clip, "views": cfg.clip.eval_views, "crops": cfg.clip.eval_crops,
             "encoding": {k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")},
             "run": str(Path(run).resolve()), "tool": f"jedi-pipe {__version__}"}
 
@@ -140,7 +140,13 @@ class Model:
 
     @property
     def views(self) -> int:
+        """Temporal windows per video (the run's clip.eval_views)."""
         return self.card["views"]
+
+    @property
+    def crops(self) -> int:
+        """Spatial crops per window (the run's clip.eval_crops)."""
+        return self.card["crops"]
 
     @torch.no_grad()
     def probs(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,11 @@ from .export import Model, load_model
 
 
 def video_views(model: Model, path) -> torch.Tensor:
-    """The model's evaluation views of one source video, [V, 3, T, S, S]; TranscodeError if unusable."""
+    """The model's evaluation views of one source video, [views x crops, 3, T, S, S]; TranscodeError if unusable."""
     from .loaders.torch import eval_views
     from .transcode import EncodeSettings, encode_clip
     data, info = encode_clip(str(path), EncodeSettings(**model.card["encoding"]))
-    return eval_views(data, info.frames, model.clip, model.views)
+    return eval_views(data, info.frames, model.clip, model.views, model.crops)
 
 
 def top(model: Model, probs: torch.Tensor, k: int) -> list[dict]:
@@ -58,8 +58,8 @@ def predict_shards(model: Model | str | Path, shard_dir, role: str = "test", k: 
                          f"the model: {model.card['dataset']}, {len(model.classes)})")
     t = ss.manifest(columns=["sample_id", "key", "label_name"]).to_pydict()
     by_id = {i: (key, name) for i, key, name in zip(t["sample_id"], t["key"], t["label_name"])}
-    loader = make_eval_loader(shard_dir, model.clip, batch_size=batch_size, views=model.views, backend=backend,
-                              role=role)
+    loader = make_eval_loader(ss, model.clip, batch_size=batch_size, views=model.views, crops=model.crops,
+                              backend=backend, role=role)
     for b in loader:
         probs = model.probs(b["x"].cpu())
         for i, p in zip(b["id"].tolist(), probs):

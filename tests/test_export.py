@@ -26,7 +26,7 @@ def tiny_run(shard_dirs, tmp_path_factory):
     data = {"name": "tiny", "out": str(out), "seed": 0, "loader": "dali",
             "datasets": [{"name": "hmdb51", "shards": str(shard_dirs["hmdb51"]), "model": "tiny3d"},
                          {"name": "ssv2", "shards": str(shard_dirs["ssv2"]), "model": "tiny3d", "flip": False}],
-            "clip": {"frames": 4, "stride": 1, "size": 24, "eval_views": 2}}
+            "clip": {"frames": 4, "stride": 1, "size": 24, "eval_views": 2, "eval_crops": 3}}
     cfg = load_config(data=data, overrides=TINY)
     train(cfg, log=lambda m: None)
     return cfg
@@ -43,7 +43,7 @@ def test_predict_on_raw_videos_agrees_with_eval(tiny_run, synth_root, shard_dirs
     path = export_model(tiny_run.out, "hmdb51", which, tmp_path / "m.pt2")
     model = load_model(path)
     assert model.card["which"] == which and model.classes == open_shards(shard_dirs["hmdb51"]).classes
-    assert model.card["encoding"]["fps"] == 8.0 and model.views == 2
+    assert model.card["encoding"]["fps"] == 8.0 and (model.views, model.crops) == (2, 3)
 
     # the file computes what the run's module computes (the teacher: over every backbone, the average's)
     x = torch.randn(3, 3, 4, 24, 24)
@@ -111,3 +111,22 @@ def test_plain_pytorch_recipe_and_bad_files(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="no dataset 'ucf101' in this run; it has hmdb51, ssv2"):
         export_model(tiny_run.out, "ucf101", "student", tmp_path / "m.pt2")
     assert not Path(tmp_path / "m.pt2").exists()
+
+
+def test_results_name_classes_and_record_views(tiny_run, shard_dirs):
+    run = Path(tiny_run.out)
+    res = json.loads((run / "results.json").read_text())
+    assert res["views"] == {"temporal": 2, "spatial": 3}
+    for n in ("hmdb51", "ssv2"):
+        classes = open_shards(shard_dirs[n]).classes
+        assert res["classes"][n] == classes
+        for kind, r in res["datasets"][n].items():
+            cells = r["confusion"]
+            assert sum(c for _, _, c in cells) == r["n"] == open_shards(shard_dirs[n]).count("test")
+            support = [sum(c for t, _, c in cells if t == k) for k in range(len(classes))]
+            right = [sum(c for t, q, c in cells if t == q == k) for k in range(len(classes))]
+            assert r["per_class"] == [round(100 * h / s, 2) if s else None for h, s in zip(right, support)]
+            assert r["top1"] == pytest.approx(100 * sum(right) / r["n"], abs=0.01)
+    md = (run / "results.md").read_text()
+    assert f"## hmdb51: top-1 per class (%), {res['datasets']['hmdb51']['student']['n']} test clips, 2 x 3 views" in md
+    assert all(f"| {c} |" in md for c in res["classes"]["ssv2"])

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from jedi_pipe.loaders import ClipSpec, make_eval_loader, make_loaders
+from jedi_pipe.loaders.clip import view_starts
 from jedi_pipe.shards import open_shards
 
 dali = pytest.importorskip("nvidia.dali")
@@ -113,6 +114,46 @@ def test_backends_agree(folder, role):
         assert ya == yb
         # The decoders' YUV->RGB conversions differ in chroma only: compare luma, in grey levels.
         assert (luma(xa) - luma(xb)).abs().mean() < 3, f"sample {i}: DALI and torch pixels differ"
+
+
+def test_spatial_crops_agree_and_move_along_the_long_side(folder):
+    """crops=3: left, centre, right of the long side (top, centre, bottom of a portrait clip), the
+    same on both backends; the centre crop is the single-crop view; square clips cannot move."""
+    rows = {r["sample_id"]: r for r in manifest(folder["shards"], "test")}
+    one = eval_pass(folder["shards"], "torch", views=2)
+    clips = dict(_clips(folder["shards"]))
+    a, b = (eval_pass(folder["shards"], be, views=2, crops=3) for be in BACKENDS)
+    assert sorted(a) == sorted(b) == sorted(rows)
+    for i in a:
+        (xa, _), (xb, _) = a[i], b[i]
+        assert xa.shape == xb.shape == (6, 3, 8, 32, 32)              # 2 windows x 3 crops, windows outer
+        assert (luma(xa) - luma(xb)).abs().mean() < 3, f"sample {i}: DALI and torch crops differ"
+        assert torch.equal(xb[1], one[i][0][0]) and torch.equal(xb[4], one[i][0][1])
+        square = rows[i]["width"] == rows[i]["height"]
+        assert torch.equal(xb[0], xb[2]) == square, rows[i]
+        if not square:   # the first crop is the resized frame's first 32 columns (landscape) or rows (portrait)
+            first = view_starts(rows[i]["frames"], ClipSpec(**CLIP), 2)[0]
+            frame = TL.resize_short(TL.to_tensor(TL.read_frames(clips[i], [first])), 32)[0]
+            assert (luma_frame(xb[0][:, 0]) - luma_frame_raw(frame[:, :32, :32])).abs().mean() < 3
+            assert (luma_frame(xb[2][:, 0]) - luma_frame_raw(frame[:, -32:, -32:])).abs().mean() < 3
+
+
+def _clips(shards_dir):
+    from jedi_pipe.shards import META_EXT, decode_meta, iter_tar_samples
+    ss = open_shards(shards_dir)
+    for tar in ss.tars("test"):
+        for sample in iter_tar_samples(tar):
+            yield decode_meta(sample[META_EXT])["sample_id"], sample[ss.clip_ext]
+
+
+def luma_frame(x: torch.Tensor) -> torch.Tensor:
+    """One normalised frame [C, H, W] -> 0-255 luma [H, W]."""
+    return luma(x[:, None])[0]
+
+
+def luma_frame_raw(x: torch.Tensor) -> torch.Tensor:
+    """One 0-255 frame [C, H, W] -> luma [H, W]."""
+    return (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,11 @@ unless the dataset says flip=False (default False for ssv2, whose classes depend
 Evaluation, `make_eval_loader(...)` -> an iterable; every `iter()` is one pass over this rank's
 share of the test role, each clip exactly once (no padding), batches:
 
-    {"x": float32 [B, V, C, T, H, W]  V = views temporal windows (centres of V equal parts;
-                                      V=1 is the centred window), short side resized, centre crop
+    {"x": float32 [B, V, C, T, H, W]  V = views x crops: `views` temporal windows (centres of
+                                      `views` equal parts; 1 is the centred window), short side
+                                      resized, `crops` crops across the long side (1: centre;
+                                      3: left, centre, right, the standard 3-crop test); windows
+                                      outer, crops inner
      "y": int64 [B], "id": int64 [B]}
 
 The last batch of a rank may be smaller. Over world_size ranks the shares are disjoint and
@@ -106,13 +109,16 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
                               world_size=world_size, threads=threads)
 
 
-def make_eval_loader(shards_dir, clip: ClipSpec | dict | None = None, batch_size: int = 8, views: int = 1,
-                     backend: str = "auto", rank: int = 0, world_size: int = 1, threads: int = 2,
-                     role: str = "test"):
-    """Evaluation iterable over one dataset's `role` (default test); see the module docstring."""
-    shards = open_shards(shards_dir)
-    if views < 1:
-        raise ValueError(f"views must be >= 1, got {views}")
+def make_eval_loader(shards_dir: str | ShardSet, clip: ClipSpec | dict | None = None, batch_size: int = 8,
+                     views: int = 1, crops: int = 1, backend: str = "auto", rank: int = 0, world_size: int = 1,
+                     threads: int = 2, role: str = "test"):
+    """Evaluation iterable over one dataset's `role` (default test); see the module docstring.
+
+    The one constructor of evaluation loaders: the trainer, predict and the benchmarks use it.
+    """
+    shards = shards_dir if isinstance(shards_dir, ShardSet) else open_shards(shards_dir)
+    if views < 1 or crops < 1:
+        raise ValueError(f"views and crops must be >= 1, got views={views}, crops={crops}")
     loader = role_loader(resolve_backend(backend, [shards]))
-    return loader(shards, role, as_clip(clip), batch_size, train=False, views=views, rank=rank,
+    return loader(shards, role, as_clip(clip), batch_size, train=False, views=views, crops=crops, rank=rank,
                   world_size=world_size, threads=threads)

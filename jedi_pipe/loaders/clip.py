@@ -63,6 +63,17 @@ def view_starts(frames: int, clip: ClipSpec, views: int) -> list[int]:
     return [m * (2 * k + 1) // (2 * views) for k in range(views)]
 
 
+def crop_positions(crops: int) -> list[float]:
+    """Evaluation crop anchors along the long side, 0 = start, 1 = end: one crop is centred; three
+    are the standard left / centre / right (the short side is covered whole, so it needs none)."""
+    return [0.5] if crops == 1 else [k / (crops - 1) for k in range(crops)]
+
+
+def crop_offset(length: int, size: int, pos: float) -> int:
+    """First pixel of a `size` crop at anchor `pos` of `length` pixels, rounded half up as DALI does."""
+    return int(pos * (length - size) + 0.5)
+
+
 def train_antialias(shards, clip: ClipSpec) -> bool:
     """Antialias the training crop only where it can shrink a lot (shard short side > 1.5 x size).
 

@@ -17,7 +17,7 @@ import functools
 import logging
 
 from ..shards import META_EXT, META_FIELDS, ShardSet
-from .clip import ClipSpec, train_antialias
+from .clip import ClipSpec, crop_positions, train_antialias
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def check_decodable(shards: ShardSet, device: str) -> None:
 
 
 def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
-                   flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0,
+                   flip: bool = True, views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0,
                    world_size: int = 1, threads: int = 2):
     """The (built) DALI pipeline of one role. Outputs x, y (meta label), id (meta sample_id)."""
     from nvidia.dali import fn, pipeline_def, types
@@ -118,9 +118,12 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
             else:
                 video = fn.resize(video, resize_shorter=clip.size)
                 mirror = 0
-            out.append(fn.crop_mirror_normalize(video, crop=[clip.size, clip.size], mirror=mirror, mean=mean,
-                                                std=std, dtype=types.FLOAT, output_layout="CFHW"))
-        x = out[0] if train else fn.stack(*out)     # eval: [V, C, T, H, W] per clip
+            # eval: `crops` crops across the long side (the short side is the crop size, it cannot move)
+            for pos in [0.5] if train else crop_positions(crops):
+                out.append(fn.crop_mirror_normalize(video, crop=[clip.size, clip.size], crop_pos_x=pos, crop_pos_y=pos,
+                                                    mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
+                                                    output_layout="CFHW"))
+        x = out[0] if train else fn.stack(*out)     # eval: [views x crops, C, T, H, W] per clip
         return x, meta[META_FIELDS.index("label")], meta[META_FIELDS.index("sample_id")]
 
     pipe = pipeline()
@@ -133,11 +136,11 @@ class DaliRoleLoader:
     as the reader wraps. Evaluation: one pass per `iter()`, this rank's share exactly once."""
 
     def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
-                 flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 threads: int = 2):
+                 flip: bool = True, views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, threads: int = 2):
         self.args = (shards, role, clip, batch_size)
-        self.kw = dict(train=train, flip=flip, views=views, seed=seed, rank=rank, world_size=world_size,
-                       threads=threads)
+        self.kw = dict(train=train, flip=flip, views=views, crops=crops, seed=seed, rank=rank,
+                       world_size=world_size, threads=threads)
 
     def __iter__(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
