@@ -27,6 +27,7 @@ class DatasetCfg:
     model: str = "tiny3d"         # registered model (jedi_pipe.models.list_models())
     flip: bool = True             # horizontal flip in training; false for direction-dependent labels (ssv2)
     init: str = ""                # optional weights file for the backbone (e.g. torchvision's r3d_18 .pth)
+    init_trained_on_ok: bool = False   # allow an init trained on this very dataset (refused by default: weights_guard.py)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
 from .models import build
 from .records import EvalRecord, StepRecord, append_records, parse_line, summary, write_results
+from .weights_guard import check_init
 
 LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host sync on GPU)
 
@@ -211,6 +212,8 @@ def pretrain(cfg: Config, log=print) -> dict:
     out = prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
+    for d in cfg.datasets:      # before any training: a refused init should not cost an hour of experts
+        check_init(d.name, {sets[d.name].card.get("dataset", d.name)}, d.init, d.init_trained_on_ok)
     RoleLoader = role_loader_cls(cfg, sets.values())
     metrics = {}
     for i, d in enumerate(cfg.datasets):
