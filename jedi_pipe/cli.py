@@ -157,6 +157,7 @@ def inspect(shard_dir, preview, as_json):
                    f"{c['encoding']['codec']} {c['encoding']['short_side']}px {c['encoding']['fps']}fps")
         click.echo("  " + ", ".join(f"{r}: {c['counts'][r]} in {len(c['shards'][r])} tar(s)" for r in c["counts"]))
         click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; {c['bytes'] / 1e6:.1f} MB")
+        _echo_flips(ss)
         click.echo(f"  check: {report['samples_checked']} samples read, "
                    + ("all match the manifest" if report["ok"] else f"{len(report['problems'])} problem(s):"))
         for p in report["problems"][:20]:
@@ -168,6 +169,20 @@ def inspect(shard_dir, preview, as_json):
             fail(str(e))
     if not report["ok"]:
         sys.exit(1)
+
+
+def _echo_flips(ss):
+    """The mirror-class pairs that training flips use (loaders/clip.py flip_map), for datasets with directions."""
+    from .loaders.clip import flip_map, flip_pairs
+    fmap = flip_map(ss)
+    if fmap is None:
+        return
+    pairs, never = flip_pairs(ss.classes, fmap)
+    click.echo(f"  flips: {len(pairs)} mirror pair(s) swap their labels, {len(never)} class(es) never flipped")
+    for a, b in pairs:
+        click.echo(f"    {a} <-> {b}")
+    for a in never:
+        click.echo(f"    never flipped: {a}")
 
 
 def _config(path, overrides):

@@ -25,7 +25,7 @@ class DatasetCfg:
     name: str                     # dataset name (results, checkpoints and logs use it)
     shards: str                   # shard folder written by `jedi-pipe shard`
     model: str = "tiny3d"         # registered model (jedi_pipe.models.list_models())
-    flip: bool = True             # horizontal flip in training; false for direction-dependent labels (ssv2)
+    flip: bool = True             # horizontal flip in training; ssv2's left/right classes swap with it (loaders/clip.py flip_map)
     init: str = ""                # optional weights file for the backbone (e.g. torchvision's r3d_18 .pth)
     init_trained_on_ok: bool = False   # allow an init trained on this very dataset (refused by default: weights_guard.py)
 

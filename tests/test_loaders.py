@@ -247,14 +247,66 @@ def test_short_clip_is_edge_padded(folder, backend):
             assert not torch.equal(x[:, 0], x[:, first_padded])
 
 
-def test_flip_defaults_off_for_ssv2(folder, ssv2):
+def test_flip_is_on_by_default_and_ssv2_graph_swaps_labels(folder, ssv2):
     datasets = [{"shards": folder["shards"]}, {"shards": ssv2}, {"shards": folder["shards"], "name": "mine", "flip": False}]
     loader = make_loaders(datasets, CLIP, backend="torch")
-    assert [(name, flip) for name, _, flip in loader.datasets] == [("folder", True), ("ssv2", False), ("mine", False)]
+    assert [(name, flip) for name, _, flip in loader.datasets] == [("folder", True), ("ssv2", True), ("mine", False)]
     shards = open_shards(ssv2)
     with_flip = D.graph_operators(D.build_pipeline(shards, "labeled", ClipSpec(**CLIP), 2, train=True, flip=True))
     without = D.graph_operators(D.build_pipeline(shards, "labeled", ClipSpec(**CLIP), 2, train=True, flip=False))
+    plain = D.graph_operators(D.build_pipeline(open_shards(folder["shards"]), "labeled", ClipSpec(**CLIP), 2,
+                                               train=True, flip=True))
     assert "random__CoinFlip" in with_flip and "random__CoinFlip" not in without
+    assert "LookupTable" in with_flip and "LookupTable" not in plain     # the label follows the mirror image
+
+
+def test_flip_map_pairs_only_mirror_classes():
+    from jedi_pipe.loaders.clip import flip_map, flip_pairs
+    from jedi_pipe.shards import ShardSet
+    classes = ["Pushing something from left to right", "Moving something up",
+               "Turning the camera right while filming something", "Pushing something from right to left",
+               "Putting something on the left edge"]     # no mirror class: never flipped
+    fmap = flip_map(ShardSet(None, {"dataset": "ssv2", "classes": classes}))
+    assert fmap == (3, 1, -1, 0, -1)
+    assert flip_pairs(classes, fmap) == ([(classes[0], classes[3])], [classes[2], classes[4]])
+    assert flip_map(ShardSet(None, {"dataset": "hmdb51", "classes": ["walk left"]})) is None
+
+
+# Square crops of the whole short side, window at frame 0 (clips shorter than the window): a
+# training clip is the evaluation clip or its mirror image, so each flip can be seen.
+WHOLE = dict(frames=26, stride=1, size=32, area=(1.0, 1.0), ratio=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ssv2_flips_take_the_mirror_class(ssv2, backend):
+    from jedi_pipe.loaders.clip import flip_map
+    shards = open_shards(ssv2)
+    fmap = flip_map(shards)
+    truth = {r["sample_id"]: r["label_true"] for r in manifest(ssv2)}
+    assert all(r["frames"] <= WHOLE["frames"] for r in manifest(ssv2))
+    loader = D.DaliRoleLoader if backend == "dali" else TL.TorchRoleLoader
+    for role in ("labeled", "unlabeled"):
+        ref = {i: x[0] for i, (x, _) in eval_pass(ssv2, "torch", clip=WHOLE, role=role).items()}
+        it = iter(loader(shards, role, ClipSpec(**WHOLE), 4, train=True, flip=True, seed=3, threads=1))
+        mirrored = []
+        for _ in range(4 * shards.count(role) // 4 + 4):
+            b = next(it)
+            for x, y, i in zip(b["x"], b["y"].tolist(), b["id"].tolist()):
+                same, mirror = (luma(x) - luma(ref[i])).abs().mean(), (luma(x) - luma(ref[i].flip(-1))).abs().mean()
+                # DALI's crop falls back to the whole (non-square) frame, squeezed: close, not equal
+                assert backend == "dali" or min(same, mirror) < 3, f"sample {i}: neither the clip nor its mirror"
+                if abs(same - mirror) < 3:      # symmetric enough that the flip cannot be seen
+                    continue
+                flipped = bool(mirror < same)
+                mirrored.append((flipped, truth[i]))
+                if role == "unlabeled":
+                    assert not flipped and y == -1, "unlabeled ssv2 clips are never flipped"
+                else:
+                    assert y == (fmap[truth[i]] if flipped else truth[i]), (i, flipped, y, truth[i])
+        if hasattr(it, "close"):
+            it.close()
+        if role == "labeled":   # both ways happen, and a flipped clip of a paired class changed its label
+            assert any(f and fmap[t] != t for f, t in mirrored) and any(not f for f, _ in mirrored)
 
 
 # Full-frame crops of square clips with the window at frame 0: training output == evaluation

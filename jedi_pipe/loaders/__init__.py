@@ -20,7 +20,10 @@ max over datasets of ceil(labeled clips / (world_size * B)). Seeds and resume (m
 are a function of (seed, epoch, step); save `loader.state_dict()` ({"epoch", "step"}) with the
 checkpoint and `load_state_dict` it into a new loader before iterating.
 Training clips: random window of T frames at stride s, random resized crop, horizontal flip
-unless the dataset says flip=False (default False for ssv2, whose classes depend on direction).
+unless the dataset says flip=False. Where class names say a direction (ssv2: clip.DIRECTION_WORDS),
+a flipped clip takes its mirror class ("from left to right" <-> "from right to left"), classes with
+a direction and no mirror class are never flipped, and neither are unlabeled clips (clip.flip_map:
+the one rule, applied by both role loaders whatever builds them).
 
 Evaluation, `make_eval_loader(...)` -> an iterable; every `iter()` is one pass over this rank's
 share of the test role, each clip exactly once (no padding), batches:
@@ -53,7 +56,6 @@ __all__ = ["ClipSpec", "KINETICS_MEAN", "KINETICS_STD", "MultiDatasetLoader", "m
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "dali", "torch")
-NO_FLIP = ("ssv2",)        # datasets whose labels depend on left/right (Something-Something-v2)
 
 
 def resolve_backend(backend: str, shard_sets: list[ShardSet] = ()) -> str:
@@ -90,7 +92,7 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
     """Training loader over several datasets.
 
     datasets: [{"shards": folder, "name": optional (default: the card's name),
-                "flip": optional bool (default: False when the name or the card's dataset is ssv2)}, ...]
+                "flip": optional bool (default True; direction classes follow clip.flip_map)}, ...]
     clip: ClipSpec or dict of its fields (frames, stride, size, area, mean, std).
     threads: per role loader, DALI worker threads or DataLoader workers.
     """
@@ -99,8 +101,7 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
     for d in datasets:
         shards = open_shards(d["shards"])
         name = d.get("name") or shards.name
-        flip = d.get("flip", not {name, shards.card.get("dataset")} & set(NO_FLIP))
-        entries.append((name, shards, flip))
+        entries.append((name, shards, d.get("flip", True)))
     names = [e[0] for e in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}; set 'name' per dataset")

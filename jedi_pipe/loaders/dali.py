@@ -17,7 +17,7 @@ import functools
 import logging
 
 from ..shards import META_EXT, META_FIELDS, ShardSet
-from .clip import ClipSpec, crop_positions, train_antialias
+from .clip import ClipSpec, crop_positions, flip_map, train_antialias
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,12 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
     std = [255 * s for s in clip.std]
     antialias = train_antialias(shards, clip)
 
+    fmap = flip_map(shards) if train and flip else None
+
+    def lookup(key, values, default):   # per class index (the label), -1 (unlabeled) gets `default`
+        return fn.lookup_table(key, keys=list(range(len(values))), values=values, default_value=default,
+                               dtype=types.INT32)
+
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed)
     def pipeline():
         encoded, meta = fn.readers.webdataset(
@@ -99,6 +105,7 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
             # without it a training reader moves on to the next rank's shard at every wrap, and
             # ranks overlap from the second pass on (MultiDatasetLoader rotates shards per block)
             stick_to_shard=train)
+        label = meta[META_FIELDS.index("label")]
         last = dmath.max(meta[META_FIELDS.index("frames")] - clip.span, 0)   # clip.max_start
         if train:   # clip.train_start
             u = fn.random.uniform(range=[0.0, 1.0])
@@ -115,6 +122,9 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
                 video = fn.random_resized_crop(video, size=[clip.size, clip.size], random_area=list(clip.area),
                                                random_aspect_ratio=list(clip.ratio), antialias=antialias)
                 mirror = fn.random.coin_flip(probability=0.5) if flip else 0
+                if flip and fmap is not None:   # classes without a mirror class (and unlabeled clips) never flip
+                    mirror = mirror * lookup(label, [int(m >= 0) for m in fmap], 0)
+                    label = mirror * lookup(label, [max(m, 0) for m in fmap], 0) + (1 - mirror) * label
             else:
                 video = fn.resize(video, resize_shorter=clip.size)
                 mirror = 0
@@ -124,7 +134,7 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
                                                     mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
                                                     output_layout="CFHW"))
         x = out[0] if train else fn.stack(*out)     # eval: [views x crops, C, T, H, W] per clip
-        return x, meta[META_FIELDS.index("label")], meta[META_FIELDS.index("sample_id")]
+        return x, label, meta[META_FIELDS.index("sample_id")]
 
     pipe = pipeline()
     pipe.build()

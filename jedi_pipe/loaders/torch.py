@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..shards import META_EXT, ShardSet, decode_meta
-from .clip import ClipSpec, crop_offset, crop_positions, derive_seed, train_antialias, train_start, view_starts
+from .clip import (ClipSpec, crop_offset, crop_positions, derive_seed, flip_map, train_antialias, train_start,
+                   view_starts)
 
 
 # ---------------------------------------------------------------------------- per-clip stages
@@ -89,11 +90,18 @@ def crop_box(h: int, w: int, area: tuple, ratio: tuple, rng: random.Random) -> t
 def train_transform(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: bool,
                     antialias: bool = True) -> torch.Tensor:
     """[T, 3, H, W] -> [3, T, S, S]: one crop box and one flip for all frames."""
+    return train_transform_flipped(x, clip, rng, flip, antialias)[0]
+
+
+def train_transform_flipped(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: bool,
+                            antialias: bool = True) -> tuple[torch.Tensor, bool]:
+    """train_transform, and whether the clip was mirrored (its label may follow: clip.flip_map)."""
     top, left, ch, cw = crop_box(x.shape[2], x.shape[3], clip.area, clip.ratio, rng)
     x = _resize(x[:, :, top:top + ch, left:left + cw], clip.size, clip.size, antialias)
-    if flip and rng.random() < 0.5:
+    flipped = bool(flip and rng.random() < 0.5)
+    if flipped:
         x = x.flip(-1)
-    return _normalize(x, clip)
+    return _normalize(x, clip), flipped
 
 
 def eval_transform(x: torch.Tensor, clip: ClipSpec, crops: list[float] = (0.5,)) -> torch.Tensor:
@@ -129,6 +137,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         self.urls = [str(p) for p in shards.tars(role)]
         self.ext, self.clip, self.train, self.flip, self.views = shards.clip_ext, clip, train, flip, views
         self.crops = crops
+        self.flip_map = flip_map(shards) if flip else None
         self.antialias = train_antialias(shards, clip)
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, workers
 
@@ -163,13 +172,16 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     def _clip(self, sample: dict, rng: random.Random) -> dict:
         meta = decode_meta(sample[META_EXT])
-        data, frames = sample[self.ext], meta["frames"]
+        data, frames, y = sample[self.ext], meta["frames"], meta["label"]
         if self.train:
             decoded = read_frames(data, window(train_start(frames, self.clip, rng.random()), self.clip))
-            x = train_transform(to_tensor(decoded), self.clip, rng, self.flip, self.antialias)
+            fmap = self.flip_map
+            can_flip = self.flip and (fmap is None or (y >= 0 and fmap[y] >= 0))
+            x, flipped = train_transform_flipped(to_tensor(decoded), self.clip, rng, can_flip, self.antialias)
+            y = fmap[y] if flipped and fmap is not None else y     # the label follows the mirror image
         else:
             x = eval_views(data, frames, self.clip, self.views, self.crops)
-        return {"x": x, "y": meta["label"], "id": meta["sample_id"]}
+        return {"x": x, "y": y, "id": meta["sample_id"]}
 
 
 class TorchRoleLoader:
