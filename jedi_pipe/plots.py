@@ -353,7 +353,8 @@ def _confusion(new_figure, data: dict, kind: str = "student"):
     """Per dataset, `kind`'s test mistakes: the row-normalised matrix with class names (few classes),
     or the most confused (true -> predicted) pairs as bars (many: 51, 101, 174, 400 classes)."""
     names = [n for n in data["names"] if n in data["classes"] and "confusion" in data["results"][n].get(kind, {})]
-    fig = new_figure(figsize=(6.4 * len(names), 6.4), layout="constrained")
+    longest = max((len(c) for n in names for c in data["classes"][n]), default=10)   # names under the grid
+    fig = new_figure(figsize=(6.4 * len(names), 5.4 + 0.07 * longest), layout="constrained")
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, n in zip(axes, names):
         rec, classes = data["results"][n][kind], data["classes"][n]
