@@ -88,9 +88,11 @@ class Config:
     eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
     checkpoint_every: int = 50                  # steps between checkpoints (and at the end)
     compile: bool = False                       # torch.compile the backbones (GPU runs)
+    logger: str = "jsonl"                       # jsonl: metrics.jsonl; tensorboard: also TensorBoard events (pip install "jedi-pipe[tensorboard]")
 
     def __post_init__(self):
-        for key, allowed in (("loader", ("auto", "dali", "torch")), ("device", ("auto", "cpu", "cuda"))):
+        for key, allowed in (("loader", ("auto", "dali", "torch")), ("device", ("auto", "cpu", "cuda")),
+                             ("logger", ("jsonl", "tensorboard"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not self.datasets:

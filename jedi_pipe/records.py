@@ -86,6 +86,51 @@ def append_records(path, records) -> None:
             f.write(json.dumps(r.line()) + "\n")
 
 
+class MetricsLog:
+    """metrics.jsonl, the source of truth, and with `tensorboard=True` the same scalars as TensorBoard
+    events in <run>/tensorboard (pip install "jedi-pipe[tensorboard]"; `tensorboard --logdir <run>`).
+
+    Tags: `<dataset>/<quantity>` for step records (loss, lr, clips_per_s, input_wait, the terms),
+    `<dataset>/test_top1/<kind>` and `<dataset>/test_top5/<kind>` for evaluations. `resume_step`: the
+    events after it are dropped, as _truncate_metrics drops the lines.
+    """
+
+    def __init__(self, run, tensorboard: bool = False, resume_step: int | None = None):
+        self.path = Path(run) / "metrics.jsonl"
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise RuntimeError('logger: tensorboard needs the tensorboard package: '
+                                   'pip install "jedi-pipe[tensorboard]"') from None
+            logdir = Path(run) / "tensorboard"
+            if resume_step is None and logdir.exists():     # a fresh run, as metrics.jsonl starts anew
+                import shutil
+                shutil.rmtree(logdir)
+            self.writer = SummaryWriter(str(logdir), purge_step=None if resume_step is None else resume_step + 1)
+
+    def write(self, records) -> None:
+        append_records(self.path, records)
+        if self.writer is None:
+            return
+        for r in records:
+            if isinstance(r, StepRecord):
+                for name, value in {**r.line(), **r.terms}.items():
+                    if name not in ("step", "dataset") and value is not None:
+                        self.writer.add_scalar(f"{r.dataset}/{name}", value, r.step)
+            else:
+                for n, kinds in r.scores.items():
+                    for kind, v in kinds.items():
+                        self.writer.add_scalar(f"{n}/test_top1/{kind}", v["top1"], r.step)
+                        self.writer.add_scalar(f"{n}/test_top5/{kind}", v["top5"], r.step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def summary(scores: dict) -> dict:
     """{dataset: {kind: Scores}} without the per-class parts, as an EvalRecord holds them."""
     return {n: {k: {m: v[m] for m in ("top1", "top5", "n")} for k, v in kinds.items()} for n, kinds in scores.items()}

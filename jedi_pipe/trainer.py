@@ -30,7 +30,7 @@ from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
 from .models import build
-from .records import EvalRecord, StepRecord, append_records, parse_line, summary, write_results
+from .records import EvalRecord, MetricsLog, StepRecord, parse_line, summary, write_results
 from .weights_guard import check_init
 
 LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host sync on GPU)
@@ -364,6 +364,9 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         if jcfg.teacher_init == "probe" and cfg.jedi.teachers == "joint":
             probe_teachers(jedi, cfg, sets, device)
             jedi.reset_ema()
+    # metrics.jsonl (+ TensorBoard events with logger: tensorboard); rank 0 writes, the others log nowhere
+    metrics_log = MetricsLog(out, cfg.logger == "tensorboard", step if step else None) if distributed.is_main() \
+        else _NoLog()
 
     def save_checkpoint():
         rng = distributed.gather(rng_state())    # every rank's augmentation RNG, by rank
@@ -413,7 +416,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                     flat[f"{n}/pseudo_label_acc"] = (pl == label_true[n][b["id_u"]]).float().mean().item()
             flat = distributed.mean_over_ranks(flat)
             if distributed.is_main():
-                append_records(out / "metrics.jsonl", [
+                metrics_log.write([
                     StepRecord(step, n, lr, flat["loss"], flat["clips_per_s"], flat["input_wait"],
                                terms={k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(n + "/")})
                     for n in batch])
@@ -424,10 +427,12 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             scores = evaluate_jedi(jedi, cfg, sets, device)
             final = scores if step == total else None
             if distributed.is_main():
-                append_records(out / "metrics.jsonl", [EvalRecord(step, summary(scores))])
+                metrics_log.write([EvalRecord(step, summary(scores))])
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
             save_checkpoint()
+
+    metrics_log.close()
 
     # -- results
     if final is None:     # resumed from the final checkpoint: the loop did not run
@@ -436,6 +441,14 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     if distributed.is_main():
         write_results(out, results)
     return results
+
+
+class _NoLog:
+    def write(self, records):
+        pass
+
+    def close(self):
+        pass
 
 
 def expert_test(cfg: Config, name: str, ss: shardfmt.ShardSet, device) -> dict:

@@ -21,9 +21,10 @@ TINY = ["pretrain.epochs=3", "jedi.epochs=2", "pretrain.batch_size=4", "jedi.bat
 
 @pytest.fixture(scope="module")
 def tiny_run(shard_dirs, tmp_path_factory):
-    """A finished JEDI run on hmdb51 + ssv2 (DALI loader), mean teacher on, so every export path is used."""
+    """A finished JEDI run on hmdb51 + ssv2 (DALI loader), mean teacher on, so every export path is used;
+    with TensorBoard events beside metrics.jsonl."""
     out = tmp_path_factory.mktemp("run")
-    data = {"name": "tiny", "out": str(out), "seed": 0, "loader": "dali",
+    data = {"name": "tiny", "out": str(out), "seed": 0, "loader": "dali", "logger": "tensorboard",
             "datasets": [{"name": "hmdb51", "shards": str(shard_dirs["hmdb51"]), "model": "tiny3d"},
                          {"name": "ssv2", "shards": str(shard_dirs["ssv2"]), "model": "tiny3d", "flip": False}],
             "clip": {"frames": 4, "stride": 1, "size": 24, "eval_views": 2, "eval_crops": 3}}
@@ -130,3 +131,27 @@ def test_results_name_classes_and_record_views(tiny_run, shard_dirs):
     md = (run / "results.md").read_text()
     assert f"## hmdb51: top-1 per class (%), {res['datasets']['hmdb51']['student']['n']} test clips, 2 x 3 views" in md
     assert all(f"| {c} |" in md for c in res["classes"]["ssv2"])
+
+
+def test_tensorboard_events_hold_every_metrics_line(tiny_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jedi_pipe.records import read_metrics
+    run = Path(tiny_run.out)
+    steps, evals = read_metrics(run / "metrics.jsonl")
+    assert steps and evals
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for n in ("hmdb51", "ssv2"):
+        mine = [r for r in steps if r.dataset == n]
+        for name in ("loss", "lr", "clips_per_s", "input_wait", "sup_student", "distill", "pseudo_label_acc"):
+            events = acc.Scalars(f"{n}/{name}")
+            assert [e.step for e in events] == [r.step for r in mine], (n, name)
+            assert [e.value for e in events] == pytest.approx([r.value(name) for r in mine], rel=1e-6)
+        for kind in ("student", "teacher"):
+            events = acc.Scalars(f"{n}/test_top1/{kind}")
+            assert [(e.step, e.value) for e in events] == pytest.approx(
+                [(r.step, r.scores[n][kind]["top1"]) for r in evals])
+    assert all(t.split("/")[0] in ("hmdb51", "ssv2") for t in tags)
