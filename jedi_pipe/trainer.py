@@ -128,7 +128,7 @@ def eval_loader(cfg: Config, ss: shardfmt.ShardSet, role: str = "test", views: i
 
 @torch.no_grad()
 def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device) -> dict:
-    """Run `forward(x) -> {kind: logits}` over the test role; per kind, `scores` of the clips.
+    """Run `forward(x) -> {kind: logits}` over the test role; per kind, the `score_probs` record.
 
     Views of a clip (cfg.clip.eval_views windows x eval_crops crops) are averaged as
     probabilities; every test clip counts once (ids dedupe any padding a reader adds). Under
