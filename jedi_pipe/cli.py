@@ -28,7 +28,7 @@ def main():
     """jedi-pipe: multi-dataset semi-supervised video action recognition (JEDI).
 
     \b
-    Stages:  synth -> shard -> (inspect) -> pretrain -> train -> eval
+    Stages:  synth -> shard -> (inspect) -> pretrain -> train -> eval -> export -> predict
     Start with `jedi-pipe demo`, which runs them all on generated data.
     """
 

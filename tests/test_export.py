@@ -33,6 +33,12 @@ def tiny_run(shard_dirs, tmp_path_factory):
     return cfg
 
 
+@pytest.fixture(scope="module")
+def scored(tiny_run):
+    """`jedi-pipe eval` of the run: DALI over the test shards."""
+    return evaluate(tiny_run, log=lambda m: None)
+
+
 def _test_videos(shard_dir, synth_dir):
     t = open_shards(shard_dir).manifest(columns=["role", "source", "label_name"]).to_pylist()
     rows = [r for r in t if r["role"] == "test"]
@@ -40,7 +46,7 @@ def _test_videos(shard_dir, synth_dir):
 
 
 @pytest.mark.parametrize("which", ["student", "teacher", "expert"])
-def test_predict_on_raw_videos_agrees_with_eval(tiny_run, synth_root, shard_dirs, tmp_path, which):
+def test_predict_on_raw_videos_agrees_with_eval(tiny_run, scored, synth_root, shard_dirs, tmp_path, which):
     path = export_model(tiny_run.out, "hmdb51", which, tmp_path / "m.pt2")
     model = load_model(path)
     assert model.card["which"] == which and model.classes == open_shards(shard_dirs["hmdb51"]).classes
@@ -57,8 +63,8 @@ def test_predict_on_raw_videos_agrees_with_eval(tiny_run, synth_root, shard_dirs
     raw_top1 = [r["top"][0]["class"] for r in raw]
     hits = sum(p == y for p, y in zip(raw_top1, labels))
 
-    scored = evaluate(tiny_run, log=lambda m: None)["datasets"]["hmdb51"][which]   # DALI over the test shards
-    assert abs(hits - scored["top1"] / 100 * len(labels)) <= 2, (hits, len(labels), scored)
+    top1 = scored["datasets"]["hmdb51"][which]["top1"]
+    assert abs(hits - top1 / 100 * len(labels)) <= 2, (hits, len(labels), top1)
 
     # raw videos are transcoded bit-exactly as the shards were: clip for clip the same answer as the
     # torch loader on the test shards
