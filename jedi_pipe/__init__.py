@@ -8,6 +8,8 @@ The Python API mirrors the CLI (each command is a thin layer over one of these):
     cfg = jedi_pipe.load_config("train/demo.yaml", ["jedi.epochs=5"])
     jedi_pipe.pretrain(cfg); jedi_pipe.train(cfg); jedi_pipe.evaluate(cfg)
     jedi_pipe.plot(cfg.out)                                          # jedi-pipe plot
+    jedi_pipe.export_model(cfg.out, "hmdb51", "student", "m.pt2")   # jedi-pipe export
+    list(jedi_pipe.predict("m.pt2", ["v.avi"]))                      # jedi-pipe predict
     loader = jedi_pipe.make_loaders([{"shards": "shards/hmdb51"}], clip={"frames": 8, "size": 32})
 """
 __version__ = "0.1.0"
@@ -23,6 +25,9 @@ _API = {
     "make_loaders": ("loaders", "make_loaders"),
     "make_eval_loader": ("loaders", "make_eval_loader"),
     "open_shards": ("shards", "open_shards"),
+    "export_model": ("export", "export_model"),
+    "load_model": ("export", "load_model"),
+    "predict": ("predict", "predict_videos"),
 }
 
 

@@ -28,7 +28,7 @@ def main():
     """jedi-pipe: multi-dataset semi-supervised video action recognition (JEDI).
 
     \b
-    Stages:  synth -> shard -> (inspect) -> pretrain -> train -> eval
+    Stages:  synth -> shard -> (inspect) -> pretrain -> train -> eval -> export -> predict
     Start with `jedi-pipe demo`, which runs them all on generated data.
     """
 
@@ -158,6 +158,7 @@ def inspect(shard_dir, preview, as_json):
                    f"{c['encoding']['codec']} {c['encoding']['short_side']}px {c['encoding']['fps']}fps")
         click.echo("  " + ", ".join(f"{r}: {c['counts'][r]} in {len(c['shards'][r])} tar(s)" for r in c["counts"]))
         click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; {c['bytes'] / 1e6:.1f} MB")
+        _echo_flips(ss)
         click.echo(f"  check: {report['samples_checked']} samples read, "
                    + ("all match the manifest" if report["ok"] else f"{len(report['problems'])} problem(s):"))
         for p in report["problems"][:20]:
@@ -169,6 +170,20 @@ def inspect(shard_dir, preview, as_json):
             fail(str(e))
     if not report["ok"]:
         sys.exit(1)
+
+
+def _echo_flips(ss):
+    """The mirror-class pairs that training flips use (loaders/clip.py flip_map), for datasets with directions."""
+    from .loaders.clip import flip_map, flip_pairs
+    fmap = flip_map(ss)
+    if fmap is None:
+        return
+    pairs, never = flip_pairs(ss.classes, fmap)
+    click.echo(f"  flips: {len(pairs)} mirror pair(s) swap their labels, {len(never)} class(es) never flipped")
+    for a, b in pairs:
+        click.echo(f"    {a} <-> {b}")
+    for a in never:
+        click.echo(f"    never flipped: {a}")
 
 
 def _config(path, overrides):
@@ -206,10 +221,13 @@ def pretrain(config_path, overrides, resume):
 @click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoint.pt (model, optimizer, step, RNG, loader position).")
 def train(config_path, overrides, resume):
     """Joint JEDI training from the experts (pretrained first when missing); writes results.json/.md."""
-    from .trainer import results_table, train as run
+    from .plots import draw
+    from .records import results_table
+    from .trainer import train as run
     cfg = _config(config_path, overrides)
     results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
+        draw(cfg.out, click.echo)
         click.echo(results_table(results))
         click.echo(f"outputs in {cfg.out}")
 
@@ -281,7 +299,7 @@ def demo(out, quick, seed, overrides):
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def plot(run_dir):
-    """Draw a run folder as curves.png (top-1 and losses over steps) and results.png (bars).
+    """Draw a run folder: curves.png (top-1 and losses over steps), results.png (bars), confusion.png.
 
     Works while training runs (experts/*.pt and metrics.jsonl) and after (results.json).
     Needs matplotlib: pip install "jedi-pipe[plots]".
@@ -289,6 +307,68 @@ def plot(run_dir):
     from .plots import write_plots
     for path in _run_guarded(lambda: write_plots(run_dir)):
         click.echo(str(path))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--dataset", required=True, help="Which dataset's classifier (a dataset name of the run).")
+@click.option("--which", type=click.Choice(["student", "teacher", "expert"]), default="student", show_default=True,
+              help="student: one backbone; teacher: every backbone of the run (usually the best); expert: before JEDI.")
+@click.option("--out", default="model.pt2", show_default=True, type=click.Path(dir_okay=False),
+              help="File to write (a torch.export archive; keep the .pt2 suffix for plain torch.export.load).")
+def export(run_dir, dataset, which, out):
+    """Write one model of a run as a self-contained file: weights, graph, class names, clip spec.
+
+    \b
+    Plain PyTorch, without jedi-pipe:
+        import torch
+        model = torch.export.load("model.pt2").module()   # clips [B,3,T,S,S] -> logits
+    jedi-pipe: jedi_pipe.load_model("model.pt2"), or `jedi-pipe predict --model model.pt2 VIDEO...`.
+    """
+    from .export import export_model
+    path = _run_guarded(lambda: export_model(run_dir, dataset, which, out))
+    click.echo(f"{path}: {which} of {dataset} ({Path(path).stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A file written by `jedi-pipe export`.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--role", default="test", show_default=True, help="With a shard folder as input: the role to predict.")
+@click.option("-k", "--top", "k", default=5, show_default=True, type=click.IntRange(1, None), help="Classes shown per video.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line (video or key, top classes with probabilities).")
+def predict(model_path, inputs, role, k, as_json):
+    """Top-k classes of videos (any format ffmpeg reads), or of a shard folder's clips.
+
+    Videos are transcoded and sampled exactly as the model's shards were (fps, short side,
+    frames, stride, views). A video that cannot be decoded is named on stderr and the others are
+    still predicted; the exit is non-zero only when none could be.
+    """
+    from .export import load_model
+    from .predict import predict_shards, predict_videos
+    model = _run_guarded(lambda: load_model(model_path))
+    ok = bad = 0
+
+    def show(r, name):
+        if as_json:
+            click.echo(json.dumps(r))
+        else:
+            click.echo(f"{name}: " + ", ".join(f"{t['class']} {t['prob']:.2f}" for t in r["top"]))
+
+    for item in inputs:
+        if (Path(item) / "dataset.json").is_file():
+            for r in _run_guarded(lambda: list(predict_shards(model, item, role=role, k=k))):
+                show(r, f"{item}/{r['key']}")
+                ok += 1
+            continue
+        for r in predict_videos(model, [item], k=k):
+            if "error" in r:
+                click.echo(f"error: {item}: {r['error']}", err=True)
+                bad += 1
+            else:
+                show(r, item)
+                ok += 1
+    if not ok:
+        fail(f"no prediction: none of the {bad} input(s) could be decoded")
 
 
 class _bar:

@@ -27,8 +27,9 @@ class DatasetCfg:
     name: str                     # dataset name (results, checkpoints and logs use it)
     shards: str                   # shard folder written by `jedi-pipe shard`
     model: str = "tiny3d"         # registered model (jedi_pipe.models.list_models())
-    flip: bool = True             # horizontal flip in training; false for direction-dependent labels (ssv2)
+    flip: bool = True             # horizontal flip in training; ssv2's left/right classes swap with it (loaders/clip.py flip_map)
     init: str = ""                # optional weights file for the backbone (e.g. torchvision's r3d_18 .pth)
+    init_trained_on_ok: bool = False   # allow an init trained on this very dataset (refused by default: weights_guard.py)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ClipCfg:
     stride: int = 1               # temporal stride between sampled frames
     size: int = 32                # crop size in pixels (H = W)
     eval_views: int = 1           # temporal windows averaged per test clip
+    eval_crops: int = 1           # spatial crops across the long side per window (3: the standard 3-crop test)
 
 
 @dataclass
@@ -88,9 +90,11 @@ class Config:
     eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
     checkpoint_every: int = 50                  # steps between checkpoints (and at the end)
     compile: bool = False                       # torch.compile the backbones (GPU runs)
+    logger: str = "jsonl"                       # jsonl: metrics.jsonl; tensorboard: also TensorBoard events (pip install "jedi-pipe[tensorboard]")
 
     def __post_init__(self):
-        for key, allowed in (("loader", ("auto", "dali", "torch")), ("device", ("auto", "cpu", "cuda"))):
+        for key, allowed in (("loader", ("auto", "dali", "torch")), ("device", ("auto", "cpu", "cuda")),
+                             ("logger", ("jsonl", "tensorboard"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         if not self.datasets:

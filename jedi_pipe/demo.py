@@ -38,7 +38,9 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
     from . import synth
     from .inspect_shards import verify_shards
     from .make_shards import make_shards
-    from .trainer import results_table, train
+    from .plots import draw
+    from .records import results_table
+    from .trainer import train
 
     out = Path(out)
     echo(f"jedi-pipe demo: writing into {out.resolve()} (--out to change)")
@@ -67,9 +69,10 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
     echo(f"[4/5] pretrain + [5/5] JEDI: {', '.join(d.model for d in cfg.datasets[:1])} students, "
          f"{cfg.pretrain.epochs} expert epochs, {cfg.jedi.epochs} joint epochs")
     results = train(cfg, resume=True, log=lambda m: echo("      " + m))
+    draw(cfg.out, lambda m: echo("      " + m))
 
     echo("")
     echo(results_table(results))
     echo(f"done in {time.time() - t0:.0f}s. Outputs: {Path(cfg.out).resolve()} "
-         "(results.md, results.json, curves.png, results.png, metrics.jsonl, experts/, checkpoint.pt)")
+         "(results.md, results.json, curves.png, results.png, confusion.png, metrics.jsonl, experts/, checkpoint.pt)")
     return results

@@ -1,4 +1,5 @@
-"""Pictures of a run folder: curves.png (accuracy and losses over steps) and results.png (bars).
+"""Pictures of a run folder: curves.png (accuracy and losses over steps), results.png (bars) and
+confusion.png (a finished run's mistakes per dataset: the matrix, or the most confused pairs).
 
 Works on a finished run (results.json) and on one still training: the expert numbers and the
 number of classes then come from experts/<dataset>.pt, student and teacher from the latest
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 from .errors import InputError, MissingError, UnavailableError
+from .records import confused_pairs, read_metrics
 
 MISSING_MATPLOTLIB = 'pictures need matplotlib: pip install "jedi-pipe[plots]"'
 
@@ -55,6 +57,21 @@ def write_plots(run_dir) -> list[Path]:
         written.append(_save(_curves(new_figure, data), run / "curves.png"))
     if data["results"] or data["experts"]:
         written.append(_save(_bars(new_figure, data), run / "results.png"))
+    if data["classes"] and any("confusion" in k for kinds in data["results"].values() for k in kinds.values()):
+        written.append(_save(_confusion(new_figure, data), run / "confusion.png"))
+    return written
+
+
+def draw(run_dir, log=print) -> list[Path]:
+    """write_plots for callers that finish a run (CLI, demo): without matplotlib, say so and go on."""
+    try:
+        written = write_plots(run_dir)
+    except RuntimeError as e:
+        if str(e) != MISSING_MATPLOTLIB:
+            raise
+        log(f"no pictures: {e}")
+        return []
+    log("pictures: " + ", ".join(str(p) for p in written))
     return written
 
 
@@ -63,8 +80,9 @@ def write_plots(run_dir) -> list[Path]:
 def read_run(run: Path) -> dict:
     """Everything the pictures show, from the files a run folder has at any point of training.
 
-    Returns {"name", "names" (datasets in run order), "steps" {dataset: [metrics line]},
-    "evals" [(step, {dataset: {kind: {top1, top5}}})], "results" (results.json or None),
+    Returns {"name", "names" (datasets in run order), "steps" {dataset: [StepRecord]},
+    "evals" [(step, {dataset: {kind: {top1, top5}}})], "results" (results.json's datasets or None),
+    "classes" {dataset: class names} (results.json),
     "experts" {dataset: {"top1", "num_classes"}}, "finished" (bool)}.
     """
     name = run.name
@@ -76,22 +94,17 @@ def read_run(run: Path) -> dict:
         except yaml.YAMLError:
             pass
     steps, evals = {}, {}
-    metrics = run / "metrics.jsonl"
-    if metrics.is_file():
-        for ln in metrics.read_text().splitlines():
-            try:
-                rec = json.loads(ln)
-            except json.JSONDecodeError:   # a line cut short by a kill mid-write
-                continue
-            if "eval" in rec:
-                evals[rec["step"]] = rec["eval"]          # a repeated step keeps its last line
-            elif "dataset" in rec:
-                steps.setdefault(rec["dataset"], {})[rec["step"]] = rec
+    step_records, eval_records = read_metrics(run / "metrics.jsonl")
+    for rec in eval_records:
+        evals[rec.step] = rec.scores          # a repeated step keeps its last line
+    for rec in step_records:
+        steps.setdefault(rec.dataset, {})[rec.step] = rec
     steps = {n: [by_step[s] for s in sorted(by_step)] for n, by_step in steps.items()}
-    results = None
+    results, classes = None, {}
     if (run / "results.json").is_file():
         try:
-            results = json.loads((run / "results.json").read_text())["datasets"]
+            saved = json.loads((run / "results.json").read_text())
+            results, classes = saved["datasets"], saved.get("classes", {})   # runs before per-class results lack it
         except (json.JSONDecodeError, KeyError):
             raise InputError(f"{run / 'results.json'} is not a results file (expected {{\"datasets\": ...}})") from None
     experts = {}
@@ -104,7 +117,7 @@ def read_run(run: Path) -> dict:
         if n not in names:
             names.append(n)
     return {"name": name, "run": run, "names": names, "steps": steps,
-            "evals": sorted(evals.items()), "results": results, "experts": experts,
+            "evals": sorted(evals.items()), "results": results, "classes": classes, "experts": experts,
             "finished": results is not None}
 
 
@@ -140,13 +153,13 @@ def _final(data: dict) -> tuple[dict, str]:
 
 def _curves(new_figure, data: dict):
     names = data["names"]
-    has_pseudo = any(k in rec for recs in data["steps"].values() for rec in recs for k in PSEUDO)
+    has_pseudo = any(rec.value(k) is not None for recs in data["steps"].values() for rec in recs for k in PSEUDO)
     rows = 2 + has_pseudo
     cols = len(names) + (len(names) > 1)        # last column: all datasets together
     fig = new_figure(figsize=(3.6 * cols, 3.0 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     experts = {n: _final(data)[0].get(n, {}).get("expert") for n in names}
-    last_step = max([s for s, _ in data["evals"]] + [r["step"] for recs in data["steps"].values() for r in recs])
+    last_step = max([s for s, _ in data["evals"]] + [r.step for recs in data["steps"].values() for r in recs])
 
     for col, n in enumerate(names):
         _accuracy_panel(axes[0, col], n, [(s, ev[n]) for s, ev in data["evals"] if n in ev],
@@ -206,7 +219,7 @@ def _note(ax, text):
 
 
 def _series(recs, key):
-    pts = [(r["step"], r[key]) for r in recs if r.get(key) is not None]
+    pts = [(r.step, r.value(key)) for r in recs if r.value(key) is not None]
     return tuple(zip(*pts)) if pts else None
 
 
@@ -269,8 +282,8 @@ def _mean_column(axes, data, names, experts, has_pseudo):
         by_step = {}
         for n in names:
             for r in data["steps"].get(n, []):
-                if r.get("pseudo_label_acc") is not None:
-                    by_step.setdefault(r["step"], []).append(100 * r["pseudo_label_acc"])
+                if r.value("pseudo_label_acc") is not None:
+                    by_step.setdefault(r.step, []).append(100 * r.value("pseudo_label_acc"))
         if by_step:
             steps = sorted(by_step)
             _line(ax, steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], color=PSEUDO["pseudo_label_acc"][1],
@@ -328,6 +341,48 @@ def _bars(new_figure, data: dict):
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=len(kinds) + chance_drawn,
               frameon=False)
     ax.set_title(f"JEDI run '{data['name']}': test top-1 per dataset\n{source}", fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------------------- confusion.png
+
+GRID_MAX = 30      # up to this many classes the whole matrix is readable; beyond, the most confused pairs
+PAIRS = 15         # pairs shown per dataset with many classes
+
+
+def _confusion(new_figure, data: dict, kind: str = "student"):
+    """Per dataset, `kind`'s test mistakes: the row-normalised matrix with class names (few classes),
+    or the most confused (true -> predicted) pairs as bars (many: 51, 101, 174, 400 classes)."""
+    names = [n for n in data["names"] if n in data["classes"] and "confusion" in data["results"][n].get(kind, {})]
+    longest = max((len(c) for n in names for c in data["classes"][n]), default=10)   # names under the grid
+    fig = new_figure(figsize=(6.4 * len(names), 5.4 + 0.07 * longest), layout="constrained")
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    for ax, n in zip(axes, names):
+        rec, classes = data["results"][n][kind], data["classes"][n]
+        C = len(classes)
+        if C <= GRID_MAX:
+            grid = [[0.0] * C for _ in range(C)]
+            for t, q, c in rec["confusion"]:
+                grid[t][q] += c
+            rows = [[v / (sum(row) or 1) for v in row] for row in grid]
+            im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+            ax.set_xticks(range(C), classes, rotation=90, fontsize=7)
+            ax.set_yticks(range(C), classes, fontsize=7)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            fig.colorbar(im, ax=ax, shrink=0.7, label="fraction of the true class")
+        else:
+            pairs = confused_pairs(rec, classes, PAIRS)[::-1]      # largest on top
+            ax.barh(range(len(pairs)), [c for _, _, c, _ in pairs], color=COLORS[kind])
+            ax.set_yticks(range(len(pairs)), [f"{t} -> {q}" for t, q, _, _ in pairs], fontsize=8)
+            for i, (_, _, c, m) in enumerate(pairs):
+                ax.text(c, i, f" {c}/{m}", va="center", fontsize=7)
+            ax.set_xlabel("test clips (of the true class's)")
+            if not pairs:
+                _note(ax, "no mistakes")
+        ax.set_title(f"{n} ({C} classes): {kind} top-1 {rec['top1']:.1f}"
+                     + ("" if C <= GRID_MAX else f"\n{PAIRS} most confused pairs, true -> predicted"), fontsize=10)
+    fig.suptitle(f"JEDI run '{data['name']}': test confusions of the {kind}s", fontsize=12, weight="bold")
     return fig
 
 

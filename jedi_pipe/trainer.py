@@ -5,7 +5,8 @@ Run folder (`cfg.out`):
     experts/<dataset>.pt        one expert per dataset, trained on its labeled clips only
     checkpoint.pt               the joint run's latest checkpoint (model, optimizer, step, RNG, loader)
     metrics.jsonl               one line per logged step and dataset, plus evaluation lines
-    results.json / results.md   expert, student and teacher top-1/top-5 per dataset
+    results.json / results.md   expert, student and teacher top-1/top-5, per-class top-1 and confusions per
+                                dataset, class names, evaluation views (run_results, score_probs)
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ from . import shards as shardfmt
 from .config import Config, save_config
 from .errors import InputError, MissingError, UnavailableError
 from .jedi import JEDI, EMABaseline, JEDIConfig, fit_teacher_heads_probe, jedi_losses
-from .loaders import resolve_backend, role_loader
+from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
 from .models import build
+from .records import EvalRecord, MetricsLog, StepRecord, parse_line, summary, write_results
+from .weights_guard import check_init
 
 LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host sync on GPU)
 
@@ -117,16 +120,22 @@ def quiet_unless_main(log):
 
 # ---------------------------------------------------------------------------- evaluation
 
+def eval_loader(cfg: Config, ss: shardfmt.ShardSet, role: str = "test", views: int = 1, crops: int = 1):
+    """This rank's share of a role, as the evaluation loader of the run's backend and clip."""
+    return make_eval_loader(ss, clip_spec(cfg), cfg.eval_batch_size, views=views, crops=crops, backend=cfg.loader,
+                            rank=distributed.rank(), world_size=distributed.world_size(), threads=cfg.threads,
+                            role=role)
+
+
 @torch.no_grad()
 def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device) -> dict:
-    """Run `forward(x) -> {kind: logits}` over the test role; top-1/top-5 (%) per kind.
+    """Run `forward(x) -> {kind: logits}` over the test role; per kind, the `score_probs` record.
 
-    Views of a clip are averaged as probabilities; every test clip counts once (ids dedupe any
-    padding a reader adds). Under torchrun each rank runs its part and every rank gets the totals.
+    Views of a clip (cfg.clip.eval_views windows x eval_crops crops) are averaged as
+    probabilities; every test clip counts once (ids dedupe any padding a reader adds). Under
+    torchrun each rank runs its part and every rank gets the totals.
     """
-    loader = role_loader_cls(cfg, [ss])(ss, "test", clip_spec(cfg), cfg.eval_batch_size, train=False,
-                                         views=cfg.clip.eval_views, threads=cfg.threads, rank=distributed.rank(),
-                                         world_size=distributed.world_size())
+    loader = eval_loader(cfg, ss, "test", cfg.clip.eval_views, cfg.clip.eval_crops)
     probs, labels, ids = {}, [], []
     for b in loader:
         x = b["x"]                                    # [B, V, C, T, H, W]
@@ -146,15 +155,27 @@ def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device) -> dict
     _, first = np.unique(ids_t.numpy(), return_index=True)
     keep = torch.as_tensor(np.sort(first))
     y = torch.cat(labels)[keep]
-    result = {}
-    for kind, ps in probs.items():
-        p = torch.cat(ps)[keep]
-        k = min(5, p.shape[1])
-        topk = p.topk(k, dim=1).indices
-        result[kind] = {"top1": round(100.0 * (topk[:, 0] == y).float().mean().item(), 2),
-                        "top5": round(100.0 * (topk == y[:, None]).any(1).float().mean().item(), 2),
-                        "n": int(len(y))}
-    return result
+    return {kind: score_probs(torch.cat(ps)[keep], y) for kind, ps in probs.items()}
+
+
+def score_probs(p: torch.Tensor, y: torch.Tensor) -> dict:
+    """Scores of class probabilities p [N, C] against labels y [N] (the record results.json keeps):
+
+    top1, top5: % of clips; n: clips; per_class: top-1 % of each class (None: no test clip);
+    confusion: [true, predicted, clips] for every non-zero cell (sparse: 400 classes stay small).
+    """
+    C = p.shape[1]
+    topk = p.topk(min(5, C), dim=1).indices
+    pred = topk[:, 0]
+    cells = torch.bincount(y * C + pred, minlength=C * C).view(C, C)
+    support = cells.sum(1)
+    nz = cells.nonzero().tolist()
+    return {"top1": round(100.0 * (pred == y).float().mean().item(), 2),
+            "top5": round(100.0 * (topk == y[:, None]).any(1).float().mean().item(), 2),
+            "n": int(len(y)),
+            "per_class": [round(100.0 * cells[c, c].item() / support[c].item(), 2) if support[c] else None
+                          for c in range(C)],
+            "confusion": [[t, q, int(cells[t, q])] for t, q in nz]}
 
 
 # ---------------------------------------------------------------------------- experts
@@ -165,7 +186,9 @@ def expert_path(cfg: Config, name: str) -> Path:
 
 def expert_signature(config: dict, name: str) -> dict:
     """What an expert depends on: its dataset entry, the clip, the pretrain schedule, the seed."""
-    return {"dataset": next(d for d in config["datasets"] if d["name"] == name), "clip": config["clip"],
+    # evaluation settings do not change an expert's weights
+    clip = {k: v for k, v in config["clip"].items() if not k.startswith("eval_")}
+    return {"dataset": next(d for d in config["datasets"] if d["name"] == name), "clip": clip,
             "pretrain": config["pretrain"], "seed": config["seed"]}
 
 
@@ -190,6 +213,8 @@ def pretrain(cfg: Config, log=print) -> dict:
     out = prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
+    for d in cfg.datasets:      # before any training: a refused init should not cost an hour of experts
+        check_init(d.name, {sets[d.name].card.get("dataset", d.name)}, d.init, d.init_trained_on_ok)
     RoleLoader = role_loader_cls(cfg, sets.values())
     metrics = {}
     for i, d in enumerate(cfg.datasets):
@@ -261,6 +286,13 @@ def joint_model(experts: dict, cfg: Config):
     return JEDI.from_experts(experts, jedi_config(cfg))
 
 
+def load_joint(cfg: Config, experts: dict, checkpoint, device):
+    """The joint model (students and teachers) of a checkpoint written by `train`."""
+    jedi = joint_model(experts, cfg).to(device)
+    jedi.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    return jedi
+
+
 def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1) -> MultiDatasetLoader:
     """The joint phase's batches: per step, labeled and unlabeled clips of every dataset."""
     return MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
@@ -273,8 +305,8 @@ def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1) -> MultiDatas
 def teacher_features(jedi: JEDI, cfg: Config, ss: shardfmt.ShardSet, role: str, device) -> tuple:
     """[f_1; ...; f_N] of every clip of a role (one centre view, eval mode), and the labels."""
     jedi.eval()
-    loader = role_loader_cls(cfg, [ss])(ss, role, clip_spec(cfg), cfg.eval_batch_size, train=False,
-                                        threads=cfg.threads)
+    loader = make_eval_loader(ss, clip_spec(cfg), cfg.eval_batch_size, backend=cfg.loader, threads=cfg.threads,
+                              role=role)
     fs, ys = [], []
     for b in loader:
         fs.append(jedi.teacher_features(to_device(b["x"][:, 0], device)).float())
@@ -333,6 +365,9 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         if jcfg.teacher_init == "probe" and cfg.jedi.teachers == "joint":
             probe_teachers(jedi, cfg, sets, device)
             jedi.reset_ema()
+    # metrics.jsonl (+ TensorBoard events with logger: tensorboard); rank 0 writes, the others log nowhere
+    metrics_log = MetricsLog(out, cfg.logger == "tensorboard", step if step else None) if distributed.is_main() \
+        else _NoLog()
 
     def save_checkpoint():
         rng = distributed.gather(rng_state())    # every rank's augmentation RNG, by rank
@@ -382,10 +417,10 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                     flat[f"{n}/pseudo_label_acc"] = (pl == label_true[n][b["id_u"]]).float().mean().item()
             flat = distributed.mean_over_ranks(flat)
             if distributed.is_main():
-                append_jsonl(out / "metrics.jsonl", [
-                    {"step": step, "dataset": n, "lr": lr, "loss": flat["loss"], "clips_per_s": flat["clips_per_s"],
-                     "input_wait": flat["input_wait"],
-                     **{k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(n + "/")}} for n in batch])
+                metrics_log.write([
+                    StepRecord(step, n, lr, flat["loss"], flat["clips_per_s"], flat["input_wait"],
+                               terms={k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(n + "/")})
+                    for n in batch])
             t_wait = t_step = 0.0
             clips_done = 0
         epoch_end = step % loader.steps_per_epoch == 0
@@ -393,33 +428,47 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             scores = evaluate_jedi(jedi, cfg, sets, device)
             final = scores if step == total else None
             if distributed.is_main():
-                append_jsonl(out / "metrics.jsonl", [{"step": step, "eval": scores}])
+                metrics_log.write([EvalRecord(step, summary(scores))])
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
             save_checkpoint()
 
+    metrics_log.close()
+
     # -- results
-    results = {"datasets": {}}
     if final is None:     # resumed from the final checkpoint: the loop did not run
         final = evaluate_jedi(jedi, cfg, sets, device)
-    for n in names:
-        expert = torch.load(expert_path(cfg, n), map_location="cpu", weights_only=False)["test"]
-        results["datasets"][n] = {"expert": _topk(expert), **{k: _topk(v) for k, v in final[n].items()}}
+    results = run_results(cfg, sets, {n: expert_test(cfg, n, sets[n], device) for n in names}, final)
     if distributed.is_main():
         write_results(out, results)
-        draw_pictures(out, log)
     return results
 
 
-def draw_pictures(out: Path, log) -> None:
-    """curves.png and results.png in the run folder; matplotlib is an optional extra."""
-    from .plots import MISSING_MATPLOTLIB, write_plots
-    try:
-        log("pictures: " + ", ".join(str(p) for p in write_plots(out)))
-    except RuntimeError as e:
-        if str(e) != MISSING_MATPLOTLIB:
-            raise
-        log(f"no pictures: {e}")
+class _NoLog:
+    def write(self, records):
+        pass
+
+    def close(self):
+        pass
+
+
+def expert_test(cfg: Config, name: str, ss: shardfmt.ShardSet, device) -> dict:
+    """An expert's test scores: those saved by pretrain, unless the evaluation settings changed since."""
+    ck = torch.load(expert_path(cfg, name), map_location="cpu", weights_only=False)
+    evals = {k: v for k, v in ck["config"]["clip"].items() if k.startswith("eval_")}
+    if "per_class" in ck["test"] and evals == {k: v for k, v in cfg.to_dict()["clip"].items() if k.startswith("eval_")}:
+        return ck["test"]
+    model = load_expert(cfg, name, device).eval()
+    return evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
+
+
+def run_results(cfg: Config, sets, experts: dict, joint: dict) -> dict:
+    """The results.json record: per dataset, the `score_probs` of expert, student and teacher;
+    the class names that per_class and confusion index; the evaluation views."""
+    names = [d.name for d in cfg.datasets]
+    return {"datasets": {n: {"expert": experts[n], **joint.get(n, {})} for n in names},
+            "classes": {n: sets[n].classes for n in names},
+            "views": {"temporal": cfg.clip.eval_views, "spatial": cfg.clip.eval_crops}}
 
 
 @torch.no_grad()
@@ -447,31 +496,8 @@ def _label_true(ss: shardfmt.ShardSet) -> np.ndarray:
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop lines logged after the checkpoint: they will be logged again."""
     if path.is_file():
-        keep = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        keep = [ln for ln in path.read_text().splitlines() if ln and (r := parse_line(ln)) and r.step <= step]
         path.write_text("".join(ln + "\n" for ln in keep))
-
-
-def _topk(m: dict) -> dict:
-    return {"top1": m["top1"], "top5": m["top5"]}
-
-
-def write_results(out: Path, results: dict) -> None:
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    (out / "results.md").write_text(results_table(results))
-
-
-def results_table(results: dict) -> str:
-    lines = ["| dataset | expert top-1 | student top-1 (Δ) | teacher top-1 (Δ) | expert top-5 | student top-5 | teacher top-5 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    rows = results["datasets"]
-    for n, r in rows.items():
-        e, s, t = r["expert"], r["student"], r["teacher"]
-        lines.append(f"| {n} | {e['top1']:.1f} | {s['top1']:.1f} ({s['top1'] - e['top1']:+.1f}) | "
-                     f"{t['top1']:.1f} ({t['top1'] - e['top1']:+.1f}) | {e['top5']:.1f} | {s['top5']:.1f} | {t['top5']:.1f} |")
-    mean = {k: sum(r[k]["top1"] for r in rows.values()) / len(rows) for k in ("expert", "student", "teacher")}
-    lines.append(f"| mean | {mean['expert']:.1f} | {mean['student']:.1f} ({mean['student'] - mean['expert']:+.1f}) | "
-                 f"{mean['teacher']:.1f} ({mean['teacher'] - mean['expert']:+.1f}) | | | |")
-    return "\n".join(lines) + "\n"
 
 
 def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
@@ -487,16 +513,14 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
         if not expert_path(cfg, n).is_file():
             raise MissingError(f"no expert for {n} in {out / 'experts'}: run `jedi-pipe pretrain` first")
         experts[n] = load_expert(cfg, n, device).eval()
-    results = {"datasets": {n: {"expert": _topk(evaluate_logits(lambda x, n=n: {"expert": experts[n](x)},
-                                                                  sets[n], cfg, device)["expert"])} for n in names}}
+    expert_scores = {n: evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device)["expert"]
+                     for n in names}
+    joint = {}
     ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
     if ckpt.is_file():
-        jedi = joint_model(experts, cfg).to(device)
-        jedi.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
-        for n, kinds in evaluate_jedi(jedi, cfg, sets, device).items():
-            results["datasets"][n].update({k: _topk(v) for k, v in kinds.items()})
+        joint = evaluate_jedi(load_joint(cfg, experts, ckpt, device), cfg, sets, device)
     elif checkpoint:
         raise MissingError(f"checkpoint {ckpt} does not exist")
     else:
         log(f"no JEDI checkpoint in {out}: evaluating the experts only")
-    return results
+    return run_results(cfg, sets, expert_scores, joint)

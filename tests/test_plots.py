@@ -39,14 +39,25 @@ def make_run(root, stage: str):
                 n: {kind: {"top1": EXPERT_TOP1[n] + step / 4 + d, "top5": 95.0, "n": 40}
                     for kind, d in (("student", 0.0), ("teacher", 2.0))} for n in NAMES}}])
     if stage == "finished":
-        trainer.write_results(out, {"datasets": {n: {"expert": {"top1": EXPERT_TOP1[n], "top5": 90.0},
-                                                     "student": {"top1": EXPERT_TOP1[n] + 10, "top5": 95.0},
-                                                     "teacher": {"top1": EXPERT_TOP1[n] + 12, "top5": 95.0}}
-                                                 for n in NAMES}})
+        trainer.write_results(out, results_of({n: k for n, k in NAMES.items()}))
     else:   # killed mid-write: the last line is cut short
         with open(out / "metrics.jsonl", "a") as f:
             f.write('{"step": 30, "dataset": "hmd')
     return out
+
+
+def results_of(classes: dict, seed: int = 0) -> dict:
+    """A results.json record as the trainer writes it, scored from random predictions (40 clips a class)."""
+    g = torch.Generator().manual_seed(seed)
+    res = {"datasets": {}, "classes": {n: [f"class_{i}" for i in range(k)] for n, k in classes.items()},
+           "views": {"temporal": 1, "spatial": 3}}
+    for n, k in classes.items():
+        y = torch.arange(k).repeat_interleave(40)
+        res["datasets"][n] = {}
+        for kind, sharp in (("expert", 1.0), ("student", 2.0), ("teacher", 3.0)):
+            logits = torch.randn(len(y), k, generator=g) + sharp * torch.nn.functional.one_hot(y, k)
+            res["datasets"][n][kind] = trainer.score_probs(logits.softmax(-1), y)
+    return res
 
 
 def assert_png(path, min_w=600, min_h=400):
@@ -63,9 +74,10 @@ def test_cli_plots_a_finished_run(tmp_path):
     run = make_run(tmp_path / "run", "finished")
     r = CliRunner().invoke(main, ["plot", str(run)])
     assert r.exit_code == 0, r.output
-    assert r.output.split() == [str(run / "curves.png"), str(run / "results.png")]
+    assert r.output.split() == [str(run / "curves.png"), str(run / "results.png"), str(run / "confusion.png")]
     assert_png(run / "curves.png", min_w=1000, min_h=600)    # 3 rows x (2 datasets + mean)
     assert_png(run / "results.png")
+    assert_png(run / "confusion.png")
     assert not list(run.glob("*.partial.png"))
 
 
@@ -76,7 +88,7 @@ def test_a_run_in_progress_uses_the_experts_and_the_latest_evaluation(tmp_path):
     assert not data["finished"] and data["names"] == list(NAMES)
     assert {n: e["num_classes"] for n, e in data["experts"].items()} == NAMES
     assert [s for s, _ in data["evals"]] == [20]
-    assert [r["step"] for r in data["steps"]["hmdb51"]] == [10, 20]      # the cut line is skipped
+    assert [r.step for r in data["steps"]["hmdb51"]] == [10, 20]      # the cut line is skipped
     assert write_plots(run) == [run / "curves.png", run / "results.png"]
     assert_png(run / "curves.png")
     assert_png(run / "results.png")
@@ -109,3 +121,39 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch):
 def test_help():
     r = CliRunner().invoke(main, ["plot", "--help"])
     assert r.exit_code == 0 and "results.png" in r.output and "jedi-pipe[plots]" in r.output
+
+
+def test_confusion_shows_the_matrix_for_few_classes_and_the_worst_pairs_for_many(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from jedi_pipe.plots import PAIRS, _confusion
+    from jedi_pipe.records import confused_pairs
+
+    def new_figure(**kw):
+        fig = Figure(**kw)
+        FigureCanvasAgg(fig)
+        return fig
+
+    res = results_of({"hmdb51": 8, "kinetics400": 400})
+    data = {"name": "t", "names": ["hmdb51", "kinetics400"], "results": res["datasets"], "classes": res["classes"]}
+    few, many = _confusion(new_figure, data).axes[:2]
+    assert [t.get_text() for t in few.get_xticklabels()] == res["classes"]["hmdb51"]     # the whole grid, named
+    pairs = confused_pairs(res["datasets"]["kinetics400"]["student"], res["classes"]["kinetics400"], PAIRS)
+    labels = [t.get_text() for t in many.get_yticklabels()]
+    assert len(labels) == PAIRS and labels[::-1] == [f"{t} -> {q}" for t, q, _, _ in pairs]   # largest on top
+    counts = [c for _, _, c, _ in pairs]
+    assert counts == sorted(counts, reverse=True) and all(t != q for t, q, _, _ in pairs)
+
+
+def test_results_md_names_the_classes(tmp_path):
+    res = results_of({"hmdb51": 8})
+    trainer.write_results(tmp_path, res)
+    md = (tmp_path / "results.md").read_text()
+    r = res["datasets"]["hmdb51"]
+    assert "## hmdb51: top-1 per class (%), 320 test clips, 1 x 3 views" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith("| class_3 |"))
+    assert row == (f"| class_3 | 40 | {r['expert']['per_class'][3]:.1f} | {r['student']['per_class'][3]:.1f} | "
+                   f"{r['teacher']['per_class'][3]:.1f} |")
+    assert "Most confused (teacher, true -> predicted): class_" in md

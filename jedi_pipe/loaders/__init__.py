@@ -20,13 +20,19 @@ max over datasets of ceil(labeled clips / (world_size * B)). Seeds and resume (m
 are a function of (seed, epoch, step); save `loader.state_dict()` ({"epoch", "step"}) with the
 checkpoint and `load_state_dict` it into a new loader before iterating.
 Training clips: random window of T frames at stride s, random resized crop, horizontal flip
-unless the dataset says flip=False (default False for ssv2, whose classes depend on direction).
+unless the dataset says flip=False. Where class names say a direction (ssv2: clip.DIRECTION_WORDS),
+a flipped clip takes its mirror class ("from left to right" <-> "from right to left"), classes with
+a direction and no mirror class are never flipped, and neither are unlabeled clips (clip.flip_map:
+the one rule, applied by both role loaders whatever builds them).
 
 Evaluation, `make_eval_loader(...)` -> an iterable; every `iter()` is one pass over this rank's
 share of the test role, each clip exactly once (no padding), batches:
 
-    {"x": float32 [B, V, C, T, H, W]  V = views temporal windows (centres of V equal parts;
-                                      V=1 is the centred window), short side resized, centre crop
+    {"x": float32 [B, V, C, T, H, W]  V = views x crops: `views` temporal windows (centres of
+                                      `views` equal parts; 1 is the centred window), short side
+                                      resized, `crops` crops across the long side (1: centre;
+                                      3: left, centre, right, the standard 3-crop test); windows
+                                      outer, crops inner
      "y": int64 [B], "id": int64 [B]}
 
 The last batch of a rank may be smaller. Over world_size ranks the shares are disjoint and
@@ -51,7 +57,6 @@ __all__ = ["ClipSpec", "KINETICS_MEAN", "KINETICS_STD", "MultiDatasetLoader", "m
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "dali", "torch")
-NO_FLIP = ("ssv2",)        # datasets whose labels depend on left/right (Something-Something-v2)
 
 
 def resolve_backend(backend: str, shard_sets: list[ShardSet] = ()) -> str:
@@ -88,7 +93,7 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
     """Training loader over several datasets.
 
     datasets: [{"shards": folder, "name": optional (default: the card's name),
-                "flip": optional bool (default: False when the name or the card's dataset is ssv2)}, ...]
+                "flip": optional bool (default True; direction classes follow clip.flip_map)}, ...]
     clip: ClipSpec or dict of its fields (frames, stride, size, area, mean, std).
     threads: per role loader, DALI worker threads or DataLoader workers.
     """
@@ -97,8 +102,7 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
     for d in datasets:
         shards = open_shards(d["shards"])
         name = d.get("name") or shards.name
-        flip = d.get("flip", not {name, shards.card.get("dataset")} & set(NO_FLIP))
-        entries.append((name, shards, flip))
+        entries.append((name, shards, d.get("flip", True)))
     names = [e[0] for e in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"dataset names must be unique, got {names}; set 'name' per dataset")
@@ -107,13 +111,16 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
                               world_size=world_size, threads=threads)
 
 
-def make_eval_loader(shards_dir, clip: ClipSpec | dict | None = None, batch_size: int = 8, views: int = 1,
-                     backend: str = "auto", rank: int = 0, world_size: int = 1, threads: int = 2,
-                     role: str = "test"):
-    """Evaluation iterable over one dataset's `role` (default test); see the module docstring."""
-    shards = open_shards(shards_dir)
-    if views < 1:
-        raise ValueError(f"views must be >= 1, got {views}")
+def make_eval_loader(shards_dir: str | ShardSet, clip: ClipSpec | dict | None = None, batch_size: int = 8,
+                     views: int = 1, crops: int = 1, backend: str = "auto", rank: int = 0, world_size: int = 1,
+                     threads: int = 2, role: str = "test"):
+    """Evaluation iterable over one dataset's `role` (default test); see the module docstring.
+
+    The one constructor of evaluation loaders: the trainer, predict and the benchmarks use it.
+    """
+    shards = shards_dir if isinstance(shards_dir, ShardSet) else open_shards(shards_dir)
+    if views < 1 or crops < 1:
+        raise ValueError(f"views and crops must be >= 1, got views={views}, crops={crops}")
     loader = role_loader(resolve_backend(backend, [shards]))
-    return loader(shards, role, as_clip(clip), batch_size, train=False, views=views, rank=rank,
+    return loader(shards, role, as_clip(clip), batch_size, train=False, views=views, crops=crops, rank=rank,
                   world_size=world_size, threads=threads)

@@ -6,6 +6,7 @@ same integer formulas, written once here in plain Python and once as graph arith
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, fields
 
 # torchvision's Kinetics-400 video statistics, on 0-1 pixel values.
@@ -61,6 +62,48 @@ def view_starts(frames: int, clip: ClipSpec, views: int) -> list[int]:
     """
     m = max_start(frames, clip)
     return [m * (2 * k + 1) // (2 * views) for k in range(views)]
+
+
+def crop_positions(crops: int) -> list[float]:
+    """Evaluation crop anchors along the long side, 0 = start, 1 = end: one crop is centred; three
+    are the standard left / centre / right (the short side is covered whole, so it needs none)."""
+    return [0.5] if crops == 1 else [k / (crops - 1) for k in range(crops)]
+
+
+def crop_offset(length: int, size: int, pos: float) -> int:
+    """First pixel of a `size` crop at anchor `pos` of `length` pixels, rounded half up as DALI does."""
+    return int(pos * (length - size) + 0.5)
+
+
+# Datasets whose class names say a horizontal direction, and the words a mirror image swaps. A
+# flipped clip of "Pushing something from left to right" shows "... from right to left": the label
+# follows the image. Something-Something-v2 names every direction with these two words.
+DIRECTION_WORDS = {"ssv2": ("left", "right")}
+
+
+def mirror_class(name: str, words: tuple[str, str]) -> str:
+    """The class name of a class's mirror image: `words` swapped, whole words, case kept."""
+    a, b = words
+    swap = {a: b, b: a, a.capitalize(): b.capitalize(), b.capitalize(): a.capitalize()}
+    return re.sub(r"\b(" + "|".join(map(re.escape, swap)) + r")\b", lambda m: swap[m.group(0)], name)
+
+
+def flip_map(shards) -> tuple[int, ...] | None:
+    """The one rule for horizontal flips in training, whatever builds the loader (trainer, make_loaders,
+    a role loader): None when no class has a direction (flip freely); otherwise per class index the
+    class of its mirror image (itself when its name has no direction), -1 for a class with a direction
+    and no partner, whose clips are never flipped. Unlabeled clips of such a dataset are never flipped."""
+    words = DIRECTION_WORDS.get(shards.card.get("dataset"))
+    if not words:
+        return None
+    index = {c: i for i, c in enumerate(shards.classes)}
+    return tuple(index.get(mirror_class(c, words), -1) for c in shards.classes)
+
+
+def flip_pairs(classes: list[str], fmap: tuple[int, ...]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(mirror pairs, classes never flipped) of a flip map, for reports."""
+    pairs = [(classes[i], classes[j]) for i, j in enumerate(fmap) if j > i]
+    return pairs, [classes[i] for i, j in enumerate(fmap) if j < 0]
 
 
 def train_antialias(shards, clip: ClipSpec) -> bool:

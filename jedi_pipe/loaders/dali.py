@@ -18,7 +18,7 @@ import logging
 
 from ..errors import InputError
 from ..shards import META_EXT, META_FIELDS, ShardSet
-from .clip import ClipSpec, train_antialias
+from .clip import ClipSpec, crop_positions, flip_map, train_antialias
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def check_decodable(shards: ShardSet, device: str) -> None:
 
 
 def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
-                   flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0,
+                   flip: bool = True, views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0,
                    world_size: int = 1, threads: int = 2):
     """The (built) DALI pipeline of one role. Outputs x, y (meta label), id (meta sample_id)."""
     from nvidia.dali import fn, pipeline_def, types
@@ -90,6 +90,12 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
     std = [255 * s for s in clip.std]
     antialias = train_antialias(shards, clip)
 
+    fmap = flip_map(shards) if train and flip else None
+
+    def lookup(key, values, default):   # per class index (the label), -1 (unlabeled) gets `default`
+        return fn.lookup_table(key, keys=list(range(len(values))), values=values, default_value=default,
+                               dtype=types.INT32)
+
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed)
     def pipeline():
         encoded, meta = fn.readers.webdataset(
@@ -100,6 +106,7 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
             # without it a training reader moves on to the next rank's shard at every wrap, and
             # ranks overlap from the second pass on (MultiDatasetLoader rotates shards per block)
             stick_to_shard=train)
+        label = meta[META_FIELDS.index("label")]
         last = dmath.max(meta[META_FIELDS.index("frames")] - clip.span, 0)   # clip.max_start
         if train:   # clip.train_start
             u = fn.random.uniform(range=[0.0, 1.0])
@@ -116,13 +123,19 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
                 video = fn.random_resized_crop(video, size=[clip.size, clip.size], random_area=list(clip.area),
                                                random_aspect_ratio=list(clip.ratio), antialias=antialias)
                 mirror = fn.random.coin_flip(probability=0.5) if flip else 0
+                if flip and fmap is not None:   # classes without a mirror class (and unlabeled clips) never flip
+                    mirror = mirror * lookup(label, [int(m >= 0) for m in fmap], 0)
+                    label = mirror * lookup(label, [max(m, 0) for m in fmap], 0) + (1 - mirror) * label
             else:
                 video = fn.resize(video, resize_shorter=clip.size)
                 mirror = 0
-            out.append(fn.crop_mirror_normalize(video, crop=[clip.size, clip.size], mirror=mirror, mean=mean,
-                                                std=std, dtype=types.FLOAT, output_layout="CFHW"))
-        x = out[0] if train else fn.stack(*out)     # eval: [V, C, T, H, W] per clip
-        return x, meta[META_FIELDS.index("label")], meta[META_FIELDS.index("sample_id")]
+            # eval: `crops` crops across the long side (the short side is the crop size, it cannot move)
+            for pos in [0.5] if train else crop_positions(crops):
+                out.append(fn.crop_mirror_normalize(video, crop=[clip.size, clip.size], crop_pos_x=pos, crop_pos_y=pos,
+                                                    mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
+                                                    output_layout="CFHW"))
+        x = out[0] if train else fn.stack(*out)     # eval: [views x crops, C, T, H, W] per clip
+        return x, label, meta[META_FIELDS.index("sample_id")]
 
     pipe = pipeline()
     pipe.build()
@@ -134,11 +147,11 @@ class DaliRoleLoader:
     as the reader wraps. Evaluation: one pass per `iter()`, this rank's share exactly once."""
 
     def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
-                 flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 threads: int = 2):
+                 flip: bool = True, views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, threads: int = 2):
         self.args = (shards, role, clip, batch_size)
-        self.kw = dict(train=train, flip=flip, views=views, seed=seed, rank=rank, world_size=world_size,
-                       threads=threads)
+        self.kw = dict(train=train, flip=flip, views=views, crops=crops, seed=seed, rank=rank,
+                       world_size=world_size, threads=threads)
 
     def __iter__(self):
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy

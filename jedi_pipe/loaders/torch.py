@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..shards import META_EXT, ShardSet, decode_meta
-from .clip import ClipSpec, derive_seed, train_antialias, train_start, view_starts
+from .clip import (ClipSpec, crop_offset, crop_positions, derive_seed, flip_map, train_antialias, train_start,
+                   view_starts)
 
 
 # ---------------------------------------------------------------------------- per-clip stages
@@ -89,18 +90,41 @@ def crop_box(h: int, w: int, area: tuple, ratio: tuple, rng: random.Random) -> t
 def train_transform(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: bool,
                     antialias: bool = True) -> torch.Tensor:
     """[T, 3, H, W] -> [3, T, S, S]: one crop box and one flip for all frames."""
+    return train_transform_flipped(x, clip, rng, flip, antialias)[0]
+
+
+def train_transform_flipped(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: bool,
+                            antialias: bool = True) -> tuple[torch.Tensor, bool]:
+    """train_transform, and whether the clip was mirrored (its label may follow: clip.flip_map)."""
     top, left, ch, cw = crop_box(x.shape[2], x.shape[3], clip.area, clip.ratio, rng)
     x = _resize(x[:, :, top:top + ch, left:left + cw], clip.size, clip.size, antialias)
-    if flip and rng.random() < 0.5:
+    flipped = bool(flip and rng.random() < 0.5)
+    if flipped:
         x = x.flip(-1)
-    return _normalize(x, clip)
+    return _normalize(x, clip), flipped
 
 
-def eval_transform(x: torch.Tensor, clip: ClipSpec) -> torch.Tensor:
-    """[T, 3, H, W] -> [3, T, S, S]: short side to S, centre crop."""
+def eval_transform(x: torch.Tensor, clip: ClipSpec, crops: list[float] = (0.5,)) -> torch.Tensor:
+    """[T, 3, H, W] -> [3, T, S, S]: short side to S, centre crop; or [len(crops), 3, T, S, S] of the
+    crops at anchors `crops` across the long side (clip.crop_positions) when a list is given."""
     x = resize_short(x, clip.size)
-    top, left = (x.shape[2] - clip.size + 1) // 2, (x.shape[3] - clip.size + 1) // 2   # DALI rounds half up
-    return _normalize(x[:, :, top:top + clip.size, left:left + clip.size], clip)
+    out = []
+    for pos in crops:
+        top, left = crop_offset(x.shape[2], clip.size, pos), crop_offset(x.shape[3], clip.size, pos)
+        out.append(_normalize(x[:, :, top:top + clip.size, left:left + clip.size], clip))
+    return torch.stack(out) if isinstance(crops, list) else out[0]
+
+
+def eval_views(src, frames: int, clip: ClipSpec, views: int, crops: int = 1) -> torch.Tensor:
+    """The evaluation views of one encoded clip (bytes or a path) of `frames` frames:
+    [views x crops, 3, T, S, S], temporal windows outer, spatial crops inner.
+
+    The one definition of a test clip, shared by this loader and `jedi-pipe predict`.
+    """
+    starts = view_starts(frames, clip, views)
+    decoded = to_tensor(read_frames(src, [i for s in starts for i in window(s, clip)]))
+    T = clip.frames
+    return torch.cat([eval_transform(decoded[k * T:(k + 1) * T], clip, crop_positions(crops)) for k in range(views)])
 
 
 # ---------------------------------------------------------------------------- stream of one role
@@ -109,9 +133,11 @@ class ClipStream(torch.utils.data.IterableDataset):
     """Samples {"x", "y", "id"} of one role for this rank and DataLoader worker."""
 
     def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, *, train: bool, flip: bool = True,
-                 views: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0):
+                 views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0):
         self.urls = [str(p) for p in shards.tars(role)]
         self.ext, self.clip, self.train, self.flip, self.views = shards.clip_ext, clip, train, flip, views
+        self.crops = crops
+        self.flip_map = flip_map(shards) if flip else None
         self.antialias = train_antialias(shards, clip)
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, workers
 
@@ -146,25 +172,25 @@ class ClipStream(torch.utils.data.IterableDataset):
 
     def _clip(self, sample: dict, rng: random.Random) -> dict:
         meta = decode_meta(sample[META_EXT])
-        data, frames = sample[self.ext], meta["frames"]
+        data, frames, y = sample[self.ext], meta["frames"], meta["label"]
         if self.train:
             decoded = read_frames(data, window(train_start(frames, self.clip, rng.random()), self.clip))
-            x = train_transform(to_tensor(decoded), self.clip, rng, self.flip, self.antialias)
+            fmap = self.flip_map
+            can_flip = self.flip and (fmap is None or (y >= 0 and fmap[y] >= 0))
+            x, flipped = train_transform_flipped(to_tensor(decoded), self.clip, rng, can_flip, self.antialias)
+            y = fmap[y] if flipped and fmap is not None else y     # the label follows the mirror image
         else:
-            starts = view_starts(frames, self.clip, self.views)
-            decoded = to_tensor(read_frames(data, [i for s in starts for i in window(s, self.clip)]))
-            T = self.clip.frames
-            x = torch.stack([eval_transform(decoded[k * T:(k + 1) * T], self.clip) for k in range(self.views)])
-        return {"x": x, "y": meta["label"], "id": meta["sample_id"]}
+            x = eval_views(data, frames, self.clip, self.views, self.crops)
+        return {"x": x, "y": y, "id": meta["sample_id"]}
 
 
 class TorchRoleLoader:
     """Batches {"x", "y", "id"} of one role, as DaliRoleLoader; `threads` DataLoader workers."""
 
     def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
-                 flip: bool = True, views: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 threads: int = 2):
-        self.stream = ClipStream(shards, role, clip, train=train, flip=flip, views=views, seed=seed,
+                 flip: bool = True, views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, threads: int = 2):
+        self.stream = ClipStream(shards, role, clip, train=train, flip=flip, views=views, crops=crops, seed=seed,
                                  rank=rank, world_size=world_size, workers=threads)
         self.batch_size, self.threads = batch_size, threads
 

@@ -20,14 +20,12 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+# Kinetics-400 statistics of torchvision's video models: defined once, with the clip they normalise
+from ..loaders.clip import KINETICS_MEAN, KINETICS_STD  # noqa: F401 (the models' default_cfg uses them)
 
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
-
-# Kinetics-400 statistics of torchvision's video models (RGB in [0, 1]).
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 
 def register_model(**default_cfg):

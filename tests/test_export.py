@@ -1,0 +1,163 @@
+"""export -> predict: the exported model scores raw source videos as `eval` scores the test shards."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from jedi_pipe.config import load_config
+from jedi_pipe.export import export_model, inference_module, load_model
+from jedi_pipe.predict import predict_shards, predict_videos
+from jedi_pipe.shards import open_shards
+from jedi_pipe.trainer import evaluate, train
+
+TINY = ["pretrain.epochs=3", "jedi.epochs=2", "pretrain.batch_size=4", "jedi.batch_size=4",
+        "jedi.unlabeled_ratio=1", "checkpoint_every=100", "eval_batch_size=16", "jedi.teacher_ema=0.9"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(shard_dirs, tmp_path_factory):
+    """A finished JEDI run on hmdb51 + ssv2 (DALI loader), mean teacher on, so every export path is used;
+    with TensorBoard events beside metrics.jsonl."""
+    out = tmp_path_factory.mktemp("run")
+    data = {"name": "tiny", "out": str(out), "seed": 0, "loader": "dali", "logger": "tensorboard",
+            "datasets": [{"name": "hmdb51", "shards": str(shard_dirs["hmdb51"]), "model": "tiny3d"},
+                         {"name": "ssv2", "shards": str(shard_dirs["ssv2"]), "model": "tiny3d", "flip": False}],
+            "clip": {"frames": 4, "stride": 1, "size": 24, "eval_views": 2, "eval_crops": 3}}
+    cfg = load_config(data=data, overrides=TINY)
+    train(cfg, log=lambda m: None)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_run):
+    """`jedi-pipe eval` of the run: DALI over the test shards."""
+    return evaluate(tiny_run, log=lambda m: None)
+
+
+def _test_videos(shard_dir, synth_dir):
+    t = open_shards(shard_dir).manifest(columns=["role", "source", "label_name"]).to_pylist()
+    rows = [r for r in t if r["role"] == "test"]
+    return [synth_dir / r["source"] for r in rows], [r["label_name"] for r in rows]
+
+
+@pytest.mark.parametrize("which", ["student", "teacher", "expert"])
+def test_predict_on_raw_videos_agrees_with_eval(tiny_run, scored, synth_root, shard_dirs, tmp_path, which):
+    path = export_model(tiny_run.out, "hmdb51", which, tmp_path / "m.pt2")
+    model = load_model(path)
+    assert model.card["which"] == which and model.classes == open_shards(shard_dirs["hmdb51"]).classes
+    assert model.card["encoding"]["fps"] == 8.0 and (model.views, model.crops) == (2, 3)
+
+    # the file computes what the run's module computes (the teacher: over every backbone, the average's)
+    x = torch.randn(3, 3, 4, 24, 24)
+    with torch.no_grad():
+        assert torch.allclose(model.module(x), inference_module(tiny_run.out, "hmdb51", which)(x), atol=1e-5)
+
+    videos, labels = _test_videos(shard_dirs["hmdb51"], synth_root / "hmdb51")
+    raw = list(predict_videos(model, videos, k=3))
+    assert all("top" in r for r in raw) and [r["video"] for r in raw] == [str(v) for v in videos]
+    raw_top1 = [r["top"][0]["class"] for r in raw]
+    hits = sum(p == y for p, y in zip(raw_top1, labels))
+
+    top1 = scored["datasets"]["hmdb51"][which]["top1"]
+    assert abs(hits - top1 / 100 * len(labels)) <= 2, (hits, len(labels), top1)
+
+    # raw videos are transcoded bit-exactly as the shards were: clip for clip the same answer as the
+    # torch loader on the test shards
+    shard = {r["key"]: r for r in predict_shards(model, shard_dirs["hmdb51"], backend="torch", k=3)}
+    keys = open_shards(shard_dirs["hmdb51"]).manifest(columns=["role", "key"]).to_pylist()
+    keys = [r["key"] for r in keys if r["role"] == "test"]
+    assert [shard[k]["top"] for k in keys] == [r["top"] for r in raw]
+
+
+def test_predict_cli_skips_corrupt_and_missing_files(tiny_run, synth_root, shard_dirs, tmp_path):
+    model = export_model(tiny_run.out, "ssv2", "student", tmp_path / "ssv2.pt2")
+    videos, _ = _test_videos(shard_dirs["ssv2"], synth_root / "ssv2")
+    corrupt = tmp_path / "corrupt.webm"
+    corrupt.write_bytes(b"\x1aE\xdf\xa3" + bytes(range(256)) * 8)
+    missing = tmp_path / "missing.mp4"
+    cmd = [sys.executable, "-m", "jedi_pipe.cli", "predict", "--model", str(model)]
+    proc = subprocess.run(cmd + ["--json", "-k", "2", str(videos[0]), str(corrupt), str(missing), str(videos[1])],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    assert [r["video"] for r in out] == [str(videos[0]), str(videos[1])]
+    assert all(len(r["top"]) == 2 and r["top"][0]["prob"] >= r["top"][1]["prob"] for r in out)
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == 2 and str(corrupt) in errors[0] and errors[1] == f"error: {missing}: missing file"
+
+    proc = subprocess.run(cmd + [str(corrupt), str(missing)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "none of the 2 input(s)" in proc.stderr
+
+    # a shard folder's test role, by key
+    proc = subprocess.run(cmd + ["-k", "1", str(shard_dirs["ssv2"])], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == open_shards(shard_dirs["ssv2"]).count("test")
+
+
+def test_plain_pytorch_recipe_and_bad_files(tiny_run, tmp_path):
+    path = export_model(tiny_run.out, "hmdb51", "teacher", tmp_path / "model.pt2")
+    # the README's two lines, in a fresh interpreter that never imports jedi_pipe
+    code = ("import torch, sys\n"
+            f"model = torch.export.load({str(path)!r}).module()\n"
+            "assert 'jedi_pipe' not in sys.modules\n"
+            "print(tuple(model(torch.zeros(5, 3, 4, 24, 24)).shape))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "(5, 8)"
+    not_a_model = tmp_path / "x.pt2"
+    not_a_model.write_bytes(b"hello")
+    with pytest.raises(ValueError, match="is not a model written by `jedi-pipe export`"):
+        load_model(not_a_model)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "none.pt2")
+    with pytest.raises(ValueError, match="no dataset 'ucf101' in this run; it has hmdb51, ssv2"):
+        export_model(tiny_run.out, "ucf101", "student", tmp_path / "m.pt2")
+    assert not Path(tmp_path / "m.pt2").exists()
+
+
+def test_results_name_classes_and_record_views(tiny_run, shard_dirs):
+    run = Path(tiny_run.out)
+    res = json.loads((run / "results.json").read_text())
+    assert res["views"] == {"temporal": 2, "spatial": 3}
+    for n in ("hmdb51", "ssv2"):
+        classes = open_shards(shard_dirs[n]).classes
+        assert res["classes"][n] == classes
+        for kind, r in res["datasets"][n].items():
+            cells = r["confusion"]
+            assert sum(c for _, _, c in cells) == r["n"] == open_shards(shard_dirs[n]).count("test")
+            support = [sum(c for t, _, c in cells if t == k) for k in range(len(classes))]
+            right = [sum(c for t, q, c in cells if t == q == k) for k in range(len(classes))]
+            assert r["per_class"] == [round(100 * h / s, 2) if s else None for h, s in zip(right, support)]
+            assert r["top1"] == pytest.approx(100 * sum(right) / r["n"], abs=0.01)
+    md = (run / "results.md").read_text()
+    assert f"## hmdb51: top-1 per class (%), {res['datasets']['hmdb51']['student']['n']} test clips, 2 x 3 views" in md
+    assert all(f"| {c} |" in md for c in res["classes"]["ssv2"])
+
+
+def test_tensorboard_events_hold_every_metrics_line(tiny_run):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from jedi_pipe.records import read_metrics
+    run = Path(tiny_run.out)
+    steps, evals = read_metrics(run / "metrics.jsonl")
+    assert steps and evals
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for n in ("hmdb51", "ssv2"):
+        mine = [r for r in steps if r.dataset == n]
+        for name in ("loss", "lr", "clips_per_s", "input_wait", "sup_student", "distill", "pseudo_label_acc"):
+            events = acc.Scalars(f"{n}/{name}")
+            assert [e.step for e in events] == [r.step for r in mine], (n, name)
+            assert [e.value for e in events] == pytest.approx([r.value(name) for r in mine], rel=1e-6)
+        for kind in ("student", "teacher"):
+            events = acc.Scalars(f"{n}/test_top1/{kind}")
+            assert [(e.step, e.value) for e in events] == pytest.approx(
+                [(r.step, r.scores[n][kind]["top1"]) for r in evals])
+    assert all(t.split("/")[0] in ("hmdb51", "ssv2") for t in tags)

@@ -1,0 +1,60 @@
+"""The weights guard: an init trained on a dataset of the run does not start that dataset's expert."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from jedi_pipe.config import load_config
+from jedi_pipe.models import build
+from jedi_pipe.trainer import pretrain
+from jedi_pipe.weights_guard import OVERRIDE, check_init, trained_on
+
+
+def config(shard_dirs, out, datasets):
+    return load_config(data={"name": "g", "out": str(out), "loader": "torch",
+                             "datasets": [{"name": n, "shards": str(shard_dirs[n]), "model": "tiny3d", **extra}
+                                          for n, extra in datasets],
+                             "clip": {"frames": 4, "stride": 1, "size": 24}},
+                       overrides=["pretrain.epochs=1", "pretrain.batch_size=4"])
+
+
+def test_torchvision_kinetics_weights_cannot_start_the_kinetics_expert(shard_dirs, tmp_path):
+    weights = tmp_path / "r2plus1d_18-91a641e6.pth"     # torchvision's file name; never opened
+    cfg = config(shard_dirs, tmp_path / "run", [("kinetics400", {"init": str(weights)})])
+    with pytest.raises(ValueError) as e:
+        pretrain(cfg, log=lambda m: None)
+    msg = str(e.value)
+    assert msg.startswith(f"init {weights} was trained on kinetics400, so as the kinetics400 expert's init it would "
+                          "bring all of kinetics400's labels into a semi-supervised run")
+    assert f"datasets.N.{OVERRIDE}: true" in msg
+    assert not (tmp_path / "run" / "experts" / "kinetics400.pt").exists()
+    # the name of the shard card's dataset counts too: a Kinetics folder renamed in the config
+    with pytest.raises(ValueError, match="was trained on kinetics400"):
+        pretrain(config(shard_dirs, tmp_path / "run2", [("kinetics400", {"init": str(weights), "name": "k400"})]),
+                 log=lambda m: None)
+
+
+def test_cards_checkpoints_and_the_override(shard_dirs, tmp_path):
+    w = tmp_path / "mine.pt"
+    torch.save(build("tiny3d", 8).state_dict(), w)
+    with pytest.raises(ValueError, match=r"nothing says which datasets these weights were trained on; write .*mine\.pt\.json"):
+        check_init("hmdb51", set(), w)
+    (tmp_path / "mine.pt.json").write_text(json.dumps({"trained_on": ["ucf101"]}))
+    assert trained_on(w) == {"ucf101"}
+    check_init("hmdb51", {"hmdb51"}, w)                                # trained elsewhere: fine
+    with pytest.raises(ValueError, match="was trained on ucf101"):
+        check_init("ucf101", {"ucf101"}, w)
+    check_init("ucf101", {"ucf101"}, w, allowed=True)                  # the named override
+
+    # an expert of another run carries its datasets in its saved config; the override trains
+    cfg = config(shard_dirs, tmp_path / "a", [("hmdb51", {})])
+    pretrain(cfg, log=lambda m: None)
+    expert = tmp_path / "a" / "experts" / "hmdb51.pt"
+    assert trained_on(expert) == {"hmdb51"}
+    assert trained_on(tmp_path / "r3d_18-b3b3357e.pth") == {"kinetics400"}
+    with pytest.raises(ValueError, match="was trained on hmdb51"):
+        pretrain(config(shard_dirs, tmp_path / "b", [("hmdb51", {"init": str(expert)})]), log=lambda m: None)
+    pretrain(config(shard_dirs, tmp_path / "c", [("hmdb51", {"init": str(expert), OVERRIDE: True})]), log=lambda m: None)
+    assert (tmp_path / "c" / "experts" / "hmdb51.pt").is_file()
