@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .errors import InputError, MissingError
 from .loaders.clip import ClipSpec
 
 MODEL_CARD = "jedi_pipe.json"      # the archive's extra file with what inference needs besides the graph
@@ -49,7 +50,7 @@ def run_config(run):
     from .config import load_config
     path = Path(run) / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{run} is not a run folder: no config.yaml (written by `jedi-pipe pretrain/train`)")
+        raise MissingError(f"{run} is not a run folder: no config.yaml (written by `jedi-pipe pretrain/train`)")
     data = yaml.safe_load(path.read_text())
     data["out"] = str(run)
     return load_config(data=data)
@@ -64,19 +65,19 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     from .jedi import EMABaseline
     from .trainer import expert_path, load_expert, load_joint
     if which not in WHICH:
-        raise ValueError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
+        raise InputError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
     cfg = run_config(run)
     names = [d.name for d in cfg.datasets]
     if dataset not in names:
-        raise ValueError(f"{run}: no dataset {dataset!r} in this run; it has {', '.join(names)}")
+        raise InputError(f"{run}: no dataset {dataset!r} in this run; it has {', '.join(names)}")
     for n in names if which != "expert" else [dataset]:
         if not expert_path(cfg, n).is_file():
-            raise FileNotFoundError(f"{expert_path(cfg, n)} does not exist: run `jedi-pipe pretrain` first")
+            raise MissingError(f"{expert_path(cfg, n)} does not exist: run `jedi-pipe pretrain` first")
     if which == "expert":
         return load_expert(cfg, dataset, "cpu").eval()
     ckpt = Path(run) / "checkpoint.pt"
     if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt} does not exist: the run has no joint model yet "
+        raise MissingError(f"{ckpt} does not exist: the run has no joint model yet "
                                 f"(run `jedi-pipe train`, or export --which expert)")
     jedi = load_joint(cfg, {n: load_expert(cfg, n, "cpu") for n in names}, ckpt, "cpu").eval()
     if which == "student":
@@ -161,16 +162,16 @@ def load_model(path) -> Model:
     """An exported model file (`jedi-pipe export`) as a Model; one sentence when it is not one."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
+        raise MissingError(f"model file {path} does not exist")
     extra = {MODEL_CARD: ""}
     try:
         with open(path, "rb") as f:
             program = torch.export.load(f, extra_files=extra)
     except Exception as e:   # torch raises several kinds for a file that is not an archive
-        raise ValueError(f"{path} is not a model written by `jedi-pipe export` ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path} is not a model written by `jedi-pipe export` ({type(e).__name__}: {e})") from None
     if not extra[MODEL_CARD]:
-        raise ValueError(f"{path} is an exported PyTorch program without {MODEL_CARD}: not written by `jedi-pipe export`")
+        raise InputError(f"{path} is an exported PyTorch program without {MODEL_CARD}: not written by `jedi-pipe export`")
     card = json.loads(extra[MODEL_CARD])
     if card.get("format") != FORMAT:
-        raise ValueError(f"{path}: model format {card.get('format')!r}, this jedi-pipe reads {FORMAT!r}")
+        raise InputError(f"{path}: model format {card.get('format')!r}, this jedi-pipe reads {FORMAT!r}")
     return Model(program.module(), card)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import InputError
 from .export import Model, load_model
 
 
@@ -52,9 +53,9 @@ def predict_shards(model: Model | str | Path, shard_dir, role: str = "test", k: 
     model = model if isinstance(model, Model) else load_model(model)
     ss = open_shards(shard_dir)
     if role not in ss.card["counts"]:
-        raise ValueError(f"{shard_dir} has no role {role!r}; it has {', '.join(ss.card['counts'])}")
+        raise InputError(f"{shard_dir} has no role {role!r}; it has {', '.join(ss.card['counts'])}")
     if ss.classes != model.classes:
-        raise ValueError(f"{shard_dir}: its classes are not the model's ({ss.name}, {len(ss.classes)} classes; "
+        raise InputError(f"{shard_dir}: its classes are not the model's ({ss.name}, {len(ss.classes)} classes; "
                          f"the model: {model.card['dataset']}, {len(model.classes)})")
     t = ss.manifest(columns=["sample_id", "key", "label_name"]).to_pydict()
     by_id = {i: (key, name) for i, key, name in zip(t["sample_id"], t["key"], t["label_name"])}

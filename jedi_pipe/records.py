@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import UnavailableError
+
 KINDS = ("expert", "student", "teacher")
 
 
@@ -102,7 +104,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise RuntimeError('logger: tensorboard needs the tensorboard package: '
+                raise UnavailableError('logger: tensorboard needs the tensorboard package: '
                                    'pip install "jedi-pipe[tensorboard]"') from None
             logdir = Path(run) / "tensorboard"
             if resume_step is None and logdir.exists():     # a fresh run, as metrics.jsonl starts anew

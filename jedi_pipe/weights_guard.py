@@ -17,6 +17,8 @@ import json
 import re
 from pathlib import Path
 
+from .errors import InputError
+
 OVERRIDE = "init_trained_on_ok"     # DatasetCfg key that lets a dataset's expert start from its own weights
 # torchvision.models.video weight files: <arch>-<8 hex digits>.pth, every one trained on Kinetics-400
 TORCHVISION_K400 = re.compile(r"^(r3d_18|mc3_18|r2plus1d_18|s3d|mvit_v[12]_[bs]|swin3d_[tsb](_1k)?)-[0-9a-f]{8}\.pth$")
@@ -34,7 +36,7 @@ def trained_on(weights) -> set[str] | None:
         try:
             names = json.loads(card.read_text())["trained_on"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{card}: expected a JSON object {{\"trained_on\": [dataset, ...]}}") from None
+            raise InputError(f"{card}: expected a JSON object {{\"trained_on\": [dataset, ...]}}") from None
         return set(names)
     if TORCHVISION_K400.match(weights.name):
         return {"kinetics400"}
@@ -56,11 +58,11 @@ def check_init(dataset: str, aliases: set[str], weights, allowed: bool = False) 
         return
     seen = trained_on(weights)
     if seen is None:
-        raise ValueError(f"init {weights} of {dataset}: nothing says which datasets these weights were trained "
+        raise InputError(f"init {weights} of {dataset}: nothing says which datasets these weights were trained "
                          f"on; write {card_path(weights)} with {{\"trained_on\": [...]}} (the semi-supervised "
                          f"split is only honest when the init has not seen {dataset}'s labels)")
     both = seen & ({dataset} | set(aliases))
     if both:
-        raise ValueError(f"init {weights} was trained on {', '.join(sorted(both))}, so as the {dataset} expert's "
+        raise InputError(f"init {weights} was trained on {', '.join(sorted(both))}, so as the {dataset} expert's "
                          f"init it would bring all of {dataset}'s labels into a semi-supervised run; use other "
                          f"weights, or set datasets.N.{OVERRIDE}: true to allow it (e.g. a fully supervised baseline)")
