@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import KINETICS_MEAN, KINETICS_STD, register_model
+from .registry import KINETICS_MEAN, KINETICS_STD, register_model, run_stages
 
 
 def _conv_bn_relu(cin, cout, kernel, stride):
@@ -21,6 +21,7 @@ def _block(cin, cout, stride):
 
 
 class Tiny3D(nn.Module):
+    grad_checkpointing = False   # registry.run_stages: recompute the stem and each block in backward
     def __init__(self, num_classes: int, width: int = 32, in_chans: int = 3):
         super().__init__()
         w = width
@@ -31,7 +32,7 @@ class Tiny3D(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes)
 
     def features(self, x):
-        return self.pool(self.blocks(self.stem(x))).flatten(1)
+        return self.pool(run_stages((self.stem, *self.blocks), x, self.grad_checkpointing)).flatten(1)
 
     def forward(self, x):
         return self.head(self.features(x))

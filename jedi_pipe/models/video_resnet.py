@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import KINETICS_MEAN, KINETICS_STD, register_model
+from .registry import KINETICS_MEAN, KINETICS_STD, register_model, run_stages
 
 
 def _conv3d(cin, cout, mid, stride=1):
@@ -45,6 +45,7 @@ class BasicBlock(nn.Module):
 
 
 class VideoResNet(nn.Module):
+    grad_checkpointing = False   # registry.run_stages: recompute stem and layer1..4 in backward
     def __init__(self, num_classes: int, stem: nn.Module, conv, depths=(2, 2, 2, 2)):
         super().__init__()
         self.stem = stem
@@ -81,9 +82,8 @@ class VideoResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def features(self, x):
-        x = self.stem(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.avgpool(x).flatten(1)
+        stages = (self.stem, self.layer1, self.layer2, self.layer3, self.layer4)
+        return self.avgpool(run_stages(stages, x, self.grad_checkpointing)).flatten(1)
 
     def forward(self, x):
         return self.fc(self.features(x))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import register_model
+from .registry import register_model, run_stages
 
 
 def _bn(c):
@@ -50,6 +50,7 @@ class X3DBlock(nn.Module):
 
 
 class X3D(nn.Module):
+    grad_checkpointing = False   # registry.run_stages: recompute the stem, each stage and conv5 in backward
     def __init__(self, num_classes: int, widths=(24, 48, 96, 192), depths=(3, 5, 11, 7), expansion=2.25,
                  se: bool = True, num_features: int = 2048, drop_rate: float = 0.5):
         super().__init__()
@@ -78,7 +79,7 @@ class X3D(nn.Module):
         self.head = nn.Linear(num_features, num_classes)
 
     def features(self, x):
-        x = self.conv5(self.stages(self.stem(x)))
+        x = run_stages((self.stem, *self.stages, self.conv5), x, self.grad_checkpointing)
         return self.lin5(self.pool(x).flatten(1))
 
     def forward(self, x):
