@@ -57,9 +57,10 @@ class JediCfg(JEDIConfig):
     ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4
     warmup_steps: int = 20
-    micro_batches: int = 1        # run each step's clips in this many equal parts (every dataset's labeled and
-    #                               unlabeled clips split evenly) and accumulate gradients: the same loss, 1/k of
-    #                               the activation memory; BatchNorm normalises per part (trainer.joint_step)
+    micro_batch_size: int = 0     # labeled clips per dataset in one micro-batch (with unlabeled_ratio times as many
+    #                               unlabeled ones): each GPU's step runs in equal parts of the step's mix of datasets
+    #                               and roles, gradients accumulated: the same loss, a fraction of the activation
+    #                               memory; BatchNorm normalises per part (trainer.joint_step). 0: the whole step
     grad_checkpointing: bool = False  # keep only the backbones' stage inputs and recompute each stage in the
     #                                   backward pass: about a third more compute, far less activation memory
 
@@ -67,8 +68,8 @@ class JediCfg(JEDIConfig):
         super().__post_init__()
         if self.teachers not in ("joint", "ema"):
             raise ValueError(f"teachers: joint or ema, got {self.teachers!r}")
-        if self.micro_batches < 1:
-            raise ValueError(f"micro_batches: at least 1, got {self.micro_batches}")
+        if self.micro_batch_size < 0:
+            raise ValueError(f"micro_batch_size: 0 (the whole step) or more, got {self.micro_batch_size}")
 
 
 @dataclass

@@ -284,6 +284,16 @@ def probe_teachers(jedi: JEDI, cfg: Config, sets, device) -> None:
     fit_teacher_heads_probe(jedi, feats, labels)
 
 
+def micro_batch_count(micro_batch_size: int, batch_per_gpu: int) -> int:
+    """How many micro-batches one GPU's step runs in (jedi.micro_batch_size labeled clips per dataset each)."""
+    if not micro_batch_size:
+        return 1
+    if batch_per_gpu % micro_batch_size:
+        raise ValueError(f"jedi.micro_batch_size: {micro_batch_size} does not divide the {batch_per_gpu} labeled "
+                         "clips per dataset and GPU of a step; choose a divisor (or 0 for the whole step)")
+    return batch_per_gpu // micro_batch_size
+
+
 def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int) -> list[tuple[dict, dict, dict]]:
     """The step's clips in k equal parts, each with 1/k of every dataset's labeled and unlabeled
     clips: every part holds the step's mix of datasets and roles, and since each loss term is a
@@ -293,8 +303,8 @@ def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int) -> list[
     for role, clips in (("labeled", labeled), ("unlabeled", unlabeled)):
         for n, x in clips.items():
             if x.shape[0] % k:
-                raise ValueError(f"jedi.micro_batches: {k} does not divide the {x.shape[0]} {role} clips of "
-                                 f"{n} per step (per GPU); choose a divisor of the per-GPU batch")
+                raise ValueError(f"{k} micro-batches do not divide the {x.shape[0]} {role} clips of {n} in "
+                                 "this step; jedi.micro_batch_size must divide the per-GPU batch")
     cut = lambda d: {n: x.chunk(k) for n, x in d.items()}  # noqa: E731
     lc, uc, yc = cut(labeled), cut(unlabeled), cut(labels)
     return [({n: c[i] for n, c in lc.items()}, {n: c[i] for n, c in uc.items()}, {n: c[i] for n, c in yc.items()})
@@ -360,6 +370,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     jedi = joint_model(experts, cfg).to(device)
     loader = joint_loader(cfg, sets, rank, world)
     total = cfg.jedi.epochs * loader.steps_per_epoch
+    k = micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
     trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA copies
     opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
     forward = distributed.wrap(jedi)
@@ -410,8 +421,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         labeled = {n: to_device(b["x"], device) for n, b in batch.items()}
         unlabeled = {n: to_device(b["x_u"], device) for n, b in batch.items() if "x_u" in b}
         labels = {n: b["y"].to(device, non_blocking=True) for n, b in batch.items()}
-        outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, jcfg,
-                                   cfg.jedi.micro_batches, autocast(device, cfg.bf16))
+        outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, jcfg, k, autocast(device, cfg.bf16))
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)

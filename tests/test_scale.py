@@ -7,7 +7,7 @@ import torch
 from jedi_pipe.config import load_config
 from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
 from jedi_pipe.models import build
-from jedi_pipe.trainer import joint_model, joint_step, micro_batches
+from jedi_pipe.trainer import joint_model, joint_step, micro_batch_count, micro_batches
 
 
 def batch(names, n_lab, n_unl, shape=(3, 8, 32, 32), classes=(3, 5, 4, 6), seed=1):
@@ -71,8 +71,11 @@ def test_micro_batches_keep_every_part_mixed_and_refuse_uneven_splits():
     parts = micro_batches(lab, unl, y, 2)
     assert [(p[0]["a"].shape[0], p[1]["b"].shape[0], p[2]["b"].shape[0]) for p in parts] == [(2, 4, 2)] * 2
     torch.testing.assert_close(torch.cat([p[1]["a"] for p in parts]), unl["a"])
-    with pytest.raises(ValueError, match="micro_batches: 3 does not divide the 4 labeled clips of a"):
+    with pytest.raises(ValueError, match="3 micro-batches do not divide the 4 labeled clips of a"):
         micro_batches(lab, unl, y, 3)
+    assert micro_batch_count(0, 16) == 1 and micro_batch_count(2, 16) == 8 and micro_batch_count(2, 2) == 1
+    with pytest.raises(ValueError, match="micro_batch_size: 3 does not divide the 16"):
+        micro_batch_count(3, 16)
 
 
 def test_library_and_yaml_config_build_the_same_method(tmp_path):

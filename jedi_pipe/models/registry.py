@@ -6,8 +6,9 @@ Contract of every registered model (JEDI's teachers depend on it):
   - ``head``: ``nn.Linear(num_features, num_classes)``;
   - ``forward(x) == head(features(x))``;
   - ``default_cfg``: the preprocessing that belongs to the architecture / its weights;
-  - ``grad_checkpointing``: when True (and gradients are on), ``features`` keeps only its
-    stages' inputs and recomputes each stage in the backward pass (:func:`run_stages`).
+  - ``feature_stages()``: the modules ``features`` runs in order before pooling (jedi_pipe.plan measures
+    them one by one); ``grad_checkpointing``: when True (and gradients are on), ``features``
+    keeps only the stages' inputs and recomputes each stage in the backward pass (:func:`run_stages`).
 """
 
 from __future__ import annotations

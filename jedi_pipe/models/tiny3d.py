@@ -31,8 +31,11 @@ class Tiny3D(nn.Module):
         self.num_features = 4 * w
         self.head = nn.Linear(self.num_features, num_classes)
 
+    def feature_stages(self) -> list[nn.Module]:
+        return [self.stem, *self.blocks]
+
     def features(self, x):
-        return self.pool(run_stages((self.stem, *self.blocks), x, self.grad_checkpointing)).flatten(1)
+        return self.pool(run_stages(self.feature_stages(), x, self.grad_checkpointing)).flatten(1)
 
     def forward(self, x):
         return self.head(self.features(x))

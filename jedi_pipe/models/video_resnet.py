@@ -81,9 +81,11 @@ class VideoResNet(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    def feature_stages(self) -> list[nn.Module]:
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
     def features(self, x):
-        stages = (self.stem, self.layer1, self.layer2, self.layer3, self.layer4)
-        return self.avgpool(run_stages(stages, x, self.grad_checkpointing)).flatten(1)
+        return self.avgpool(run_stages(self.feature_stages(), x, self.grad_checkpointing)).flatten(1)
 
     def forward(self, x):
         return self.fc(self.features(x))

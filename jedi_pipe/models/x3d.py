@@ -78,8 +78,11 @@ class X3D(nn.Module):
         self.num_features = num_features
         self.head = nn.Linear(num_features, num_classes)
 
+    def feature_stages(self) -> list[nn.Module]:
+        return [self.stem, *self.stages, self.conv5]
+
     def features(self, x):
-        x = run_stages((self.stem, *self.stages, self.conv5), x, self.grad_checkpointing)
+        x = run_stages(self.feature_stages(), x, self.grad_checkpointing)
         return self.lin5(self.pool(x).flatten(1))
 
     def forward(self, x):
