@@ -155,9 +155,11 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
         inputs = clips_gpu * 3 * cfg.clip.frames * cfg.clip.size**2 * 4.0
         return {"activations": act, "mean-teacher forward": ema, "input clips": inputs}
 
+    def live(s: Settings) -> float:      # what torch.cuda.max_memory_allocated would show
+        return sum(state.values()) + sum(activations(s).values())
+
     def peak(s: Settings) -> float:
-        live = sum(state.values()) + sum(activations(s).values())
-        return live * (1 + FRAGMENTATION) + CONTEXT_GIB * GiB
+        return live(s) * (1 + FRAGMENTATION) + CONTEXT_GIB * GiB
 
     budget = gpu_mem_gb * 1e9
     chosen = Settings(j.micro_batch_size, j.grad_checkpointing)
@@ -185,7 +187,7 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
         "gpus": gpus, "gpu_mem_gb": gpu_mem_gb, "bf16": bf16, "clip": (cfg.clip.frames, cfg.clip.size),
         "models": {c.arch: c for c in archs}, "clips_per_step": clips_step, "clips_per_gpu": clips_gpu,
         "clip_passes_per_micro_batch": clips_gpu / parts(chosen) * len(names),
-        "params": params, "state": state, "activations": activations(chosen), "peak": peak(chosen),
+        "params": params, "state": state, "activations": activations(chosen), "live": live(chosen), "peak": peak(chosen),
         "budget": budget, "fits": fits, "settings": chosen, "suggestion": suggestion,
         "suggestion_peak": peak(suggestion) if suggestion else None,
         "flops_per_step": flops_step, "tflops": tflops, "utilisation": utilisation, "step_s": step_s,
@@ -214,7 +216,7 @@ def format_plan(p: dict) -> str:
             lines.append(f"  {k:22s} {g(v)}")
     lines.append(f"  {'+ context, slack':22s} {CONTEXT_GIB:g} GiB + {FRAGMENTATION:.0%}")
     verdict = "fits" if p["fits"] else "DOES NOT FIT"
-    lines.append(f"peak per GPU {g(p['peak'])} of {g(p['budget'])}: {verdict}")
+    lines.append(f"peak per GPU {g(p['peak'])} of {g(p['budget'])} ({g(p['live'])} of tensors): {verdict}")
     if not p["fits"]:
         t = p["suggestion"]
         lines.append(f"  fits with: --set jedi.micro_batch_size={t.micro_batch_size} --set jedi.grad_checkpointing="

@@ -7,6 +7,7 @@ import torch
 from jedi_pipe.config import load_config
 from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
 from jedi_pipe.models import build
+from jedi_pipe.plan import ModelCost, format_plan, measure_model, plan
 from jedi_pipe.trainer import joint_model, joint_step, micro_batch_count, micro_batches
 
 
@@ -116,9 +117,66 @@ def test_four_r2plus1d_students_one_step_with_and_without_memory_settings():
     jedi = JEDI.from_experts(experts("r2plus1d_18", names, classes=(51, 101, 400, 174)),
                              JEDIConfig(teacher_ema=0.999), copy_experts=False)
     jedi.eval()
-    data = batch(names, 2, 2, shape=(3, 8, 64, 64), classes=(51, 101, 400, 174))
+    data = batch(names, 2, 2, shape=(3, 4, 32, 32), classes=(51, 101, 400, 174))   # the model at full size, small clips
     whole, logs1 = one_step(jedi, data, 1, False)
     parts, logs2 = one_step(jedi, data, 2, True)
     assert_same_state(whole, parts, atol=1e-5)
     torch.testing.assert_close(logs1["total"], logs2["total"], rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(whole[k], v) for k, v in jedi.state_dict().items())
+
+
+def plan_config(**jedi):
+    data = {"name": "p", "out": "o", "clip": {"frames": 16, "size": 112},
+            "datasets": [{"name": n, "shards": n, "model": "r2plus1d_18"} for n in ("hmdb51", "ucf101", "kinetics400", "ssv2")],
+            "jedi": {"batch_size": 16, "unlabeled_ratio": 3, "teacher_ema": 0.999, **jedi}}
+    return load_config(data=data)
+
+
+# one R(2+1)D-18 clip-pass as measured by plan.measure_model (bf16, 16x112^2), so the arithmetic tests run fast
+R2P1D = ModelCost("r2plus1d_18", 31_505_325, 0.234 * 2**30, 0.059 * 2**30, 0.016 * 2**30, 0.161 * 2**30,
+                  0.02 * 2**30, 81e9, 0.467 * 2**30)
+
+
+def test_plan_arithmetic_and_the_setting_that_would_fit():
+    whole = plan(plan_config(), costs={"r2plus1d_18": R2P1D}, labeled_counts={"kinetics400": 24_000})
+    assert whole["clips_per_step"] == 4 * (16 + 48) and whole["clip_passes_per_micro_batch"] == 1024
+    assert whole["activations"]["activations"] == pytest.approx(4 * (256 * R2P1D.act_per_clip + R2P1D.act_fixed))
+    assert not whole["fits"] and whole["suggestion"] is not None and whole["suggestion_peak"] <= whole["budget"]
+    assert "DOES NOT FIT" in format_plan(whole) and "fits with: --set jedi.micro_batch_size=" in format_plan(whole)
+    parts = plan(plan_config(micro_batch_size=2), costs={"r2plus1d_18": R2P1D})
+    assert parts["fits"] and parts["clip_passes_per_micro_batch"] == 128
+    # 8 micro-batches: 1/8 of the activations, the same weights and state
+    assert parts["activations"]["activations"] == pytest.approx(4 * (32 * R2P1D.act_per_clip + R2P1D.act_fixed))
+    assert parts["state"] == whole["state"]
+    # 3 forward-equivalents per trained clip-pass, + the mean teacher's forward over the 192 unlabeled clips
+    assert whole["flops_per_step"] == pytest.approx(256 * 4 * 81e9 * 3 + 192 * 4 * 81e9)
+    assert whole["steps_per_epoch"] == 1500
+    ckpt = plan(plan_config(micro_batch_size=2, grad_checkpointing=True), costs={"r2plus1d_18": R2P1D})
+    assert ckpt["peak"] < parts["peak"] and ckpt["flops_per_step"] > parts["flops_per_step"]
+    eight = plan(plan_config(micro_batch_size=2), gpus=8, costs={"r2plus1d_18": R2P1D})
+    assert eight["clip_passes_per_micro_batch"] == 128 and eight["state"]["DDP gradient buckets"] > 0
+
+
+def test_measured_activations_scale_with_the_clip_and_checkpointing_keeps_less():
+    small, big = (measure_model("tiny3d", 5, 8, s, bf16=False) for s in (16, 32))
+    assert big.act_per_clip == pytest.approx(4 * small.act_per_clip, rel=0.05)   # activations ~ pixels
+    assert big.kept_per_clip + big.stage_peak_per_clip < big.act_per_clip
+    assert big.flops_per_clip == pytest.approx(4 * small.flops_per_clip, rel=0.05)
+
+
+@pytest.mark.slow
+def test_plan_counts_r2plus1d_activations_as_a_fresh_count_does():
+    torch.manual_seed(0)
+    model = build("r2plus1d_18", 400).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(1, 3, 16, 112, 112))
+    cost = measure_model("r2plus1d_18", 400, 16, 112, bf16=False)
+    assert sum(kept.values()) == pytest.approx(cost.act_per_clip + cost.act_fixed, rel=1e-3)
