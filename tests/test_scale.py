@@ -6,7 +6,7 @@ import torch
 
 from jedi_pipe.config import load_config
 from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
-from jedi_pipe.models import build
+from jedi_pipe.models import build, list_models
 from jedi_pipe.plan import ModelCost, format_plan, measure_model, plan
 from jedi_pipe.trainer import joint_model, joint_step, micro_batch_count, micro_batches
 
@@ -180,3 +180,20 @@ def test_plan_counts_r2plus1d_activations_as_a_fresh_count_does():
         model(torch.randn(1, 3, 16, 112, 112))
     cost = measure_model("r2plus1d_18", 400, 16, 112, bf16=False)
     assert sum(kept.values()) == pytest.approx(cost.act_per_clip + cost.act_fixed, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_checkpoints_its_stages_to_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = build(name, 5).train()
+    x = torch.randn(2, 3, 4, 32, 32)
+    grads = []
+    for on in (False, True):
+        model.grad_checkpointing = on
+        model.zero_grad()
+        torch.manual_seed(1)          # x3d's dropout draws the same mask
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert len(model.feature_stages()) >= 2
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

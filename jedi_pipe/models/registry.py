@@ -1,11 +1,10 @@
 """One flat model registry, one constructor, and the one place that loads weights.
 
 Contract of every registered model (JEDI's teachers depend on it):
-  - input ``[B, C, T, H, W]`` float, normalized with ``model.default_cfg["mean"/"std"]``;
+  - input ``[B, C, T, H, W]`` float, normalized (the loaders use Kinetics-400's mean and std);
   - ``features(x) -> [B, num_features]``: penultimate features after global pooling;
   - ``head``: ``nn.Linear(num_features, num_classes)``;
   - ``forward(x) == head(features(x))``;
-  - ``default_cfg``: the preprocessing that belongs to the architecture / its weights;
   - ``feature_stages()``: the modules ``features`` runs in order before pooling (jedi_pipe.plan measures
     them one by one); ``grad_checkpointing``: when True (and gradients are on), ``features``
     keeps only the stages' inputs and recomputes each stage in the backward pass (:func:`run_stages`).
@@ -24,23 +23,15 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
-
-# Kinetics-400 statistics of torchvision's video models (RGB in [0, 1]).
-KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
-KINETICS_STD = (0.22803, 0.22145, 0.216989)
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(**default_cfg):
-    """Decorator: ``@register_model(frames=16, size=112, ...)`` over ``fn(num_classes, **kw)``."""
-
-    def deco(fn):
-        if fn.__name__ in _REGISTRY:
-            raise ValueError(f"model {fn.__name__!r} is registered twice")
-        _REGISTRY[fn.__name__] = (fn, {"arch": fn.__name__, **default_cfg})
-        return fn
-
-    return deco
+def register_model(fn):
+    """Decorator over ``fn(num_classes, **kw)``; the model's name is the function's."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _REGISTRY[fn.__name__] = fn
+    return fn
 
 
 def list_models() -> list[str]:
@@ -55,9 +46,7 @@ def build(name: str, num_classes: int, weights: str | os.PathLike | None = None,
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    fn, cfg = _REGISTRY[name]
-    model = fn(num_classes=num_classes, **kw)
-    model.default_cfg = dict(cfg)  # a copy: callers may edit theirs
+    model = _REGISTRY[name](num_classes=num_classes, **kw)
     if weights is not None:
         load_weights(model, weights)
     return model

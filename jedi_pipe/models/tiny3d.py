@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import KINETICS_MEAN, KINETICS_STD, register_model, run_stages
+from .registry import register_model, run_stages
 
 
 def _conv_bn_relu(cin, cout, kernel, stride):
@@ -41,6 +41,6 @@ class Tiny3D(nn.Module):
         return self.head(self.features(x))
 
 
-@register_model(frames=8, size=32, fps=None, mean=KINETICS_MEAN, std=KINETICS_STD)
+@register_model
 def tiny3d(num_classes: int, width: int = 32, **kw) -> Tiny3D:
     return Tiny3D(num_classes, width=width, **kw)

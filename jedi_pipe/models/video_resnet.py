@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import KINETICS_MEAN, KINETICS_STD, register_model, run_stages
+from .registry import register_model, run_stages
 
 
 def _conv3d(cin, cout, mid, stride=1):
@@ -91,11 +91,11 @@ class VideoResNet(nn.Module):
         return self.fc(self.features(x))
 
 
-# torchvision's Kinetics-400 weights: 16-frame clips at 15 fps, resize 128x171, crop 112
-_KINETICS_CFG = dict(frames=16, size=112, resize=(128, 171), fps=15, mean=KINETICS_MEAN, std=KINETICS_STD)
+# torchvision's Kinetics-400 weights (r3d_18-b3b3357e.pth, r2plus1d_18-91a641e6.pth) were trained on
+# 16-frame clips at 15 fps, resized to 128x171 and cropped to 112, normalised with Kinetics' mean/std
 
 
-@register_model(**_KINETICS_CFG, weights_file="r3d_18-b3b3357e.pth")
+@register_model
 def r3d_18(num_classes: int, **kw) -> VideoResNet:
     stem = nn.Sequential(
         nn.Conv3d(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False), nn.BatchNorm3d(64), nn.ReLU(inplace=True)
@@ -103,7 +103,7 @@ def r3d_18(num_classes: int, **kw) -> VideoResNet:
     return VideoResNet(num_classes, stem, _conv3d, **kw)
 
 
-@register_model(**_KINETICS_CFG, weights_file="r2plus1d_18-91a641e6.pth")
+@register_model
 def r2plus1d_18(num_classes: int, **kw) -> VideoResNet:
     stem = nn.Sequential(
         nn.Conv3d(3, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False), nn.BatchNorm3d(45), nn.ReLU(inplace=True),

@@ -89,7 +89,7 @@ class X3D(nn.Module):
         return self.head(self.features(x))
 
 
-# X3D-S: 13 frames sampled with stride 6 from 30 fps video (5 fps), 160 px crop
-@register_model(frames=13, size=160, resize=182, fps=5, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+# X3D-S is meant for 13 frames sampled with stride 6 from 30 fps video (5 fps), 160 px crops
+@register_model
 def x3d_s(num_classes: int, **kw) -> X3D:
     return X3D(num_classes, **kw)
