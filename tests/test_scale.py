@@ -197,3 +197,14 @@ def test_every_model_checkpoints_its_stages_to_the_same_gradients(name):
     assert len(model.feature_stages()) >= 2
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_config_check_names_the_method_key():
+    from jedi_pipe.config import ConfigError
+    base = {"name": "t", "out": "o", "datasets": [{"name": "a", "shards": "x"}]}
+    for jedi, message in (({"bn_stats": "frozen"}, "jedi.bn_stats: one of own, batch"),
+                          ({"threshold": 2.0}, r"jedi.threshold: a probability in \[0, 1\]"),
+                          ({"micro_batch_size": -1}, "jedi.micro_batch_size"),
+                          ({"teacher_dropout": 0.5}, "jedi.teacher_dropout: unknown key")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(data={**base, "jedi": jedi})
