@@ -1,8 +1,9 @@
 """Training config: plain dataclasses with a default and a comment for every value.
 
 The method's knobs are jedi.JEDIConfig's (JediCfg extends it), so a library user and a YAML
-config get the same defaults. A YAML file is validated on load against these classes: an unknown key or a value of the wrong
-type is an error that names the key. `--set a.b=value` overrides are parsed as YAML scalars
+config get the same defaults (this module therefore imports torch, through jedi.py). A YAML file
+is validated on load against these classes: an unknown key or a value of the wrong type is an
+error that names the key. `--set a.b=value` overrides are parsed as YAML scalars
 and checked the same way. The resolved config is saved in the run folder and in checkpoints.
 """
 from __future__ import annotations
