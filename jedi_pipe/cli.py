@@ -386,6 +386,24 @@ class _bar:
         self.bar.close()
 
 
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Training config (YAML), e.g. train/jedi.yaml.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value (jedi.micro_batch_size=2); repeatable.")
+@click.option("--gpus", default=1, show_default=True, type=click.IntRange(1, None), help="GPUs the step is spread over (DDP).")
+@click.option("--gpu-mem", default=80.0, show_default=True, type=click.FloatRange(1, None), help="Memory of one GPU, GB.")
+@click.option("--tflops", default=989.0, show_default=True, type=click.FloatRange(1, None), help="Dense bf16 peak of one GPU, TFLOP/s (H100/H200 989, A100 312).")
+@click.option("--utilisation", default=0.3, show_default=True, type=click.FloatRange(0.01, 1), help="Fraction of the peak assumed reached.")
+def plan(config_path, overrides, gpus, gpu_mem, tflops, utilisation):
+    """Memory and time model of the config's joint step: does it fit, how long, what input rate.
+
+    Activations and FLOPs per clip are measured here on the CPU (a few seconds per model);
+    the rest is arithmetic, written out in jedi_pipe/plan.py and docs/scale.md.
+    """
+    from .plan import format_plan, plan as make_plan
+    cfg = _config(config_path, overrides)
+    click.echo(format_plan(make_plan(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, tflops=tflops, utilisation=utilisation)))
+
+
 def _attach_bench():
     from .loaders.bench import bench_cli
     main.add_command(bench_cli)
@@ -395,3 +413,4 @@ _attach_bench()
 
 if __name__ == "__main__":
     main()
+

@@ -1,7 +1,9 @@
 """Training config: plain dataclasses with a default and a comment for every value.
 
-A YAML file is validated on load against these classes: an unknown key or a value of the wrong
-type is an error that names the key. `--set a.b=value` overrides are parsed as YAML scalars
+The method's knobs are jedi.JEDIConfig's (JediCfg extends it), so a library user and a YAML
+config get the same defaults (this module therefore imports torch, through jedi.py). A YAML file
+is validated on load against these classes: an unknown key or a value of the wrong type is an
+error that names the key. `--set a.b=value` overrides are parsed as YAML scalars
 and checked the same way. The resolved config is saved in the run folder and in checkpoints.
 """
 from __future__ import annotations
@@ -12,10 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-
-# choices of the method's options; jedi.py validates against the same tuples (this module imports no torch)
-TEACHER_INITS = ("block", "probe")
-BN_STATS = ("own", "batch")
+from .jedi import JEDIConfig
 
 
 class ConfigError(InputError):
@@ -51,27 +50,30 @@ class PretrainCfg:
 
 
 @dataclass
-class JediCfg:
+class JediCfg(JEDIConfig):
+    """The joint phase: the method's knobs (jedi.JEDIConfig: losses, weights, teachers; one default
+    each, defined there) and, added here, the schedule, the batch and the memory settings."""
     epochs: int = 20              # epochs of the joint phase; an epoch = one pass over the labeled clips
     lr: float = 0.005             # peak learning rate of students and teachers
     batch_size: int = 16          # labeled clips per dataset per step
     unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
-    temperature: float = 1.0      # softening of the teachers' targets
-    threshold: float = 0.0        # teacher confidence below which an unlabeled clip is ignored
-    hard: bool = False            # hard pseudo-labels instead of soft targets
-    w_sup_student: float = 1.0    # supervised CE weight of the students
-    w_sup_teacher: float = 1.0    # supervised CE weight of the teachers
-    w_distill: float = 1.0        # distillation weight (teacher -> student, unlabeled clips)
-    detach_teacher_features: bool = False   # ablation: teacher losses do not reach the backbones
-    teacher_init: str = "block"   # block: T_i == S_i at start; probe: fit teacher heads on labeled features first
-    w_mutual: float = 0.5         # student -> teacher distillation on unlabeled clips (chosen on the benchmark: docs/method.md)
-    teacher_dropout: float = 0.0  # dropout on the teachers' concatenated features (training only)
-    teacher_ema: float = 0.0      # > 0: the teachers' targets and scores come from a moving average of the joint model
-    bn_stats: str = "batch"       # own: each backbone's BatchNorm uses its own dataset's clips' statistics; batch: all clips'
     teachers: str = "joint"       # joint: JEDI; ema: baseline, each student's own EMA, its dataset alone
     ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4
     warmup_steps: int = 20
+    micro_batch_size: int = 0     # labeled clips per dataset in one micro-batch (with unlabeled_ratio times as many
+    #                               unlabeled ones): each GPU's step runs in equal parts of the step's mix of datasets
+    #                               and roles, gradients accumulated: the same loss, a fraction of the activation
+    #                               memory; BatchNorm normalises per part (trainer.joint_step). 0: the whole step
+    grad_checkpointing: bool = False  # keep only the backbones' stage inputs and recompute each stage in the
+    #                                   backward pass: about a third more compute, far less activation memory
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.teachers not in ("joint", "ema"):
+            raise ValueError(f"teachers: joint or ema, got {self.teachers!r}")
+        if self.micro_batch_size < 0:
+            raise ValueError(f"micro_batch_size: 0 (the whole step) or more, got {self.micro_batch_size}")
 
 
 @dataclass
@@ -91,6 +93,7 @@ class Config:
     checkpoint_every: int = 50                  # steps between checkpoints (and at the end)
     compile: bool = False                       # torch.compile the backbones (GPU runs)
     logger: str = "jsonl"                       # jsonl: metrics.jsonl; tensorboard: also TensorBoard events (pip install "jedi-pipe[tensorboard]")
+    bf16: bool = True                           # autocast to bfloat16 on the GPU (the CPU always runs fp32)
 
     def __post_init__(self):
         for key, allowed in (("loader", ("auto", "dali", "torch")), ("device", ("auto", "cpu", "cuda")),
@@ -102,12 +105,6 @@ class Config:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"datasets: names must be unique, got {names}")
-        if self.jedi.teacher_init not in TEACHER_INITS:
-            raise ConfigError(f"jedi.teacher_init: one of {', '.join(TEACHER_INITS)}, got {self.jedi.teacher_init!r}")
-        if self.jedi.bn_stats not in BN_STATS:
-            raise ConfigError(f"jedi.bn_stats: one of {', '.join(BN_STATS)}, got {self.jedi.bn_stats!r}")
-        if self.jedi.teachers not in ("joint", "ema"):
-            raise ConfigError(f"jedi.teachers: joint or ema, got {self.jedi.teachers!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,7 +126,12 @@ def _build(cls, data, where: str):
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ConfigError(f"{_join(where, missing[0])}: required key is missing")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:   # a value check of the class itself; its message starts with the key
+        raise ConfigError(_join(where, str(e))) from None
 
 
 def _coerce(tp, value, where):

@@ -26,7 +26,7 @@ from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config
 from .errors import InputError, MissingError, UnavailableError
-from .jedi import JEDI, EMABaseline, JEDIConfig, fit_teacher_heads_probe, jedi_losses
+from .jedi import JEDI, EMABaseline, Logits, StepOutput, fit_teacher_heads_probe, jedi_losses
 from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
@@ -83,9 +83,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device, bf16: bool = True):
     # bf16 on the GPU: no loss scaling needed; the CPU runs fp32 (bf16 conv3d is slow there).
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -140,7 +140,7 @@ def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device) -> dict
     for b in loader:
         x = b["x"]                                    # [B, V, C, T, H, W]
         B, V = x.shape[:2]
-        with autocast(device):
+        with autocast(device, cfg.bf16):
             out = forward(to_device(x.flatten(0, 1), device))
         for kind, logits in out.items():
             p = logits.float().softmax(-1).view(B, V, -1).mean(1)
@@ -243,7 +243,7 @@ def pretrain(cfg: Config, log=print) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
             b = batch[d.name]
-            with autocast(device):
+            with autocast(device, cfg.bf16):
                 loss = F.cross_entropy(forward(to_device(b["x"], device)), b["y"].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -270,20 +270,15 @@ def pretrain(cfg: Config, log=print) -> dict:
 
 # ---------------------------------------------------------------------------- JEDI
 
-def jedi_config(cfg: Config) -> JEDIConfig:
-    j = cfg.jedi
-    return JEDIConfig(temperature=j.temperature, threshold=j.threshold, hard=j.hard,
-                      w_sup_student=j.w_sup_student, w_sup_teacher=j.w_sup_teacher, w_distill=j.w_distill,
-                      detach_teacher_features=j.detach_teacher_features, teacher_init=j.teacher_init,
-                      teacher_dropout=j.teacher_dropout, w_mutual=j.w_mutual,
-                      teacher_ema=j.teacher_ema, bn_stats=j.bn_stats)
-
-
 def joint_model(experts: dict, cfg: Config):
     """Students from the experts, with JEDI's joint teachers or (baseline) per-dataset EMA teachers."""
     if cfg.jedi.teachers == "ema":
-        return EMABaseline.from_experts(experts, jedi_config(cfg), decay=cfg.jedi.ema_decay)
-    return JEDI.from_experts(experts, jedi_config(cfg))
+        model = EMABaseline.from_experts(experts, cfg.jedi, decay=cfg.jedi.ema_decay)
+    else:
+        model = JEDI.from_experts(experts, cfg.jedi)   # cfg.jedi is a jedi.JEDIConfig (config.JediCfg extends it)
+    for student in model.students.values():
+        student.grad_checkpointing = cfg.jedi.grad_checkpointing
+    return model
 
 
 def load_joint(cfg: Config, experts: dict, checkpoint, device):
@@ -322,6 +317,73 @@ def probe_teachers(jedi: JEDI, cfg: Config, sets, device) -> None:
     fit_teacher_heads_probe(jedi, feats, labels)
 
 
+def micro_batch_count(micro_batch_size: int, batch_per_gpu: int) -> int:
+    """How many micro-batches one GPU's step runs in (jedi.micro_batch_size labeled clips per dataset each)."""
+    if not micro_batch_size:
+        return 1
+    if batch_per_gpu % micro_batch_size:
+        raise ValueError(f"jedi.micro_batch_size: {micro_batch_size} does not divide the {batch_per_gpu} labeled "
+                         "clips per dataset and GPU of a step; choose a divisor (or 0 for the whole step)")
+    return batch_per_gpu // micro_batch_size
+
+
+def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int) -> list[tuple[dict, dict, dict]]:
+    """The step's clips in k equal parts, each with 1/k of every dataset's labeled and unlabeled
+    clips: every part holds the step's mix of datasets and roles, and since each loss term is a
+    mean over a dataset's clips, the mean of the parts' losses is the step's loss exactly."""
+    if k == 1:
+        return [(labeled, unlabeled, labels)]
+    for role, clips in (("labeled", labeled), ("unlabeled", unlabeled)):
+        for n, x in clips.items():
+            if x.shape[0] % k:
+                raise ValueError(f"{k} micro-batches do not divide the {x.shape[0]} {role} clips of {n} in "
+                                 "this step; jedi.micro_batch_size must divide the per-GPU batch")
+    cut = lambda d: {n: x.chunk(k) for n, x in d.items()}  # noqa: E731
+    lc, uc, yc = cut(labeled), cut(unlabeled), cut(labels)
+    return [({n: c[i] for n, c in lc.items()}, {n: c[i] for n, c in uc.items()}, {n: c[i] for n, c in yc.items()})
+            for i in range(k)]
+
+
+def joint_step(jedi, forward, opt, labeled: dict, unlabeled: dict, labels: dict, jcfg,
+               k: int = 1, amp=None) -> tuple[StepOutput, dict]:
+    """One optimizer step of the joint phase, its clips run in `k` micro-batches.
+
+    Gradients accumulate over the micro-batches (each loss scaled by 1/k), so the step is the
+    same arithmetic as one pass over all clips, except for BatchNorm: in training it normalises
+    with the statistics of the clips it sees at once, here a micro-batch (as DDP does per rank),
+    and its running statistics move k times per step. Under DDP the gradients are all-reduced
+    once, on the last micro-batch. Returns the outputs (detached, all clips) and the mean logs.
+    """
+    parts = micro_batches(labeled, unlabeled, labels, k)
+    opt.zero_grad(set_to_none=True)
+    outs, logs = [], {}
+    for i, (lab, unl, y) in enumerate(parts):
+        last = i == len(parts) - 1
+        no_sync = getattr(forward, "no_sync", None)
+        with (nullcontext() if last or no_sync is None else no_sync()), (amp or nullcontext()):
+            out = forward(lab, unl)
+            loss, part_logs = jedi_losses(out, y, jcfg)
+        (loss / len(parts)).backward()
+        outs.append(out)
+        for key, v in part_logs.items():
+            logs[key] = logs.get(key, 0.0) + v / len(parts)
+    opt.step()
+    jedi.update_ema()     # the moving averages, where there are any (EMA baseline, teacher_ema)
+    return _concat_outputs(outs), logs
+
+
+def _concat_outputs(outs: list[StepOutput]) -> StepOutput:
+    if len(outs) == 1:
+        return outs[0]
+    merged = StepOutput()
+    for role in ("labeled", "unlabeled"):
+        for n in getattr(outs[0], role):
+            rows = [getattr(o, role)[n] for o in outs]
+            getattr(merged, role)[n] = Logits(*(None if f[0] is None else torch.cat([t.detach() for t in f])
+                                                for f in zip(*rows)))
+    return merged
+
+
 def train(cfg: Config, resume: bool = False, log=print) -> dict:
     """JEDI from the experts (pretrained first when missing); writes results.json/.md."""
     rank, world = distributed.init()
@@ -334,13 +396,14 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         log("experts missing: pretraining them first")
         pretrain(cfg, log=log)
     experts = {n: load_expert(cfg, n, device) for n in names}
-    jcfg = jedi_config(cfg)
+    jcfg = cfg.jedi
 
     # -- model, optimizer, loader
     seed_everything(cfg.seed)
     jedi = joint_model(experts, cfg).to(device)
     loader = joint_loader(cfg, sets, rank, world)
     total = cfg.jedi.epochs * loader.steps_per_epoch
+    k = micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
     trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA copies
     opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
     forward = distributed.wrap(jedi)
@@ -394,13 +457,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         labeled = {n: to_device(b["x"], device) for n, b in batch.items()}
         unlabeled = {n: to_device(b["x_u"], device) for n, b in batch.items() if "x_u" in b}
         labels = {n: b["y"].to(device, non_blocking=True) for n, b in batch.items()}
-        with autocast(device):
-            outputs = forward(labeled, unlabeled)
-            loss, logs = jedi_losses(outputs, labels, jcfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        jedi.update_ema()     # the moving averages, where there are any (EMA baseline, teacher_ema)
+        outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, jcfg, k, autocast(device, cfg.bf16))
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)

@@ -1,11 +1,13 @@
 """One flat model registry, one constructor, and the one place that loads weights.
 
 Contract of every registered model (JEDI's teachers depend on it):
-  - input ``[B, C, T, H, W]`` float, normalized with ``model.default_cfg["mean"/"std"]``;
+  - input ``[B, C, T, H, W]`` float, normalized (the loaders use Kinetics-400's mean and std);
   - ``features(x) -> [B, num_features]``: penultimate features after global pooling;
   - ``head``: ``nn.Linear(num_features, num_classes)``;
   - ``forward(x) == head(features(x))``;
-  - ``default_cfg``: the preprocessing that belongs to the architecture / its weights.
+  - ``feature_stages()``: the modules ``features`` runs in order before pooling (jedi_pipe.plan measures
+    them one by one); ``grad_checkpointing``: when True (and gradients are on), ``features``
+    keeps only the stages' inputs and recomputes each stage in the backward pass (:func:`run_stages`).
 """
 
 from __future__ import annotations
@@ -20,24 +22,18 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-# Kinetics-400 statistics of torchvision's video models: defined once, with the clip they normalise
-from ..loaders.clip import KINETICS_MEAN, KINETICS_STD  # noqa: F401 (the models' default_cfg uses them)
 
 log = logging.getLogger(__name__)
 
-_REGISTRY: dict[str, tuple[Callable[..., nn.Module], dict]] = {}
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(**default_cfg):
-    """Decorator: ``@register_model(frames=16, size=112, ...)`` over ``fn(num_classes, **kw)``."""
-
-    def deco(fn):
-        if fn.__name__ in _REGISTRY:
-            raise ValueError(f"model {fn.__name__!r} is registered twice")
-        _REGISTRY[fn.__name__] = (fn, {"arch": fn.__name__, **default_cfg})
-        return fn
-
-    return deco
+def register_model(fn):
+    """Decorator over ``fn(num_classes, **kw)``; the model's name is the function's."""
+    if fn.__name__ in _REGISTRY:
+        raise ValueError(f"model {fn.__name__!r} is registered twice")
+    _REGISTRY[fn.__name__] = fn
+    return fn
 
 
 def list_models() -> list[str]:
@@ -51,13 +47,57 @@ def build(name: str, num_classes: int, weights: str | os.PathLike | None = None,
     different class count is skipped, so Kinetics weights can start a 51-class model).
     """
     if name not in _REGISTRY:
-        raise InputError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
-    fn, cfg = _REGISTRY[name]
-    model = fn(num_classes=num_classes, **kw)
-    model.default_cfg = dict(cfg)  # a copy: callers may edit theirs
+        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+    model = _REGISTRY[name](num_classes=num_classes, **kw)
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def run_stages(stages, x, checkpoint: bool):
+    """``x`` through ``stages`` in order; with ``checkpoint`` (and grad on), activation checkpointing.
+
+    Checkpointed, a stage keeps only its input for the backward pass and runs again there, so a
+    backbone's saved activations shrink to its stage boundaries plus one stage at a time. The
+    recomputation must not change BatchNorm's state: its running statistics would move twice per
+    step (fairscale's ``patch_batchnorm`` fixes the same thing), and a BatchNorm that normalises
+    with chosen rows (jedi's ``stat_rows``) must see the rows it saw in the forward pass.
+    """
+    if not (checkpoint and torch.is_grad_enabled()):
+        for stage in stages:
+            x = stage(x)
+        return x
+    from torch.utils.checkpoint import checkpoint as ckpt
+    for stage in stages:
+        x = ckpt(_StageRun(stage), x, use_reentrant=False)
+    return x
+
+
+class _StageRun:
+    """One checkpointed call of a stage: the first call is the forward, a second the recompute."""
+
+    def __init__(self, stage: nn.Module):
+        self.stage, self.calls = stage, 0
+        self.bns = [m for m in stage.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        # rows a row-selecting BatchNorm uses now; they are reset once the forward is over
+        self.rows = [(bn, bn.stat_rows) for bn in self.bns if hasattr(bn, "stat_rows")]
+
+    def __call__(self, x):
+        self.calls += 1
+        if self.calls == 1:
+            return self.stage(x)
+        buffers = [(b, b.clone()) for bn in self.bns for b in bn.buffers()]
+        now = [(bn, bn.stat_rows) for bn, _ in self.rows]
+        for bn, rows in self.rows:
+            bn.stat_rows = rows
+        try:
+            return self.stage(x)
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+            for bn, rows in now:
+                bn.stat_rows = rows
 
 
 class LoadResult(NamedTuple):

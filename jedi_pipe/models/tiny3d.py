@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import KINETICS_MEAN, KINETICS_STD, register_model
+from .registry import register_model, run_stages
 
 
 def _conv_bn_relu(cin, cout, kernel, stride):
@@ -21,6 +21,7 @@ def _block(cin, cout, stride):
 
 
 class Tiny3D(nn.Module):
+    grad_checkpointing = False   # registry.run_stages: recompute the stem and each block in backward
     def __init__(self, num_classes: int, width: int = 32, in_chans: int = 3):
         super().__init__()
         w = width
@@ -30,13 +31,16 @@ class Tiny3D(nn.Module):
         self.num_features = 4 * w
         self.head = nn.Linear(self.num_features, num_classes)
 
+    def feature_stages(self) -> list[nn.Module]:
+        return [self.stem, *self.blocks]
+
     def features(self, x):
-        return self.pool(self.blocks(self.stem(x))).flatten(1)
+        return self.pool(run_stages(self.feature_stages(), x, self.grad_checkpointing)).flatten(1)
 
     def forward(self, x):
         return self.head(self.features(x))
 
 
-@register_model(frames=8, size=32, fps=None, mean=KINETICS_MEAN, std=KINETICS_STD)
+@register_model
 def tiny3d(num_classes: int, width: int = 32, **kw) -> Tiny3D:
     return Tiny3D(num_classes, width=width, **kw)

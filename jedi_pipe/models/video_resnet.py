@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import KINETICS_MEAN, KINETICS_STD, register_model
+from .registry import register_model, run_stages
 
 
 def _conv3d(cin, cout, mid, stride=1):
@@ -45,6 +45,7 @@ class BasicBlock(nn.Module):
 
 
 class VideoResNet(nn.Module):
+    grad_checkpointing = False   # registry.run_stages: recompute stem and layer1..4 in backward
     def __init__(self, num_classes: int, stem: nn.Module, conv, depths=(2, 2, 2, 2)):
         super().__init__()
         self.stem = stem
@@ -80,20 +81,21 @@ class VideoResNet(nn.Module):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
 
+    def feature_stages(self) -> list[nn.Module]:
+        return [self.stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
     def features(self, x):
-        x = self.stem(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.avgpool(x).flatten(1)
+        return self.avgpool(run_stages(self.feature_stages(), x, self.grad_checkpointing)).flatten(1)
 
     def forward(self, x):
         return self.fc(self.features(x))
 
 
-# torchvision's Kinetics-400 weights: 16-frame clips at 15 fps, resize 128x171, crop 112
-_KINETICS_CFG = dict(frames=16, size=112, resize=(128, 171), fps=15, mean=KINETICS_MEAN, std=KINETICS_STD)
+# torchvision's Kinetics-400 weights (r3d_18-b3b3357e.pth, r2plus1d_18-91a641e6.pth) were trained on
+# 16-frame clips at 15 fps, resized to 128x171 and cropped to 112, normalised with Kinetics' mean/std
 
 
-@register_model(**_KINETICS_CFG, weights_file="r3d_18-b3b3357e.pth")
+@register_model
 def r3d_18(num_classes: int, **kw) -> VideoResNet:
     stem = nn.Sequential(
         nn.Conv3d(3, 64, (3, 7, 7), (1, 2, 2), (1, 3, 3), bias=False), nn.BatchNorm3d(64), nn.ReLU(inplace=True)
@@ -101,7 +103,7 @@ def r3d_18(num_classes: int, **kw) -> VideoResNet:
     return VideoResNet(num_classes, stem, _conv3d, **kw)
 
 
-@register_model(**_KINETICS_CFG, weights_file="r2plus1d_18-91a641e6.pth")
+@register_model
 def r2plus1d_18(num_classes: int, **kw) -> VideoResNet:
     stem = nn.Sequential(
         nn.Conv3d(3, 45, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False), nn.BatchNorm3d(45), nn.ReLU(inplace=True),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import register_model
+from .registry import register_model, run_stages
 
 
 def _bn(c):
@@ -50,6 +50,7 @@ class X3DBlock(nn.Module):
 
 
 class X3D(nn.Module):
+    grad_checkpointing = False   # registry.run_stages: recompute the stem, each stage and conv5 in backward
     def __init__(self, num_classes: int, widths=(24, 48, 96, 192), depths=(3, 5, 11, 7), expansion=2.25,
                  se: bool = True, num_features: int = 2048, drop_rate: float = 0.5):
         super().__init__()
@@ -77,15 +78,18 @@ class X3D(nn.Module):
         self.num_features = num_features
         self.head = nn.Linear(num_features, num_classes)
 
+    def feature_stages(self) -> list[nn.Module]:
+        return [self.stem, *self.stages, self.conv5]
+
     def features(self, x):
-        x = self.conv5(self.stages(self.stem(x)))
+        x = run_stages(self.feature_stages(), x, self.grad_checkpointing)
         return self.lin5(self.pool(x).flatten(1))
 
     def forward(self, x):
         return self.head(self.features(x))
 
 
-# X3D-S: 13 frames sampled with stride 6 from 30 fps video (5 fps), 160 px crop
-@register_model(frames=13, size=160, resize=182, fps=5, mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225))
+# X3D-S is meant for 13 frames sampled with stride 6 from 30 fps video (5 fps), 160 px crops
+@register_model
 def x3d_s(num_classes: int, **kw) -> X3D:
     return X3D(num_classes, **kw)

@@ -1,0 +1,232 @@
+"""Memory and time model of a config's joint step (`jedi-pipe plan`); docs/scale.md explains it.
+
+Per registered model, at the config's clip size, on the CPU:
+  - activation memory of one clip-pass: the bytes autograd keeps for the backward pass, counted
+    with ``torch.autograd.graph.saved_tensors_hooks`` over one forward (each storage once,
+    parameters left out), at batch 1 and 2: the difference is the cost per clip, the rest a
+    fixed cost per pass. Counted per stage too (``model.feature_stages()``), which gives what
+    activation checkpointing keeps (the stages' inputs) and what it recomputes at once (one stage).
+  - forward FLOPs of one clip (``torch.utils.flop_counter``, a multiply-add counted as 2).
+Everything else is arithmetic on the config, written out in ``plan()``: the weights, their
+gradients, SGD's momentum, the mean teacher's copies, DDP's gradient buckets, and a stated
+allowance for the CUDA context, cuDNN workspaces and the allocator's fragmentation.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .config import Config
+from .models import build
+
+GiB = 2**30
+CONTEXT_GIB = 3.0       # CUDA context + cuDNN workspaces, a round allowance (not measured here)
+FRAGMENTATION = 0.10    # caching-allocator slack on top of the live tensors, an allowance (not measured here)
+# Labeled clips per dataset at labeled_fraction 0.1, from the published split sizes (docs/scale.md, "Shard
+# counts"); used for the epoch length only when a config's shard folder is not there to count.
+PUBLISHED_LABELED = {"hmdb51": 357, "ucf101": 954, "kinetics400": 24_000, "ssv2": 16_900}
+PUBLISHED_CLASSES = {"hmdb51": 51, "ucf101": 101, "kinetics400": 400, "ssv2": 174}   # other names: 400 assumed
+
+
+@dataclass
+class ModelCost:
+    arch: str
+    params: int                 # parameters of the model (backbone + its head)
+    act_per_clip: float         # bytes kept for backward per clip, whole forward (no checkpointing)
+    act_fixed: float            # bytes kept per pass whatever the batch (e.g. bf16 copies of the weights)
+    kept_per_clip: float        # with checkpointing: stage inputs + what runs after the stages, per clip
+    stage_peak_per_clip: float  # with checkpointing: the largest stage's activations, recomputed in backward
+    out_per_clip: float         # largest stage output (bytes per clip): the mean teacher's no-grad working set
+    flops_per_clip: float       # forward FLOPs of one clip
+    act_per_clip_fp32: float    # act_per_clip without autocast (the figure to compare with an fp32 count)
+
+
+def _saved_bytes(fn, params: set[int]) -> float:
+    """Bytes of the distinct storages autograd saves while `fn()` runs (parameters excluded)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return float(sum(seen.values()))
+
+
+def measure_model(arch: str, num_classes: int, frames: int, size: int, bf16: bool) -> ModelCost:
+    """Count one model's activations per clip-pass (train mode, CPU) and its FLOPs per clip.
+
+    ``bf16``: under ``torch.autocast("cpu", bfloat16)``, which casts convolutions and what
+    follows them to bf16 as CUDA's autocast does (a CPU stand-in for the GPU's bf16 run).
+    """
+    torch.manual_seed(0)
+    model = build(arch, num_classes).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def whole(b, autocast=True):
+        x = torch.randn(b, 3, frames, size, size)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and autocast):
+            return _saved_bytes(lambda: model(x), params)
+
+    def per_stage(b):
+        x = torch.randn(b, 3, frames, size, size)
+        saved, inputs, outputs = [], [], []
+        with amp:
+            for stage in model.feature_stages():
+                inputs.append(x.untyped_storage().nbytes())
+                x = _run_and_count(stage, x, params, saved)
+                outputs.append(x.untyped_storage().nbytes())
+        return saved, inputs, outputs
+
+    one, two = whole(1), whole(2)
+    s1, in1, out1 = per_stage(1)
+    s2, in2, out2 = per_stage(2)
+    stage_per_clip = [b - a for a, b in zip(s1, s2)]
+    after_stages = (two - one) - sum(stage_per_clip)      # pooling, head: kept as they are
+    kept = sum(b - a for a, b in zip(in1, in2)) + max(after_stages, 0.0)
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.randn(1, 3, frames, size, size))
+    return ModelCost(arch, sum(p.numel() for p in model.parameters()), two - one, 2 * one - two, kept,
+                     max(stage_per_clip), max(b - a for a, b in zip(out1, out2)), float(counter.get_total_flops()),
+                     whole(2, False) - whole(1, False) if bf16 else two - one)
+
+
+def _run_and_count(stage, x, params, saved: list) -> torch.Tensor:
+    out = []
+    saved.append(_saved_bytes(lambda: out.append(stage(x)), params))
+    return out[0]
+
+
+@dataclass
+class Settings:
+    micro_batch_size: int       # jedi.micro_batch_size (0: the whole step)
+    grad_checkpointing: bool
+
+
+def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 989.0, utilisation: float = 0.3,
+         costs: dict[str, ModelCost] | None = None, labeled_counts: dict[str, int] | None = None) -> dict:
+    """The memory and time model of cfg's joint step on `gpus` GPUs of `gpu_mem_gb` GB each.
+
+    ``tflops``: the GPU's dense bf16 peak (989 for an H100/H200 SXM, 312 for an A100), of which
+    ``utilisation`` is assumed reached. ``costs``: measured ModelCost per arch (measured here
+    when missing). ``labeled_counts``: labeled clips per dataset, for the epoch length.
+    """
+    j = cfg.jedi
+    names = [d.name for d in cfg.datasets]
+    bf16 = cfg.bf16
+    costs = dict(costs or {})
+    for d in cfg.datasets:
+        if d.model not in costs:
+            costs[d.model] = measure_model(d.model, 400, cfg.clip.frames, cfg.clip.size, bf16)
+    archs = [costs[d.model] for d in cfg.datasets]
+    lab_gpu, unl_gpu = j.batch_size / gpus, j.batch_size * j.unlabeled_ratio / gpus
+    clips_gpu = len(names) * (lab_gpu + unl_gpu)            # clips on one GPU per step, every dataset
+    clips_step = clips_gpu * gpus
+
+    # -- weights and their state (fp32 master weights; autocast keeps them fp32); teacher i: a linear head
+    #    over all students' features, [C_i, sum of widths]
+    width = sum(build(d.model, 1).num_features for d in cfg.datasets)
+    params = sum(c.params for c in archs) + sum((width + 1) * PUBLISHED_CLASSES.get(n, 400) for n in names)
+    weights = 4.0 * params
+    state = {"weights": weights, "gradients": weights, "SGD momentum": weights,
+             "mean-teacher copies": weights if j.teacher_ema else 0.0,
+             "DDP gradient buckets": weights if gpus > 1 else 0.0}
+
+    def parts(s: Settings) -> float:
+        return lab_gpu / s.micro_batch_size if s.micro_batch_size else 1
+
+    def activations(s: Settings) -> dict:
+        clips_mb = clips_gpu / parts(s)
+        unl_mb = len(names) * unl_gpu / parts(s)
+        if s.grad_checkpointing:
+            act = sum(c.kept_per_clip * clips_mb + c.act_fixed for c in archs) \
+                + max(c.stage_peak_per_clip for c in archs) * clips_mb
+        else:
+            act = sum(c.act_per_clip * clips_mb + c.act_fixed for c in archs)
+        ema = 2 * max(c.out_per_clip for c in archs) * unl_mb if j.teacher_ema else 0.0
+        inputs = clips_gpu * 3 * cfg.clip.frames * cfg.clip.size**2 * 4.0
+        return {"activations": act, "mean-teacher forward": ema, "input clips": inputs}
+
+    def live(s: Settings) -> float:      # what torch.cuda.max_memory_allocated would show
+        return sum(state.values()) + sum(activations(s).values())
+
+    def peak(s: Settings) -> float:
+        return live(s) * (1 + FRAGMENTATION) + CONTEXT_GIB * GiB
+
+    budget = gpu_mem_gb * 1e9
+    chosen = Settings(j.micro_batch_size, j.grad_checkpointing)
+    fits = peak(chosen) <= budget
+    suggestion = None
+    if not fits:   # the largest micro-batch that fits, without checkpointing first (it costs a third more compute)
+        sizes = [m for m in range(int(lab_gpu), 0, -1) if lab_gpu % m == 0]
+        for ckpt in (False, True):
+            ok = [Settings(m, ckpt) for m in sizes if peak(Settings(m, ckpt)) <= budget]
+            if ok:
+                suggestion = ok[0]
+                break
+
+    # -- compute: forward + backward (~2x forward) per clip-pass, + a forward again when checkpointing,
+    #    + the mean teacher's forward over the unlabeled clips
+    fwd = sum(c.flops_per_clip for c in archs)               # one clip through every backbone
+    train_mult = 3 + (1 if chosen.grad_checkpointing else 0)
+    flops_step = clips_step * fwd * train_mult + (len(names) * j.batch_size * j.unlabeled_ratio * fwd
+                                                   if j.teacher_ema else 0.0)
+    step_s = flops_step / gpus / (tflops * 1e12 * utilisation)
+    counts = labeled_counts or {}
+    labeled = {n: counts.get(n, PUBLISHED_LABELED.get(n)) for n in names}
+    steps_epoch = math.ceil(max(v for v in labeled.values() if v) / j.batch_size) if any(labeled.values()) else None
+    return {
+        "gpus": gpus, "gpu_mem_gb": gpu_mem_gb, "bf16": bf16, "clip": (cfg.clip.frames, cfg.clip.size),
+        "models": {c.arch: c for c in archs}, "clips_per_step": clips_step, "clips_per_gpu": clips_gpu,
+        "clip_passes_per_micro_batch": clips_gpu / parts(chosen) * len(names),
+        "params": params, "state": state, "activations": activations(chosen), "live": live(chosen), "peak": peak(chosen),
+        "budget": budget, "fits": fits, "settings": chosen, "suggestion": suggestion,
+        "suggestion_peak": peak(suggestion) if suggestion else None,
+        "flops_per_step": flops_step, "tflops": tflops, "utilisation": utilisation, "step_s": step_s,
+        "labeled": labeled, "steps_per_epoch": steps_epoch,
+        "epoch_s": steps_epoch * step_s if steps_epoch else None, "loader_clips_per_s": clips_step / step_s,
+    }
+
+
+def format_plan(p: dict) -> str:
+    g = lambda b: f"{b / GiB:.1f} GiB" if b >= 10 * GiB else f"{b / GiB:.3f} GiB"  # noqa: E731
+    s = p["settings"]
+    lines = [f"joint step on {p['gpus']} GPU(s) of {p['gpu_mem_gb']:g} GB, clips {p['clip'][0]}x{p['clip'][1]}^2, "
+             f"{'bf16 autocast' if p['bf16'] else 'fp32'}; jedi.micro_batch_size={s.micro_batch_size}, "
+             f"jedi.grad_checkpointing={str(s.grad_checkpointing).lower()}",
+             "per model (measured on this CPU: saved-tensors count, one clip-pass; FLOPs counted):"]
+    for c in p["models"].values():
+        lines.append(f"  {c.arch}: {c.params / 1e6:.1f} M params, activations {g(c.act_per_clip)} per clip-pass "
+                     f"({g(c.act_per_clip_fp32)} in fp32) "
+                     f"(+{g(c.act_fixed)} per pass), checkpointed {g(c.kept_per_clip)} kept + largest stage "
+                     f"{g(c.stage_peak_per_clip)}, {c.flops_per_clip / 1e9:.1f} GFLOP forward per clip")
+    lines.append(f"clips per step {p['clips_per_step']:g} ({p['clips_per_gpu']:g} per GPU), "
+                 f"{p['clip_passes_per_micro_batch']:g} clip-passes per micro-batch")
+    lines.append("memory per GPU:")
+    for k, v in {**p["state"], **p["activations"]}.items():
+        if v:
+            lines.append(f"  {k:22s} {g(v)}")
+    lines.append(f"  {'+ context, slack':22s} {CONTEXT_GIB:g} GiB + {FRAGMENTATION:.0%}")
+    verdict = "fits" if p["fits"] else "DOES NOT FIT"
+    lines.append(f"peak per GPU {g(p['peak'])} of {g(p['budget'])} ({g(p['live'])} of tensors): {verdict}")
+    if not p["fits"]:
+        t = p["suggestion"]
+        lines.append(f"  fits with: --set jedi.micro_batch_size={t.micro_batch_size} --set jedi.grad_checkpointing="
+                     f"{str(t.grad_checkpointing).lower()} (peak {g(p['suggestion_peak'])})" if t else
+                     "  no micro-batching or checkpointing setting fits: more GPUs, or a smaller clip or batch")
+    lines.append(f"compute per step {p['flops_per_step'] / 1e12:.1f} TFLOP; at {p['utilisation']:.0%} of "
+                 f"{p['tflops']:g} TFLOP/s per GPU: {p['step_s']:.2f} s per step")
+    if p["steps_per_epoch"]:
+        lines.append(f"epoch: {p['steps_per_epoch']} steps (labeled clips {p['labeled']}), "
+                     f"{p['epoch_s'] / 3600:.2f} h")
+    lines.append(f"the loaders must deliver {p['loader_clips_per_s']:.0f} clips/s (all GPUs) to keep up")
+    lines.append("(predictions: not measured on a GPU here; docs/scale.md)")
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""The joint step at real size: micro-batches, activation checkpointing, one config for library and CLI."""
+import copy
+
+import pytest
+import torch
+
+from jedi_pipe.config import load_config
+from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
+from jedi_pipe.models import build, list_models
+from jedi_pipe.plan import ModelCost, format_plan, measure_model, plan
+from jedi_pipe.trainer import joint_model, joint_step, micro_batch_count, micro_batches
+
+
+def batch(names, n_lab, n_unl, shape=(3, 8, 32, 32), classes=(3, 5, 4, 6), seed=1):
+    g = torch.Generator().manual_seed(seed)
+    labeled = {n: torch.randn(n_lab, *shape, generator=g) for n in names}
+    unlabeled = {n: torch.randn(n_unl, *shape, generator=g) for n in names}
+    labels = {n: torch.randint(0, c, (n_lab,), generator=g) for n, c in zip(names, classes)}
+    return labeled, unlabeled, labels
+
+
+def experts(arch, names, classes=(3, 5, 4, 6), **kw):
+    torch.manual_seed(0)
+    return {n: build(arch, c, **kw) for n, c in zip(names, classes)}
+
+
+def one_step(jedi, data, k, checkpointing):
+    """A copy of `jedi` after one SGD step of trainer.joint_step; returns its state_dict and logs."""
+    jedi = copy.deepcopy(jedi)
+    for s in jedi.students.values():
+        s.grad_checkpointing = checkpointing
+    opt = torch.optim.SGD([p for p in jedi.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    _, logs = joint_step(jedi, jedi, opt, *data, jedi.config, k)
+    return jedi.state_dict(), logs
+
+
+def assert_same_state(a, b, atol):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=lambda m, key=key: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("bn_stats", ["batch", "own"])
+def test_checkpointing_changes_nothing_not_even_batchnorm(bn_stats):
+    # train mode: the recompute in backward must use the forward's BatchNorm rows (bn_stats own)
+    # and must not move the running statistics a second time
+    names = ["a", "b"]
+    jedi = JEDI.from_experts(experts("tiny3d", names, width=8), JEDIConfig(bn_stats=bn_stats, teacher_ema=0.9))
+    jedi.train()
+    data = batch(names, 2, 4)
+    plain, logs_plain = one_step(jedi, data, 1, False)
+    ckpt, logs_ckpt = one_step(jedi, data, 1, True)
+    assert_same_state(plain, ckpt, atol=1e-6)
+    assert any(not torch.equal(plain[k], v) for k, v in jedi.state_dict().items())   # the step did move things
+    torch.testing.assert_close(logs_plain["total"], logs_ckpt["total"])
+
+
+def test_micro_batches_are_the_same_step_with_batchnorm_in_eval_mode():
+    names = ["a", "b"]
+    jedi = JEDI.from_experts(experts("tiny3d", names, width=8), JEDIConfig(teacher_ema=0.9))
+    jedi.eval()      # BatchNorm from running statistics: the only thing micro-batches change is out of play
+    data = batch(names, 4, 8)
+    whole, logs1 = one_step(jedi, data, 1, False)
+    parts, logs4 = one_step(jedi, data, 4, True)
+    assert_same_state(whole, parts, atol=1e-6)
+    for key in logs1:
+        torch.testing.assert_close(logs1[key], logs4[key], rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batches_keep_every_part_mixed_and_refuse_uneven_splits():
+    lab, unl, y = batch(["a", "b"], 4, 8)
+    parts = micro_batches(lab, unl, y, 2)
+    assert [(p[0]["a"].shape[0], p[1]["b"].shape[0], p[2]["b"].shape[0]) for p in parts] == [(2, 4, 2)] * 2
+    torch.testing.assert_close(torch.cat([p[1]["a"] for p in parts]), unl["a"])
+    with pytest.raises(ValueError, match="3 micro-batches do not divide the 4 labeled clips of a"):
+        micro_batches(lab, unl, y, 3)
+    assert micro_batch_count(0, 16) == 1 and micro_batch_count(2, 16) == 8 and micro_batch_count(2, 2) == 1
+    with pytest.raises(ValueError, match="micro_batch_size: 3 does not divide the 16"):
+        micro_batch_count(3, 16)
+
+
+def test_library_and_yaml_config_build_the_same_method(tmp_path):
+    knobs = {"temperature": 2.0, "threshold": 0.1, "w_sup_teacher": 0.7, "w_distill": 1.5, "w_mutual": 0.25,
+             "teacher_ema": 0.9, "bn_stats": "own"}
+    yaml_text = "name: t\nout: {out}\ndatasets:\n  - {{name: a, shards: x}}\n  - {{name: b, shards: y}}\njedi:\n"
+    yaml_text += "".join(f"  {k}: {v}\n" for k, v in knobs.items())
+    (tmp_path / "c.yaml").write_text(yaml_text.format(out=tmp_path))
+    cfg = load_config(tmp_path / "c.yaml")
+    names = ["a", "b"]
+    by_lib = JEDI.from_experts(experts("tiny3d", names, width=8), JEDIConfig(**knobs))
+    by_yaml = joint_model(experts("tiny3d", names, width=8), cfg)
+    lab, unl, y = batch(names, 2, 4)
+    losses = []
+    for model in (by_lib, by_yaml):
+        with torch.no_grad():
+            model.teachers["a"].weight.add_(0.05)   # T != S, so distillation and mutual terms are not zero
+        model.train()
+        losses.append(jedi_losses(model(lab, unl), y, model.config)[1])
+    assert set(losses[0]) == set(losses[1]) and "a/mutual" in losses[0]
+    for key in losses[0]:
+        torch.testing.assert_close(losses[0][key], losses[1][key], rtol=0, atol=0)
+    # and the defaults are the same object's: a library user gets the CLI's method
+    assert load_config(data={"name": "t", "out": "o", "datasets": [{"name": "a", "shards": "x"}]}).jedi.w_mutual \
+        == JEDIConfig().w_mutual
+
+
+@pytest.mark.slow
+def test_four_r2plus1d_students_one_step_with_and_without_memory_settings():
+    # One optimizer step of the real model (four R(2+1)D-18 students and their teachers, mean teacher on) at a
+    # tiny batch on CPU: micro-batches + checkpointing against one pass. BatchNorm in eval mode, since
+    # micro-batches change its statistics by design. Tolerance: the two runs sum the same fp32 gradients in a
+    # different order (two halves, recomputed convolutions), relative error ~1e-6 per sum; after one SGD step
+    # at lr 0.1 a parameter differs by lr x that, far under 1e-5; a wrong micro-batch scale (1/k) or a
+    # recompute with other BatchNorm rows would move them by 1e-3 or more.
+    torch.set_num_threads(2)
+    names = ["hmdb51", "ucf101", "kinetics400", "ssv2"]
+    jedi = JEDI.from_experts(experts("r2plus1d_18", names, classes=(51, 101, 400, 174)),
+                             JEDIConfig(teacher_ema=0.999), copy_experts=False)
+    jedi.eval()
+    data = batch(names, 2, 2, shape=(3, 4, 32, 32), classes=(51, 101, 400, 174))   # the model at full size, small clips
+    whole, logs1 = one_step(jedi, data, 1, False)
+    parts, logs2 = one_step(jedi, data, 2, True)
+    assert_same_state(whole, parts, atol=1e-5)
+    torch.testing.assert_close(logs1["total"], logs2["total"], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(whole[k], v) for k, v in jedi.state_dict().items())
+
+
+def plan_config(**jedi):
+    data = {"name": "p", "out": "o", "clip": {"frames": 16, "size": 112},
+            "datasets": [{"name": n, "shards": n, "model": "r2plus1d_18"} for n in ("hmdb51", "ucf101", "kinetics400", "ssv2")],
+            "jedi": {"batch_size": 16, "unlabeled_ratio": 3, "teacher_ema": 0.999, **jedi}}
+    return load_config(data=data)
+
+
+# one R(2+1)D-18 clip-pass as measured by plan.measure_model (bf16, 16x112^2), so the arithmetic tests run fast
+R2P1D = ModelCost("r2plus1d_18", 31_505_325, 0.234 * 2**30, 0.059 * 2**30, 0.016 * 2**30, 0.161 * 2**30,
+                  0.02 * 2**30, 81e9, 0.467 * 2**30)
+
+
+def test_plan_arithmetic_and_the_setting_that_would_fit():
+    whole = plan(plan_config(), costs={"r2plus1d_18": R2P1D}, labeled_counts={"kinetics400": 24_000})
+    assert whole["clips_per_step"] == 4 * (16 + 48) and whole["clip_passes_per_micro_batch"] == 1024
+    assert whole["activations"]["activations"] == pytest.approx(4 * (256 * R2P1D.act_per_clip + R2P1D.act_fixed))
+    assert not whole["fits"] and whole["suggestion"] is not None and whole["suggestion_peak"] <= whole["budget"]
+    assert "DOES NOT FIT" in format_plan(whole) and "fits with: --set jedi.micro_batch_size=" in format_plan(whole)
+    parts = plan(plan_config(micro_batch_size=2), costs={"r2plus1d_18": R2P1D})
+    assert parts["fits"] and parts["clip_passes_per_micro_batch"] == 128
+    # 8 micro-batches: 1/8 of the activations, the same weights and state
+    assert parts["activations"]["activations"] == pytest.approx(4 * (32 * R2P1D.act_per_clip + R2P1D.act_fixed))
+    assert parts["state"] == whole["state"]
+    # 3 forward-equivalents per trained clip-pass, + the mean teacher's forward over the 192 unlabeled clips
+    assert whole["flops_per_step"] == pytest.approx(256 * 4 * 81e9 * 3 + 192 * 4 * 81e9)
+    assert whole["steps_per_epoch"] == 1500
+    ckpt = plan(plan_config(micro_batch_size=2, grad_checkpointing=True), costs={"r2plus1d_18": R2P1D})
+    assert ckpt["peak"] < parts["peak"] and ckpt["flops_per_step"] > parts["flops_per_step"]
+    eight = plan(plan_config(micro_batch_size=2), gpus=8, costs={"r2plus1d_18": R2P1D})
+    assert eight["clip_passes_per_micro_batch"] == 128 and eight["state"]["DDP gradient buckets"] > 0
+
+
+def test_measured_activations_scale_with_the_clip_and_checkpointing_keeps_less():
+    small, big = (measure_model("tiny3d", 5, 8, s, bf16=False) for s in (16, 32))
+    assert big.act_per_clip == pytest.approx(4 * small.act_per_clip, rel=0.05)   # activations ~ pixels
+    assert big.kept_per_clip + big.stage_peak_per_clip < big.act_per_clip
+    assert big.flops_per_clip == pytest.approx(4 * small.flops_per_clip, rel=0.05)
+
+
+@pytest.mark.slow
+def test_plan_counts_r2plus1d_activations_as_a_fresh_count_does():
+    torch.manual_seed(0)
+    model = build("r2plus1d_18", 400).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(1, 3, 16, 112, 112))
+    cost = measure_model("r2plus1d_18", 400, 16, 112, bf16=False)
+    assert sum(kept.values()) == pytest.approx(cost.act_per_clip + cost.act_fixed, rel=1e-3)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_checkpoints_its_stages_to_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = build(name, 5).train()
+    x = torch.randn(2, 3, 4, 32, 32)
+    grads = []
+    for on in (False, True):
+        model.grad_checkpointing = on
+        model.zero_grad()
+        torch.manual_seed(1)          # x3d's dropout draws the same mask
+        model(x).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert len(model.feature_stages()) >= 2
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_config_check_names_the_method_key():
+    from jedi_pipe.config import ConfigError
+    base = {"name": "t", "out": "o", "datasets": [{"name": "a", "shards": "x"}]}
+    for jedi, message in (({"bn_stats": "frozen"}, "jedi.bn_stats: one of own, batch"),
+                          ({"threshold": 2.0}, r"jedi.threshold: a probability in \[0, 1\]"),
+                          ({"micro_batch_size": -1}, "jedi.micro_batch_size"),
+                          ({"teacher_dropout": 0.5}, "jedi.teacher_dropout: unknown key")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(data={**base, "jedi": jedi})
