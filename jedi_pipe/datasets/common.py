@@ -28,7 +28,8 @@ class Listing:
     classes: list[str]
     items: list[VideoItem]
     source_split: str                                    # e.g. "split1", "train/val"
-    errors: list[dict] = field(default_factory=list)     # rows naming missing videos, stray folders
+    errors: list[dict] = field(default_factory=list)     # videos that cannot be used (stray folders, unknown labels)
+    missing: list[dict] = field(default_factory=list)    # videos a split file names that are not on disk
 
 
 def check_root(root) -> Path:

@@ -30,7 +30,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     if vroot is None:
         raise DatasetError(f"no folder holding the HMDB51 class folders (e.g. {classes[0]}/) under {root} (use --videos)")
 
-    items, errors = [], []
+    items, errors, missing = [], [], []
     for label, cls in enumerate(classes):
         for lineno, line in enumerate(read_text(split_files[cls]).splitlines(), 1):
             if not line.strip():
@@ -44,10 +44,10 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
             path = vroot / cls / name
             vid = Path(name).stem
             if not path.is_file():
-                errors.append(missing_error(vid, rel(path, root), split_files[cls].name))
+                missing.append(missing_error(vid, rel(path, root), split_files[cls].name))
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), label, "train" if flag == "1" else "test"))
 
     errors += stray_class_errors(vroot, root, set(split_files), (ann,), f"the split {split} lists")
-    return Listing("hmdb51", str(root), classes, items, f"split{split}", errors)
+    return Listing("hmdb51", str(root), classes, items, f"split{split}", errors, missing)
 

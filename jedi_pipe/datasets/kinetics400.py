@@ -31,7 +31,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     index = {c: i for i, c in enumerate(classes)}
     files = index_videos(Path(videos) if videos else root)
 
-    items, errors = [], []
+    items, errors, missing = [], [], []
     for name, split_name in (("train", "train"), ("val", "test")):
         for row in csvs[name]:
             vid = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
@@ -40,10 +40,10 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 continue
             path = next((files[vid + ext] for ext in (".mp4", ".mkv", ".webm") if vid + ext in files), None)
             if path is None:
-                errors.append(missing_error(vid, vid + ".mp4", f"{name}.csv"))
+                missing.append(missing_error(vid, vid + ".mp4", f"{name}.csv"))
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), index[row["label"]], split_name))
-    return Listing("kinetics400", str(root), classes, items, "train/val", errors)
+    return Listing("kinetics400", str(root), classes, items, "train/val", errors, missing)
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -33,7 +33,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     index = {c: i for i, c in enumerate(classes)}
     files = index_videos(Path(videos) if videos else root, exts=(".webm", ".mp4"))
 
-    items, errors = [], []
+    items, errors, missing = [], [], []
     for name, split_name in (("train", "train"), ("validation", "test")):
         for entry in _load(paths[name], list):
             if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("template"), str):
@@ -45,10 +45,10 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 continue
             path = files.get(vid + ".webm") or files.get(vid + ".mp4")
             if path is None:
-                errors.append(missing_error(vid, vid + ".webm", f"{name}.json"))
+                missing.append(missing_error(vid, vid + ".webm", f"{name}.json"))
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), index[cls], split_name))
-    return Listing("ssv2", str(root), classes, items, "train/validation", errors)
+    return Listing("ssv2", str(root), classes, items, "train/validation", errors, missing)
 
 
 def _load(path: Path, kind):

@@ -26,7 +26,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     if vroot is None:
         raise DatasetError(f"no folder holding the UCF101 class folders (e.g. {classes[0]}/) under {root} (use --videos)")
 
-    items, errors = [], []
+    items, errors, missing = [], [], []
     for split_name, list_file in (("train", f"trainlist0{split}.txt"), ("test", f"testlist0{split}.txt")):
         path = ann / list_file
         if not path.is_file():
@@ -39,11 +39,11 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
             video = _resolve(vroot, relpath)
             vid = Path(relpath).stem
             if video is None:
-                errors.append(missing_error(vid, rel(vroot / relpath, root), list_file))
+                missing.append(missing_error(vid, rel(vroot / relpath, root), list_file))
                 continue
             items.append(VideoItem(vid, str(video), rel(video, root), index[cls], split_name))
     errors += stray_class_errors(vroot, root, set(classes), (ann,), "classInd.txt")
-    return Listing("ucf101", str(root), classes, items, f"split{split}", errors)
+    return Listing("ucf101", str(root), classes, items, f"split{split}", errors, missing)
 
 
 def _lines(path: Path) -> list[str]:
