@@ -291,6 +291,34 @@ def plot(run_dir):
         click.echo(str(path))
 
 
+@main.command()
+@click.argument("src", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The new shard folder.")
+@click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label (1.0: all but val, the fully supervised oracle).")
+@click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
+@click.option("--labeled-list", type=click.Path(dir_okay=False), default=None, help="Instead: a file of the labeled videos, one video id or source path per line (published few-label splits).")
+@click.option("--val-per-class", type=int, default=None, help="Hold out this many labeled training videos per class as the val role.")
+@click.option("--val-fraction", type=float, default=None, help="Instead: this fraction of each class's training videos as val.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the selection and shard order.")
+@click.option("--overwrite", is_flag=True, help="Replace what an earlier split with other settings wrote to --out.")
+def split(src, out, **opts):
+    """Re-split shard folder SRC into --out with another labeled selection or val role.
+
+    Copies clip bytes (checked by sha256) and reuses the test tars: nothing is decoded or
+    encoded, so it runs at disk speed instead of a second transcode.
+    """
+    from .make_shards import ShardError
+    from .resplit import split_shards
+    try:
+        s = split_shards(src, out, **opts)
+    except ShardError as e:
+        fail(str(e))
+    if s.already_complete:
+        click.echo(f"{s.out}: already complete with these settings; nothing to do")
+    counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
+    click.echo(f"{s.out}: {counts}; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s (clip bytes copied, nothing transcoded)")
+
+
 class _bar:
     """A tqdm bar on a terminal (nothing when output is piped), usable as a callback."""
 

@@ -220,8 +220,8 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
            "encoding": {**settings.as_dict(), "min_frames": min_frames},
            "selection": {**selection, "seed": seed, "val": val}, "shard_max_count": shard_max_count,
            "source_split": listing.source_split, "plan": plan_hash.hexdigest()}
-    with _locked(out):   # held until this run ends, however it ends
-        _claim_folder(out, job, overwrite)
+    with locked_folder(out):   # held until this run ends, however it ends
+        claim_folder(out, job, overwrite)
         summary = ShardSummary(out=str(out), planned=len(plan) + len(listing.errors),
                                missing=len(listing.missing), root=listing.root)
         parts, tmp = out / PARTS, out / TMP
@@ -316,7 +316,7 @@ _OURS = ("*.tar", "*.tar.idx", "*.partial", shards.MANIFEST, shards.WITHHELD, sh
 
 
 @contextmanager
-def _locked(out: Path):
+def locked_folder(out: Path):
     """Create `out` and lock it: two runs writing one folder would ruin each other's tars.
 
     The lock is an flock on `out/.lock`, which the kernel drops when the process dies (kill -9
@@ -341,7 +341,7 @@ def _locked(out: Path):
         yield
 
 
-def _claim_folder(out: Path, job: dict, overwrite: bool) -> None:
+def claim_folder(out: Path, job: dict, overwrite: bool) -> None:
     """Refuse to mix settings in one folder; --overwrite clears what an earlier run wrote."""
     job_path = out / JOB
     old = None
@@ -363,7 +363,7 @@ def _claim_folder(out: Path, job: dict, overwrite: bool) -> None:
                              f"pass --overwrite to replace them or choose another --out")
     for p in ours:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    _write_json_atomic(job_path, job, indent=1, sort_keys=True)
+    write_json_atomic(job_path, job, indent=1, sort_keys=True)
 
 
 def _shard_done(out: Path, parts: Path, shard: str) -> bool:
@@ -456,7 +456,7 @@ def write_shard(out: Path, parts: Path, shard: str, samples: list[PlannedSample]
             pass
         raise
     # The part is written last: it marks the shard complete for a resumed run.
-    _write_json_atomic(parts / (shard + ".json"), {"rows": rows, "errors": errors})
+    write_json_atomic(parts / (shard + ".json"), {"rows": rows, "errors": errors})
 
 
 def _members(p: PlannedSample, data: bytes, info, dataset: str, classes: list[str], settings: EncodeSettings):
@@ -476,7 +476,7 @@ def _manifest_row(p: PlannedSample, data: bytes, info, sha: str, classes: list[s
             "bytes": len(data), "sha256": sha}
 
 
-def _write_json_atomic(path: Path, obj, indent=None, sort_keys=False) -> None:
+def write_json_atomic(path: Path, obj, indent=None, sort_keys=False) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys))
     os.replace(tmp, path)
@@ -513,8 +513,8 @@ def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dic
             "shards": {r: sorted(written[r]) for r in shards.ROLES},
             "encoding": {**job["encoding"], "ext": settings.ext},
             "selection": job["selection"], "source_split": job["source_split"],
-            "failures": failures, "missing": len(listing.missing), "bytes": nbytes, "tool": f"jedi-pipe {__version__}"}
-    _write_json_atomic(out / shards.CARD, card, indent=1)   # last: the card marks a complete folder
+            "shard_max_count": job["shard_max_count"], "failures": failures, "missing": len(listing.missing), "bytes": nbytes, "tool": f"jedi-pipe {__version__}"}
+    write_json_atomic(out / shards.CARD, card, indent=1)   # last: the card marks a complete folder
     shutil.rmtree(parts, ignore_errors=True)
     return card
 
