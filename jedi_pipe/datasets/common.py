@@ -86,6 +86,29 @@ def find_file(root: Path, name: str, prefer_parent: str | None = None) -> Path |
     return hits[0] if hits else None
 
 
+def find_any_file(root: Path, names: tuple[str, ...], prefer_parent: str | None = None) -> Path | None:
+    """The first of `names` found anywhere under root (earlier names win, then `prefer_parent`,
+    then the shallowest): annotation files go by their own names, whatever the folder is called."""
+    for name in names:
+        hit = find_file(root, name, prefer_parent)
+        if hit is not None:
+            return hit
+    return None
+
+
+def find_files_matching(root: Path, pattern) -> list[Path]:
+    """The files under root whose name matches the compiled regex `pattern`, all from the one
+    folder that holds the most of them (the shallowest on a tie): split files found by name."""
+    by_dir: dict[str, list[Path]] = {}
+    for dirpath, _, files in _walk_sorted(root):
+        hits = [Path(dirpath) / f for f in files if pattern.match(f)]
+        if hits:
+            by_dir.setdefault(dirpath, hits)
+    if not by_dir:
+        return []
+    return max(by_dir.values(), key=len)   # max keeps the first (shallowest) of equal lengths
+
+
 def find_class_root(root: Path, classes: list[str]) -> Path | None:
     """The shallowest folder holding class folders with videos in them (hmdb51_org/, UCF-101/, ...)."""
     for dirpath, dirnames, _ in _walk_sorted(root):

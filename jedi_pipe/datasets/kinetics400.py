@@ -10,10 +10,12 @@ import csv
 import io
 from pathlib import Path
 
-from .common import (DatasetError, Listing, VideoItem, check_root, find_file, index_videos,
+from .common import (DatasetError, Listing, VideoItem, check_root, find_any_file, index_videos,
                      missing_error, read_text, rel)
 
 HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
+CSV_NAMES = {"train": ("train.csv", "kinetics_train.csv", "kinetics400_train.csv"),
+             "val": ("val.csv", "validate.csv", "kinetics_val.csv", "kinetics400_val.csv")}
 
 
 def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
@@ -23,9 +25,12 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     ann = Path(annotations) if annotations else None
     csvs = {}
     for name in ("train", "val"):
-        p = (ann / f"{name}.csv") if ann else find_file(root, f"{name}.csv", prefer_parent="annotations")
-        if p is None or not p.is_file():
-            raise DatasetError(f"no {name}.csv with the Kinetics-400 annotations under {ann or root} (use --annotations)")
+        # by name, anywhere: train.csv (CVDF, ActivityNet) or kinetics_train.csv (MMAction2)
+        names = CSV_NAMES[name]
+        p = find_any_file(ann or root, names, prefer_parent="annotations")
+        if p is None:
+            raise DatasetError(f"no {' or '.join(names)} with the Kinetics-400 annotations under {ann or root} "
+                               f"(use --annotations)")
         csvs[name] = _read_csv(p)
     classes = sorted({row["label"] for row in csvs["train"]})
     index = {c: i for i, c in enumerate(classes)}
