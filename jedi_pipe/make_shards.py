@@ -21,28 +21,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, shards
-from .datasets import DatasetError, Listing, VideoItem, default_root, list_videos
-from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings, TranscodeError, encode_clip
+from . import __version__, shard_jobs, shards
+from .datasets import DatasetError, Listing, default_root, list_videos
+from .shard_jobs import (JOB, PARTS, TMP, PlannedSample, ShardError, ShardJob, default_workers, write_json_atomic,
+                         write_shard)
+from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings
 
-PARTS = ".parts"          # per-shard manifest rows and errors, merged at the end
-JOB = ".job.json"         # the settings fingerprint the folder was started with
-TMP = ".tmp"              # ffmpeg's output files while they are written
 LOCK = ".lock"            # flock'ed while a run writes the folder
 EXECUTORS = ("local", "ray")   # where the shards are written: this machine's threads, or Ray tasks
-
-
-class ShardError(Exception):
-    """The shard stage cannot go on; the message is one sentence for the user."""
-
-
-@dataclass(slots=True)   # one per video for the whole run: keep them small
-class PlannedSample:
-    item: VideoItem
-    key: str
-    role: str
-    sample_id: int
-    shard: str
 
 
 @dataclass
@@ -127,28 +113,6 @@ def _first_dup(values):
         if v in seen:
             return v
         seen.add(v)
-
-
-def _encode(path: str, settings: EncodeSettings, tmp_dir: str, timeout_s: float, min_frames: int):
-    """Worker thread: one source video -> (clip bytes, ClipInfo, sha256) or (None, reason, None).
-
-    The work happens in the ffmpeg child process, so a thread per worker is enough: a crashing
-    decoder takes down one ffmpeg (reported as that video's failure), never a worker, and
-    nothing is forked from this process. The probe and the hash run here too (hashlib drops the
-    GIL), which leaves the writing thread only the tar to write.
-    """
-    try:
-        data, info = encode_clip(path, settings, tmp_dir=tmp_dir, timeout_s=timeout_s, min_frames=min_frames)
-        return data, info, hashlib.sha256(data).hexdigest()
-    except TranscodeError as e:
-        return None, str(e), None
-    except OSError as e:
-        import av
-        if isinstance(e, av.error.FFmpegError):   # PyAV's errors subclass OSError: the clip's fault
-            return None, f"unreadable clip: {e}", None
-        raise   # the temp folder is full, ffmpeg is missing, ...: the run's fault, not the video's
-    except Exception as e:  # a broken container can make PyAV raise anything; record, go on
-        return None, f"{type(e).__name__}: {e}", None
 
 
 def make_shards(dataset: str, root, out=None, *, split: int = 1,
@@ -244,15 +208,13 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
             tmp.mkdir()
             for leftover in out.glob("*.partial"):   # a tar or index cut short by a kill
                 leftover.unlink()
-            pending = [s for s in by_shard if not _shard_done(out, parts, s)]
+            jobs = [ShardJob(out.absolute(), s, by_shard[s], settings, listing.dataset, listing.classes,
+                             min_frames, timeout_s) for s in by_shard if not _shard_done(out, parts, s)]
             if executor == "ray":
                 from .ray_executor import write_shards_ray
-                summary.transcoded = write_shards_ray(out, {s: by_shard[s] for s in pending}, settings, listing,
-                                                      workers=workers, progress=progress, min_frames=min_frames,
-                                                      timeout_s=timeout_s, address=ray_address)
+                summary.transcoded = write_shards_ray(jobs, workers=workers, progress=progress, address=ray_address)
             else:
-                summary.transcoded = _write_shards(out, parts, tmp, by_shard, pending, settings, listing,
-                                                   workers, progress, min_frames, timeout_s)
+                summary.transcoded = write_shards_local(jobs, workers=workers, progress=progress)
             card = _finalize(out, parts, by_shard, listing, job, settings)
         except OSError as e:   # disk full, folder removed under us: the run cannot go on
             raise ShardError(f"writing {out} failed: {e.strerror or e}"
@@ -378,18 +340,13 @@ def _shard_done(out: Path, parts: Path, shard: str) -> bool:
     return not rows or ((out / shard).is_file() and (out / shards.index_name(shard)).is_file())
 
 
-def default_workers() -> int:
-    """The cores this process may use (a container or taskset may allow fewer than the machine has)."""
-    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
-
-
-def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers, progress,
-                  min_frames, timeout_s) -> int:
-    """Transcode the videos of the pending shards in worker threads; write them in planned order."""
+def write_shards_local(jobs: list[ShardJob], *, workers: int | None = None, progress: bool | None = None) -> int:
+    """The local executor: `write_shard` over the jobs in order, fed by encodes in worker
+    threads (each drives one ffmpeg process); returns the videos done."""
     from tqdm import tqdm
-    todo = [p for s in pending for p in by_shard[s]]
+    todo = [(job, p) for job in jobs for p in job.samples]
     workers = workers or default_workers()
-    bar = tqdm(total=len(todo), unit="video", desc=f"shard {listing.dataset}",
+    bar = tqdm(total=len(todo), unit="video", desc=f"shard {jobs[0].dataset if jobs else ''}",
                disable=(None if progress is None else not progress), leave=False)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="transcode")
     # A window of in-flight encodes keeps every worker busy across shard boundaries (and while a
@@ -398,17 +355,18 @@ def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers
     window, inflight, it = max(16, 4 * workers), deque(), iter(todo)
 
     def submit():
-        p = next(it, None)
-        if p is not None:
-            inflight.append((p, pool.submit(_encode, p.item.path, settings, str(tmp), timeout_s, min_frames)))
+        nxt = next(it, None)
+        if nxt is not None:
+            job, p = nxt   # shard_jobs.encode looked up here, so a benchmark can wrap it
+            inflight.append(pool.submit(shard_jobs.encode, p.item.path, job.settings, str(job.out / TMP),
+                                        job.timeout_s, job.min_frames))
 
     done = 0
 
-    def results(shard):   # the shard's encodes in planned order, refilling the window as they are taken
+    def results(job):   # the job's encodes in planned order, refilling the window as they are taken
         nonlocal done
-        for _ in by_shard[shard]:
-            _, fut = inflight.popleft()
-            result = fut.result()
+        for _ in job.samples:
+            result = inflight.popleft().result()
             submit()
             done += 1
             bar.update(1)
@@ -417,69 +375,14 @@ def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers
     try:
         for _ in range(window):
             submit()
-        for shard in pending:
-            write_shard(out, parts, shard, by_shard[shard], results(shard), settings, listing.dataset, listing.classes)
+        for job in jobs:
+            write_shard(job, results(job))
     finally:
         bar.close()
-        for _, fut in inflight:
+        for fut in inflight:
             fut.cancel()
         pool.shutdown(wait=True)   # running ffmpegs end within the timeout
     return done
-
-
-def write_shard(out: Path, parts: Path, shard: str, samples: list[PlannedSample], results,
-                settings: EncodeSettings, dataset: str, classes: list[str]) -> None:
-    """Write shard `shard` of `out`: its tar and index, then its part (which marks it complete).
-
-    `results` yields one `_encode` result per sample, in the order of `samples`. Both executors
-    call this: the local one with encodes from its thread pool, a Ray task with its own.
-    """
-    writer = shards.ShardWriter(out / shard)
-    rows, errors = [], []
-    try:
-        for p, (data, info, sha) in zip(samples, results, strict=True):
-            if data is None:
-                errors.append({"video_id": p.item.video_id, "path": p.item.source, "reason": info})
-            else:
-                writer.write(_members(p, data, info, dataset, classes, settings))
-                rows.append(_manifest_row(p, data, info, sha, classes))
-        if rows:
-            writer.close()
-        else:   # every video of the shard failed: no tar, not even one an earlier run left
-            writer.abort()
-            for stale in (out / shard, out / shards.index_name(shard)):
-                stale.unlink(missing_ok=True)
-    except BaseException:
-        try:
-            writer.abort()
-        except OSError:
-            pass
-        raise
-    # The part is written last: it marks the shard complete for a resumed run.
-    write_json_atomic(parts / (shard + ".json"), {"rows": rows, "errors": errors})
-
-
-def _members(p: PlannedSample, data: bytes, info, dataset: str, classes: list[str], settings: EncodeSettings):
-    label = shards.UNLABELED if p.role == "unlabeled" else p.item.label
-    meta = shards.sample_json(p.key, p.role, dataset, info.frames, info.fps, info.width, info.height,
-                              p.item.video_id, p.item.split, p.item.label, classes[p.item.label])
-    return shards.sample_members(p.key, settings.ext, data, meta, label, info.frames,
-                                 info.height, info.width, p.sample_id)
-
-
-def _manifest_row(p: PlannedSample, data: bytes, info, sha: str, classes: list[str]) -> dict:
-    """The sample's full row, true label included; `_finalize` moves what is withheld apart."""
-    return {"sample_id": p.sample_id, "key": p.key, "shard": p.shard, "role": p.role, "split": p.item.split,
-            "label": p.item.label, "label_name": classes[p.item.label],
-            "video_id": p.item.video_id, "source": p.item.source,
-            "frames": info.frames, "fps": info.fps, "width": info.width, "height": info.height,
-            "bytes": len(data), "sha256": sha}
-
-
-def write_json_atomic(path: Path, obj, indent=None, sort_keys=False) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys))
-    os.replace(tmp, path)
 
 
 def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dict, settings: EncodeSettings) -> dict:

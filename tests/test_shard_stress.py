@@ -311,7 +311,7 @@ def _case_missing_root(tmp):
 def _case_missing_split_folder(tmp):
     root = _hmdb_stub(tmp / "h")
     shutil.rmtree(root / "testTrainMulti_7030_splits")
-    return ["--dataset", "hmdb51", "--root", root], "no testTrainMulti_7030_splits/ folder"
+    return ["--dataset", "hmdb51", "--root", root], "no HMDB51 split files (<class>_test_split1.txt) under"
 
 
 def _case_missing_split_file(tmp):
