@@ -2,7 +2,7 @@
 
 Videos may be flat (`train/`, `val/`, as in the CVDF copy) or in per-class folders (as
 MMAction2 lays them out): they are found by file name anywhere under the videos root. CSV rows
-whose video is missing (every real download misses some) go to errors.jsonl.
+whose video is missing (every real download misses some) go to missing.jsonl, apart from failures.
 """
 from __future__ import annotations
 
