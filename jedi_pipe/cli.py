@@ -305,7 +305,7 @@ def split(src, out, **opts):
     """Re-split shard folder SRC into --out with another labeled selection or val role.
 
     Copies clip bytes (checked by sha256) and reuses the test tars: nothing is decoded or
-    encoded, so it runs at disk speed instead of a second transcode.
+    encoded, so it takes seconds where a second transcode takes hours (bench/README.md).
     """
     from .make_shards import ShardError
     from .resplit import split_shards
