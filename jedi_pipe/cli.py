@@ -162,7 +162,8 @@ def inspect(shard_dir, preview, as_json):
         click.echo(f"{c['name']} ({c['dataset']}, {c['source_split']}): {c['num_classes']} classes, "
                    f"{c['encoding']['codec']} {c['encoding']['short_side']}px {c['encoding']['fps']}fps")
         click.echo("  " + ", ".join(f"{r}: {c['counts'][r]} in {len(c['shards'][r])} tar(s)" for r in c["counts"]))
-        click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; {c['bytes'] / 1e6:.1f} MB")
+        click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; "
+                   f"missing: {c.get('missing', 0)}; {c['bytes'] / 1e6:.1f} MB")
         click.echo(f"  check: {report['samples_checked']} samples read, "
                    + ("all match the manifest" if report["ok"] else f"{len(report['problems'])} problem(s):"))
         for p in report["problems"][:20]:
