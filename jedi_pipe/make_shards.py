@@ -1,8 +1,9 @@
 """The shard stage: adapter listing -> labeled selection -> plan -> parallel transcode -> tars.
 
 Data flows one way: `datasets` lists the source videos, `transcode` turns each into clip
-bytes in ffmpeg child processes (one per worker thread), this module writes them with
-`shards.ShardWriter` in planned order.
+bytes in ffmpeg child processes (one per worker thread), and `shard_jobs.write_shard` writes
+them with `shards.ShardWriter` in planned order, one `ShardJob` (tar) at a time, mapped over the
+plan by an executor: `write_shards_local` here, or `ray_executor.write_shards_ray`.
 The plan (which video goes to which role, shard and position) is fixed before any transcode,
 so the output does not depend on the worker count, and a rerun after an interruption redoes
 only the shards that are not complete.
