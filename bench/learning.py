@@ -5,9 +5,11 @@
     python bench/learning.py --videos-per-class 60 --out /tmp/lb60          # equal sizes
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
 
-The synthetic datasets of the demo (generated once, seed 0) are sharded twice: with the demo's
-10 % labels and with every training clip labeled (the oracle's shards; same clips, same test
-set). Per training seed, with `train/demo.yaml` and the given --set overrides:
+The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
+10 % labels and a val role of --val-per-class training videos per class, and re-split (no
+transcode: `jedi-pipe split --labeled-fraction 1.0`) into the oracle's shards, where every
+training clip but the same val ones is labeled (same clips, same val and test sets). Per
+training seed, with `train/demo.yaml` and the given --set overrides:
 
     expert   the demo's experts, trained on each dataset's labeled clips only
     ema      each expert fine-tuned with its own EMA teacher on its own unlabeled clips (same
@@ -15,8 +17,10 @@ set). Per training seed, with `train/demo.yaml` and the given --set overrides:
     jedi     JEDI students and teachers: what the other datasets add on top
     oracle   an expert trained on all training labels (oracle.epochs passes over them)
 
-Prints mean ± std (population std over seeds) of test top-1 per dataset and the mean over
-datasets; --json also writes every number. Runs that exist are reused (delete --out to redo).
+Prints mean ± std (population std over seeds) of top-1 per dataset and the mean over datasets,
+twice: on val, the table to compare settings and ablations by, and on test, the one to report
+(evaluated once per run, at its end). --json also writes every number. Runs that exist are
+reused (delete --out to redo). --val-per-class 0 drops the val role (then there is only test).
 """
 from __future__ import annotations
 
@@ -32,18 +36,20 @@ from jedi_pipe import synth, trainer
 from jedi_pipe.config import load_config
 from jedi_pipe.demo import DEMO_CONFIG, DEMO_DATASETS, DEMO_SHARD, DEMO_VIDEOS_PER_CLASS
 from jedi_pipe.make_shards import make_shards
+from jedi_pipe.resplit import split_shards
 
 ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
-def make_data(root: Path, videos_per_class: dict, labeled_fraction: float) -> None:
+def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int) -> None:
     """videos_per_class: {dataset: number} (synth draws each dataset from a random stream of its
     own, so a dataset's videos are the same whatever the others' numbers)."""
     sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=0, videos_per_class=videos_per_class)
     for name in DEMO_DATASETS:
         make_shards(name, sources[name], root / "shards" / name, seed=0,
-                    **{**DEMO_SHARD, "labeled_fraction": labeled_fraction})
-        make_shards(name, sources[name], root / "shards-all" / name, seed=0, **{**DEMO_SHARD, "labeled_fraction": 1.0})
+                    **{**DEMO_SHARD, "labeled_fraction": labeled_fraction, "val_per_class": val_per_class})
+        split_shards(root / "shards" / name, root / "shards-all" / name, labeled_fraction=1.0,
+                     val_per_class=val_per_class, seed=0)
 
 
 def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
@@ -55,8 +61,8 @@ def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
 
 
 def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log) -> dict:
-    """{row: {dataset: top1}} for one training seed."""
-    row = {}
+    """{"test": {row: {dataset: top1}}, "val": ...} for one training seed ("val" when there is one)."""
+    row, val = {}, {}
     jedi_cfg = config(data, "shards", out / "jedi", seed, overrides)
     trainer.pretrain(jedi_cfg, log=log)
     jedi = _results(jedi_cfg, log)
@@ -68,20 +74,30 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
     ema = _results(ema_cfg, log)
     oracle_cfg = config(data, "shards-all", out / "oracle", seed, [*overrides, f"pretrain.epochs={oracle_epochs}"])
     oracle = trainer.pretrain(oracle_cfg, log=log)
-    for n in jedi:
-        row.setdefault("expert", {})[n] = jedi[n]["expert"]["top1"]
-        row.setdefault("ema student", {})[n] = ema[n]["student"]["top1"]
-        row.setdefault("jedi student", {})[n] = jedi[n]["student"]["top1"]
-        row.setdefault("jedi teacher", {})[n] = jedi[n]["teacher"]["top1"]
-        row.setdefault("oracle", {})[n] = oracle[n]["top1"]
-    return row
+    for table, runs in (("test", (jedi["datasets"], ema["datasets"])), ("val", (jedi.get("val"), ema.get("val")))):
+        j, e = runs
+        if j is None:
+            continue
+        cells = row if table == "test" else val
+        for n in j:
+            cells.setdefault("expert", {})[n] = j[n]["expert"]["top1"]
+            cells.setdefault("ema student", {})[n] = e[n]["student"]["top1"]
+            cells.setdefault("jedi student", {})[n] = j[n]["student"]["top1"]
+            cells.setdefault("jedi teacher", {})[n] = j[n]["teacher"]["top1"]
+            cells.setdefault("oracle", {})[n] = (oracle[n] if table == "test" else _expert_val(oracle_cfg, n))["top1"]
+    return {"test": row, **({"val": val} if val else {})}
 
 
 def _results(cfg, log) -> dict:
     path = Path(cfg.out) / "results.json"
     if not path.is_file():
         trainer.train(cfg, log=log)
-    return json.loads(path.read_text())["datasets"]
+    return json.loads(path.read_text())
+
+
+def _expert_val(cfg, name: str) -> dict:
+    import torch
+    return torch.load(trainer.expert_path(cfg, name), map_location="cpu", weights_only=False)["val"]
 
 
 def table(per_seed: list[dict]) -> str:
@@ -108,6 +124,8 @@ def main() -> None:
                          f"{DEMO_VIDEOS_PER_CLASS} (e.g. 60 for equal sizes; a fresh --out per value)")
     ap.add_argument("--labeled-fraction", type=float, default=DEMO_SHARD["labeled_fraction"],
                     help="fraction of each dataset's training videos that keep their labels (a fresh --out per value)")
+    ap.add_argument("--val-per-class", type=int, default=5,
+                    help="training videos per class held out as the val role (a fresh --out per value; 0: none)")
     ap.add_argument("--oracle-epochs", type=int, default=20, help="passes of the oracle over all training labels")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. jedi.epochs=40)")
@@ -125,16 +143,20 @@ def main() -> None:
             ap.error(f"--videos-per-class {item!r}: expected N or DATASET=N with N >= 2 and DATASET one of "
                      f"{', '.join(DEMO_DATASETS)}")
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
-    log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, into {args.out / 'data'}")
-    make_data(args.out / "data", vpc, args.labeled_fraction)
+    log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
+        f"into {args.out / 'data'}")
+    make_data(args.out / "data", vpc, args.labeled_fraction, args.val_per_class)
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
         per_seed.append(run_seed(args.out / "data", args.out / f"seed{seed}", seed, args.overrides,
                                  args.oracle_epochs, log))
-    text = table(per_seed)
-    print(f"\ntest top-1 (%), mean ± std over {args.seeds} seeds; overrides: {args.overrides or 'none'}\n")
-    print(text)
+    if "val" in per_seed[0]:
+        print(f"\nval top-1 (%), compare settings by this one; mean ± std over {args.seeds} seeds; "
+              f"overrides: {args.overrides or 'none'}\n")
+        print(table([s["val"] for s in per_seed]))
+    print(f"\ntest top-1 (%), report this one; mean ± std over {args.seeds} seeds; overrides: {args.overrides or 'none'}\n")
+    print(table([s["test"] for s in per_seed]))
     if args.json:
         (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "seeds": per_seed}, indent=1))
     log("done")

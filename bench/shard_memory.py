@@ -34,11 +34,12 @@ CLI = "import sys; from jedi_pipe.cli import main; main(sys.argv[1:])"
 CANNED = r"""
 import hashlib, resource, sys, time
 import jedi_pipe.make_shards as ms
+import jedi_pipe.shard_jobs as jobs
 from jedi_pipe.transcode import EncodeSettings, encode_clip
 source, root, out = sys.argv[1:4]
 data, info = encode_clip(source, EncodeSettings(max_seconds=1.0))
 canned = (data, info, hashlib.sha256(data).hexdigest())
-ms._encode = lambda *args: canned
+jobs.encode = lambda *args: canned
 t0 = time.perf_counter()
 s = ms.make_shards("folder", root, out, workers=2, progress=False)
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sum(s.counts.values()))

@@ -31,7 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jedi_pipe.make_shards as make_shards_module
+import jedi_pipe.shard_jobs as shard_jobs_module
 from jedi_pipe.datasets import list_videos
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.transcode import CODECS, EncodeSettings, ffmpeg_args, ffmpeg_exe
@@ -80,7 +80,7 @@ def source_root(args) -> tuple[str, Path]:
 
 # (start, end) of every transcode of the current measurement: how busy the workers were
 SPANS: list[tuple[float, float]] = []
-_encode = make_shards_module._encode
+_encode = shard_jobs_module.encode
 
 
 def _traced_encode(*args):
@@ -91,7 +91,7 @@ def _traced_encode(*args):
         SPANS.append((t0, time.perf_counter()))
 
 
-make_shards_module._encode = _traced_encode   # a timing wrapper; the work is unchanged
+shard_jobs_module.encode = _traced_encode   # a timing wrapper; the work is unchanged
 
 
 def utilisation(t0: float, t1: float, workers: int) -> dict:

@@ -11,9 +11,9 @@ import click
 
 from . import __version__
 
-SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "seed", "codec", "fps",
-                     "short_side", "max_seconds", "shard_max_count", "max_failures", "workers",
-                     "min_frames", "timeout_s")
+SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_class", "val_fraction", "seed",
+                     "codec", "fps", "short_side", "max_seconds", "shard_max_count", "max_failures",
+                     "max_missing", "workers", "min_frames", "timeout_s")
 
 
 def fail(msg: str):
@@ -63,12 +63,14 @@ def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
 
 @main.command()
 @click.option("--dataset", required=True, help="hmdb51 | ucf101 | kinetics400 | ssv2 | folder")
-@click.option("--root", required=True, type=click.Path(), help="Where the dataset was unpacked (split files and videos are searched for under it).")
+@click.option("--root", default=None, type=click.Path(), help="Where the dataset was unpacked (split files and videos are searched for under it) [default: data/<dataset> (data/sthv2 or data/ssv2 for ssv2), else $JEDI_PIPE_DATA/<dataset>].")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: shards/<dataset>].")
 @click.option("--name", default=None, help="Dataset name in the card (default: --dataset; useful with `folder`).")
 @click.option("--split", default=1, show_default=True, type=int, help="Official split 1|2|3 (hmdb51, ucf101).")
 @click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label [default: 0.1].")
 @click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
+@click.option("--val-per-class", type=int, default=None, help="Also hold out this many labeled training videos per class as the val role (val-*.tar), for every choice made during development.")
+@click.option("--val-fraction", type=float, default=None, help="Instead: this fraction of each class's training videos as val.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the labeled selection and shard order.")
 @click.option("--workers", default=None, type=click.IntRange(1, None), help="Transcoding processes (default: all cores); with --executor ray and no --ray-address, the local Ray's CPUs.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
@@ -81,6 +83,7 @@ def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
 @click.option("--max-seconds", default=10.0, show_default=True, type=float, help="Keep at most this many seconds of each video.")
 @click.option("--shard-max-count", default=1000, show_default=True, type=int, help="Samples per tar at most.")
 @click.option("--max-failures", default=0.05, show_default=True, type=float, help="Fraction of videos allowed to fail before the run exits non-zero.")
+@click.option("--max-missing", default=0.3, show_default=True, type=float, help="Fraction of the videos the split files name that may be absent from disk (missing.jsonl; real Kinetics downloads miss a few percent) before the run stops, as --root is then likely the wrong folder.")
 @click.option("--min-frames", default=1, show_default=True, type=click.IntRange(1, None), help="Skip clips with fewer frames (after --fps); truncated files keep what decodes.")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, type=float, help="Seconds one ffmpeg transcode may take before its video is recorded as failed.")
 @click.option("--videos", default=None, type=click.Path(), help="Folder of the videos, when not under --root.")
@@ -91,8 +94,10 @@ def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
 def shard(ctx, dataset, root, out, recipe, **opts):
     """Decode, transcode and write one dataset as WebDataset tar shards (shards/README.md).
 
-    Writes train-labeled / train-unlabeled / test tars with DALI index files, manifest.parquet,
-    dataset.json and errors.jsonl. Interrupted runs resume; a finished run is a no-op.
+    Writes train-labeled / train-unlabeled / [val] / test tars with DALI index files,
+    manifest.parquet, withheld.parquet (the unlabeled samples' ids and labels, for measuring
+    pseudo-labels only), dataset.json, errors.jsonl and missing.jsonl. Interrupted runs resume;
+    a finished run is a no-op.
     """
     from .make_shards import ShardError, make_shards
     if recipe:
@@ -113,7 +118,8 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     if s.already_complete:
         click.echo(f"{s.out}: already complete with these settings; nothing to do")
     counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
-    click.echo(f"{s.out}: {counts}; failures {s.failures} (errors.jsonl); "
+    click.echo(f"{s.out} (from {s.root}): {counts}; failures {s.failures} (errors.jsonl); "
+               f"missing {s.missing} (missing.jsonl); "
                f"{s.bytes / 1e6:.1f} MB; {s.transcoded} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s)")
 
 
@@ -157,7 +163,8 @@ def inspect(shard_dir, preview, as_json):
         click.echo(f"{c['name']} ({c['dataset']}, {c['source_split']}): {c['num_classes']} classes, "
                    f"{c['encoding']['codec']} {c['encoding']['short_side']}px {c['encoding']['fps']}fps")
         click.echo("  " + ", ".join(f"{r}: {c['counts'][r]} in {len(c['shards'][r])} tar(s)" for r in c["counts"]))
-        click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; {c['bytes'] / 1e6:.1f} MB")
+        click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; "
+                   f"missing: {c.get('missing', 0)}; {c['bytes'] / 1e6:.1f} MB")
         _echo_flips(ss)
         click.echo(f"  check: {report['samples_checked']} samples read, "
                    + ("all match the manifest" if report["ok"] else f"{len(report['problems'])} problem(s):"))
@@ -369,6 +376,34 @@ def predict(model_path, inputs, role, k, as_json):
                 ok += 1
     if not ok:
         fail(f"no prediction: none of the {bad} input(s) could be decoded")
+
+
+@main.command()
+@click.argument("src", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The new shard folder.")
+@click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label (1.0: all but val, the fully supervised oracle).")
+@click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
+@click.option("--labeled-list", type=click.Path(dir_okay=False), default=None, help="Instead: a file of the labeled videos, one video id or source path per line (published few-label splits).")
+@click.option("--val-per-class", type=int, default=None, help="Hold out this many labeled training videos per class as the val role.")
+@click.option("--val-fraction", type=float, default=None, help="Instead: this fraction of each class's training videos as val.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the selection and shard order.")
+@click.option("--overwrite", is_flag=True, help="Replace what an earlier split with other settings wrote to --out.")
+def split(src, out, **opts):
+    """Re-split shard folder SRC into --out with another labeled selection or val role.
+
+    Copies clip bytes (checked by sha256) and reuses the test tars: nothing is decoded or
+    encoded, so it takes seconds where a second transcode takes hours (bench/README.md).
+    """
+    from .make_shards import ShardError
+    from .resplit import split_shards
+    try:
+        s = split_shards(src, out, **opts)
+    except ShardError as e:
+        fail(str(e))
+    if s.already_complete:
+        click.echo(f"{s.out}: already complete with these settings; nothing to do")
+    counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
+    click.echo(f"{s.out}: {counts}; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s (clip bytes copied, nothing transcoded)")
 
 
 class _bar:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,8 @@ from .errors import UnavailableError
 
 
 def verify_shards(root) -> dict:
-    """Re-read every tar: counts, keys and sha256 of each clip against manifest.parquet.
+    """Re-read every tar: counts, keys and sha256 of each clip against manifest.parquet; unlabeled
+    samples carry no label, video id or source, and withheld.parquet covers exactly them.
 
     Returns {"ok": bool, "problems": [str], "counts": {role: n}, "samples_checked": n}.
     """
@@ -39,14 +41,30 @@ def verify_shards(root) -> dict:
                     problems.append(f"{tar.name}: {key} clip bytes differ from the manifest's sha256")
                 if int(sample["cls"]) != row["label"]:
                     problems.append(f"{tar.name}: {key} cls {int(sample['cls'])} != manifest label {row['label']}")
+                if role == "unlabeled":
+                    extra = set(json.loads(sample["json"])) - UNLABELED_JSON
+                    if extra or set(sample) - {"__key__", "cls", "json", ss.clip_ext, shards.META_EXT}:
+                        problems.append(f"{tar.name}: unlabeled {key} carries more than the spec allows "
+                                        f"({', '.join(sorted(extra)) or 'an extra member'})")
     for key in by_key.keys() - seen.keys():
         problems.append(f"manifest row {key} is in no tar")
     problems += [f"{k} appears {n} times" for k, n in seen.items() if n > 1]
+    unlabeled = {r["key"] for r in manifest if r["role"] == "unlabeled"}
+    if any(r["video_id"] or r["source"] or r["label"] != shards.UNLABELED for r in manifest if r["role"] == "unlabeled"):
+        problems.append(f"{shards.MANIFEST}: an unlabeled row names its video or label")
+    withheld = set(ss.withheld(columns=["key"]).column("key").to_pylist()) if (ss.root / shards.WITHHELD).is_file() else None
+    if withheld is None:
+        problems.append(f"{shards.WITHHELD} is missing")
+    elif withheld != unlabeled:
+        problems.append(f"{shards.WITHHELD} covers {len(withheld)} samples, the unlabeled role has {len(unlabeled)}")
     counts = Counter(r["role"] for r in manifest)
     for role in shards.ROLES:
         if counts[role] != ss.count(role):
             problems.append(f"{role}: manifest has {counts[role]} rows, dataset.json says {ss.count(role)}")
     return {"ok": not problems, "problems": problems, "counts": dict(counts), "samples_checked": sum(seen.values())}
+
+
+UNLABELED_JSON = set(shards.sample_json("k", "unlabeled", "d", 1, 1.0, 1, 1, "v", "train", 0, "c"))
 
 
 def contact_sheet(root, out_png, clips: int = 6, frames: int = 8, role: str = "test") -> Path:

@@ -1,8 +1,9 @@
 """The shard stage: adapter listing -> labeled selection -> plan -> parallel transcode -> tars.
 
 Data flows one way: `datasets` lists the source videos, `transcode` turns each into clip
-bytes in ffmpeg child processes (one per worker thread), this module writes them with
-`shards.ShardWriter` in planned order.
+bytes in ffmpeg child processes (one per worker thread), and `shard_jobs.write_shard` writes
+them with `shards.ShardWriter` in planned order, one `ShardJob` (tar) at a time, mapped over the
+plan by an executor: `write_shards_local` here, or `ray_executor.write_shards_ray`.
 The plan (which video goes to which role, shard and position) is fixed before any transcode,
 so the output does not depend on the worker count, and a rerun after an interruption redoes
 only the shards that are not complete.
@@ -21,29 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, shards
-from .datasets import DatasetError, Listing, VideoItem, list_videos
-from .errors import JediPipeError
-from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings, TranscodeError, encode_clip
+from . import __version__, shard_jobs, shards
+from .datasets import DatasetError, Listing, default_root, list_videos
+from .shard_jobs import (JOB, PARTS, TMP, PlannedSample, ShardError, ShardJob, default_workers, write_json_atomic,
+                         write_shard)
+from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings
 
-PARTS = ".parts"          # per-shard manifest rows and errors, merged at the end
-JOB = ".job.json"         # the settings fingerprint the folder was started with
-TMP = ".tmp"              # ffmpeg's output files while they are written
 LOCK = ".lock"            # flock'ed while a run writes the folder
 EXECUTORS = ("local", "ray")   # where the shards are written: this machine's threads, or Ray tasks
-
-
-class ShardError(JediPipeError):
-    """The shard stage cannot go on; the message is one sentence for the user."""
-
-
-@dataclass(slots=True)   # one per video for the whole run: keep them small
-class PlannedSample:
-    item: VideoItem
-    key: str
-    role: str
-    sample_id: int
-    shard: str
 
 
 @dataclass
@@ -51,81 +37,91 @@ class ShardSummary:
     out: str
     counts: dict = field(default_factory=dict)     # role -> samples written
     failures: int = 0                              # videos recorded in errors.jsonl
-    planned: int = 0                               # videos the listing named (incl. failures)
+    missing: int = 0                               # videos a split file names that are not on disk (missing.jsonl)
+    planned: int = 0                               # videos the listing named (incl. failures, not missing)
     bytes: int = 0
     seconds: float = 0.0
     transcoded: int = 0                            # clips encoded in this run (0 when resumed complete)
     already_complete: bool = False
+    root: str = ""                                 # the dataset root that was read
 
     @property
     def clips_per_s(self) -> float:
         return self.transcoded / self.seconds if self.seconds > 0 else 0.0
 
 
-def select_labeled(listing: Listing, fraction: float | None, per_class: int | None, seed: int) -> set[str]:
-    """Video ids of the labeled subset: stratified per class, at least one per class, seeded.
+def _take(n: int, per_class: int | None, fraction: float | None) -> int:
+    return min(n, per_class) if per_class is not None else round(fraction * n)
 
-    Sorting before shuffling makes the choice depend only on the listing and the seed.
+
+def select_roles(train: list[tuple[str, int]], seed: int, *, labeled_fraction: float | None = None,
+                 labeled_per_class: int | None = None, labeled_list: set[str] | None = None,
+                 val_per_class: int | None = None, val_fraction: float | None = None) -> dict[str, str]:
+    """{video id: "labeled" | "unlabeled" | "val"} for the training videos `train` [(video id, label)].
+
+    Per class, the ids are sorted and shuffled with a seed of their own, so the choice depends
+    only on the ids and the seed, never on the order they came in or the worker count. Labeled
+    videos are taken from the front (at least one per class; the fraction is of the class's
+    training videos), val from the back (never the class's last video), so adding a val role
+    leaves the labeled choice as it was unless the two would overlap. With `labeled_list`, the
+    labeled videos are exactly those and val is drawn from the others.
     """
     by_class: dict[int, list[str]] = {}
-    for it in listing.items:
-        if it.split == "train":
-            by_class.setdefault(it.label, []).append(it.video_id)
-    chosen = set()
+    for vid, label in train:
+        by_class.setdefault(label, []).append(vid)
+    roles = {}
     for label, ids in sorted(by_class.items()):
         ids = sorted(ids)
         random.Random(f"{seed}:{label}").shuffle(ids)
-        k = min(len(ids), per_class) if per_class is not None else max(1, round(fraction * len(ids)))
-        chosen.update(ids[:k])
-    return chosen
+        if labeled_list is not None:
+            labeled = [v for v in ids if v in labeled_list]
+            rest = [v for v in ids if v not in labeled_list]
+            nval = min(_take(len(ids), val_per_class, val_fraction or 0.0), len(rest))
+            val = rest[len(rest) - nval:]
+        else:
+            n = len(ids)
+            nval = min(_take(n, val_per_class, val_fraction or 0.0), n - 1)
+            k = min(max(1, _take(n, labeled_per_class, labeled_fraction)), n - nval)
+            labeled, val = ids[:k], ids[n - nval:]
+        roles.update(dict.fromkeys(ids, "unlabeled"))
+        roles.update(dict.fromkeys(labeled, "labeled"))
+        roles.update(dict.fromkeys(val, "val"))
+    return roles
 
 
-def plan_samples(listing: Listing, labeled: set[str], seed: int, shard_max_count: int) -> list[PlannedSample]:
+def plan_samples(listing: Listing, roles_of: dict[str, str], seed: int, shard_max_count: int,
+                 name: str | None = None) -> list[PlannedSample]:
     roles = {r: [] for r in shards.ROLES}
     for it in listing.items:
-        role = "test" if it.split == "test" else ("labeled" if it.video_id in labeled else "unlabeled")
-        roles[role].append(it)
+        roles["test" if it.split == "test" else roles_of[it.video_id]].append(it)
     plan, sample_id = [], 0
     for role in shards.ROLES:
-        keyed = sorted(((shards.make_key(it.video_id), it) for it in roles[role]),
-                       key=lambda kv: shards.order_key(seed, kv[0]))
-        names = [shards.shard_name(role, i) for i in range((len(keyed) + shard_max_count - 1) // shard_max_count)]
-        for pos, (key, it) in enumerate(keyed):   # one name string per shard, shared by its samples
-            plan.append(PlannedSample(it, key, role, sample_id, names[pos // shard_max_count]))
+        ordered = sorted(roles[role], key=lambda it: shards.order_key(seed, it.video_id))
+        names = [shards.shard_name(role, i) for i in range((len(ordered) + shard_max_count - 1) // shard_max_count)]
+        for pos, it in enumerate(ordered):   # one name string per shard, shared by its samples
+            plan.append(PlannedSample(it, shards.make_key(name or listing.dataset, sample_id), role, sample_id,
+                                      names[pos // shard_max_count]))
             sample_id += 1
-    keys = [p.key for p in plan]
-    if len(set(keys)) != len(keys):
-        raise ShardError(f"{listing.dataset}: two videos share an id; keys must be unique")
+    ids = [p.item.video_id for p in plan]
+    if len(set(ids)) != len(ids):
+        raise ShardError(f"{listing.dataset}: two videos share the id {_first_dup(ids)!r}; ids must be unique")
     return plan
 
 
-def _encode(path: str, settings: EncodeSettings, tmp_dir: str, timeout_s: float, min_frames: int):
-    """Worker thread: one source video -> (clip bytes, ClipInfo, sha256) or (None, reason, None).
-
-    The work happens in the ffmpeg child process, so a thread per worker is enough: a crashing
-    decoder takes down one ffmpeg (reported as that video's failure), never a worker, and
-    nothing is forked from this process. The probe and the hash run here too (hashlib drops the
-    GIL), which leaves the writing thread only the tar to write.
-    """
-    try:
-        data, info = encode_clip(path, settings, tmp_dir=tmp_dir, timeout_s=timeout_s, min_frames=min_frames)
-        return data, info, hashlib.sha256(data).hexdigest()
-    except TranscodeError as e:
-        return None, str(e), None
-    except OSError as e:
-        import av
-        if isinstance(e, av.error.FFmpegError):   # PyAV's errors subclass OSError: the clip's fault
-            return None, f"unreadable clip: {e}", None
-        raise   # the temp folder is full, ffmpeg is missing, ...: the run's fault, not the video's
-    except Exception as e:  # a broken container can make PyAV raise anything; record, go on
-        return None, f"{type(e).__name__}: {e}", None
+def _first_dup(values):
+    seen = set()
+    for v in values:
+        if v in seen:
+            return v
+        seen.add(v)
 
 
 def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 labeled_fraction: float | None = None, labeled_per_class: int | None = None,
+                val_per_class: int | None = None, val_fraction: float | None = None,
                 seed: int = 0, workers: int | None = None, codec: str = "vp9", fps: float = 12.0,
                 short_side: int = 128, max_seconds: float = 10.0, shard_max_count: int = 1000,
-                max_failures: float = 0.05, min_frames: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
+                max_failures: float = 0.05, max_missing: float = 0.5, min_frames: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
                 videos=None, annotations=None, name: str | None = None,
                 overwrite: bool = False, progress: bool | None = None,
                 executor: str = "local", ray_address: str | None = None) -> ShardSummary:
@@ -146,9 +142,12 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         raise ShardError("give --labeled-fraction or --labeled-per-class, not both")
     if labeled_fraction is None and labeled_per_class is None:
         labeled_fraction = 0.1
+    if val_fraction is not None and val_per_class is not None:
+        raise ShardError("give --val-fraction or --val-per-class, not both")
     _check_options(split=split, labeled_fraction=labeled_fraction, labeled_per_class=labeled_per_class,
+                   val_fraction=val_fraction, val_per_class=val_per_class,
                    seed=seed, workers=workers, shard_max_count=shard_max_count, max_failures=max_failures,
-                   min_frames=min_frames, timeout_s=timeout_s)
+                   max_missing=max_missing, min_frames=min_frames, timeout_s=timeout_s)
     if executor not in EXECUTORS:
         raise ShardError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if ray_address is not None and executor != "ray":
@@ -158,26 +157,38 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         require_ray()   # before any work: a missing extra is one sentence, not a late traceback
     try:
         settings = EncodeSettings(codec=codec, fps=fps, short_side=short_side, max_seconds=max_seconds)
+        if root is None and videos is None:
+            root = default_root(dataset)
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
     except (DatasetError, ValueError) as e:
         raise ShardError(str(e)) from None
     if not listing.items:
-        raise ShardError(f"{dataset}: no usable videos under {root} ({len(listing.errors)} listed videos missing)")
-    labeled = select_labeled(listing, labeled_fraction, labeled_per_class, seed)
-    plan = plan_samples(listing, labeled, seed, shard_max_count)
+        raise ShardError(f"{dataset}: no usable videos under {root} ({len(listing.missing)} listed videos missing)")
+    listed = len(listing.items) + len(listing.missing)
+    if len(listing.missing) > max_missing * listed:   # before any transcode: likely the wrong folder
+        raise ShardError(f"{len(listing.missing)} of the {listed} videos that the split files of {listing.root} name "
+                         f"are not on disk ({len(listing.missing) / listed:.0%} > --max-missing {max_missing:.0%}); "
+                         f"is --root (or --videos) the right folder? The first: {listing.missing[0]['path']}")
+    train = [(it.video_id, it.label) for it in listing.items if it.split == "train"]
+    roles_of = select_roles(train, seed, labeled_fraction=labeled_fraction, labeled_per_class=labeled_per_class,
+                            val_per_class=val_per_class, val_fraction=val_fraction)
+    plan = plan_samples(listing, roles_of, seed, shard_max_count, name)
 
     selection = ({"rule": "fraction", "value": labeled_fraction} if labeled_per_class is None
                  else {"rule": "per_class", "value": labeled_per_class})
+    val = ({"rule": "per_class", "value": val_per_class} if val_per_class is not None else
+           {"rule": "fraction", "value": val_fraction} if val_fraction is not None else None)
     plan_hash = hashlib.sha256()
     for p in plan:
         plan_hash.update(f"{p.key} {p.role} {p.shard} {p.item.label} {p.item.source}\n".encode())
     job = {"format_version": shards.FORMAT_VERSION, "dataset": dataset, "name": name,
            "encoding": {**settings.as_dict(), "min_frames": min_frames},
-           "selection": {**selection, "seed": seed}, "shard_max_count": shard_max_count,
+           "selection": {**selection, "seed": seed, "val": val}, "shard_max_count": shard_max_count,
            "source_split": listing.source_split, "plan": plan_hash.hexdigest()}
-    with _locked(out):   # held until this run ends, however it ends
-        _claim_folder(out, job, overwrite)
-        summary = ShardSummary(out=str(out), planned=len(plan) + len(listing.errors))
+    with locked_folder(out):   # held until this run ends, however it ends
+        claim_folder(out, job, overwrite)
+        summary = ShardSummary(out=str(out), planned=len(plan) + len(listing.errors),
+                               missing=len(listing.missing), root=listing.root)
         parts, tmp = out / PARTS, out / TMP
         if (out / shards.CARD).is_file():
             card = json.loads((out / shards.CARD).read_text())
@@ -189,7 +200,7 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
             return summary
 
         by_shard: dict[str, list[PlannedSample]] = {}
-        for p in plan:   # insertion order = plan order: roles labeled, unlabeled, test
+        for p in plan:   # insertion order = plan order: roles labeled, unlabeled, val, test
             by_shard.setdefault(p.shard, []).append(p)
         t0 = time.time()
         try:
@@ -198,15 +209,13 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
             tmp.mkdir()
             for leftover in out.glob("*.partial"):   # a tar or index cut short by a kill
                 leftover.unlink()
-            pending = [s for s in by_shard if not _shard_done(out, parts, s)]
+            jobs = [ShardJob(out.absolute(), s, by_shard[s], settings, listing.dataset, listing.classes,
+                             min_frames, timeout_s) for s in by_shard if not _shard_done(out, parts, s)]
             if executor == "ray":
                 from .ray_executor import write_shards_ray
-                summary.transcoded = write_shards_ray(out, {s: by_shard[s] for s in pending}, settings, listing,
-                                                      workers=workers, progress=progress, min_frames=min_frames,
-                                                      timeout_s=timeout_s, address=ray_address)
+                summary.transcoded = write_shards_ray(jobs, workers=workers, progress=progress, address=ray_address)
             else:
-                summary.transcoded = _write_shards(out, parts, tmp, by_shard, pending, settings, listing,
-                                                   workers, progress, min_frames, timeout_s)
+                summary.transcoded = write_shards_local(jobs, workers=workers, progress=progress)
             card = _finalize(out, parts, by_shard, listing, job, settings)
         except OSError as e:   # disk full, folder removed under us: the run cannot go on
             raise ShardError(f"writing {out} failed: {e.strerror or e}"
@@ -235,20 +244,25 @@ def _check_options(**opts) -> None:
 
     for k in ("split", "seed", "shard_max_count", "min_frames"):
         number(k, integer=True)
-    for k in ("max_failures", "timeout_s"):
+    for k in ("max_failures", "max_missing", "timeout_s"):
         number(k)
     if number("labeled_fraction", optional=True) and not 0 < opts["labeled_fraction"] <= 1:
         raise ShardError(f"--labeled-fraction must be in (0, 1], got {opts['labeled_fraction']}")
     if number("labeled_per_class", integer=True, optional=True) and opts["labeled_per_class"] < 1:
         raise ShardError(f"--labeled-per-class must be >= 1, got {opts['labeled_per_class']}")
+    if number("val_fraction", optional=True) and not 0 <= opts["val_fraction"] < 1:
+        raise ShardError(f"--val-fraction must be in [0, 1), got {opts['val_fraction']}")
+    if number("val_per_class", integer=True, optional=True) and opts["val_per_class"] < 0:
+        raise ShardError(f"--val-per-class must be >= 0, got {opts['val_per_class']}")
     if number("workers", integer=True, optional=True) and opts["workers"] < 1:
         raise ShardError(f"--workers must be >= 1, got {opts['workers']}")
     if opts["shard_max_count"] < 1:
         raise ShardError(f"--shard-max-count must be >= 1, got {opts['shard_max_count']}")
     if opts["min_frames"] < 1:
         raise ShardError(f"--min-frames must be >= 1, got {opts['min_frames']}")
-    if not 0 <= opts["max_failures"] <= 1:
-        raise ShardError(f"--max-failures is a fraction in [0, 1], got {opts['max_failures']}")
+    for k in ("max_failures", "max_missing"):
+        if not 0 <= opts[k] <= 1:
+            raise ShardError(f"{flag(k)} is a fraction in [0, 1], got {opts[k]}")
     if not opts["timeout_s"] > 0:
         raise ShardError(f"the transcode timeout must be > 0 s, got {opts['timeout_s']}")
 
@@ -260,11 +274,12 @@ def _check_failures(summary: ShardSummary, max_failures: float) -> None:
                          f"the rest is written, see {Path(summary.out) / shards.ERRORS}")
 
 
-_OURS = ("*.tar", "*.tar.idx", "*.partial", shards.MANIFEST, shards.CARD, shards.ERRORS, PARTS, TMP)
+_OURS = ("*.tar", "*.tar.idx", "*.partial", shards.MANIFEST, shards.WITHHELD, shards.CARD, shards.ERRORS,
+         shards.MISSING, PARTS, TMP)
 
 
 @contextmanager
-def _locked(out: Path):
+def locked_folder(out: Path):
     """Create `out` and lock it: two runs writing one folder would ruin each other's tars.
 
     The lock is an flock on `out/.lock`, which the kernel drops when the process dies (kill -9
@@ -289,7 +304,7 @@ def _locked(out: Path):
         yield
 
 
-def _claim_folder(out: Path, job: dict, overwrite: bool) -> None:
+def claim_folder(out: Path, job: dict, overwrite: bool) -> None:
     """Refuse to mix settings in one folder; --overwrite clears what an earlier run wrote."""
     job_path = out / JOB
     old = None
@@ -311,7 +326,7 @@ def _claim_folder(out: Path, job: dict, overwrite: bool) -> None:
                              f"pass --overwrite to replace them or choose another --out")
     for p in ours:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    _write_json_atomic(job_path, job, indent=1, sort_keys=True)
+    write_json_atomic(job_path, job, indent=1, sort_keys=True)
 
 
 def _shard_done(out: Path, parts: Path, shard: str) -> bool:
@@ -326,18 +341,13 @@ def _shard_done(out: Path, parts: Path, shard: str) -> bool:
     return not rows or ((out / shard).is_file() and (out / shards.index_name(shard)).is_file())
 
 
-def default_workers() -> int:
-    """The cores this process may use (a container or taskset may allow fewer than the machine has)."""
-    return (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
-
-
-def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers, progress,
-                  min_frames, timeout_s) -> int:
-    """Transcode the videos of the pending shards in worker threads; write them in planned order."""
+def write_shards_local(jobs: list[ShardJob], *, workers: int | None = None, progress: bool | None = None) -> int:
+    """The local executor: `write_shard` over the jobs in order, fed by encodes in worker
+    threads (each drives one ffmpeg process); returns the videos done."""
     from tqdm import tqdm
-    todo = [p for s in pending for p in by_shard[s]]
+    todo = [(job, p) for job in jobs for p in job.samples]
     workers = workers or default_workers()
-    bar = tqdm(total=len(todo), unit="video", desc=f"shard {listing.dataset}",
+    bar = tqdm(total=len(todo), unit="video", desc=f"shard {jobs[0].dataset if jobs else ''}",
                disable=(None if progress is None else not progress), leave=False)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="transcode")
     # A window of in-flight encodes keeps every worker busy across shard boundaries (and while a
@@ -346,17 +356,18 @@ def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers
     window, inflight, it = max(16, 4 * workers), deque(), iter(todo)
 
     def submit():
-        p = next(it, None)
-        if p is not None:
-            inflight.append((p, pool.submit(_encode, p.item.path, settings, str(tmp), timeout_s, min_frames)))
+        nxt = next(it, None)
+        if nxt is not None:
+            job, p = nxt   # shard_jobs.encode looked up here, so a benchmark can wrap it
+            inflight.append(pool.submit(shard_jobs.encode, p.item.path, job.settings, str(job.out / TMP),
+                                        job.timeout_s, job.min_frames))
 
     done = 0
 
-    def results(shard):   # the shard's encodes in planned order, refilling the window as they are taken
+    def results(job):   # the job's encodes in planned order, refilling the window as they are taken
         nonlocal done
-        for _ in by_shard[shard]:
-            _, fut = inflight.popleft()
-            result = fut.result()
+        for _ in job.samples:
+            result = inflight.popleft().result()
             submit()
             done += 1
             bar.update(1)
@@ -365,89 +376,28 @@ def _write_shards(out, parts, tmp, by_shard, pending, settings, listing, workers
     try:
         for _ in range(window):
             submit()
-        for shard in pending:
-            write_shard(out, parts, shard, by_shard[shard], results(shard), settings, listing.dataset, listing.classes)
+        for job in jobs:
+            write_shard(job, results(job))
     finally:
         bar.close()
-        for _, fut in inflight:
+        for fut in inflight:
             fut.cancel()
         pool.shutdown(wait=True)   # running ffmpegs end within the timeout
     return done
 
 
-def write_shard(out: Path, parts: Path, shard: str, samples: list[PlannedSample], results,
-                settings: EncodeSettings, dataset: str, classes: list[str]) -> None:
-    """Write shard `shard` of `out`: its tar and index, then its part (which marks it complete).
-
-    `results` yields one `_encode` result per sample, in the order of `samples`. Both executors
-    call this: the local one with encodes from its thread pool, a Ray task with its own.
-    """
-    writer = shards.ShardWriter(out / shard)
-    rows, errors = [], []
-    try:
-        for p, (data, info, sha) in zip(samples, results, strict=True):
-            if data is None:
-                errors.append({"video_id": p.item.video_id, "path": p.item.source, "reason": info})
-            else:
-                writer.write(_members(p, data, info, dataset, classes, settings))
-                rows.append(_manifest_row(p, data, info, sha, classes))
-        if rows:
-            writer.close()
-        else:   # every video of the shard failed: no tar, not even one an earlier run left
-            writer.abort()
-            for stale in (out / shard, out / shards.index_name(shard)):
-                stale.unlink(missing_ok=True)
-    except BaseException:
-        try:
-            writer.abort()
-        except OSError:
-            pass
-        raise
-    # The part is written last: it marks the shard complete for a resumed run.
-    _write_json_atomic(parts / (shard + ".json"), {"rows": rows, "errors": errors})
-
-
-def _members(p: PlannedSample, data: bytes, info, dataset: str, classes: list[str], settings: EncodeSettings):
-    label = shards.UNLABELED if p.role == "unlabeled" else p.item.label
-    meta = {"key": p.key, "dataset": dataset, "video_id": p.item.video_id, "role": p.role,
-            "split": p.item.split, "frames": info.frames, "fps": info.fps,
-            "width": info.width, "height": info.height}
-    if p.role != "unlabeled":     # an unlabeled sample never carries its label in the tar
-        meta.update(label=p.item.label, label_name=classes[p.item.label])
-    return shards.sample_members(p.key, settings.ext, data, meta, label, info.frames,
-                                 info.height, info.width, p.sample_id)
-
-
-def _manifest_row(p: PlannedSample, data: bytes, info, sha: str, classes: list[str]) -> dict:
-    unlabeled = p.role == "unlabeled"
-    return {"sample_id": p.sample_id, "key": p.key, "shard": p.shard, "role": p.role, "split": p.item.split,
-            "label": shards.UNLABELED if unlabeled else p.item.label,
-            "label_name": "" if unlabeled else classes[p.item.label],
-            "label_true": p.item.label, "video_id": p.item.video_id, "source": p.item.source,
-            "frames": info.frames, "fps": info.fps, "width": info.width, "height": info.height,
-            "bytes": len(data), "sha256": sha}
-
-
-def _write_json_atomic(path: Path, obj, indent=None, sort_keys=False) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=indent, sort_keys=sort_keys))
-    os.replace(tmp, path)
-
-
 def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dict, settings: EncodeSettings) -> dict:
-    """Merge the per-shard parts into manifest.parquet, errors.jsonl and (last) dataset.json.
+    """Merge the per-shard parts into manifest.parquet, withheld.parquet, errors.jsonl,
+    missing.jsonl and (last) dataset.json.
 
     Streamed part by part (shards in plan order hold consecutive sample ids), so memory stays
     bounded by a batch of rows whatever the dataset size.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    schema = shards.manifest_schema()
     counts = {r: 0 for r in shards.ROLES}
     written = {r: [] for r in shards.ROLES}
-    failures, nbytes, batch = len(listing.errors), 0, []
-    manifest_tmp, errors_tmp = out / (shards.MANIFEST + ".partial"), out / (shards.ERRORS + ".partial")
-    with pq.ParquetWriter(manifest_tmp, schema) as manifest, open(errors_tmp, "w") as errors:
+    failures, nbytes = len(listing.errors), 0
+    errors_tmp = out / (shards.ERRORS + ".partial")
+    with TableWriter(out) as tables, open(errors_tmp, "w") as errors:
         errors.writelines(json.dumps(e, sort_keys=True) + "\n" for e in listing.errors)
         for shard, planned in by_shard.items():
             part = json.loads((parts / (shard + ".json")).read_text())
@@ -458,21 +408,68 @@ def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dic
                 written[role].append(shard)
             counts[role] += len(rows)
             nbytes += sum(r["bytes"] for r in rows)
-            batch += rows
-            if len(batch) >= 1024:   # row groups of ~1k rows: memory bounded, file still compact
-                manifest.write_table(pa.Table.from_pylist(batch, schema=schema))
-                batch = []
-        if batch:
-            manifest.write_table(pa.Table.from_pylist(batch, schema=schema))
-    os.replace(manifest_tmp, out / shards.MANIFEST)
+            tables.add(rows)
     os.replace(errors_tmp, out / shards.ERRORS)
+    write_jsonl_atomic(out / shards.MISSING, listing.missing)
 
     card = {"format_version": shards.FORMAT_VERSION, "name": job["name"], "dataset": job["dataset"],
             "classes": listing.classes, "num_classes": len(listing.classes), "counts": counts,
             "shards": {r: sorted(written[r]) for r in shards.ROLES},
             "encoding": {**job["encoding"], "ext": settings.ext},
             "selection": job["selection"], "source_split": job["source_split"],
-            "failures": failures, "bytes": nbytes, "tool": f"jedi-pipe {__version__}"}
-    _write_json_atomic(out / shards.CARD, card, indent=1)   # last: the card marks a complete folder
+            "shard_max_count": job["shard_max_count"], "failures": failures, "missing": len(listing.missing), "bytes": nbytes, "tool": f"jedi-pipe {__version__}"}
+    write_json_atomic(out / shards.CARD, card, indent=1)   # last: the card marks a complete folder
     shutil.rmtree(parts, ignore_errors=True)
     return card
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+    os.replace(tmp, path)
+
+
+class TableWriter:
+    """Streams full sample rows into manifest.parquet and withheld.parquet (`shards.public_row`
+    decides what goes where), in row groups of ~1k rows: memory bounded, files still compact.
+    Both appear under their final names only when the block ends without an error."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+
+    def __enter__(self):
+        import pyarrow.parquet as pq
+        self.files = [(self.out / shards.MANIFEST, shards.manifest_schema()),
+                      (self.out / shards.WITHHELD, shards.withheld_schema())]
+        self.writers = [pq.ParquetWriter(str(p) + ".partial", schema) for p, schema in self.files]
+        self.batches = ([], [])
+        return self
+
+    def add(self, rows: list[dict]) -> None:
+        for row in rows:
+            public, withheld = shards.public_row(row)
+            self.batches[0].append(public)
+            if withheld is not None:
+                self.batches[1].append(withheld)
+        if len(self.batches[0]) >= 1024:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        for writer, (_, schema), batch in zip(self.writers, self.files, self.batches):
+            if batch:
+                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+                batch.clear()
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self._flush()
+        for w in self.writers:
+            w.close()
+        for path, _ in self.files:
+            tmp = Path(str(path) + ".partial")
+            if exc_type is None:
+                os.replace(tmp, path)
+            else:
+                tmp.unlink(missing_ok=True)

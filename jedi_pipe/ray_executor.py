@@ -1,10 +1,10 @@
 """The shard stage on Ray: one Ray task per output shard (`jedi-pipe shard --executor ray`).
 
 `make_shards` plans, locks and claims the folder and merges the parts exactly as it does for
-the local executor; only the writing of the pending shards moves into Ray tasks. A task
-encodes its shard's videos one after another (one ffmpeg at a time: a task is one CPU) and
-hands them to `make_shards.write_shard`, the function the local executor calls too, so the
-bytes are the same and a shard is complete when its part is there, whoever wrote it.
+the local executor; only the writing of the pending shard jobs moves into Ray tasks. A task
+runs `shard_jobs.write_shard(job)`, the function the local executor maps too, which encodes
+the job's videos one after another (one ffmpeg at a time: a task is one CPU), so the bytes are
+the same and a shard is complete when its part is there, whoever wrote it.
 
 Every node must see --out and the source videos at the same absolute paths (a shared file
 system) and run the same jedi-pipe, which finds ffmpeg the same way on every node
@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from .make_shards import JOB, PARTS, TMP, PlannedSample, ShardError, _encode, default_workers, write_shard
+from .shard_jobs import JOB, ShardError, ShardJob, default_workers, write_shard
 
 INSTALL_HINT = 'pip install "jedi-pipe[ray]"'
 
@@ -32,18 +32,17 @@ def require_ray():
     return ray
 
 
-def write_shards_ray(out, pending: dict[str, list[PlannedSample]], settings, listing, *, workers: int | None,
-                     progress: bool | None, min_frames: int, timeout_s: float, address: str | None) -> int:
-    """Write the `pending` shards (name -> planned samples) as Ray tasks; returns the videos done.
+def write_shards_ray(jobs: list[ShardJob], *, workers: int | None = None, progress: bool | None = None,
+                     address: str | None = None) -> int:
+    """The Ray executor: `write_shard` over the jobs, one Ray task each; returns the videos done.
 
     With `address`, connect to that cluster (`auto`: the one `ray start` made on this node);
     without, use the Ray this process already initialised, or start a local one of `workers` CPUs.
     """
     ray = require_ray()
     from tqdm import tqdm
-    if not pending:   # every shard written by an earlier run: no need to start Ray for the merge
+    if not jobs:   # every shard written by an earlier run: no need to start Ray for the merge
         return 0
-    out = Path(out).absolute()   # a task's working directory is not ours
     started = False
     if not ray.is_initialized():
         try:
@@ -58,14 +57,13 @@ def write_shards_ray(out, pending: dict[str, list[PlannedSample]], settings, lis
             raise ShardError(f"cannot start or reach {where}: {e}") from None
         started = True
     task = ray.remote(num_cpus=1)(_shard_task)
-    bar = tqdm(total=sum(len(s) for s in pending.values()), unit="video", desc=f"shard {listing.dataset} (ray)",
+    bar = tqdm(total=sum(len(j.samples) for j in jobs), unit="video", desc=f"shard {jobs[0].dataset} (ray)",
                disable=(None if progress is None else not progress), leave=False)
     done, refs, left = 0, {}, []
     try:
-        for shard, samples in pending.items():
-            ref = task.remote(str(out), shard, _absolute(samples), settings, listing.dataset, listing.classes,
-                              min_frames, timeout_s)
-            refs[ref] = shard
+        for job in jobs:   # absolute paths: a task's working directory is not ours
+            ref = task.remote(dataclasses.replace(job, out=Path(job.out).absolute(), samples=_absolute(job.samples)))
+            refs[ref] = job.shard
             left.append(ref)
         bar.set_postfix_str(f"0/{len(refs)} shards")
         while left:
@@ -104,25 +102,20 @@ def _check_reachable(address: str) -> None:
                          f"is `ray start --head` running there?") from None
 
 
-def _absolute(samples: list[PlannedSample]) -> list[PlannedSample]:
+def _absolute(samples: list) -> list:
     """The samples with absolute source paths (a relative --videos gives relative ones)."""
     return [p if os.path.isabs(p.item.path) else
             dataclasses.replace(p, item=dataclasses.replace(p.item, path=os.path.abspath(p.item.path)))
             for p in samples]
 
 
-def _shard_task(out: str, shard: str, samples: list[PlannedSample], settings, dataset: str,
-                classes: list[str], min_frames: int, timeout_s: float) -> int:
-    """Runs in a Ray worker: encode the shard's videos in planned order and write the shard."""
-    out = Path(out)
-    if not (out / JOB).is_file():   # the driver wrote it before submitting anything
-        raise ShardError(f"--out {out} is not visible on Ray node {socket.gethostname()}; "
+def _shard_task(job: ShardJob) -> int:
+    """Runs in a Ray worker: check that this node sees the folders, then write the job's shard."""
+    if not (job.out / JOB).is_file():   # the driver wrote it before submitting anything
+        raise ShardError(f"--out {job.out} is not visible on Ray node {socket.gethostname()}; "
                          f"it must be on a file system that every node mounts at the same path")
-    for folder in sorted({os.path.dirname(p.item.path) for p in samples}):
+    for folder in sorted({os.path.dirname(p.item.path) for p in job.samples}):
         if not os.path.isdir(folder):   # the driver listed videos there, so the node cannot see them
             raise ShardError(f"the source folder {folder} is not visible on Ray node {socket.gethostname()}; "
                              f"the videos must be on a file system that every node mounts at the same path")
-    tmp = str(out / TMP)
-    results = (_encode(p.item.path, settings, tmp, timeout_s, min_frames) for p in samples)
-    write_shard(out, out / PARTS, shard, samples, results, settings, dataset, classes)
-    return len(samples)
+    return write_shard(job)

@@ -8,7 +8,7 @@ metrics.jsonl, one JSON object a line:
                 total of all datasets), clips_per_s, input_wait (fraction of step time spent waiting
                 for data), and the method's terms for that dataset (`terms`: sup_student,
                 sup_teacher, distill, mutual, pseudo_label_acc, teacher_conf, mask_rate, ...)
-    EvalRecord  at every evaluation: step, and {dataset: {kind: {top1, top5, n}}} (kind: student, teacher)
+    EvalRecord  at every evaluation: step, split (val or test), and {dataset: {kind: {top1, top5, n}}} (kind: student, teacher)
 
 results.json (`run_results` in trainer.py):
     {"datasets": {dataset: {kind: Scores}},      kind: expert, student, teacher
@@ -51,9 +51,10 @@ class StepRecord:
 class EvalRecord:
     step: int
     scores: dict        # {dataset: {kind: {top1, top5, n}}}
+    split: str = "test"  # the role evaluated: val when every shard folder has one, else test
 
     def line(self) -> dict:
-        return {"step": self.step, "eval": self.scores}
+        return {"step": self.step, "split": self.split, "eval": self.scores}
 
 
 def parse_line(text: str) -> StepRecord | EvalRecord | None:
@@ -63,7 +64,7 @@ def parse_line(text: str) -> StepRecord | EvalRecord | None:
     except json.JSONDecodeError:
         return None
     if "eval" in d:
-        return EvalRecord(d["step"], d["eval"])
+        return EvalRecord(d["step"], d["eval"], d.get("split", "test"))
     fixed = {k: d.pop(k) for k in ("step", "dataset", "lr", "loss", "clips_per_s", "input_wait")}
     return StepRecord(**fixed, terms=d)
 
@@ -93,7 +94,7 @@ class MetricsLog:
     events in <run>/tensorboard (pip install "jedi-pipe[tensorboard]"; `tensorboard --logdir <run>`).
 
     Tags: `<dataset>/<quantity>` for step records (loss, lr, clips_per_s, input_wait, the terms),
-    `<dataset>/test_top1/<kind>` and `<dataset>/test_top5/<kind>` for evaluations. `resume_step`: the
+    `<dataset>/<split>_top1/<kind>` and `<dataset>/<split>_top5/<kind>` for evaluations (split: val or test). `resume_step`: the
     events after it are dropped, as _truncate_metrics drops the lines.
     """
 
@@ -124,8 +125,8 @@ class MetricsLog:
             else:
                 for n, kinds in r.scores.items():
                     for kind, v in kinds.items():
-                        self.writer.add_scalar(f"{n}/test_top1/{kind}", v["top1"], r.step)
-                        self.writer.add_scalar(f"{n}/test_top5/{kind}", v["top5"], r.step)
+                        self.writer.add_scalar(f"{n}/{r.split}_top1/{kind}", v["top1"], r.step)
+                        self.writer.add_scalar(f"{n}/{r.split}_top5/{kind}", v["top5"], r.step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -18,15 +18,18 @@ import numpy as np
 
 from .errors import InputError, MissingError
 
-FORMAT_VERSION = 1
-ROLES = ("labeled", "unlabeled", "test")
-ROLE_PREFIX = {"labeled": "train-labeled", "unlabeled": "train-unlabeled", "test": "test"}
+FORMAT_VERSION = 2                   # 2: keys name nothing, withheld.parquet, val role
+ROLES = ("labeled", "unlabeled", "val", "test")   # also the order of sample ids
+TRAIN_ROLES = ("labeled", "unlabeled", "val")     # drawn from the source's training split
+ROLE_PREFIX = {"labeled": "train-labeled", "unlabeled": "train-unlabeled", "val": "val", "test": "test"}
 CLIP_EXTS = ("webm", "avi", "mp4")   # VP9 / MJPEG / H.264; see transcode.CODECS
 META_EXT = "meta.i32"                # little-endian int32 [label, frames, height, width, sample_id]
 META_FIELDS = ("label", "frames", "height", "width", "sample_id")
 MANIFEST = "manifest.parquet"
+WITHHELD = "withheld.parquet"        # what identifies each unlabeled sample; no model reads it
 CARD = "dataset.json"
 ERRORS = "errors.jsonl"
+MISSING = "missing.jsonl"            # videos a split file names that are not on disk
 UNLABELED = -1
 MTIME = 946684800                    # fixed member mtime (2000-01-01) so equal inputs give equal tars
 
@@ -41,19 +44,19 @@ def index_name(tar_name: str) -> str:
     return tar_name + ".idx"
 
 
-def make_key(video_id: str) -> str:
-    """A key unique in the dataset made only of [A-Za-z0-9_-]: readable stem + 8 hex of SHA-1.
+def make_key(name: str, sample_id: int) -> str:
+    """`<dataset>-<sample id>`: unique in the dataset, only [A-Za-z0-9_-], and naming nothing
+    about the video (real video ids and file names contain the class).
 
-    Dots are what webdataset and DALI split keys at, so they (and every other odd character)
-    become underscores; the hash keeps ids that sanitise alike apart.
+    Dots are what webdataset and DALI split keys at, so they (and every other odd character of
+    the dataset name) become underscores.
     """
-    stem = _KEY_BAD.sub("_", video_id).strip("_")[:80] or "video"
-    return f"{stem}-{hashlib.sha1(video_id.encode()).hexdigest()[:8]}"
+    return f"{_KEY_BAD.sub('_', name).strip('_') or 'data'}-{sample_id:07d}"
 
 
-def order_key(seed: int, key: str) -> str:
+def order_key(seed: int, video_id: str) -> str:
     """Seeded hash that orders samples of a role: classes mix along the shard, reproducibly."""
-    return hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()
+    return hashlib.sha1(f"{seed}:{video_id}".encode()).hexdigest()
 
 
 def encode_meta(label: int, frames: int, height: int, width: int, sample_id: int) -> bytes:
@@ -62,6 +65,17 @@ def encode_meta(label: int, frames: int, height: int, width: int, sample_id: int
 
 def decode_meta(data: bytes) -> dict:
     return dict(zip(META_FIELDS, np.frombuffer(data, dtype="<i4").tolist()))
+
+
+def sample_json(key: str, role: str, dataset: str, frames: int, fps: float, width: int, height: int,
+                video_id: str, split: str, label: int, label_name: str) -> dict:
+    """The `.json` member. An unlabeled sample's names nothing that identifies its video or class
+    (no video id, source, split, label): those live in withheld.parquet only."""
+    meta = {"key": key, "role": role, "dataset": dataset, "frames": frames, "fps": fps,
+            "width": width, "height": height}
+    if role != "unlabeled":
+        meta.update(video_id=video_id, split=split, label=label, label_name=label_name)
+    return meta
 
 
 def sample_members(key: str, clip_ext: str, clip: bytes, meta: dict, label: int,
@@ -128,9 +142,28 @@ def manifest_schema():
     import pyarrow as pa
     i32, i64, s = pa.int32(), pa.int64(), pa.string()
     return pa.schema([("sample_id", i64), ("key", s), ("shard", s), ("role", s), ("split", s),
-                      ("label", i32), ("label_name", s), ("label_true", i32), ("video_id", s),
-                      ("source", s), ("frames", i32), ("fps", pa.float64()), ("width", i32),
-                      ("height", i32), ("bytes", i64), ("sha256", s)])
+                      ("label", i32), ("label_name", s), ("video_id", s), ("source", s),
+                      ("frames", i32), ("fps", pa.float64()), ("width", i32), ("height", i32),
+                      ("bytes", i64), ("sha256", s)])
+
+
+def withheld_schema():
+    """Columns of withheld.parquet: what the manifest leaves out of every unlabeled row."""
+    import pyarrow as pa
+    return pa.schema([("sample_id", pa.int64()), ("key", pa.string()), ("video_id", pa.string()),
+                      ("source", pa.string()), ("label", pa.int32()), ("label_name", pa.string())])
+
+
+def public_row(row: dict) -> tuple[dict, dict | None]:
+    """A full sample row -> (its manifest row, its withheld row or None).
+
+    `row` holds every manifest column with the true label, video id and source; for an
+    unlabeled sample those three move to the withheld row and the manifest keeps blanks.
+    """
+    if row["role"] != "unlabeled":
+        return row, None
+    withheld = {k: row[k] for k in ("sample_id", "key", "video_id", "source", "label", "label_name")}
+    return {**row, "label": UNLABELED, "label_name": "", "video_id": "", "source": ""}, withheld
 
 
 # ---------------------------------------------------------------------------- reading
@@ -160,11 +193,24 @@ class ShardSet:
         return [Path(index_name(str(t))) for t in self.tars(role)]
 
     def count(self, role: str) -> int:
-        return self.card["counts"][role]
+        return self.card["counts"].get(role, 0)
 
     def manifest(self, columns: list[str] | None = None):
         import pyarrow.parquet as pq
         return pq.read_table(self.root / MANIFEST, columns=columns)
+
+    def withheld(self, columns: list[str] | None = None):
+        """The unlabeled samples' video ids, sources and true labels: for measuring pseudo-labels
+        (and re-splitting) only; nothing that trains may read it."""
+        import pyarrow.parquet as pq
+        return pq.read_table(self.root / WITHHELD, columns=columns)
+
+    def full_rows(self) -> list[dict]:
+        """Every manifest row with the withheld video id, source and label put back: for
+        re-splitting and for checks, never for a model."""
+        hidden = {r["sample_id"]: r for r in self.withheld().to_pylist()}
+        return [{**r, **hidden[r["sample_id"]]} if r["sample_id"] in hidden else r
+                for r in self.manifest().to_pylist()]
 
 
 def open_shards(root: str | Path) -> ShardSet:
@@ -174,7 +220,8 @@ def open_shards(root: str | Path) -> ShardSet:
         raise MissingError(f"{root} is not a shard folder: no {CARD} (run `jedi-pipe shard` first)")
     card = json.loads(card_path.read_text())
     if card.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{card_path}: shard format {card.get('format_version')}, this jedi-pipe reads {FORMAT_VERSION}")
+        raise InputError(f"{card_path}: shard format {card.get('format_version')}, this jedi-pipe reads "
+                         f"{FORMAT_VERSION}; write the folder again with `jedi-pipe shard --overwrite`")
     return ShardSet(root, card)
 
 
@@ -194,3 +241,19 @@ def iter_tar_samples(path: str | Path):
             sample[ext] = tar.extractfile(m).read()
     if sample:
         yield sample
+
+
+def read_index(path: str | Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """A DALI `v1.2` index as {key: {ext: (offset, size)}}: where each member's bytes sit in the tar."""
+    lines = Path(path).read_text().splitlines()
+    if not lines or not lines[0].startswith("v1.2 "):
+        raise InputError(f"{path} is not a DALI v1.2 index file")
+    out = {}
+    for line in lines[1:]:
+        f = line.split()
+        members = {}
+        for i in range(0, len(f), 4):   # groups of: ext offset size name
+            ext, offset, size, name = f[i:i + 4]
+            members[ext] = (int(offset), int(size))
+        out[name.split(".", 1)[0]] = members
+    return out

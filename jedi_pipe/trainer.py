@@ -128,14 +128,14 @@ def eval_loader(cfg: Config, ss: shardfmt.ShardSet, role: str = "test", views: i
 
 
 @torch.no_grad()
-def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device) -> dict:
-    """Run `forward(x) -> {kind: logits}` over the test role; per kind, the `score_probs` record.
+def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device, role: str = "test") -> dict:
+    """Run `forward(x) -> {kind: logits}` over a role (test or val); per kind, the `score_probs` record.
 
     Views of a clip (cfg.clip.eval_views windows x eval_crops crops) are averaged as
     probabilities; every test clip counts once (ids dedupe any padding a reader adds). Under
     torchrun each rank runs its part and every rank gets the totals.
     """
-    loader = eval_loader(cfg, ss, "test", cfg.clip.eval_views, cfg.clip.eval_crops)
+    loader = eval_loader(cfg, ss, role, cfg.clip.eval_views, cfg.clip.eval_crops)
     probs, labels, ids = {}, [], []
     for b in loader:
         x = b["x"]                                    # [B, V, C, T, H, W]
@@ -256,10 +256,12 @@ def pretrain(cfg: Config, log=print) -> dict:
         model.eval()
         distributed.sync_buffers(model)
         test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
+        # val, when the folder has one, is the score to choose by; test is only reported
+        val = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device, "val")["expert"] if ss.count("val") else None
         if distributed.is_main():
             tmp = path.with_suffix(".pt.partial")
             torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
-                        "model": model.state_dict(), "test": test, "config": cfg.to_dict()}, tmp)
+                        "model": model.state_dict(), "test": test, "val": val, "config": cfg.to_dict()}, tmp)
             os.replace(tmp, path)
         distributed.barrier()   # every rank finds the expert before it goes on
         metrics[d.name] = test
@@ -409,6 +411,9 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     forward = distributed.wrap(jedi)
     forward = torch.compile(forward) if cfg.compile else forward
     label_true = {n: torch.as_tensor(_label_true(sets[n])) for n in names}   # diagnostics only
+    # Periodic evaluations (the curves) run on val when every folder has one; test is then
+    # evaluated once, at the end, for results.json.
+    eval_split = "val" if all(sets[n].count("val") for n in names) else "test"
 
     ckpt_path, step = out / "checkpoint.pt", 0
     if resume and ckpt_path.is_file():
@@ -482,20 +487,28 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             clips_done = 0
         epoch_end = step % loader.steps_per_epoch == 0
         if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total:
-            scores = evaluate_jedi(jedi, cfg, sets, device)
+            scores = evaluate_jedi(jedi, cfg, sets, device, eval_split)
             final = scores if step == total else None
             if distributed.is_main():
-                metrics_log.write([EvalRecord(step, summary(scores))])
+                metrics_log.write([EvalRecord(step, summary(scores), eval_split)])
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
             save_checkpoint()
 
     metrics_log.close()
 
-    # -- results
+    # -- results: test once, here (unless the curves were on test, whose last point is this)
     if final is None:     # resumed from the final checkpoint: the loop did not run
-        final = evaluate_jedi(jedi, cfg, sets, device)
-    results = run_results(cfg, sets, {n: expert_test(cfg, n, sets[n], device) for n in names}, final)
+        final = evaluate_jedi(jedi, cfg, sets, device, eval_split)
+    test = final if eval_split == "test" else evaluate_jedi(jedi, cfg, sets, device, "test")
+    log(f"test evaluation ({'once, at the end' if eval_split == 'val' else 'the last of the curves'}): "
+        + ", ".join(f"{n} student {test[n]['student']['top1']:.1f}" for n in names))
+    results = run_results(cfg, sets, {n: expert_test(cfg, n, sets[n], device) for n in names}, test)
+    if eval_split == "val":   # the numbers to choose by, next to the ones to report
+        for n in names:
+            ck = torch.load(expert_path(cfg, n), map_location="cpu", weights_only=False)
+            expert_val = {"expert": summary({n: {"e": ck["val"]}})[n]["e"]} if ck.get("val") else {}
+            results.setdefault("val", {})[n] = {**expert_val, **summary(final)[n]}
     if distributed.is_main():
         write_results(out, results)
     return results
@@ -529,8 +542,8 @@ def run_results(cfg: Config, sets, experts: dict, joint: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_jedi(jedi, cfg: Config, sets, device) -> dict:
-    """Student and teacher top-1/top-5 on every dataset's test role."""
+def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test") -> dict:
+    """Student and teacher top-1/top-5 on every dataset's `role` (test or val)."""
     distributed.sync_buffers(jedi)
     jedi.eval()
     res = {}
@@ -538,15 +551,17 @@ def evaluate_jedi(jedi, cfg: Config, sets, device) -> dict:
         def forward(x, n=n):
             o = jedi({n: x}).labeled[n]
             return {"student": o.student, "teacher": o.target}
-        res[n] = evaluate_logits(forward, sets[n], cfg, device)
+        res[n] = evaluate_logits(forward, sets[n], cfg, device, role)
     return res
 
 
 def _label_true(ss: shardfmt.ShardSet) -> np.ndarray:
-    """label_true indexed by sample_id (the manifest's diagnostics column)."""
-    t = ss.manifest(columns=["sample_id", "label_true"]).to_pydict()
-    arr = np.full(max(t["sample_id"]) + 1, -1, dtype=np.int64)
-    arr[t["sample_id"]] = t["label_true"]
+    """The unlabeled samples' true labels indexed by sample_id (-1 elsewhere), from the withheld
+    sidecar: read for the pseudo-label accuracy only, never for training."""
+    n = max(ss.manifest(columns=["sample_id"]).column("sample_id").to_pylist(), default=-1) + 1
+    arr = np.full(n, -1, dtype=np.int64)
+    t = ss.withheld(columns=["sample_id", "label"]).to_pydict()
+    arr[t["sample_id"]] = t["label"]
     return arr
 
 

@@ -88,7 +88,10 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
               .filter("scale", w=f"if(lte(iw,ih),{settings.short_side},-2)",
                       h=f"if(lte(iw,ih),-2,{settings.short_side})", flags="bilinear"))
     # bitexact: no random segment UID or encoder-version string, so equal inputs give equal bytes
-    out = ffmpeg.output(stream, dst, an=None, threads=1, fflags="+bitexact", **{"flags:v": "+bitexact"}, **opts)
+    # map_metadata -1: no tag of the source (a title, a file name) reaches the clip; an unlabeled
+    # clip must not name its video or class (shards/README.md)
+    out = ffmpeg.output(stream, dst, an=None, threads=1, fflags="+bitexact", map_metadata="-1",
+                        map_chapters="-1", **{"flags:v": "+bitexact"}, **opts)
     return ffmpeg.compile(out.global_args("-nostdin", "-loglevel", "error"),
                           cmd=ffmpeg_exe(), overwrite_output=True)
 

@@ -75,8 +75,9 @@ def test_ray_address_needs_the_ray_executor(tmp_path):
 
 def test_a_task_that_cannot_see_the_output_folder_says_so(tmp_path):
     from jedi_pipe.ray_executor import _shard_task
+    from jedi_pipe.shard_jobs import ShardJob
     with pytest.raises(ms.ShardError, match="not visible on Ray node .*every node mounts at the same path"):
-        _shard_task(str(tmp_path / "elsewhere"), "test-000000.tar", [], None, "hmdb51", [], 1, 10.0)
+        _shard_task(ShardJob(tmp_path / "elsewhere", "test-000000.tar", [], None, "hmdb51", []))
 
 
 # ----------------------------------------------------------------------------- with Ray

@@ -46,29 +46,37 @@ def read_manifest(d: Path) -> list[dict]:
     return shards.open_shards(d).manifest().to_pylist()
 
 
+def full_rows(d: Path) -> list[dict]:
+    """Manifest rows with the withheld sidecar's video ids and labels put back."""
+    return shards.open_shards(d).full_rows()
+
+
 @pytest.mark.parametrize("name", ["hmdb51", "ucf101", "kinetics400", "ssv2"])
 def test_roles_match_split_files(name, synth_root, shard_dirs):
     d = shard_dirs[name]
-    rows = read_manifest(d)
+    rows = full_rows(d)
     errors = [json.loads(ln) for ln in (d / shards.ERRORS).read_text().splitlines()]
-    failed = {e["video_id"] for e in errors}
+    missing = [json.loads(ln) for ln in (d / shards.MISSING).read_text().splitlines()]
+    failed = {e["video_id"] for e in errors + missing}
     want = expected_counts(name, synth_root / name)
-    got = {"train": {r["video_id"] for r in rows if r["role"] in ("labeled", "unlabeled")},
+    got = {"train": {r["video_id"] for r in rows if r["role"] in shards.TRAIN_ROLES},
            "test": {r["video_id"] for r in rows if r["role"] == "test"}}
     for split in ("train", "test"):
         assert got[split] == want[split] - failed, split
     assert not got["train"] & got["test"]
     if name == "kinetics400":     # the synthetic download misses some videos, as real ones do
-        assert any("missing file" in e["reason"] for e in errors)
+        assert missing and all("missing file" in e["reason"] for e in missing)
+        assert not any("missing file" in e["reason"] for e in errors)   # failures are apart
+        assert shards.open_shards(d).card["missing"] == len(missing)
 
 
 @pytest.mark.parametrize("name", ["hmdb51", "ucf101", "kinetics400", "ssv2"])
 def test_labeled_selection_and_tars(name, shard_dirs):
     d = shard_dirs[name]
     ss = shards.open_shards(d)
-    rows = read_manifest(d)
+    rows = full_rows(d)
     # labeled per class: round(0.25 * n_train_c), at least 1
-    train = Counter(r["label_true"] for r in rows if r["role"] != "test")
+    train = Counter(r["label"] for r in rows if r["role"] != "test")
     labeled = Counter(r["label"] for r in rows if r["role"] == "labeled")
     for c, n in train.items():
         assert labeled[c] == max(1, round(SHARD_OPTS["labeled_fraction"] * n)) or abs(labeled[c] - 0.25 * n) <= 1
@@ -83,12 +91,12 @@ def test_labeled_selection_and_tars(name, shard_dirs):
                 assert set(key) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
                 meta = json.loads(s["json"])
                 m = shards.decode_meta(s[shards.META_EXT])
-                assert meta["video_id"] and meta["role"] == role
-                if role == "unlabeled":
+                assert meta["role"] == role and meta["key"] == key
+                if role == "unlabeled":   # nothing but what the spec lists
                     assert int(s["cls"]) == -1 and m["label"] == -1
-                    assert "label" not in meta and "label_name" not in meta
+                    assert set(meta) == {"key", "role", "dataset", "frames", "fps", "width", "height"}
                 else:
-                    assert int(s["cls"]) == meta["label"] == m["label"] >= 0
+                    assert meta["video_id"] and int(s["cls"]) == meta["label"] == m["label"] >= 0
                 assert meta["frames"] == m["frames"] >= 1
     test_keys = {r["key"] for r in rows if r["role"] == "test"}
     assert all(roles_of[k] == "test" for k in test_keys)
@@ -176,3 +184,14 @@ def test_layout_variants(tmp_path):
         ka = [(r["key"], r["role"], r["sha256"]) for r in read_manifest(tmp_path / f"{name}-a")]
         kb = [(r["key"], r["role"], r["sha256"]) for r in read_manifest(tmp_path / f"{name}-b")]
         assert ka == kb and ka
+
+
+def test_executors_share_one_interface_without_an_import_circle():
+    """The Ray executor needs only shard_jobs (ShardJob, write_shard), never the stage module."""
+    import subprocess
+    import sys
+    code = ("import sys, jedi_pipe.ray_executor as r, jedi_pipe.shard_jobs as j; "
+            "assert 'jedi_pipe.make_shards' not in sys.modules; assert r.write_shard is j.write_shard")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    src = (Path(__file__).resolve().parents[1] / "jedi_pipe" / "ray_executor.py").read_text()
+    assert "make_shards import" not in src

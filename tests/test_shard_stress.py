@@ -65,7 +65,8 @@ def errors_by_file(out: Path) -> dict[str, str]:
 
 
 def manifest(out: Path) -> list[dict]:
-    return shards.open_shards(out).manifest().to_pylist()
+    """The manifest rows with the withheld video ids, sources and labels put back."""
+    return shards.open_shards(out).full_rows()
 
 
 def decoded_frames(out: Path, video_id: str) -> list:
@@ -256,10 +257,12 @@ def test_missing_videos_and_stray_class_folders(tmp_path):
     result = cli("shard", "--dataset", "hmdb51", "--root", root, "--out", tmp_path / "o",
                  "--max-failures", "0.5", *SMALL_FLAGS)
     assert result.exit_code == 0, result.output
-    assert "failures 3 (errors.jsonl)" in result.output
+    # a missing video is counted and listed apart from the failures
+    assert "failures 2 (errors.jsonl); missing 1 (missing.jsonl)" in result.output
     errors = errors_by_file(tmp_path / "o")
-    assert set(errors) == {"walk_2.avi", "dance_0.avi", "dance_1.avi"}
-    assert "missing file (named by walk_test_split1.txt)" in errors["walk_2.avi"]
+    assert set(errors) == {"dance_0.avi", "dance_1.avi"}
+    missing = [json.loads(ln) for ln in (tmp_path / "o" / shards.MISSING).read_text().splitlines()]
+    assert [(m["video_id"], m["reason"]) for m in missing] == [("walk_2", "missing file (named by walk_test_split1.txt)")]
     assert "class folder 'dance' is absent from the split 1 lists" in errors["dance_0.avi"]
     assert {r["video_id"] for r in manifest(tmp_path / "o")} == {"clap_0", "clap_1", "clap_2", "walk_0", "walk_1"}
 
@@ -287,7 +290,8 @@ def test_missing_videos_and_stray_class_folders(tmp_path):
     (ssv2 / "videos" / "1.webm").write_bytes(b"x")
     listing = list_videos("ssv2", ssv2)
     assert [it.video_id for it in listing.items] == ["1"]
-    assert listing.errors == [{"video_id": "2", "path": "2.webm", "reason": "missing file (named by train.json)"}]
+    assert listing.missing == [{"video_id": "2", "path": "2.webm", "reason": "missing file (named by train.json)"}]
+    assert listing.errors == []
 
 
 # ----------------------------------------------------------------------------- unusable input
@@ -307,7 +311,7 @@ def _case_missing_root(tmp):
 def _case_missing_split_folder(tmp):
     root = _hmdb_stub(tmp / "h")
     shutil.rmtree(root / "testTrainMulti_7030_splits")
-    return ["--dataset", "hmdb51", "--root", root], "no testTrainMulti_7030_splits/ folder"
+    return ["--dataset", "hmdb51", "--root", root], "no HMDB51 split files (<class>_test_split1.txt) under"
 
 
 def _case_missing_split_file(tmp):
@@ -465,7 +469,7 @@ elif point == "renamed":       # right after the n-th tar got its final name, be
 elif point == "manifest":      # with the manifest half written
     before(pq.ParquetWriter, "write_table")
 elif point == "card":          # manifest and errors final, dataset.json not yet
-    before(make_shards, "_write_json_atomic", lambda path, *a: path.name == shards.CARD)
+    before(make_shards, "write_json_atomic", lambda path, *a: path.name == shards.CARD)
 main(args)
 """
 

@@ -7,6 +7,9 @@ names), `videos` / `annotations` point at the two halves when they live elsewher
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from . import folder, hmdb51, kinetics400, ssv2, ucf101
 from .common import DatasetError, Listing, VideoItem
 
@@ -19,6 +22,30 @@ ADAPTERS = {
 }
 
 
+# Where a dataset is looked for without --root: the folder names under data/ that MMAction2's
+# download scripts use (relative to the working directory), then $JEDI_PIPE_DATA/<dataset>.
+DATA_DIRS = {"hmdb51": ("hmdb51",), "ucf101": ("ucf101",), "kinetics400": ("kinetics400",),
+             "ssv2": ("sthv2", "ssv2")}
+DATA_ENV = "JEDI_PIPE_DATA"
+
+
+def default_root(dataset: str) -> Path:
+    """The first existing folder of the default places, or a DatasetError naming them all."""
+    if dataset not in ADAPTERS:
+        raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(ADAPTERS)}")
+    places = [Path("data") / d for d in DATA_DIRS.get(dataset, ())]
+    env = os.environ.get(DATA_ENV)
+    if env:
+        places.append(Path(env) / dataset)
+    for p in places:
+        if p.is_dir():
+            return p
+    looked = ", ".join(str(p) for p in places) or "nowhere"
+    hint = "" if env else f" (${DATA_ENV} is not set)"
+    raise DatasetError(f"no --root given and no {dataset} folder in the default places ({looked}{hint}); "
+                       f"pass --root DIR, the folder the dataset was unpacked into")
+
+
 def list_videos(dataset: str, root, split: int = 1, videos=None, annotations=None) -> Listing:
     if not isinstance(dataset, str) or dataset not in ADAPTERS:
         raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(ADAPTERS)}")
@@ -28,4 +55,4 @@ def list_videos(dataset: str, root, split: int = 1, videos=None, annotations=Non
         raise DatasetError(f"cannot read {e.filename or root}: {e.strerror or e}") from None
 
 
-__all__ = ["ADAPTERS", "DatasetError", "Listing", "VideoItem", "list_videos"]
+__all__ = ["ADAPTERS", "DATA_DIRS", "DatasetError", "Listing", "VideoItem", "default_root", "list_videos"]

@@ -30,7 +30,8 @@ class Listing:
     classes: list[str]
     items: list[VideoItem]
     source_split: str                                    # e.g. "split1", "train/val"
-    errors: list[dict] = field(default_factory=list)     # rows naming missing videos, stray folders
+    errors: list[dict] = field(default_factory=list)     # videos that cannot be used (stray folders, unknown labels)
+    missing: list[dict] = field(default_factory=list)    # videos a split file names that are not on disk
 
 
 def check_root(root) -> Path:
@@ -85,6 +86,29 @@ def find_file(root: Path, name: str, prefer_parent: str | None = None) -> Path |
     if prefer_parent:
         hits.sort(key=lambda p: p.parent.name != prefer_parent)
     return hits[0] if hits else None
+
+
+def find_any_file(root: Path, names: tuple[str, ...], prefer_parent: str | None = None) -> Path | None:
+    """The first of `names` found anywhere under root (earlier names win, then `prefer_parent`,
+    then the shallowest): annotation files go by their own names, whatever the folder is called."""
+    for name in names:
+        hit = find_file(root, name, prefer_parent)
+        if hit is not None:
+            return hit
+    return None
+
+
+def find_files_matching(root: Path, pattern) -> list[Path]:
+    """The files under root whose name matches the compiled regex `pattern`, all from the one
+    folder that holds the most of them (the shallowest on a tie): split files found by name."""
+    by_dir: dict[str, list[Path]] = {}
+    for dirpath, _, files in _walk_sorted(root):
+        hits = [Path(dirpath) / f for f in files if pattern.match(f)]
+        if hits:
+            by_dir.setdefault(dirpath, hits)
+    if not by_dir:
+        return []
+    return max(by_dir.values(), key=len)   # max keeps the first (shallowest) of equal lengths
 
 
 def find_class_root(root: Path, classes: list[str]) -> Path | None:

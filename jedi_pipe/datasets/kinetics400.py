@@ -2,7 +2,7 @@
 
 Videos may be flat (`train/`, `val/`, as in the CVDF copy) or in per-class folders (as
 MMAction2 lays them out): they are found by file name anywhere under the videos root. CSV rows
-whose video is missing (every real download misses some) go to errors.jsonl.
+whose video is missing (every real download misses some) go to missing.jsonl, apart from failures.
 """
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import csv
 import io
 from pathlib import Path
 
-from .common import (DatasetError, Listing, VideoItem, check_root, find_file, index_videos,
+from .common import (DatasetError, Listing, VideoItem, check_root, find_any_file, index_videos,
                      missing_error, read_text, rel)
 
 HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
+CSV_NAMES = {"train": ("train.csv", "kinetics_train.csv", "kinetics400_train.csv"),
+             "val": ("val.csv", "validate.csv", "kinetics_val.csv", "kinetics400_val.csv")}
 
 
 def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
@@ -23,15 +25,18 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     ann = Path(annotations) if annotations else None
     csvs = {}
     for name in ("train", "val"):
-        p = (ann / f"{name}.csv") if ann else find_file(root, f"{name}.csv", prefer_parent="annotations")
-        if p is None or not p.is_file():
-            raise DatasetError(f"no {name}.csv with the Kinetics-400 annotations under {ann or root} (use --annotations)")
+        # by name, anywhere: train.csv (CVDF, ActivityNet) or kinetics_train.csv (MMAction2)
+        names = CSV_NAMES[name]
+        p = find_any_file(ann or root, names, prefer_parent="annotations")
+        if p is None:
+            raise DatasetError(f"no {' or '.join(names)} with the Kinetics-400 annotations under {ann or root} "
+                               f"(use --annotations)")
         csvs[name] = _read_csv(p)
     classes = sorted({row["label"] for row in csvs["train"]})
     index = {c: i for i, c in enumerate(classes)}
     files = index_videos(Path(videos) if videos else root)
 
-    items, errors = [], []
+    items, errors, missing = [], [], []
     for name, split_name in (("train", "train"), ("val", "test")):
         for row in csvs[name]:
             vid = f"{row['youtube_id']}_{int(row['time_start']):06d}_{int(row['time_end']):06d}"
@@ -40,10 +45,10 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 continue
             path = next((files[vid + ext] for ext in (".mp4", ".mkv", ".webm") if vid + ext in files), None)
             if path is None:
-                errors.append(missing_error(vid, vid + ".mp4", f"{name}.csv"))
+                missing.append(missing_error(vid, vid + ".mp4", f"{name}.csv"))
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), index[row["label"]], split_name))
-    return Listing("kinetics400", str(root), classes, items, "train/val", errors)
+    return Listing("kinetics400", str(root), classes, items, "train/val", errors, missing)
 
 
 def _read_csv(path: Path) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import (DatasetError, Listing, VideoItem, check_root, find_file, index_videos,
+from .common import (DatasetError, Listing, VideoItem, check_root, find_any_file, index_videos,
                      missing_error, read_text, rel)
 
 
@@ -20,9 +20,12 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     ann = Path(annotations) if annotations else None
     paths = {}
     for name in ("labels", "train", "validation"):
-        p = (ann / f"{name}.json") if ann else find_file(root, f"{name}.json", prefer_parent="labels")
-        if p is None or not p.is_file():
-            raise DatasetError(f"no {name}.json of Something-Something-v2 under {ann or root} (use --annotations)")
+        # by name, anywhere: labels/train.json as unpacked, or MMAction2's something-something-v2-train.json
+        names = (f"{name}.json", f"something-something-v2-{name}.json")
+        p = find_any_file(ann or root, names, prefer_parent="labels")
+        if p is None:
+            raise DatasetError(f"no {' or '.join(names)} of Something-Something-v2 under {ann or root} "
+                               f"(use --annotations)")
         paths[name] = p
     labels = _load(paths["labels"], dict)
     try:
@@ -33,7 +36,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     index = {c: i for i, c in enumerate(classes)}
     files = index_videos(Path(videos) if videos else root, exts=(".webm", ".mp4"))
 
-    items, errors = [], []
+    items, errors, missing = [], [], []
     for name, split_name in (("train", "train"), ("validation", "test")):
         for entry in _load(paths[name], list):
             if not isinstance(entry, dict) or "id" not in entry or not isinstance(entry.get("template"), str):
@@ -45,10 +48,10 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 continue
             path = files.get(vid + ".webm") or files.get(vid + ".mp4")
             if path is None:
-                errors.append(missing_error(vid, vid + ".webm", f"{name}.json"))
+                missing.append(missing_error(vid, vid + ".webm", f"{name}.json"))
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), index[cls], split_name))
-    return Listing("ssv2", str(root), classes, items, "train/validation", errors)
+    return Listing("ssv2", str(root), classes, items, "train/validation", errors, missing)
 
 
 def _load(path: Path, kind):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import (DatasetError, Listing, VideoItem, check_root, check_split, find_class_root,
-                     find_dir, missing_error, read_text, rel, stray_class_errors)
+                     find_file, missing_error, read_text, rel, stray_class_errors)
 
 LISTS_DIR = "ucfTrainTestlist"
 
@@ -17,20 +17,24 @@ LISTS_DIR = "ucfTrainTestlist"
 def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     root = check_root(root)
     split = check_split(split)
-    ann = Path(annotations) if annotations else find_dir(root, LISTS_DIR, must_contain="classInd.txt")
-    if ann is None or not (ann / "classInd.txt").is_file():
-        raise DatasetError(f"no {LISTS_DIR}/classInd.txt under {root} (use --annotations)")
-    classes = _read_class_ind(ann / "classInd.txt")
+    # classInd.txt and the lists are found by their own names (ucfTrainTestlist/ as unpacked,
+    # MMAction2's annotations/, any folder); lists next to classInd.txt win.
+    where = Path(annotations) if annotations else root
+    class_ind = find_file(where, "classInd.txt", prefer_parent=LISTS_DIR)
+    if class_ind is None:
+        raise DatasetError(f"no classInd.txt (UCF101's {LISTS_DIR}/) under {where} (use --annotations)")
+    ann = class_ind.parent
+    classes = _read_class_ind(class_ind)
     index = {c: i for i, c in enumerate(classes)}
     vroot = Path(videos) if videos else find_class_root(root, classes)
     if vroot is None:
         raise DatasetError(f"no folder holding the UCF101 class folders (e.g. {classes[0]}/) under {root} (use --videos)")
 
-    items, errors = [], []
+    items, errors, missing = [], [], []
     for split_name, list_file in (("train", f"trainlist0{split}.txt"), ("test", f"testlist0{split}.txt")):
-        path = ann / list_file
-        if not path.is_file():
-            raise DatasetError(f"missing split file {path}")
+        path = ann / list_file if (ann / list_file).is_file() else find_file(where, list_file)
+        if path is None:
+            raise DatasetError(f"missing split file {list_file}: not next to {class_ind} nor anywhere under {where}")
         for lineno, line in enumerate(_lines(path), 1):
             relpath = line.split()[0]
             cls = relpath.split("/")[0]
@@ -39,11 +43,11 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
             video = _resolve(vroot, relpath)
             vid = Path(relpath).stem
             if video is None:
-                errors.append(missing_error(vid, rel(vroot / relpath, root), list_file))
+                missing.append(missing_error(vid, rel(vroot / relpath, root), list_file))
                 continue
             items.append(VideoItem(vid, str(video), rel(video, root), index[cls], split_name))
     errors += stray_class_errors(vroot, root, set(classes), (ann,), "classInd.txt")
-    return Listing("ucf101", str(root), classes, items, f"split{split}", errors)
+    return Listing("ucf101", str(root), classes, items, f"split{split}", errors, missing)
 
 
 def _lines(path: Path) -> list[str]:

@@ -144,7 +144,8 @@ def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int 
     pool = None
     if vs_raw is not None:
         # The same clips for the baselines, in the same order (repeats included).
-        by_id = {r["sample_id"]: r for r in ss.manifest(["sample_id", "source", "fps"]).to_pylist()}
+        # full rows: an unlabeled clip's source is in the withheld sidecar (a baseline, not training)
+        by_id = {r["sample_id"]: r for r in ss.full_rows()}
         short_side = ss.card["encoding"]["short_side"]
         jobs = [(Path(vs_raw) / by_id[i]["source"], clip, by_id[i]["fps"], short_side, derive_seed(0, k))
                 for k, i in enumerate(ids)]

@@ -1,0 +1,86 @@
+"""The command as people type it: split files found by their own names, missing videos counted
+apart from failures, and the default roots (data/<dataset>, $JEDI_PIPE_DATA/<dataset>)."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from jedi_pipe import shards, synth
+from jedi_pipe.cli import main
+
+
+def shard(*args):
+    return CliRunner().invoke(main, ["shard", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    return synth.generate(tmp_path_factory.mktemp("layouts"), datasets=["hmdb51", "kinetics400"],
+                          videos_per_class=3, workers=2)
+
+
+def test_hmdb51_split_files_in_a_folder_of_another_name(sources, tmp_path, monkeypatch):
+    root = tmp_path / "hmdb51"
+    shutil.copytree(sources["hmdb51"], root)
+    (root / "testTrainMulti_7030_splits").rename(root / "annotations")   # as MMAction2 keeps them
+    (root / "annotations").rename(tmp_path / "x")
+    (root / "meta").mkdir()
+    (tmp_path / "x").rename(root / "meta" / "annotations")
+    monkeypatch.chdir(tmp_path)
+    r = shard("--dataset", "hmdb51", "--root", root)
+    assert r.exit_code == 0, r.output
+    assert "missing 0 (missing.jsonl)" in r.output
+    ss = shards.open_shards(tmp_path / "shards" / "hmdb51")
+    assert ss.count("labeled") > 0 and ss.count("test") > 0
+
+
+def test_kinetics_with_15_percent_missing_shards_and_counts_them_apart(sources, tmp_path, monkeypatch):
+    root = tmp_path / "kinetics400"
+    shutil.copytree(sources["kinetics400"], root)
+    ann = root / "annotations"
+    for split in ("train", "val"):   # MMAction2's names for the two csv files
+        (ann / f"{split}.csv").rename(ann / f"kinetics_{split}.csv")
+    listed = [f"{r['youtube_id']}_{int(r['time_start']):06d}_{int(r['time_end']):06d}.mp4"
+              for s in ("train", "val") for r in csv.DictReader(open(ann / f"kinetics_{s}.csv", newline=""))]
+    files = {p.name: p for p in root.rglob("*.mp4")}
+    want = round(0.15 * len(listed))
+    for name in [n for n in listed if n in files][: want - sum(n not in files for n in listed)]:
+        files[name].unlink()
+    assert sum(not (n in files and files[n].exists()) for n in listed) == want
+    monkeypatch.chdir(tmp_path)
+    r = shard("--dataset", "kinetics400", "--root", root)
+    assert r.exit_code == 0, r.output
+    assert f"failures 0 (errors.jsonl); missing {want} (missing.jsonl)" in r.output
+    out = tmp_path / "shards" / "kinetics400"
+    assert len((out / shards.MISSING).read_text().splitlines()) == want
+    assert (out / shards.ERRORS).read_text() == ""
+    # a stricter --max-missing (the guard against the wrong folder): one sentence, before any transcode
+    r = shard("--dataset", "kinetics400", "--root", root, "--out", tmp_path / "o2", "--max-missing", "0.1")
+    assert r.exit_code == 2 and f"{want} of the {len(listed)} videos that the split files" in r.output
+    assert "> --max-missing 10%); is --root (or --videos) the right folder?" in r.output
+    assert not (tmp_path / "o2").exists() or not list((tmp_path / "o2").glob("*.tar"))
+
+
+def test_default_roots_and_the_sentence_naming_them(sources, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("JEDI_PIPE_DATA", raising=False)
+    r = shard("--dataset", "ssv2")
+    assert r.exit_code == 2
+    assert "data/sthv2, data/ssv2 ($JEDI_PIPE_DATA is not set)" in r.output and "--root" in r.output
+    # $JEDI_PIPE_DATA/<dataset>
+    (tmp_path / "store").mkdir()
+    shutil.copytree(sources["hmdb51"], tmp_path / "store" / "hmdb51")
+    monkeypatch.setenv("JEDI_PIPE_DATA", str(tmp_path / "store"))
+    r = shard("--dataset", "hmdb51", "--fps", "4", "--short-side", "32", "--max-seconds", "1")
+    assert r.exit_code == 0, r.output
+    assert f"(from {(tmp_path / 'store' / 'hmdb51').resolve()})" in r.output
+    # data/hmdb51 under the working directory comes first
+    shutil.copytree(sources["hmdb51"], tmp_path / "data" / "hmdb51")
+    r = shard("--dataset", "hmdb51", "--out", "o3", "--fps", "4", "--short-side", "32", "--max-seconds", "1")
+    assert r.exit_code == 0, r.output
+    assert f"(from {(tmp_path / 'data' / 'hmdb51').resolve()})" in r.output
+    assert json.loads((tmp_path / "o3" / shards.CARD).read_text())["counts"]["test"] > 0

@@ -1,0 +1,178 @@
+"""`jedi-pipe split`: a new labeled selection from an existing folder, by copying clip bytes."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from jedi_pipe import shards
+from jedi_pipe.cli import main
+from jedi_pipe.inspect_shards import verify_shards
+from jedi_pipe.make_shards import ShardError, make_shards
+from jedi_pipe.resplit import split_shards
+
+from .conftest import SHARD_OPTS
+
+
+@pytest.fixture(scope="module")
+def src(synth_root, tmp_path_factory):
+    """HMDB51 with 10 % labels (at least one per class) and one val video per class."""
+    out = tmp_path_factory.mktemp("split-src") / "hmdb51"
+    make_shards("hmdb51", synth_root / "hmdb51", out, **{**SHARD_OPTS, "labeled_fraction": 0.1, "val_per_class": 1})
+    return out
+
+
+@contextmanager
+def no_transcode():
+    """Any process (ffmpeg) or PyAV open inside the block fails the test."""
+    def refuse(*a, **k):
+        raise AssertionError(f"split started a process or a decode: {a[:2]}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess.Popen, "_execute_child", refuse)   # where every child process starts
+        mp.setattr(av, "open", refuse)
+        yield
+
+
+def test_the_guard_has_teeth(tmp_path):
+    from jedi_pipe.transcode import EncodeSettings, encode_clip, ffmpeg_exe
+    exe = ffmpeg_exe()
+    with no_transcode(), pytest.raises(AssertionError, match="started a process"):
+        subprocess.run([exe, "-version"], capture_output=True)
+    with no_transcode(), pytest.raises(AssertionError, match="started a process"):
+        encode_clip(__file__, EncodeSettings())
+
+
+def check_folder(d: Path, src: Path) -> list[dict]:
+    """Every check of the shard tests, on a folder made by split from `src`."""
+    ss, old = shards.open_shards(d), shards.open_shards(src)
+    assert verify_shards(d)["ok"], verify_shards(d)["problems"]
+    rows, old_rows = ss.full_rows(), old.full_rows()
+    # the same videos, each with its clip bytes unchanged
+    assert sorted((r["video_id"], r["sha256"], r["label"]) for r in rows) == \
+           sorted((r["video_id"], r["sha256"], r["label"]) for r in old_rows)
+    # roles disjoint, test untouched (rows and tar bytes), no test video in a training tar
+    by_role = {r: {x["video_id"] for x in rows if x["role"] == r} for r in shards.ROLES}
+    assert sum(map(len, by_role.values())) == len(rows)
+    assert [r for r in rows if r["role"] == "test"] == [r for r in old_rows if r["role"] == "test"]
+    for name in ss.card["shards"]["test"]:
+        assert (d / name).read_bytes() == (src / name).read_bytes()
+    test_keys = {r["key"] for r in rows if r["role"] == "test"}
+    for role in shards.TRAIN_ROLES:
+        for tar in ss.tars(role):
+            for s in shards.iter_tar_samples(tar):
+                assert s["__key__"] not in test_keys
+                meta = json.loads(s["json"])
+                if role == "unlabeled":
+                    assert int(s["cls"]) == -1 and set(meta) == {"key", "role", "dataset", "frames", "fps", "width", "height"}
+    # stock webdataset reads every tar; DALI (CPU) decodes every clip; PyAV one per tar
+    import webdataset as wds
+    tars = [str(t) for r in shards.ROLES for t in ss.tars(r)]
+    assert sum(1 for _ in wds.WebDataset(tars, shardshuffle=False)) == len(rows)
+    for t in tars:
+        s = next(shards.iter_tar_samples(t))
+        with av.open(io.BytesIO(s["webm"])) as c:
+            assert len(list(c.decode(video=0))) == shards.decode_meta(s[shards.META_EXT])["frames"]
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=4, num_threads=2, device_id=None)
+    def pipe():
+        clip, meta = fn.readers.webdataset(paths=tars, index_paths=[t + ".idx" for t in tars],
+                                           ext=["webm", shards.META_EXT], dtypes=[types.UINT8, types.INT32],
+                                           name="r", pad_last_batch=True)
+        return fn.decoders.video(clip, device="cpu", sequence_length=2, pad_mode="edge"), meta
+
+    p = pipe()
+    p.build()
+    seen = set()
+    while len(seen) < len(rows):
+        frames, meta = p.run()
+        seen.update(int(np.array(meta[i])[4]) for i in range(len(frames)))
+    assert seen == {r["sample_id"] for r in rows}
+    return rows
+
+
+def per_class(rows, role):
+    return Counter(r["label"] for r in rows if r["role"] == role)
+
+
+def test_same_settings_reproduce_the_source_selection(src, tmp_path):
+    with no_transcode():
+        split_shards(src, tmp_path / "same", labeled_fraction=0.1, val_per_class=1, seed=0)
+    roles = lambda d: {(r["video_id"], r["role"]) for r in shards.open_shards(d).full_rows()}
+    assert roles(tmp_path / "same") == roles(src)
+
+
+def test_split_to_half_labeled(src, tmp_path):
+    with no_transcode():
+        s = split_shards(src, tmp_path / "half", labeled_fraction=0.5, seed=1)
+    rows = check_folder(tmp_path / "half", src)
+    train = Counter(r["label"] for r in rows if r["role"] != "test")
+    assert per_class(rows, "labeled") == {c: max(1, round(0.5 * n)) for c, n in train.items()}
+    assert s.counts["val"] == 0 and not shards.open_shards(tmp_path / "half").tars("val")
+    card = shards.open_shards(tmp_path / "half").card
+    assert card["selection"]["rule"] == "fraction" and card["selection"]["split_from"]["selection"]["value"] == 0.1
+
+
+def test_split_to_everything_labeled_keeps_val(src, tmp_path):
+    with no_transcode():
+        split_shards(src, tmp_path / "all", labeled_fraction=1.0, val_per_class=1)
+    rows = check_folder(tmp_path / "all", src)
+    assert per_class(rows, "unlabeled") == {}
+    assert all(n == 1 for n in per_class(rows, "val").values())
+    assert shards.open_shards(tmp_path / "all").withheld().num_rows == 0
+
+
+def test_split_to_a_list_file(src, tmp_path):
+    old = shards.open_shards(src).full_rows()
+    train = [r for r in old if r["role"] != "test"]
+    first = {}
+    for r in train:
+        first.setdefault(r["label"], r)
+    # published lists come as ids, file names or paths (with a label after them, as UCF101's do)
+    chosen = list(first.values())
+    lines = [r["video_id"] if i % 3 == 0 else f"{Path(r['source']).name}" if i % 3 == 1 else f"{r['source']} 1"
+             for i, r in enumerate(chosen)]
+    lst = tmp_path / "list.txt"
+    lst.write_text("\n".join(lines) + "\n")
+    with no_transcode():
+        split_shards(src, tmp_path / "listed", labeled_list=lst, val_per_class=1)
+    rows = check_folder(tmp_path / "listed", src)
+    assert {r["video_id"] for r in rows if r["role"] == "labeled"} == {r["video_id"] for r in chosen}
+    assert not {r["video_id"] for r in rows if r["role"] == "val"} & {r["video_id"] for r in chosen}
+
+
+def test_bad_list_files_are_one_sentence(src, tmp_path):
+    rows = shards.open_shards(src).full_rows()
+    train = next(r for r in rows if r["role"] == "labeled")
+    test = next(r for r in rows if r["role"] == "test")
+    cases = {"no training video of the shard folder: 'nope_1', 'nope_2', 'nope_3' and 1 more":
+             ["nope_1", "nope_2", "nope_3", "nope_4"],
+             "name test videos, which never train": [test["video_id"]],
+             "name a video listed before": [train["video_id"], train["source"]]}
+    for i, (msg, lines) in enumerate(cases.items()):
+        lst = tmp_path / f"l{i}.txt"
+        lst.write_text("\n".join(lines) + "\n")
+        with pytest.raises(ShardError, match=msg):
+            split_shards(src, tmp_path / f"o{i}", labeled_list=lst)
+
+
+def test_cli_split_and_a_rerun_is_a_noop(src, tmp_path):
+    run = lambda *a: CliRunner().invoke(main, ["split", str(src), "--out", str(tmp_path / "c"), *a])
+    r = run("--labeled-per-class", "2")
+    assert r.exit_code == 0, r.output
+    assert "nothing transcoded" in r.output and "labeled " in r.output
+    assert "already complete" in run("--labeled-per-class", "2").output
+    r = run("--labeled-per-class", "1")
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    r = run()
+    assert r.exit_code == 2 and "exactly one of --labeled-fraction" in r.output
+    r = CliRunner().invoke(main, ["split", str(src), "--out", str(src), "--labeled-fraction", "0.5"])
+    assert r.exit_code == 2 and "is the source folder" in r.output
