@@ -47,7 +47,7 @@ def build(name: str, num_classes: int, weights: str | os.PathLike | None = None,
     different class count is skipped, so Kinetics weights can start a 51-class model).
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
     model = _REGISTRY[name](num_classes=num_classes, **kw)
     if weights is not None:
         load_weights(model, weights)
