@@ -139,13 +139,14 @@ def test_backends_agree(folder, role):
         assert (luma(xa) - luma(xb)).abs().mean() < 3, f"sample {i}: DALI and torch pixels differ"
 
 
+@needs_dali
 def test_spatial_crops_agree_and_move_along_the_long_side(folder):
     """crops=3: left, centre, right of the long side (top, centre, bottom of a portrait clip), the
     same on both backends; the centre crop is the single-crop view; square clips cannot move."""
     rows = {r["sample_id"]: r for r in manifest(folder["shards"], "test")}
     one = eval_pass(folder["shards"], "torch", views=2)
     clips = dict(_clips(folder["shards"]))
-    a, b = (eval_pass(folder["shards"], be, views=2, crops=3) for be in BACKENDS)
+    a, b = (eval_pass(folder["shards"], be, views=2, crops=3) for be in ("dali", "torch"))
     assert sorted(a) == sorted(b) == sorted(rows)
     for i in a:
         (xa, _), (xb, _) = a[i], b[i]
@@ -307,7 +308,7 @@ def test_ssv2_flips_take_the_mirror_class(ssv2, backend):
     from jedi_pipe.loaders.clip import flip_map
     shards = open_shards(ssv2)
     fmap = flip_map(shards)
-    truth = {r["sample_id"]: r["label_true"] for r in manifest(ssv2)}
+    truth = {r["sample_id"]: r["label"] for r in shards.full_rows()}    # unlabeled: the withheld label
     assert all(r["frames"] <= WHOLE["frames"] for r in manifest(ssv2))
     loader = D.DaliRoleLoader if backend == "dali" else TL.TorchRoleLoader
     for role in ("labeled", "unlabeled"):
@@ -320,8 +321,8 @@ def test_ssv2_flips_take_the_mirror_class(ssv2, backend):
                 same, mirror = (luma(x) - luma(ref[i])).abs().mean(), (luma(x) - luma(ref[i].flip(-1))).abs().mean()
                 # DALI's crop falls back to the whole (non-square) frame, squeezed: close, not equal
                 assert backend == "dali" or min(same, mirror) < 3, f"sample {i}: neither the clip nor its mirror"
-                if abs(same - mirror) < 3:      # symmetric enough that the flip cannot be seen
-                    continue
+                if abs(same - mirror) < 3 or min(same, mirror) > 8:   # too symmetric, or cropped too far
+                    continue                                           # from the whole frame to judge
                 flipped = bool(mirror < same)
                 mirrored.append((flipped, truth[i]))
                 if role == "unlabeled":
