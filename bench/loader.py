@@ -104,8 +104,15 @@ def stages(height, width, frames, size):
     rows = {"random_resized_crop (linear)": dali_ms(lambda x: fn.random_resized_crop(x, **rrc)) - base,
             "random_resized_crop (nearest)": dali_ms(lambda x: fn.random_resized_crop(
                 x, interp_type=types.INTERP_NN, **rrc)) - base,
+            "random_resized_crop (nearest up, linear down)": dali_ms(lambda x: fn.random_resized_crop(
+                x, mag_filter=types.INTERP_NN, min_filter=types.INTERP_LINEAR, **rrc)) - base,
+            "warp_affine (linear, 0.8x crop)": dali_ms(lambda x: fn.warp_affine(
+                x, matrix=[0.8, 0, 10, 0, 0.8, 5], size=[size, size], inverse_map=True,
+                interp_type=types.INTERP_LINEAR)) - base,
             "crop_mirror_normalize (float CFHW)": dali_ms(lambda x: fn.crop_mirror_normalize(
-                x, crop=[size, size], **cmn)) - base}
+                x, crop=[size, size], **cmn)) - base,
+            "crop_mirror_normalize (uint8 CFHW, no normalise)": dali_ms(lambda x: fn.crop_mirror_normalize(
+                x, crop=[size, size], dtype=types.UINT8, output_layout="CFHW")) - base}
     torch.set_num_threads(1)
     x = torch.from_numpy(batch[0]).permute(0, 3, 1, 2)      # channels-last uint8, torch's fast path
     t = time.process_time()
@@ -114,7 +121,7 @@ def stages(height, width, frames, size):
                                         mode="bilinear", antialias=False)
     rows["torch interpolate (uint8 bilinear)"] = 1000 * (time.process_time() - t) / 20
     for name, ms in rows.items():
-        click.echo(f"{name:40s} {ms:6.2f} CPU ms / clip of {frames}x{height}x{width} -> {size}x{size}")
+        click.echo(f"{name:48s} {ms:6.2f} CPU ms / clip of {frames}x{height}x{width} -> {size}x{size}")
 
 
 cli.add_command(loader_command, "run")
