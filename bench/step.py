@@ -25,7 +25,7 @@ main thread are reported per part (torch runs its one intra-op thread there on t
 
 `demo` runs `jedi-pipe demo` (the same library function) and splits its wall and CPU time into
 synth, shard, inspect, pretraining, joint steps, evaluation (every test pass, experts' included)
-and pictures.
+and pictures (the results table's printing counts in the joint steps).
 """
 from __future__ import annotations
 
@@ -168,8 +168,8 @@ def cpu_now() -> float:
 
 def demo_phases(out: Path, quick: bool, overrides: list[str]) -> str:
     from jedi_pipe.demo import run_demo
-    marks = []        # (wall, cpu, phase that starts here)
-    evals = []        # (wall, cpu) spent in each test pass
+    marks = []        # (wall, cpu, phase that starts here), from the demo's own progress lines
+    inner = []        # (wall, cpu, phase it ran in, name): test passes and pictures, moved out of their phase
 
     def mark(phase):
         marks.append((time.perf_counter(), cpu_now(), phase))
@@ -177,45 +177,46 @@ def demo_phases(out: Path, quick: bool, overrides: list[str]) -> str:
     def echo(line):
         s = line.strip()
         for prefix, phase in (("[1/5]", "synth"), ("[2/5]", "shard"), ("[3/5]", "inspect"),
-                              ("[4/5]", "pretraining"), ("JEDI:", "joint steps"), ("pictures", None),
-                              ("no pictures", None)):
+                              ("[4/5]", "pretraining"), ("JEDI:", "joint steps")):
             if s.startswith(prefix):
-                mark(phase or "pictures")
-        if s.startswith("pictures") or s.startswith("no pictures"):
-            mark("table")
+                mark(phase)
         print(line, flush=True)
 
-    timed = trainer.evaluate_logits
+    def timed(fn, name):
+        def wrapper(*a, **k):
+            t, c = time.perf_counter(), cpu_now()
+            try:
+                return fn(*a, **k)
+            finally:
+                inner.append((time.perf_counter() - t, cpu_now() - c, marks[-1][2], name))
+        return wrapper
 
-    def evaluate_logits(*a, **k):
-        t, c = time.perf_counter(), cpu_now()
-        try:
-            return timed(*a, **k)
-        finally:
-            evals.append((time.perf_counter() - t, cpu_now() - c, marks[-1][2]))
-
-    trainer.evaluate_logits = evaluate_logits   # every test pass of pretrain and train goes through it
+    originals = {"evaluate_logits": trainer.evaluate_logits, "draw_pictures": trainer.draw_pictures}
+    # every test pass of pretrain and train goes through evaluate_logits; train draws the plots last
+    trainer.evaluate_logits = timed(trainer.evaluate_logits, "evaluation")
+    trainer.draw_pictures = timed(trainer.draw_pictures, "pictures")
     try:
         t0 = time.perf_counter()
-        # the plots are drawn inside trainer.train, after the last evaluation
         run_demo(out, quick=quick, overrides=overrides, echo=echo)
         mark("end")
     finally:
-        trainer.evaluate_logits = timed
+        for k, v in originals.items():
+            setattr(trainer, k, v)
     total_wall, total_cpu = marks[-1][0] - t0, marks[-1][1] - marks[0][1]
     phases = {}
     for (w0, c0, name), (w1, c1, _) in zip(marks, marks[1:]):
         w, c = phases.get(name, (0.0, 0.0))
         phases[name] = (w + w1 - w0, c + c1 - c0)
-    ev_w, ev_c = sum(e[0] for e in evals), sum(e[1] for e in evals)
-    for w, c, phase in evals:   # test passes move out of the phase they ran in
+    for w, c, phase, name in inner:
         pw, pc = phases[phase]
         phases[phase] = (pw - w, pc - c)
-    phases["evaluation"] = (ev_w, ev_c)
+        nw, nc = phases.get(name, (0.0, 0.0))
+        phases[name] = (nw + w, nc + c)
+    passes = sum(1 for *_, name in inner if name == "evaluation")
     lines = [f"`jedi-pipe demo{' --quick' if quick else ''}`: {total_wall:.0f} s wall, {total_cpu:.0f} s CPU "
-             f"(this process and its children), {len(evals)} test passes", "",
+             f"(this process and its children), {passes} test passes", "",
              "| phase | wall s | share of wall | CPU s |", "| --- | --- | --- | --- |"]
-    for name in ("synth", "shard", "inspect", "pretraining", "joint steps", "evaluation", "pictures", "table"):
+    for name in ("synth", "shard", "inspect", "pretraining", "joint steps", "evaluation", "pictures"):
         if name in phases:
             w, c = phases[name]
             lines.append(f"| {name} | {w:.1f} | {w / total_wall:.0%} | {c:.1f} |")
