@@ -4,6 +4,7 @@
     python bench/learning.py --seeds 1 --set jedi.epochs=40 --out /tmp/lb   # an ablation
     python bench/learning.py --videos-per-class 60 --out /tmp/lb60          # equal sizes
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
+    python bench/learning.py --data-seed 1 --oracle-epochs 0 --out /tmp/lbval   # validation: choose here
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
 10 % labels and a val role of --val-per-class training videos per class, and re-split (no
@@ -19,8 +20,10 @@ training seed, with `train/demo.yaml` and the given --set overrides:
 
 Prints mean ± std (population std over seeds) of top-1 per dataset and the mean over datasets,
 twice: on val, the table to compare settings and ablations by, and on test, the one to report
-(evaluated once per run, at its end). --json also writes every number. Runs that exist are
-reused (delete --out to redo). --val-per-class 0 drops the val role (then there is only test).
+(evaluated once per run, at its end), then the paired gaps by seed. --json also writes every
+number. Runs that exist are reused (delete --out to redo). --val-per-class 0 drops the val role
+(then there is only test). --data-seed N draws the benchmark afresh (same classes and motions,
+other videos): a second check that a choice holds beyond one draw of the data.
 """
 from __future__ import annotations
 
@@ -41,15 +44,18 @@ from jedi_pipe.resplit import split_shards
 ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
-def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int) -> None:
+def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int,
+              data_seed: int = 0, oracle: bool = True) -> None:
     """videos_per_class: {dataset: number} (synth draws each dataset from a random stream of its
     own, so a dataset's videos are the same whatever the others' numbers)."""
-    sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=0, videos_per_class=videos_per_class)
+    sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=data_seed,
+                             videos_per_class=videos_per_class)
     for name in DEMO_DATASETS:
-        make_shards(name, sources[name], root / "shards" / name, seed=0,
+        make_shards(name, sources[name], root / "shards" / name, seed=data_seed,
                     **{**DEMO_SHARD, "labeled_fraction": labeled_fraction, "val_per_class": val_per_class})
-        split_shards(root / "shards" / name, root / "shards-all" / name, labeled_fraction=1.0,
-                     val_per_class=val_per_class, seed=0)
+        if oracle:   # every training clip labeled but the same val ones: a re-split, no transcode
+            split_shards(root / "shards" / name, root / "shards-all" / name, labeled_fraction=1.0,
+                         val_per_class=val_per_class, seed=data_seed)
 
 
 def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
@@ -73,7 +79,7 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
         (out / "ema" / "experts").symlink_to((out / "jedi" / "experts").resolve())
     ema = _results(ema_cfg, log)
     oracle_cfg = config(data, "shards-all", out / "oracle", seed, [*overrides, f"pretrain.epochs={oracle_epochs}"])
-    oracle = trainer.pretrain(oracle_cfg, log=log)
+    oracle = trainer.pretrain(oracle_cfg, log=log) if oracle_epochs else None
     for table, runs in (("test", (jedi["datasets"], ema["datasets"])), ("val", (jedi.get("val"), ema.get("val")))):
         j, e = runs
         if j is None:
@@ -84,7 +90,8 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
             cells.setdefault("ema student", {})[n] = e[n]["student"]["top1"]
             cells.setdefault("jedi student", {})[n] = j[n]["student"]["top1"]
             cells.setdefault("jedi teacher", {})[n] = j[n]["teacher"]["top1"]
-            cells.setdefault("oracle", {})[n] = (oracle[n] if table == "test" else _expert_val(oracle_cfg, n))["top1"]
+            if oracle is not None:
+                cells.setdefault("oracle", {})[n] = (oracle[n] if table == "test" else _expert_val(oracle_cfg, n))["top1"]
     return {"test": row, **({"val": val} if val else {})}
 
 
@@ -108,10 +115,26 @@ def table(per_seed: list[dict]) -> str:
         return f"{mean:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
     lines = ["| | " + " | ".join(names) + " | mean |", "| --- |" + " --- |" * (len(names) + 1)]
-    for r in ROWS:
+    for r in [r for r in ROWS if r in per_seed[0]]:
         cells = [cell([s[r][n] for s in per_seed]) for n in names]
         cells.append(cell([statistics.fmean(s[r].values()) for s in per_seed]))
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"))
+
+
+def gaps(per_seed: list[dict]) -> str:
+    """The demo's claims as paired differences by seed: mean over datasets, then per dataset."""
+    names = list(per_seed[0]["expert"])
+    lines = []
+    for a, b in GAPS:
+        by_seed = [statistics.fmean(s[a][n] - s[b][n] for n in names) for s in per_seed]
+        per_ds = ", ".join(f"{n} {statistics.fmean(s[a][n] - s[b][n] for s in per_seed):+.1f}" for n in names)
+        spread = f" ± {statistics.pstdev(by_seed):.1f}" if len(by_seed) > 1 else ""
+        lines.append(f"{a} - {b}: mean {statistics.fmean(by_seed):+.1f}{spread} "
+                     f"(seeds: {', '.join(f'{g:+.1f}' for g in by_seed)}); by dataset: {per_ds}")
     return "\n".join(lines) + "\n"
 
 
@@ -126,7 +149,11 @@ def main() -> None:
                     help="fraction of each dataset's training videos that keep their labels (a fresh --out per value)")
     ap.add_argument("--val-per-class", type=int, default=5,
                     help="training videos per class held out as the val role (a fresh --out per value; 0: none)")
-    ap.add_argument("--oracle-epochs", type=int, default=20, help="passes of the oracle over all training labels")
+    ap.add_argument("--oracle-epochs", type=int, default=20,
+                    help="passes of the oracle over all training labels (0: no oracle, no all-labels shards)")
+    ap.add_argument("--data-seed", type=int, default=0,
+                    help="seed of the synthetic data: 0 is the demo's data; another seed draws the benchmark "
+                         "afresh (same classes, other videos; a fresh --out per value)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. jedi.epochs=40)")
     ap.add_argument("--json", action="store_true", help="also write OUT/learning.json")
@@ -144,8 +171,9 @@ def main() -> None:
                      f"{', '.join(DEMO_DATASETS)}")
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
-        f"into {args.out / 'data'}")
-    make_data(args.out / "data", vpc, args.labeled_fraction, args.val_per_class)
+        f"data seed {args.data_seed}, into {args.out / 'data'}")
+    make_data(args.out / "data", vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
+              oracle=args.oracle_epochs > 0)
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
@@ -155,8 +183,10 @@ def main() -> None:
         print(f"\nval top-1 (%), compare settings by this one; mean ± std over {args.seeds} seeds; "
               f"overrides: {args.overrides or 'none'}\n")
         print(table([s["val"] for s in per_seed]))
+        print(gaps([s["val"] for s in per_seed]))
     print(f"\ntest top-1 (%), report this one; mean ± std over {args.seeds} seeds; overrides: {args.overrides or 'none'}\n")
     print(table([s["test"] for s in per_seed]))
+    print(gaps([s["test"] for s in per_seed]))
     if args.json:
         (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "seeds": per_seed}, indent=1))
     log("done")

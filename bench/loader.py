@@ -1,6 +1,7 @@
 """Loader benchmark: make the benchmark data, then run `jedi-pipe bench loader` on it.
 
     python bench/loader.py make-data DIR [--classes 16 --videos 12]   # sources + shards under DIR
+    python bench/loader.py make-data DIR --kinetics --classes 8 --videos 8   # Kinetics-like sources
     python bench/loader.py run --shards DIR/shards --vs-raw DIR/source --json   # = jedi-pipe bench loader
     python bench/loader.py stages          # CPU cost of the DALI augmentation ops, per clip
 
@@ -25,14 +26,21 @@ PATTERNS = ("testsrc2", "mandelbrot", "cellauto:rule=110", "rgbtestsrc", "smpteh
             "gradients:speed=0.05", "testsrc", "sierpinski")
 
 
-def make_source_video(path: Path, pattern: str, seconds: float) -> None:
+# Kinetics-like sources (--kinetics): H.264 in MP4, 10 s at 30 fps, frame sizes of the real
+# downloads (short side 340 to 720), at about YouTube's bitrates for those sizes.
+KINETICS_SIZES = (("454x340", "700k"), ("640x480", "1200k"), ("1280x720", "2500k"))
+
+
+def make_source_video(path: Path, pattern: str, seconds: float, size: str = "320x240", kinetics_bitrate=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    vf = "scale=320:240,format=yuv420p,noise=alls=6:allf=t+u,hue=H=t/2"
+    w, h = size.split("x")
+    vf = f"scale={w}:{h},format=yuv420p,noise=alls=6:allf=t+u,hue=H=t/2"
     name, _, opts = pattern.partition(":")
-    src = f"{name}=size=320x240:rate=30" + (f":{opts}" if opts else "")
+    src = f"{name}=size={size}:rate=30" + (f":{opts}" if opts else "")
+    codec = (["-c:v", "libx264", "-preset", "veryfast", "-b:v", kinetics_bitrate] if kinetics_bitrate
+             else ["-c:v", "mpeg4", "-vtag", "XVID", "-b:v", "600k"])
     subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", src,
-                    "-t", f"{seconds:.2f}", "-vf", vf,
-                    "-c:v", "mpeg4", "-vtag", "XVID", "-b:v", "600k", str(path)], check=True)
+                    "-t", f"{seconds:.2f}", "-vf", vf, *codec, str(path)], check=True)
 
 
 @click.group()
@@ -45,13 +53,21 @@ def cli():
 @click.option("--classes", default=16, show_default=True)
 @click.option("--videos", default=12, show_default=True, help="Videos per class.")
 @click.option("--workers", default=2, show_default=True)
-def make_data(out, classes, videos, workers):
+@click.option("--kinetics", is_flag=True, help="Kinetics-like sources: H.264 MP4, 10 s, short side 340-720 px.")
+def make_data(out, classes, videos, workers, kinetics):
     out = Path(out)
     for c in range(classes):
         for v in range(videos):
+            pattern = PATTERNS[(c + v) % len(PATTERNS)]
+            if kinetics:
+                size, rate = KINETICS_SIZES[(c + v) % len(KINETICS_SIZES)]
+                path = out / "source" / f"class{c:02d}" / f"v{v:02d}.mp4"
+                if not path.is_file():
+                    make_source_video(path, pattern, 10.0, size, rate)
+                continue
             path = out / "source" / f"class{c:02d}" / f"v{v:02d}.avi"
             if not path.is_file():
-                make_source_video(path, PATTERNS[(c + v) % len(PATTERNS)], 3 + (7 * c + 5 * v) % 31 / 10)
+                make_source_video(path, pattern, 3 + (7 * c + 5 * v) % 31 / 10)
     s = make_shards("folder", out / "source", out / "shards", workers=workers, labeled_fraction=0.1, progress=False)
     click.echo(f"{out / 'shards'}: {s.counts}, {s.bytes / 1e6:.1f} MB")
 
@@ -88,8 +104,15 @@ def stages(height, width, frames, size):
     rows = {"random_resized_crop (linear)": dali_ms(lambda x: fn.random_resized_crop(x, **rrc)) - base,
             "random_resized_crop (nearest)": dali_ms(lambda x: fn.random_resized_crop(
                 x, interp_type=types.INTERP_NN, **rrc)) - base,
+            "random_resized_crop (nearest up, linear down)": dali_ms(lambda x: fn.random_resized_crop(
+                x, mag_filter=types.INTERP_NN, min_filter=types.INTERP_LINEAR, **rrc)) - base,
+            "warp_affine (linear, 0.8x crop)": dali_ms(lambda x: fn.warp_affine(
+                x, matrix=[0.8, 0, 10, 0, 0.8, 5], size=[size, size], inverse_map=True,
+                interp_type=types.INTERP_LINEAR)) - base,
             "crop_mirror_normalize (float CFHW)": dali_ms(lambda x: fn.crop_mirror_normalize(
-                x, crop=[size, size], **cmn)) - base}
+                x, crop=[size, size], **cmn)) - base,
+            "crop_mirror_normalize (uint8 CFHW, no normalise)": dali_ms(lambda x: fn.crop_mirror_normalize(
+                x, crop=[size, size], dtype=types.UINT8, output_layout="CFHW")) - base}
     torch.set_num_threads(1)
     x = torch.from_numpy(batch[0]).permute(0, 3, 1, 2)      # channels-last uint8, torch's fast path
     t = time.process_time()
@@ -98,7 +121,7 @@ def stages(height, width, frames, size):
                                         mode="bilinear", antialias=False)
     rows["torch interpolate (uint8 bilinear)"] = 1000 * (time.process_time() - t) / 20
     for name, ms in rows.items():
-        click.echo(f"{name:40s} {ms:6.2f} CPU ms / clip of {frames}x{height}x{width} -> {size}x{size}")
+        click.echo(f"{name:48s} {ms:6.2f} CPU ms / clip of {frames}x{height}x{width} -> {size}x{size}")
 
 
 cli.add_command(loader_command, "run")

@@ -1,0 +1,50 @@
+"""bench/step.py times the trainer's step cut at its seams: the cut must compute the same loss and
+the same gradients as the trainer's path (jedi(labeled, unlabeled) -> jedi_losses -> backward)."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
+from jedi_pipe.models import build
+
+
+def _bench_step():
+    path = Path(__file__).parents[1] / "bench" / "step.py"
+    spec = importlib.util.spec_from_file_location("bench_step", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("cfg", [JEDIConfig(teacher_ema=0.9, w_mutual=0.5), JEDIConfig(), JEDIConfig(bn_stats="own")])
+def test_cut_step_is_the_trainers_step(cfg):
+    step = _bench_step()
+    torch.manual_seed(0)
+    classes = {"a": 3, "b": 4}
+    ref = JEDI({n: build("tiny3d_s", c) for n, c in classes.items()}, cfg).train()
+    cut = copy.deepcopy(ref)
+    labeled = {n: torch.randn(4, 3, 4, 16, 16) for n in classes}
+    unlabeled = {n: torch.randn(4, 3, 4, 16, 16) for n in classes}
+    labels = {n: torch.randint(0, c, (4,)) for n, c in classes.items()}
+    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (ref, cut)]
+
+    loss, _ = jedi_losses(ref(labeled, unlabeled), labels, cfg)
+    opts[0].zero_grad()
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in ref.named_parameters() if p.grad is not None}
+
+    clock = step.Clock()
+    got = step.cut_step(cut, labeled, unlabeled, labels, cfg, opts[1], clock)
+    assert got.item() == pytest.approx(loss.item(), rel=1e-5)
+    cut_grads = {k: p.grad for k, p in cut.named_parameters() if p.grad is not None}
+    assert cut_grads.keys() == grads.keys()
+    for k, g in grads.items():
+        torch.testing.assert_close(cut_grads[k], g, rtol=1e-4, atol=1e-6, msg=f"gradient of {k}")
+    parts = {"fwd a", "fwd b", "bwd a", "bwd b", "heads", "loss", "optimizer"}
+    assert parts <= set(clock.wall) and all(clock.wall[p] > 0 for p in parts)
+    assert ("mean teacher" in clock.wall) == bool(cfg.teacher_ema)
