@@ -48,6 +48,6 @@ def tiny3d(num_classes: int, width: int = 32, **kw) -> Tiny3D:
 
 # Half the channels (about a quarter of tiny3d's compute): the demo's backbone, where a JEDI step
 # runs every backbone over every dataset's clips on two CPU cores (bench/step.py).
-@register_model(frames=8, size=32, fps=None, mean=KINETICS_MEAN, std=KINETICS_STD)
+@register_model
 def tiny3d_s(num_classes: int, width: int = 16, **kw) -> Tiny3D:
     return Tiny3D(num_classes, width=width, **kw)
