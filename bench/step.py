@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from jedi_pipe import trainer
+from jedi_pipe import plots, trainer
 from jedi_pipe.demo import demo_config
 from jedi_pipe.jedi import Logits, StepOutput, jedi_losses
 from jedi_pipe.models import build
@@ -76,8 +76,6 @@ def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock):
         teacher_in = torch.cat([leaves[n] for n in jedi.names], dim=1)
         if jcfg.detach_teacher_features:
             teacher_in = teacher_in.detach()
-        if jcfg.teacher_dropout:
-            teacher_in = torch.nn.functional.dropout(teacher_in, jcfg.teacher_dropout, True)
     n_lab = sum(c.shape[0] for role, _, c in parts if role == "labeled")
     ema_in = None
     if jcfg.teacher_ema:
@@ -122,7 +120,7 @@ def profile(shards: Path, steps: int, overrides: list[str]) -> str:
     torch.manual_seed(0)
     experts = {d.name: build(d.model, len(sets[d.name].classes)) for d in cfg.datasets}
     jedi = trainer.joint_model(experts, cfg).to(device).train()
-    jcfg = trainer.jedi_config(cfg)
+    jcfg = cfg.jedi      # a jedi.JEDIConfig (config.JediCfg extends it)
     opt = torch.optim.SGD([p for p in jedi.parameters() if p.requires_grad], lr=cfg.jedi.lr, momentum=0.9,
                           weight_decay=cfg.jedi.weight_decay)
     it = iter(trainer.joint_loader(cfg, sets))
@@ -191,17 +189,17 @@ def demo_phases(out: Path, quick: bool, overrides: list[str]) -> str:
                 inner.append((time.perf_counter() - t, cpu_now() - c, marks[-1][2], name))
         return wrapper
 
-    originals = {"evaluate_logits": trainer.evaluate_logits, "draw_pictures": trainer.draw_pictures}
-    # every test pass of pretrain and train goes through evaluate_logits; train draws the plots last
+    originals = [(trainer, "evaluate_logits", trainer.evaluate_logits), (plots, "draw", plots.draw)]
+    # every test pass of pretrain and train goes through evaluate_logits; the demo draws the plots last
     trainer.evaluate_logits = timed(trainer.evaluate_logits, "evaluation")
-    trainer.draw_pictures = timed(trainer.draw_pictures, "pictures")
+    plots.draw = timed(plots.draw, "pictures")
     try:
         t0 = time.perf_counter()
         run_demo(out, quick=quick, overrides=overrides, echo=echo)
         mark("end")
     finally:
-        for k, v in originals.items():
-            setattr(trainer, k, v)
+        for module, name, fn in originals:
+            setattr(module, name, fn)
     total_wall, total_cpu = marks[-1][0] - t0, marks[-1][1] - marks[0][1]
     phases = {}
     for (w0, c0, name), (w1, c1, _) in zip(marks, marks[1:]):
