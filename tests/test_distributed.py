@@ -69,6 +69,10 @@ def _jedi_step_grads(rank, world, store, batch, out_path):
     loss.backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in jedi.named_parameters() if p.grad is not None}, out_path)
+    if world > 1:
+        # both ranks at the end before the group goes: a rank that tears gloo down while its peer is
+        # still in a collective aborts the peer ("terminate called without an active exception")
+        dist.barrier()
     distributed.shutdown()
 
 
