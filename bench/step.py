@@ -39,74 +39,8 @@ import torch
 
 from jedi_pipe import plots, trainer
 from jedi_pipe.demo import demo_config
-from jedi_pipe.jedi import Logits, StepOutput, jedi_losses
 from jedi_pipe.models import build
-
-
-class Clock:
-    """Accumulates wall and main-thread CPU seconds per named part."""
-
-    def __init__(self):
-        self.wall, self.cpu = {}, {}
-
-    def part(self, name):
-        clock = self
-
-        class _Part:
-            def __enter__(self):
-                self.t, self.c = time.perf_counter(), time.thread_time()
-
-            def __exit__(self, *exc):
-                clock.wall[name] = clock.wall.get(name, 0.0) + time.perf_counter() - self.t
-                clock.cpu[name] = clock.cpu.get(name, 0.0) + time.thread_time() - self.c
-        return _Part()
-
-
-def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock):
-    """One training step of trainer.train, timed part by part; returns the loss."""
-    parts = [("labeled", n, x) for n, x in labeled.items()] + [("unlabeled", n, x) for n, x in unlabeled.items()]
-    x = torch.cat([c for _, _, c in parts])
-    feats = {}
-    for n in jedi.names:
-        with clock.part(f"fwd {n}"):
-            feats[n] = jedi._features(n, x, parts)
-    # the heads run on detached copies, so that each backbone's backward can be timed on its own
-    leaves = {n: f.detach().requires_grad_() for n, f in feats.items()}
-    with clock.part("heads"):
-        teacher_in = torch.cat([leaves[n] for n in jedi.names], dim=1)
-        if jcfg.detach_teacher_features:
-            teacher_in = teacher_in.detach()
-    n_lab = sum(c.shape[0] for role, _, c in parts if role == "labeled")
-    ema_in = None
-    if jcfg.teacher_ema:
-        with clock.part("mean teacher"), torch.no_grad():
-            ema_in = torch.cat([jedi.ema_students[n].features(x[n_lab:]) for n in jedi.names], dim=1)
-    out, start = StepOutput(), 0
-    for role, name, clips in parts:
-        rows = slice(start, start + clips.shape[0])
-        start = rows.stop
-        with clock.part("heads"):
-            student = jedi.students[name].head(leaves[name][rows])
-            teacher = jedi.teachers[name](teacher_in[rows])
-        ema = None
-        if ema_in is not None and role == "unlabeled":
-            with clock.part("mean teacher"), torch.no_grad():
-                ema = jedi.ema_teachers[name](ema_in[rows.start - n_lab:rows.stop - n_lab])
-        getattr(out, role)[name] = Logits(student, teacher, ema)
-    with clock.part("loss"):
-        loss, _ = jedi_losses(out, labels, jcfg)
-    with clock.part("optimizer"):
-        opt.zero_grad(set_to_none=True)
-    with clock.part("bwd heads+loss"):
-        loss.backward()
-    for n in jedi.names:
-        with clock.part(f"bwd {n}"):
-            feats[n].backward(leaves[n].grad)
-    with clock.part("optimizer"):
-        opt.step()
-    with clock.part("ema update"):
-        jedi.update_ema()
-    return loss.detach()
+from jedi_pipe.step_profile import Clock, cut_step
 
 
 def profile(shards: Path, steps: int, overrides: list[str]) -> str:

@@ -108,7 +108,7 @@ def _reflect(p, lo, hi):
     return lo + np.where(q < span, q, 2 * span - q)
 
 
-def _motion(prim, sign, t, H, W, r, speed, rng):
+def motion(prim, sign, t, H, W, r, speed, rng):
     """-> x, y, scale, angle arrays over t (seconds) for a primitive; r is the object half-size."""
     S = min(H, W)
     sign = sign or rng.choice((-1, 1))
@@ -287,7 +287,7 @@ def render(dataset, label, seed=0, scene=0, index=0):
     T = max(16, int(round(rng.uniform(*dom["dur"]) * fps)))
     t = np.arange(T, dtype=np.float32) / fps
     prim, sign = _TABLE[dataset][label][1:]
-    x, y, scale, angle = _motion(prim, sign, t, H, W, a, rng.uniform(*dom["speed"]), rng)
+    x, y, scale, angle = motion(prim, sign, t, H, W, a, rng.uniform(*dom["speed"]), rng)
     jx, jy = _shake(t, dom["jitter"] * S, rng)
     x, y = x + jx, y + jy
     # camera over the place: a random framing, then (kinetics) a slow pan with shake. It follows

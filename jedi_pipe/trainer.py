@@ -410,7 +410,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
     forward = distributed.wrap(jedi)
     forward = torch.compile(forward) if cfg.compile else forward
-    label_true = {n: torch.as_tensor(_label_true(sets[n])) for n in names}   # diagnostics only
+    label_true = {n: torch.as_tensor(label_truth(sets[n])) for n in names}   # diagnostics only
     # Periodic evaluations (the curves) run on val when every folder has one; test is then
     # evaluated once, at the end, for results.json.
     eval_split = "val" if all(sets[n].count("val") for n in names) else "test"
@@ -555,7 +555,7 @@ def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test") -> dict:
     return res
 
 
-def _label_true(ss: shardfmt.ShardSet) -> np.ndarray:
+def label_truth(ss: shardfmt.ShardSet) -> np.ndarray:
     """The unlabeled samples' true labels indexed by sample_id (-1 elsewhere), from the withheld
     sidecar: read for the pseudo-label accuracy only, never for training."""
     n = max(ss.manifest(columns=["sample_id"]).column("sample_id").to_pylist(), default=-1) + 1

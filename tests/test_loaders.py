@@ -102,7 +102,7 @@ def steps(loader, n) -> list[dict]:
 def test_cpu_path_is_chosen_and_logged(folder, caplog):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: the mixed path is chosen")
-    D._said.cache_clear()
+    D.say_decode_device.cache_clear()
     with caplog.at_level(logging.INFO, logger=D.__name__):
         assert D.decode_device() == ("cpu", None)
         batch = next(iter(make_eval_loader(folder["shards"], CLIP, backend="dali")))
@@ -117,10 +117,10 @@ def test_small_vp9_frames_decode_on_the_cpu_of_a_gpu_machine(folder, monkeypatch
     # hand the frames to the GPU; H.264 of the same size goes to NVDEC
     monkeypatch.setattr(D, "_gpu", lambda: 0)
     shards = open_shards(folder["shards"])
-    assert shards.clip_ext == "webm" and max(D._smallest_frame(str(shards.root))) < 128
+    assert shards.clip_ext == "webm" and max(D.smallest_frame(str(shards.root))) < 128
     assert D.decode_device(shards) == ("cpu", 0)
     monkeypatch.setattr(D, "NVDEC_MIN", {"webm": (16, 16)})
-    D._smallest_frame.cache_clear()
+    D.smallest_frame.cache_clear()
     assert D.decode_device(shards) == ("mixed", 0)
     assert D.decode_device() == ("mixed", 0)
 

@@ -53,7 +53,7 @@ def test_periodic_evaluation_on_val_and_test_once_for_results(shard_dirs, tmp_pa
 
 def test_pseudo_label_truth_comes_from_the_sidecar(shard_dirs):
     ss = shards.open_shards(shard_dirs["hmdb51"])
-    truth = trainer._label_true(ss)
+    truth = trainer.label_truth(ss)
     withheld = ss.withheld().to_pylist()
     assert withheld and all(truth[r["sample_id"]] == r["label"] >= 0 for r in withheld)
     others = [r["sample_id"] for r in ss.manifest().to_pylist() if r["role"] != "unlabeled"]

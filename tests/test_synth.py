@@ -227,7 +227,7 @@ def test_ssv2_directions_match_labels(template, axis, sign):
     _, prim, s = synth._TABLE["ssv2"][synth.SSV2_TEMPLATES.index(template)]
     t = np.arange(60, dtype=np.float32) / 15
     for seed in range(5):
-        track = synth._motion(prim, s, t, 96, 128, 12.0, 1.0, np.random.default_rng(seed))[axis]
+        track = synth.motion(prim, s, t, 96, 128, 12.0, 1.0, np.random.default_rng(seed))[axis]
         steps = np.diff(track)
         assert np.median(np.sign(steps)) == sign
 

@@ -41,7 +41,8 @@ def _gpu() -> int | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _smallest_frame(root: str) -> tuple[int, int]:
+def smallest_frame(root: str) -> tuple[int, int]:
+    """(height, width) of the smallest frame in a shard folder: NVDEC refuses frames below its minimum."""
     from ..shards import open_shards
     t = open_shards(root).manifest(columns=["height", "width"]).to_pydict()
     return (min(t["height"], default=0), min(t["width"], default=0))
@@ -54,18 +55,18 @@ def decode_device(shards: ShardSet | None = None) -> tuple[str, int | None]:
     ("cpu", None) without a GPU."""
     gpu = _gpu()
     if gpu is None:
-        return _said("cpu", None, "no GPU visible, decoding on the CPU (device='cpu')")
+        return say_decode_device("cpu", None, "no GPU visible, decoding on the CPU (device='cpu')")
     if shards is not None:
         need = NVDEC_MIN.get(shards.clip_ext, (0, 0))
-        h, w = _smallest_frame(str(shards.root))
+        h, w = smallest_frame(str(shards.root))
         if h < need[0] or w < need[1]:
-            return _said("cpu", gpu, f"{shards.root}: {w}x{h} frames are below NVDEC's {need[1]}x{need[0]} "
+            return say_decode_device("cpu", gpu, f"{shards.root}: {w}x{h} frames are below NVDEC's {need[1]}x{need[0]} "
                                      f"minimum for .{shards.clip_ext}; decoding on the CPU, the rest on GPU {gpu}")
-    return _said("mixed", gpu, f"decoding on GPU {gpu} (device='mixed')")
+    return say_decode_device("mixed", gpu, f"decoding on GPU {gpu} (device='mixed')")
 
 
 @functools.lru_cache(maxsize=None)
-def _said(device: str, gpu: int | None, why: str) -> tuple[str, int | None]:
+def say_decode_device(device: str, gpu: int | None, why: str) -> tuple[str, int | None]:
     log.info("DALI loader: %s", why)
     return device, gpu
 

@@ -1,29 +1,19 @@
-"""bench/step.py times the trainer's step cut at its seams: the cut must compute the same loss and
-the same gradients as the trainer's path (jedi(labeled, unlabeled) -> jedi_losses -> backward)."""
+"""jedi_pipe.step_profile (`bench/step.py profile`) times the trainer's step cut at its seams: the
+cut must compute the same loss and the same gradients as the trainer's path (jedi(labeled, unlabeled) -> jedi_losses -> backward)."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
 from jedi_pipe.models import build
-
-
-def _bench_step():
-    path = Path(__file__).parents[1] / "bench" / "step.py"
-    spec = importlib.util.spec_from_file_location("bench_step", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from jedi_pipe.step_profile import Clock, cut_step
 
 
 @pytest.mark.parametrize("cfg", [JEDIConfig(teacher_ema=0.9, w_mutual=0.5), JEDIConfig(), JEDIConfig(bn_stats="own")])
 def test_cut_step_is_the_trainers_step(cfg):
-    step = _bench_step()
     torch.manual_seed(0)
     classes = {"a": 3, "b": 4}
     ref = JEDI({n: build("tiny3d_s", c) for n, c in classes.items()}, cfg).train()
@@ -38,8 +28,8 @@ def test_cut_step_is_the_trainers_step(cfg):
     loss.backward()
     grads = {k: p.grad.clone() for k, p in ref.named_parameters() if p.grad is not None}
 
-    clock = step.Clock()
-    got = step.cut_step(cut, labeled, unlabeled, labels, cfg, opts[1], clock)
+    clock = Clock()
+    got = cut_step(cut, labeled, unlabeled, labels, cfg, opts[1], clock)
     assert got.item() == pytest.approx(loss.item(), rel=1e-5)
     cut_grads = {k: p.grad for k, p in cut.named_parameters() if p.grad is not None}
     assert cut_grads.keys() == grads.keys()
