@@ -25,3 +25,30 @@ def shard_dirs(synth_root, tmp_path_factory):
         dirs[name] = out / name
         assert s.counts["test"] > 0 and s.counts["labeled"] > 0
     return dirs
+
+
+def dali_decoded_clips(tars: list[str], total: int, frames: int):
+    """(frames [T, H, W, C], sample_id) of every clip in `tars` as stock DALI reads and decodes them on
+    the CPU (its own webdataset reader and video decoder, nothing of jedi-pipe's), each sample once."""
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def, types
+
+    from jedi_pipe import shards
+
+    @pipeline_def(batch_size=4, num_threads=2, device_id=None)
+    def pipe():
+        clip, meta = fn.readers.webdataset(paths=tars, index_paths=[t + ".idx" for t in tars],
+                                           ext=["webm", shards.META_EXT], dtypes=[types.UINT8, types.INT32],
+                                           name="r", pad_last_batch=True)
+        return fn.decoders.video(clip, device="cpu", sequence_length=frames, pad_mode="edge"), meta
+
+    p = pipe()
+    p.build()
+    seen = set()
+    while len(seen) < total:
+        batch, meta = p.run()
+        for i in range(len(batch)):
+            sample_id = int(np.array(meta[i])[shards.META_FIELDS.index("sample_id")])
+            if sample_id not in seen:
+                seen.add(sample_id)
+                yield np.array(batch[i]), sample_id

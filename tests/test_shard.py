@@ -15,7 +15,7 @@ from jedi_pipe import shards
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.inspect_shards import verify_shards
 
-from .conftest import SHARD_OPTS
+from .conftest import SHARD_OPTS, dali_decoded_clips
 
 
 def expected_counts(name: str, root: Path) -> dict:
@@ -123,27 +123,13 @@ def test_clips_decode_with_pyav_at_requested_size_and_fps(name, shard_dirs):
 
 @pytest.mark.parametrize("name", ["ucf101", "kinetics400"])
 def test_every_clip_decodes_with_dali_cpu(name, shard_dirs):
-    from nvidia.dali import fn, pipeline_def, types
     ss = shards.open_shards(shard_dirs[name])
     tars = [str(t) for r in shards.ROLES for t in ss.tars(r)]
     total = sum(ss.count(r) for r in shards.ROLES)
-
-    @pipeline_def(batch_size=4, num_threads=2, device_id=None)
-    def pipe():
-        clip, meta = fn.readers.webdataset(paths=tars, index_paths=[t + ".idx" for t in tars],
-                                           ext=["webm", shards.META_EXT], dtypes=[types.UINT8, types.INT32],
-                                           name="r", pad_last_batch=True)
-        return fn.decoders.video(clip, device="cpu", sequence_length=4, pad_mode="edge"), meta
-
-    p = pipe()
-    p.build()
     seen = set()
-    while len(seen) < total:
-        frames, meta = p.run()
-        for i in range(len(frames)):
-            f = np.array(frames[i])
-            assert f.shape[0] == 4 and min(f.shape[1:3]) == SHARD_OPTS["short_side"] and f.shape[3] == 3
-            seen.add(int(np.array(meta[i])[4]))
+    for f, sample_id in dali_decoded_clips(tars, total, frames=4):
+        assert f.shape[0] == 4 and min(f.shape[1:3]) == SHARD_OPTS["short_side"] and f.shape[3] == 3
+        seen.add(sample_id)
     assert len(seen) == total
 
 

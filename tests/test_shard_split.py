@@ -19,7 +19,7 @@ from jedi_pipe.inspect_shards import verify_shards
 from jedi_pipe.make_shards import ShardError, make_shards
 from jedi_pipe.resplit import split_shards
 
-from .conftest import SHARD_OPTS
+from .conftest import SHARD_OPTS, dali_decoded_clips
 
 
 @pytest.fixture(scope="module")
@@ -80,21 +80,7 @@ def check_folder(d: Path, src: Path) -> list[dict]:
         s = next(shards.iter_tar_samples(t))
         with av.open(io.BytesIO(s["webm"])) as c:
             assert len(list(c.decode(video=0))) == shards.decode_meta(s[shards.META_EXT])["frames"]
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=4, num_threads=2, device_id=None)
-    def pipe():
-        clip, meta = fn.readers.webdataset(paths=tars, index_paths=[t + ".idx" for t in tars],
-                                           ext=["webm", shards.META_EXT], dtypes=[types.UINT8, types.INT32],
-                                           name="r", pad_last_batch=True)
-        return fn.decoders.video(clip, device="cpu", sequence_length=2, pad_mode="edge"), meta
-
-    p = pipe()
-    p.build()
-    seen = set()
-    while len(seen) < len(rows):
-        frames, meta = p.run()
-        seen.update(int(np.array(meta[i])[4]) for i in range(len(frames)))
+    seen = {sample_id for _, sample_id in dali_decoded_clips(tars, len(rows), frames=2)}
     assert seen == {r["sample_id"] for r in rows}
     return rows
 
