@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 
 from jedi_pipe import shards

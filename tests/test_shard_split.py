@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import av
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
