@@ -134,9 +134,14 @@ class MetricsLog:
             self.writer.close()
 
 
+def headline(score: dict) -> dict:
+    """One scores record without its per-class parts: top1, top5, n."""
+    return {m: score[m] for m in ("top1", "top5", "n")}
+
+
 def summary(scores: dict) -> dict:
     """{dataset: {kind: Scores}} without the per-class parts, as an EvalRecord holds them."""
-    return {n: {k: {m: v[m] for m in ("top1", "top5", "n")} for k, v in kinds.items()} for n, kinds in scores.items()}
+    return {n: {k: headline(v) for k, v in kinds.items()} for n, kinds in scores.items()}
 
 
 def write_results(out: Path, results: dict) -> None:

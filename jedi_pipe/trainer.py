@@ -31,7 +31,7 @@ from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
 from .models import build
-from .records import EvalRecord, MetricsLog, StepRecord, parse_line, summary, write_results
+from .records import EvalRecord, MetricsLog, StepRecord, headline, parse_line, summary, write_results
 from .weights_guard import check_init
 
 LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host sync on GPU)
@@ -324,7 +324,7 @@ def micro_batch_count(micro_batch_size: int, batch_per_gpu: int) -> int:
     if not micro_batch_size:
         return 1
     if batch_per_gpu % micro_batch_size:
-        raise ValueError(f"jedi.micro_batch_size: {micro_batch_size} does not divide the {batch_per_gpu} labeled "
+        raise InputError(f"jedi.micro_batch_size: {micro_batch_size} does not divide the {batch_per_gpu} labeled "
                          "clips per dataset and GPU of a step; choose a divisor (or 0 for the whole step)")
     return batch_per_gpu // micro_batch_size
 
@@ -338,7 +338,7 @@ def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int) -> list[
     for role, clips in (("labeled", labeled), ("unlabeled", unlabeled)):
         for n, x in clips.items():
             if x.shape[0] % k:
-                raise ValueError(f"{k} micro-batches do not divide the {x.shape[0]} {role} clips of {n} in "
+                raise InputError(f"{k} micro-batches do not divide the {x.shape[0]} {role} clips of {n} in "
                                  "this step; jedi.micro_batch_size must divide the per-GPU batch")
     cut = lambda d: {n: x.chunk(k) for n, x in d.items()}  # noqa: E731
     lc, uc, yc = cut(labeled), cut(unlabeled), cut(labels)
@@ -506,9 +506,9 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     results = run_results(cfg, sets, {n: expert_test(cfg, n, sets[n], device) for n in names}, test)
     if eval_split == "val":   # the numbers to choose by, next to the ones to report
         for n in names:
-            ck = torch.load(expert_path(cfg, n), map_location="cpu", weights_only=False)
-            expert_val = {"expert": summary({n: {"e": ck["val"]}})[n]["e"]} if ck.get("val") else {}
-            results.setdefault("val", {})[n] = {**expert_val, **summary(final)[n]}
+            expert_val = torch.load(expert_path(cfg, n), map_location="cpu", weights_only=False).get("val")
+            results.setdefault("val", {})[n] = {**({"expert": headline(expert_val)} if expert_val else {}),
+                                               **summary(final)[n]}
     if distributed.is_main():
         write_results(out, results)
     return results
