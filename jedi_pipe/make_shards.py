@@ -142,8 +142,6 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         raise ShardError("give --labeled-fraction or --labeled-per-class, not both")
     if labeled_fraction is None and labeled_per_class is None:
         labeled_fraction = 0.1
-    if val_fraction is not None and val_per_class is not None:
-        raise ShardError("give --val-fraction or --val-per-class, not both")
     _check_options(split=split, labeled_fraction=labeled_fraction, labeled_per_class=labeled_per_class,
                    val_fraction=val_fraction, val_per_class=val_per_class,
                    seed=seed, workers=workers, shard_max_count=shard_max_count, max_failures=max_failures,
@@ -229,31 +227,43 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         return summary
 
 
+def _flag(k: str) -> str:
+    return "--" + k.replace("_", "-")
+
+
+def _is_number(k: str, v, integer=False, optional=False) -> bool:
+    """False for an optional option left out; True for a number; a ShardError otherwise."""
+    if v is None and optional:
+        return False
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
+        raise ShardError(f"{_flag(k)} must be {'an integer' if integer else 'a number'}, got {v!r}")
+    return True
+
+
+def check_selection(labeled_fraction=None, labeled_per_class=None, val_fraction=None, val_per_class=None) -> None:
+    """Types and ranges of the role-selection options, shared by `shard` and `split`."""
+    if val_fraction is not None and val_per_class is not None:
+        raise ShardError("give --val-fraction or --val-per-class, not both")
+    if _is_number("labeled_fraction", labeled_fraction, optional=True) and not 0 < labeled_fraction <= 1:
+        raise ShardError(f"--labeled-fraction must be in (0, 1], got {labeled_fraction}")
+    if _is_number("labeled_per_class", labeled_per_class, integer=True, optional=True) and labeled_per_class < 1:
+        raise ShardError(f"--labeled-per-class must be >= 1, got {labeled_per_class}")
+    if _is_number("val_fraction", val_fraction, optional=True) and not 0 <= val_fraction < 1:
+        raise ShardError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if _is_number("val_per_class", val_per_class, integer=True, optional=True) and val_per_class < 0:
+        raise ShardError(f"--val-per-class must be >= 0, got {val_per_class}")
+
+
 def _check_options(**opts) -> None:
     """Types and ranges of the options, so that a recipe's `fps: fast` is one sentence, not a traceback."""
-    def flag(k):
-        return "--" + k.replace("_", "-")
-
     def number(k, integer=False, optional=False):
-        v = opts[k]
-        if v is None and optional:
-            return False
-        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
-            raise ShardError(f"{flag(k)} must be {'an integer' if integer else 'a number'}, got {v!r}")
-        return True
+        return _is_number(k, opts[k], integer, optional)
 
     for k in ("split", "seed", "shard_max_count", "min_frames"):
         number(k, integer=True)
     for k in ("max_failures", "max_missing", "timeout_s"):
         number(k)
-    if number("labeled_fraction", optional=True) and not 0 < opts["labeled_fraction"] <= 1:
-        raise ShardError(f"--labeled-fraction must be in (0, 1], got {opts['labeled_fraction']}")
-    if number("labeled_per_class", integer=True, optional=True) and opts["labeled_per_class"] < 1:
-        raise ShardError(f"--labeled-per-class must be >= 1, got {opts['labeled_per_class']}")
-    if number("val_fraction", optional=True) and not 0 <= opts["val_fraction"] < 1:
-        raise ShardError(f"--val-fraction must be in [0, 1), got {opts['val_fraction']}")
-    if number("val_per_class", integer=True, optional=True) and opts["val_per_class"] < 0:
-        raise ShardError(f"--val-per-class must be >= 0, got {opts['val_per_class']}")
+    check_selection(opts["labeled_fraction"], opts["labeled_per_class"], opts["val_fraction"], opts["val_per_class"])
     if number("workers", integer=True, optional=True) and opts["workers"] < 1:
         raise ShardError(f"--workers must be >= 1, got {opts['workers']}")
     if opts["shard_max_count"] < 1:
@@ -262,7 +272,7 @@ def _check_options(**opts) -> None:
         raise ShardError(f"--min-frames must be >= 1, got {opts['min_frames']}")
     for k in ("max_failures", "max_missing"):
         if not 0 <= opts[k] <= 1:
-            raise ShardError(f"{flag(k)} is a fraction in [0, 1], got {opts[k]}")
+            raise ShardError(f"{_flag(k)} is a fraction in [0, 1], got {opts[k]}")
     if not opts["timeout_s"] > 0:
         raise ShardError(f"the transcode timeout must be > 0 s, got {opts['timeout_s']}")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, shards
-from .make_shards import (ShardError, TableWriter, claim_folder, locked_folder, select_roles,
+from .make_shards import (ShardError, TableWriter, check_selection, claim_folder, locked_folder, select_roles,
                           write_json_atomic)
 
 
@@ -100,16 +100,7 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
     if len(given) != 1:
         raise ShardError("give exactly one of --labeled-fraction, --labeled-per-class, --labeled-list"
                          + (f" (got {', '.join(given)})" if given else ""))
-    if val_fraction is not None and val_per_class is not None:
-        raise ShardError("give --val-fraction or --val-per-class, not both")
-    if labeled_fraction is not None and not 0 < labeled_fraction <= 1:
-        raise ShardError(f"--labeled-fraction must be in (0, 1], got {labeled_fraction}")
-    if labeled_per_class is not None and labeled_per_class < 1:
-        raise ShardError(f"--labeled-per-class must be >= 1, got {labeled_per_class}")
-    if val_fraction is not None and not 0 <= val_fraction < 1:
-        raise ShardError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    if val_per_class is not None and val_per_class < 0:
-        raise ShardError(f"--val-per-class must be >= 0, got {val_per_class}")
+    check_selection(labeled_fraction, labeled_per_class, val_fraction, val_per_class)
 
     rows = ss.full_rows()
     train = sorted((r for r in rows if r["role"] in shards.TRAIN_ROLES), key=lambda r: r["sample_id"])
