@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import time
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 
 from jedi_pipe import plots, trainer
 from jedi_pipe.demo import demo_config
+from jedi_pipe.jedi import jedi_losses
 from jedi_pipe.models import build
 from jedi_pipe.step_profile import Clock, cut_step
 
@@ -49,6 +49,8 @@ def profile(shards: Path, steps: int, overrides: list[str]) -> str:
         d.shards = str(shards / d.name)
     if cfg.jedi.teachers != "joint":
         raise SystemExit("profile times the JEDI step (jedi.teachers=joint)")
+    if cfg.jedi.micro_batch_size or cfg.jedi.grad_checkpointing:
+        raise SystemExit("profile times the whole step in one pass (jedi.micro_batch_size=0, no checkpointing)")
     device = trainer.pick_device(cfg)
     sets = trainer.open_all(cfg)
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# the choices of the method's string options (the YAML config's check uses these tuples too)
+# the choices of the method's string options (JEDIConfig checks them, for the library and the YAML alike)
 TEACHER_INITS = ("block", "probe")
 BN_STATS = ("own", "batch")
 

@@ -28,10 +28,10 @@ PSEUDO = {"pseudo_label_acc": ("pseudo-label accuracy", "tab:green"),
 
 
 def write_plots(run_dir) -> list[Path]:
-    """Write curves.png and results.png into `run_dir`; returns the paths written.
+    """Write curves.png, results.png and confusion.png into `run_dir`; returns the paths written.
 
-    Raises FileNotFoundError when `run_dir` holds none of metrics.jsonl, results.json,
-    experts/*.pt, and RuntimeError (with the install command) when matplotlib is missing.
+    Raises MissingError when `run_dir` holds none of metrics.jsonl, results.json, experts/*.pt,
+    and UnavailableError (with the install command) when matplotlib is missing.
     """
     run = Path(run_dir)
     if not run.is_dir():
@@ -66,9 +66,7 @@ def draw(run_dir, log=print) -> list[Path]:
     """write_plots for callers that finish a run (CLI, demo): without matplotlib, say so and go on."""
     try:
         written = write_plots(run_dir)
-    except RuntimeError as e:
-        if str(e) != MISSING_MATPLOTLIB:
-            raise
+    except UnavailableError as e:     # only matplotlib's absence raises it
         log(f"no pictures: {e}")
         return []
     log("pictures: " + ", ".join(str(p) for p in written))

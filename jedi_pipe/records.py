@@ -1,7 +1,7 @@
 """The records a run folder holds, written by the trainer and read by whoever draws or prints them.
 
 Data flows one way: trainer -> these records -> pictures (plots.py) and tables (results.md, the CLI).
-Nothing here imports torch.
+Nothing here imports torch, but for the optional TensorBoard logger.
 
 metrics.jsonl, one JSON object a line:
     StepRecord  every LOG_EVERY joint steps, one per dataset: step, dataset, lr, loss (the weighted
@@ -119,7 +119,7 @@ class MetricsLog:
             return
         for r in records:
             if isinstance(r, StepRecord):
-                for name, value in {**r.line(), **r.terms}.items():
+                for name, value in r.line().items():
                     if name not in ("step", "dataset") and value is not None:
                         self.writer.add_scalar(f"{r.dataset}/{name}", value, r.step)
             else:

@@ -34,7 +34,8 @@ class Clock:
 
 
 def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock):
-    """One training step of trainer.train, timed part by part; returns the loss."""
+    """One step of trainer.joint_step in one pass (no micro-batches, no checkpointing, fp32), timed
+    part by part; returns the loss."""
     parts = [("labeled", n, x) for n, x in labeled.items()] + [("unlabeled", n, x) for n, x in unlabeled.items()]
     x = torch.cat([c for _, _, c in parts])
     feats = {}
