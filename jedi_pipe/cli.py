@@ -436,7 +436,8 @@ def plan(config_path, overrides, gpus, gpu_mem, tflops, utilisation):
     """
     from .plan import format_plan, plan as make_plan
     cfg = _config(config_path, overrides)
-    click.echo(format_plan(make_plan(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, tflops=tflops, utilisation=utilisation)))
+    click.echo(format_plan(_run_guarded(lambda: make_plan(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, tflops=tflops,
+                                                          utilisation=utilisation))))
 
 
 def _attach_bench():

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from .config import Config
+from .errors import InputError
 from .models import build
+from .trainer import micro_batch_count
 
 GiB = 2**30
 CONTEXT_GIB = 3.0       # CUDA context + cuDNN workspaces, a round allowance (not measured here)
@@ -41,6 +43,7 @@ class ModelCost:
     out_per_clip: float         # largest stage output (bytes per clip): the mean teacher's no-grad working set
     flops_per_clip: float       # forward FLOPs of one clip
     act_per_clip_fp32: float    # act_per_clip without autocast (the figure to compare with an fp32 count)
+    num_features: int = 512     # width of the penultimate features (the teachers' input block)
 
 
 def _saved_bytes(fn, params: set[int]) -> float:
@@ -96,7 +99,7 @@ def measure_model(arch: str, num_classes: int, frames: int, size: int, bf16: boo
         model(torch.randn(1, 3, frames, size, size))
     return ModelCost(arch, sum(p.numel() for p in model.parameters()), two - one, 2 * one - two, kept,
                      max(stage_per_clip), max(b - a for a, b in zip(out1, out2)), float(counter.get_total_flops()),
-                     whole(2, False) - whole(1, False) if bf16 else two - one)
+                     whole(2, False) - whole(1, False) if bf16 else two - one, model.num_features)
 
 
 def _run_and_count(stage, x, params, saved: list) -> torch.Tensor:
@@ -127,21 +130,24 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
         if d.model not in costs:
             costs[d.model] = measure_model(d.model, 400, cfg.clip.frames, cfg.clip.size, bf16)
     archs = [costs[d.model] for d in cfg.datasets]
-    lab_gpu, unl_gpu = j.batch_size / gpus, j.batch_size * j.unlabeled_ratio / gpus
+    if j.batch_size % gpus:
+        raise InputError(f"jedi.batch_size: {j.batch_size} labeled clips per dataset do not split over {gpus} GPUs")
+    lab_gpu, unl_gpu = j.batch_size // gpus, j.batch_size * j.unlabeled_ratio // gpus
+    micro_batch_count(j.micro_batch_size, lab_gpu)   # the trainer's check: a size that does not divide is refused
     clips_gpu = len(names) * (lab_gpu + unl_gpu)            # clips on one GPU per step, every dataset
     clips_step = clips_gpu * gpus
 
     # -- weights and their state (fp32 master weights; autocast keeps them fp32); teacher i: a linear head
     #    over all students' features, [C_i, sum of widths]
-    width = sum(build(d.model, 1).num_features for d in cfg.datasets)
+    width = sum(c.num_features for c in archs)
     params = sum(c.params for c in archs) + sum((width + 1) * PUBLISHED_CLASSES.get(n, 400) for n in names)
     weights = 4.0 * params
     state = {"weights": weights, "gradients": weights, "SGD momentum": weights,
              "mean-teacher copies": weights if j.teacher_ema else 0.0,
              "DDP gradient buckets": weights if gpus > 1 else 0.0}
 
-    def parts(s: Settings) -> float:
-        return lab_gpu / s.micro_batch_size if s.micro_batch_size else 1
+    def parts(s: Settings) -> int:
+        return micro_batch_count(s.micro_batch_size, lab_gpu)
 
     def activations(s: Settings) -> dict:
         clips_mb = clips_gpu / parts(s)
