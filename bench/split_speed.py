@@ -12,7 +12,8 @@ parsing, no hashing). Reported: the median over rounds of each, the ratio shard 
 split / copy (how far split is from the speed of the disk). The source folder was just written,
 so both read it from the page cache: the copy and the split see the same disk.
 Real videos (HMDB51 320x240, Kinetics 340 px and 10 s) take several times longer to transcode
-than these small ones, and no longer to split, so the ratio measured here is a lower bound.
+than these small ones; split's per-clip cost also grows with clip size (it hashes every clip),
+far less than a transcode's, but this was not measured on larger clips.
 Results: bench/README.md ("Re-splitting").
 """
 from __future__ import annotations
