@@ -8,7 +8,8 @@ from jedi_pipe.cli import main
 
 
 @pytest.mark.parametrize("cmd", [[], ["synth"], ["shard"], ["inspect"], ["pretrain"], ["train"], ["eval"],
-                                 ["demo"], ["bench", "loader"]])
+                                 ["demo"], ["bench", "loader"], ["split"], ["plan"], ["export"], ["predict"],
+                                 ["plot"]])
 def test_help(cmd):
     r = CliRunner().invoke(main, cmd + ["--help"])
     assert r.exit_code == 0 and "Usage:" in r.output and len(r.output) > 200

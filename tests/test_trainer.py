@@ -56,7 +56,7 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path):
         student.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         hits, seen = {1: 0, 5: 0}, set()
         for b in make_eval_loader(shard_dirs[name], clip={"frames": cfg.clip.frames, "size": cfg.clip.size},
-                                  batch_size=5, views=cfg.clip.eval_views, backend="dali"):
+                                  batch_size=5, views=cfg.clip.eval_views, backend=cfg.loader):
             with torch.no_grad():
                 p = student(b["x"].flatten(0, 1)).softmax(-1).view(*b["x"].shape[:2], -1).mean(1)
             for probs, y, i in zip(p, b["y"].tolist(), b["id"].tolist()):
