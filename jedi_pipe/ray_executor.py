@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import socket
-from pathlib import Path
 
 from .shard_jobs import JOB, ShardError, ShardJob, default_workers, write_shard
 
@@ -62,7 +61,7 @@ def write_shards_ray(jobs: list[ShardJob], *, workers: int | None = None, progre
     done, refs, left = 0, {}, []
     try:
         for job in jobs:   # absolute paths: a task's working directory is not ours
-            ref = task.remote(dataclasses.replace(job, out=Path(job.out).absolute(), samples=_absolute(job.samples)))
+            ref = task.remote(dataclasses.replace(job, samples=_absolute(job.samples)))   # job.out: absolute already
             refs[ref] = job.shard
             left.append(ref)
         bar.set_postfix_str(f"0/{len(refs)} shards")

@@ -128,7 +128,7 @@ def _members(p: PlannedSample, data: bytes, info, dataset: str, classes: list[st
 
 
 def _manifest_row(p: PlannedSample, data: bytes, info, sha: str, classes: list[str]) -> dict:
-    """The sample's full row, true label included; `_finalize` moves what is withheld apart."""
+    """The sample's full row, true label included; `shards.public_row` (through TableWriter) moves what is withheld apart."""
     return {"sample_id": p.sample_id, "key": p.key, "shard": p.shard, "role": p.role, "split": p.item.split,
             "label": p.item.label, "label_name": classes[p.item.label],
             "video_id": p.item.video_id, "source": p.item.source,

@@ -124,7 +124,7 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
                 video = fn.random_resized_crop(video, size=[clip.size, clip.size], random_area=list(clip.area),
                                                random_aspect_ratio=list(clip.ratio), antialias=antialias)
                 mirror = fn.random.coin_flip(probability=0.5) if flip else 0
-                if flip and fmap is not None:   # classes without a mirror class (and unlabeled clips) never flip
+                if fmap is not None:   # classes without a mirror class (and unlabeled clips) never flip
                     mirror = mirror * lookup(label, [int(m >= 0) for m in fmap], 0)
                     label = mirror * lookup(label, [max(m, 0) for m in fmap], 0) + (1 - mirror) * label
             else:

@@ -104,15 +104,15 @@ def train_transform_flipped(x: torch.Tensor, clip: ClipSpec, rng: random.Random,
     return _normalize(x, clip), flipped
 
 
-def eval_transform(x: torch.Tensor, clip: ClipSpec, crops: list[float] = (0.5,)) -> torch.Tensor:
-    """[T, 3, H, W] -> [3, T, S, S]: short side to S, centre crop; or [len(crops), 3, T, S, S] of the
-    crops at anchors `crops` across the long side (clip.crop_positions) when a list is given."""
+def eval_transform(x: torch.Tensor, clip: ClipSpec, crops=(0.5,)) -> torch.Tensor:
+    """[T, 3, H, W] -> [len(crops), 3, T, S, S]: short side to S, then the S x S crops at anchors
+    `crops` across the long side (clip.crop_positions; the default is the one centre crop)."""
     x = resize_short(x, clip.size)
     out = []
     for pos in crops:
         top, left = crop_offset(x.shape[2], clip.size, pos), crop_offset(x.shape[3], clip.size, pos)
         out.append(_normalize(x[:, :, top:top + clip.size, left:left + clip.size], clip))
-    return torch.stack(out) if isinstance(crops, list) else out[0]
+    return torch.stack(out)
 
 
 def eval_views(src, frames: int, clip: ClipSpec, views: int, crops: int = 1) -> torch.Tensor:
