@@ -80,18 +80,17 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
     ema = _results(ema_cfg, log)
     oracle_cfg = config(data, "shards-all", out / "oracle", seed, [*overrides, f"pretrain.epochs={oracle_epochs}"])
     oracle = trainer.pretrain(oracle_cfg, log=log) if oracle_epochs else None
-    for table, runs in (("test", (jedi["datasets"], ema["datasets"])), ("val", (jedi.get("val"), ema.get("val")))):
-        j, e = runs
+    for split, (j, e) in (("test", (jedi["datasets"], ema["datasets"])), ("val", (jedi.get("val"), ema.get("val")))):
         if j is None:
             continue
-        cells = row if table == "test" else val
+        cells = row if split == "test" else val
         for n in j:
             cells.setdefault("expert", {})[n] = j[n]["expert"]["top1"]
             cells.setdefault("ema student", {})[n] = e[n]["student"]["top1"]
             cells.setdefault("jedi student", {})[n] = j[n]["student"]["top1"]
             cells.setdefault("jedi teacher", {})[n] = j[n]["teacher"]["top1"]
             if oracle is not None:
-                cells.setdefault("oracle", {})[n] = (oracle[n] if table == "test" else _expert_val(oracle_cfg, n))["top1"]
+                cells.setdefault("oracle", {})[n] = (oracle[n] if split == "test" else _expert_val(oracle_cfg, n))["top1"]
     return {"test": row, **({"val": val} if val else {})}
 
 
