@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .flips import RECIPE_KEYS as FLIP_RECIPE_KEYS   # recipe-only keys (no flags): the flip map
 
 SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_class", "val_fraction", "seed",
                      "codec", "fps", "short_side", "max_seconds", "shard_max_count", "max_failures",
@@ -100,10 +102,13 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     a finished run is a no-op.
     """
     from .make_shards import ShardError, make_shards
+    _log_to_stderr()   # the ssv2 adapter's flip pairs, found in labels.json
     if recipe:
         params = {p.name: p for p in ctx.command.params}
         for key, value in _read_recipe(recipe).items():
-            if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+            if key in FLIP_RECIPE_KEYS:
+                opts[key] = value
+            elif ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
                 try:   # recipe values pass the same type checks as flags
                     opts[key] = params[key].type_cast_value(ctx, value)
                 except click.BadParameter as e:
@@ -136,10 +141,26 @@ def _read_recipe(path) -> dict:
     if not isinstance(data, dict):
         fail(f"recipe {path} must be a YAML mapping of option: value")
     data.pop("dataset", None)
-    bad = sorted(set(data) - set(SHARD_RECIPE_KEYS))
+    known = SHARD_RECIPE_KEYS + FLIP_RECIPE_KEYS
+    bad = sorted(set(data) - set(known))
     if bad:
-        fail(f"recipe {path}: unknown key(s) {', '.join(bad)}; known: {', '.join(SHARD_RECIPE_KEYS)}")
+        fail(f"recipe {path}: unknown key(s) {', '.join(bad)}; known: {', '.join(known)}")
     return data
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as plain lines on stderr; click.echo finds the stderr of the moment (CliRunner swaps it)."""
+
+    def emit(self, record):
+        click.echo(self.format(record), err=True)
+
+
+def _log_to_stderr():
+    """The library's INFO lines (e.g. the ssv2 adapter's flip pairs) on stderr while this command runs."""
+    log = logging.getLogger("jedi_pipe")
+    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
+        log.addHandler(_EchoHandler())
+    log.setLevel(logging.INFO)
 
 
 @main.command()
@@ -180,13 +201,14 @@ def inspect(shard_dir, preview, as_json):
 
 
 def _echo_flips(ss):
-    """The mirror-class pairs that training flips use (loaders/clip.py flip_map), for datasets with directions."""
+    """The mirror-class pairs that training flips use (the card's map: loaders/clip.py flip_map), for datasets with directions."""
     from .loaders.clip import flip_map, flip_pairs
     fmap = flip_map(ss)
     if fmap is None:
         return
     pairs, never = flip_pairs(ss.classes, fmap)
-    click.echo(f"  flips: {len(pairs)} mirror pair(s) swap their labels, {len(never)} class(es) never flipped")
+    where = "the card" if "flips" in ss.card else "not in the card (written before it held one): the packaged map"
+    click.echo(f"  flips ({where}): {len(pairs)} mirror pair(s) swap their labels, {len(never)} class(es) never flipped")
     for a, b in pairs:
         click.echo(f"    {a} <-> {b}")
     for a in never:

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, shard_jobs, shards
+from . import __version__, flips, shard_jobs, shards
 from .datasets import DatasetError, Listing, default_root, list_videos
 from .shard_jobs import (JOB, PARTS, TMP, PlannedSample, ShardError, ShardJob, default_workers, write_json_atomic,
                          write_shard)
@@ -124,7 +124,8 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 max_failures: float = 0.05, max_missing: float = 0.5, min_frames: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S,
                 videos=None, annotations=None, name: str | None = None,
                 overwrite: bool = False, progress: bool | None = None,
-                executor: str = "local", ray_address: str | None = None) -> ShardSummary:
+                executor: str = "local", ray_address: str | None = None,
+                flip_pairs: list | None = None, direction_words: list | None = None) -> ShardSummary:
     """Write the shard folder of one dataset (shards/README.md); see `jedi-pipe shard --help`.
 
     executor: "local" (threads driving ffmpeg processes on this machine) or "ray" (one Ray task
@@ -135,6 +136,10 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
     decodes) are skipped and recorded in errors.jsonl. timeout_s: wall-clock limit of one
     transcode. Raises ShardError (one sentence) when the input as a whole is unusable or more
     than `max_failures` of the videos failed; in the latter case the folder is still complete.
+
+    flip_pairs / direction_words: the flip map (flips.py) in place of the packaged one of the
+    dataset (ssv2's: jedi_pipe/ssv2.yaml); the card records it for the classes present. The map
+    is no part of the clips: a rerun on a complete folder rewrites the card's map when it changed.
     """
     name = name or dataset
     out = Path(out) if out is not None else Path("shards") / name
@@ -154,12 +159,18 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         from .ray_executor import require_ray
         require_ray()   # before any work: a missing extra is one sentence, not a late traceback
     try:
+        given = {k: v for k, v in (("flip_pairs", flip_pairs), ("direction_words", direction_words)) if v is not None}
+        packaged = flips.packaged_rule(dataset)
+        flip_rule = flips.read_rule(given, f"the {' and '.join(given)} given", base=packaged)
         settings = EncodeSettings(codec=codec, fps=fps, short_side=short_side, max_seconds=max_seconds)
         if root is None and videos is None:
             root = default_root(dataset)
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
     except (DatasetError, ValueError) as e:
         raise ShardError(str(e)) from None
+    if flip_rule != packaged:   # the ssv2 adapter reported the packaged map's pairs already
+        flips.log_report(listing.classes, flip_rule, f"{dataset} ({listing.root})")
+    card_flips = flips.card_flips(listing.classes, flip_rule)
     if not listing.items:
         raise ShardError(f"{dataset}: no usable videos under {root} ({len(listing.missing)} listed videos missing)")
     listed = len(listing.items) + len(listing.missing)
@@ -194,6 +205,8 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 shutil.rmtree(leftover, ignore_errors=True)
             summary.counts, summary.failures = card["counts"], card["failures"]
             summary.bytes, summary.already_complete = card["bytes"], True
+            if "flips" not in card or card["flips"] != card_flips:   # a new map, or a card from before maps
+                write_json_atomic(out / shards.CARD, {**card, "flips": card_flips}, indent=1)
             _check_failures(summary, max_failures)
             return summary
 
@@ -214,7 +227,7 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 summary.transcoded = write_shards_ray(jobs, workers=workers, progress=progress, address=ray_address)
             else:
                 summary.transcoded = write_shards_local(jobs, workers=workers, progress=progress)
-            card = _finalize(out, parts, by_shard, listing, job, settings)
+            card = _finalize(out, parts, by_shard, listing, job, settings, card_flips)
         except OSError as e:   # disk full, folder removed under us: the run cannot go on
             raise ShardError(f"writing {out} failed: {e.strerror or e}"
                              f"{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
@@ -396,7 +409,8 @@ def write_shards_local(jobs: list[ShardJob], *, workers: int | None = None, prog
     return done
 
 
-def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dict, settings: EncodeSettings) -> dict:
+def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dict, settings: EncodeSettings,
+              card_flips: dict | None) -> dict:
     """Merge the per-shard parts into manifest.parquet, withheld.parquet, errors.jsonl,
     missing.jsonl and (last) dataset.json.
 
@@ -423,7 +437,7 @@ def _finalize(out: Path, parts: Path, by_shard: dict, listing: Listing, job: dic
     write_jsonl_atomic(out / shards.MISSING, listing.missing)
 
     card = {"format_version": shards.FORMAT_VERSION, "name": job["name"], "dataset": job["dataset"],
-            "classes": listing.classes, "num_classes": len(listing.classes), "counts": counts,
+            "classes": listing.classes, "num_classes": len(listing.classes), "flips": card_flips, "counts": counts,
             "shards": {r: sorted(written[r]) for r in shards.ROLES},
             "encoding": {**job["encoding"], "ext": settings.ext},
             "selection": job["selection"], "source_split": job["source_split"],

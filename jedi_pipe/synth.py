@@ -24,8 +24,8 @@ DATASETS = ("hmdb51", "ucf101", "kinetics400", "ssv2")
 # -----------------------------------------------------------------------------
 # label spaces: (class name, motion primitive, sign)
 # sign: +1 right / down / clockwise / grow, -1 the opposite, 0 drawn per video. Classes with
-# sign 0 stay correct under horizontal flips, which the loaders apply to all datasets but ssv2;
-# ssv2 alone has direction-dependent pairs, as the real set does.
+# sign 0 stay correct under horizontal flips; ssv2 alone has direction-dependent pairs, as the
+# real set does, whose labels a flip swaps (preprocess/ssv2.yaml's flip_pairs).
 _TABLE = {
     "hmdb51": [
         ("cartwheel", "spin", 0), ("clap", "pulse", 0), ("climb_stairs", "step_v", -1),

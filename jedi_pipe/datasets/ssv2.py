@@ -3,12 +3,16 @@
 labels.json maps the template without brackets to an index string; it gives the class order.
 Entries of train/validation.json carry `id` and `template` (`Pushing [something] from left
 to right`); the label is the template with the brackets removed.
+
+Reading labels.json logs which left/right pairs of the packaged flip map (jedi_pipe/ssv2.yaml,
+flips.py) its names hold, and which classes with a direction have no partner and never flip.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..flips import log_report, packaged_rule
 from .common import (DatasetError, Listing, VideoItem, check_root, find_any_file, index_videos,
                      missing_error, read_text, rel)
 
@@ -33,6 +37,7 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     except ValueError:
         raise DatasetError(f"{paths['labels']}: values must be index strings like \"0\"") from None
     classes = [k for k, _ in order]
+    log_report(classes, packaged_rule("ssv2"), str(paths["labels"]))
     index = {c: i for i, c in enumerate(classes)}
     files = index_videos(Path(videos) if videos else root, exts=(".webm", ".mp4"))
 

@@ -20,10 +20,10 @@ max over datasets of ceil(labeled clips / (world_size * B)). Seeds and resume (m
 are a function of (seed, epoch, step); save `loader.state_dict()` ({"epoch", "step"}) with the
 checkpoint and `load_state_dict` it into a new loader before iterating.
 Training clips: random window of T frames at stride s, random resized crop, horizontal flip
-unless the dataset says flip=False. Where class names say a direction (ssv2: clip.DIRECTION_WORDS),
-a flipped clip takes its mirror class ("from left to right" <-> "from right to left"), classes with
-a direction and no mirror class are never flipped, and neither are unlabeled clips (clip.flip_map:
-the one rule, applied by both role loaders whatever builds them).
+unless the dataset says flip=False. Where the card has a flip map (ssv2: the pairs of
+preprocess/ssv2.yaml, flips.py), a flipped clip takes its mirror class ("from left to right" <->
+"from right to left"), classes with a direction and no mirror class are never flipped, and neither
+are unlabeled clips (clip.flip_map: the one rule, applied by both role loaders whatever builds them).
 
 Evaluation, `make_eval_loader(...)` -> an iterable; every `iter()` is one pass over this rank's
 share of the test role, each clip exactly once (no padding), batches:

@@ -6,8 +6,9 @@ same integer formulas, written once here in plain Python and once as graph arith
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, fields
+
+from ..flips import flips_of_card
 
 # torchvision's Kinetics-400 video statistics, on 0-1 pixel values.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -75,29 +76,22 @@ def crop_offset(length: int, size: int, pos: float) -> int:
     return int(pos * (length - size) + 0.5)
 
 
-# Datasets whose class names say a horizontal direction, and the words a mirror image swaps. A
-# flipped clip of "Pushing something from left to right" shows "... from right to left": the label
-# follows the image. Something-Something-v2 names every direction with these two words.
-DIRECTION_WORDS = {"ssv2": ("left", "right")}
-
-
-def mirror_class(name: str, words: tuple[str, str]) -> str:
-    """The class name of a class's mirror image: `words` swapped, whole words, case kept."""
-    a, b = words
-    swap = {a: b, b: a, a.capitalize(): b.capitalize(), b.capitalize(): a.capitalize()}
-    return re.sub(r"\b(" + "|".join(map(re.escape, swap)) + r")\b", lambda m: swap[m.group(0)], name)
-
-
 def flip_map(shards) -> tuple[int, ...] | None:
     """The one rule for horizontal flips in training, whatever builds the loader (trainer, make_loaders,
-    a role loader): None when no class has a direction (flip freely); otherwise per class index the
-    class of its mirror image (itself when its name has no direction), -1 for a class with a direction
-    and no partner, whose clips are never flipped. Unlabeled clips of such a dataset are never flipped."""
-    words = DIRECTION_WORDS.get(shards.card.get("dataset"))
-    if not words:
+    a role loader), read from the card's flip map (flips.py): None when the dataset has none (flip
+    freely); otherwise per class index the class of its mirror image (itself for a class without a
+    direction), -1 for a class with a direction and no partner, whose clips are never flipped.
+    Unlabeled clips of such a dataset are never flipped."""
+    flips = flips_of_card(shards.card, str(shards.root))
+    if flips is None:
         return None
     index = {c: i for i, c in enumerate(shards.classes)}
-    return tuple(index.get(mirror_class(c, words), -1) for c in shards.classes)
+    fmap = list(range(len(index)))
+    for a, b in flips["pairs"]:
+        fmap[index[a]], fmap[index[b]] = index[b], index[a]
+    for c in flips["never"]:
+        fmap[index[c]] = -1
+    return tuple(fmap)
 
 
 def flip_pairs(classes: list[str], fmap: tuple[int, ...]) -> tuple[list[tuple[str, str]], list[str]]:
