@@ -287,15 +287,50 @@ def test_flip_is_on_by_default_and_ssv2_graph_swaps_labels(folder, ssv2):
 
 
 def test_flip_map_pairs_only_mirror_classes():
+    from jedi_pipe.flips import card_flips, packaged_rule
     from jedi_pipe.loaders.clip import flip_map, flip_pairs
     from jedi_pipe.shards import ShardSet
     classes = ["Pushing something from left to right", "Moving something up",
-               "Turning the camera right while filming something", "Pushing something from right to left",
-               "Putting something on the left edge"]     # no mirror class: never flipped
-    fmap = flip_map(ShardSet(None, {"dataset": "ssv2", "classes": classes}))
+               "Turning the camera right while filming something",   # its partner is absent: never flipped
+               "Pushing something from right to left",
+               "Plugging something into something but pulling it right out as you remove your hand"]   # in no pair
+    card = {"dataset": "ssv2", "classes": classes, "flips": card_flips(classes, packaged_rule("ssv2"))}
+    fmap = flip_map(ShardSet(None, card))
     assert fmap == (3, 1, -1, 0, -1)
     assert flip_pairs(classes, fmap) == ([(classes[0], classes[3])], [classes[2], classes[4]])
+    # the card is the map: pairs it does not hold are not flipped, whatever the names say
+    assert flip_map(ShardSet(None, {**card, "flips": {"pairs": [], "never": classes[:1]}})) == (-1, 1, 2, 3, 4)
+    assert flip_map(ShardSet(None, {"dataset": "hmdb51", "classes": ["walk left"], "flips": None})) is None
+
+
+def test_a_card_from_before_flip_maps(caplog):
+    """An ssv2 card without `flips` gets the packaged map, with one warning naming the folder; another
+    dataset's flips freely, as before."""
+    from jedi_pipe.loaders.clip import flip_map
+    from jedi_pipe.shards import ShardSet
+    classes = ["Pushing something from right to left", "Moving something up", "Pushing something from left to right"]
+    old = ShardSet("old/ssv2", {"dataset": "ssv2", "classes": classes})
+    with caplog.at_level(logging.WARNING, logger="jedi_pipe"):
+        assert flip_map(old) == flip_map(old) == (2, 1, 0)
+    warnings = [r.getMessage() for r in caplog.records if "old/ssv2" in r.getMessage()]
+    assert len(warnings) == 1 and "jedi-pipe shard" in warnings[0], warnings
     assert flip_map(ShardSet(None, {"dataset": "hmdb51", "classes": ["walk left"]})) is None
+
+
+@pytest.fixture(scope="session")
+def ssv2_other_map(tmp_path_factory, ssv2):
+    """The ssv2 shards with another card map: "Moving something up" <-> "... down" paired, the
+    Pushing pair not, so its two classes (a direction word, no pair) must never flip."""
+    import shutil
+    from jedi_pipe.flips import FlipRule, card_flips
+    out = tmp_path_factory.mktemp("shards") / "ssv2_other_map"
+    shutil.copytree(ssv2, out)
+    card = json.loads((out / "dataset.json").read_text())
+    rule = FlipRule((("Moving something up", "Moving something down"),), ("left", "right"), "test")
+    card["flips"] = card_flips(card["classes"], rule)
+    assert card["flips"]["never"] == ["Pushing something from left to right", "Pushing something from right to left"]
+    (out / "dataset.json").write_text(json.dumps(card))
+    return out
 
 
 # Square crops of the whole short side, window at frame 0 (clips shorter than the window): a
@@ -303,9 +338,11 @@ def test_flip_map_pairs_only_mirror_classes():
 WHOLE = dict(frames=26, stride=1, size=32, area=(1.0, 1.0), ratio=(1.0, 1.0))
 
 
+@pytest.mark.parametrize("card_map", ["packaged", "other"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ssv2_flips_take_the_mirror_class(ssv2, backend):
+def test_ssv2_flips_take_the_mirror_class(ssv2, ssv2_other_map, backend, card_map):
     from jedi_pipe.loaders.clip import flip_map
+    ssv2 = ssv2 if card_map == "packaged" else ssv2_other_map
     shards = open_shards(ssv2)
     fmap = flip_map(shards)
     truth = {r["sample_id"]: r["label"] for r in shards.full_rows()}    # unlabeled: the withheld label
@@ -328,11 +365,14 @@ def test_ssv2_flips_take_the_mirror_class(ssv2, backend):
                 if role == "unlabeled":
                     assert not flipped and y == -1, "unlabeled ssv2 clips are never flipped"
                 else:
+                    assert not (flipped and fmap[truth[i]] < 0), f"sample {i}: a class the map never flips"
                     assert y == (fmap[truth[i]] if flipped else truth[i]), (i, flipped, y, truth[i])
         if hasattr(it, "close"):
             it.close()
-        if role == "labeled":   # both ways happen, and a flipped clip of a paired class changed its label
+        if role == "labeled":   # both ways happen, a flipped clip of a paired class changed its label,
             assert any(f and fmap[t] != t for f, t in mirrored) and any(not f for f, _ in mirrored)
+            # and, where the map has them, clips of never-flipped classes were judged
+            assert card_map == "packaged" or any(fmap[t] < 0 for _, t in mirrored)
 
 
 # Full-frame crops of square clips with the window at frame 0: training output == evaluation
