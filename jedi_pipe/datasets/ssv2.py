@@ -4,7 +4,7 @@ labels.json maps the template without brackets to an index string; it gives the 
 Entries of train/validation.json carry `id` and `template` (`Pushing [something] from left
 to right`); the label is the template with the brackets removed.
 
-Reading labels.json logs which left/right pairs of the packaged flip map (jedi_pipe/ssv2.yaml,
+Listing logs which left/right pairs of the packaged flip map (jedi_pipe/ssv2.yaml,
 flips.py) its names hold, and which classes with a direction have no partner and never flip.
 """
 from __future__ import annotations
@@ -37,7 +37,6 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     except ValueError:
         raise DatasetError(f"{paths['labels']}: values must be index strings like \"0\"") from None
     classes = [k for k, _ in order]
-    log_report(classes, packaged_rule("ssv2"), str(paths["labels"]))
     index = {c: i for i, c in enumerate(classes)}
     files = index_videos(Path(videos) if videos else root, exts=(".webm", ".mp4"))
 
@@ -56,6 +55,8 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 missing.append(missing_error(vid, vid + ".webm", f"{name}.json"))
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), index[cls], split_name))
+    # reported once the listing stands, so that a malformed split file is one error line, not a report and one
+    log_report(classes, packaged_rule("ssv2"), str(paths["labels"]))
     return Listing("ssv2", str(root), classes, items, "train/validation", errors, missing)
 
 
