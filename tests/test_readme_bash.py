@@ -1,5 +1,5 @@
 """The README's ```bash blocks, as written: every `jedi-pipe` line parses with the real click CLI,
-every file of this repository it names exists, and the blocks that can run here run (slow).
+every file of this repository it names exists, and the blocks that can run here run.
 
 Block by block (README order; BLOCKS below names each by its first command), what is done and why:
   quickstart demo    parsed: `pip install` needs the network, and `jedi-pipe demo` takes 4 minutes
@@ -8,10 +8,11 @@ Block by block (README order; BLOCKS below names each by its first command), wha
   shard real data    parsed, and each line run with its `--root` (a real download under /data) moved to
                      an absent folder: the recipe is read and cast by the real `shard`, which then
                      stops at the missing root, before any work.
-  split              run as written, in a folder holding `shards/ucf101` (tiny synthetic shards) and
+  split              run as written (2 s), in a folder holding `shards/ucf101` (tiny synthetic shards) and
                      `ucf101_1percent.txt` (one training video per class), as the README assumes.
-  export + predict   run as written, in a folder holding `jedi-demo/run` and `jedi-demo/shards/hmdb51`
-                     (a tiny finished run in the demo's layout) and `video1.avi`, `video2.mp4`.
+  export + predict   run as written (slow: 40 s, a tiny run is trained), in a folder holding
+                     `jedi-demo/run` and `jedi-demo/shards/hmdb51` (a tiny finished run in the demo's
+                     layout) and `video1.avi`, `video2.mp4`.
 A bash block the test does not know fails it: a new block must be sorted into one of these.
 """
 from __future__ import annotations
@@ -150,7 +151,6 @@ def run_block(block: str, cwd: Path) -> list[str]:
     return outputs
 
 
-@pytest.mark.slow
 def test_split_block_runs_as_written(shard_dirs, tmp_path):
     from jedi_pipe.shards import open_shards
     block = next(b for b in readme_bash_blocks() if b.startswith("jedi-pipe split"))
