@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .flips import RECIPE_KEYS as FLIP_RECIPE_KEYS   # recipe-only keys (no flags): the flip map
+from .flips import read_rule as read_flip_rule
 
 SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_class", "val_fraction", "seed",
                      "codec", "fps", "short_side", "max_seconds", "shard_max_count", "max_failures",
@@ -145,6 +146,10 @@ def _read_recipe(path) -> dict:
     bad = sorted(set(data) - set(known))
     if bad:
         fail(f"recipe {path}: unknown key(s) {', '.join(bad)}; known: {', '.join(known)}")
+    try:   # checked here too, so that the error names the file
+        read_flip_rule(data, f"recipe {path}")
+    except ValueError as e:
+        fail(str(e))
     return data
 
 

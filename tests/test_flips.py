@@ -92,7 +92,7 @@ def test_malformed_maps_are_one_sentence(tmp_path, data, words):
     recipe.write_text(yaml.safe_dump(data))
     root = write_ssv2_labels(tmp_path / "ssv2", REAL_NAMES)
     r = CliRunner().invoke(main, ["shard", "--dataset", "ssv2", "--root", str(root), "--recipe", str(recipe)])
-    assert r.exit_code == 2 and r.stderr.startswith("error: ") and words in r.stderr, r.output
+    assert r.exit_code == 2 and r.stderr.startswith(f"error: recipe {recipe}: ") and words in r.stderr, r.output
 
 
 @pytest.fixture(scope="module")
