@@ -84,11 +84,9 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
         return jedi.students[dataset]
     if isinstance(jedi, EMABaseline):       # the baseline's teacher is the student's own average
         return jedi.teachers[dataset]
-    if jedi.config.teacher_ema:
-        backbones, heads = jedi.ema_students, jedi.ema_teachers
-    else:
-        backbones, heads = jedi.students, jedi.teachers
-    return TeacherNet([backbones[n] for n in jedi.names], heads[dataset]).eval()
+    ema = bool(jedi.config.teacher_ema)
+    heads = jedi.ema_teachers if ema else jedi.teachers
+    return TeacherNet(jedi.backbones_for(dataset, ema), heads[dataset]).eval()
 
 
 def model_card(run, dataset: str, which: str) -> dict:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 # the choices of the method's string options (JEDIConfig checks them, for the library and the YAML alike)
 TEACHER_INITS = ("block", "probe")
-BN_STATS = ("own", "batch")
+BN_STATS = ("own", "batch", "source")
 
 
 @dataclass
@@ -46,10 +46,11 @@ class JEDIConfig:
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE and the mutual term. 0: the live heads
-    bn_stats: str = "batch"  # training BatchNorm statistics of each backbone: "batch", over all clips of the step
-    #                          (every dataset's); "own", over its own dataset's clips only, applied to all, as its
-    #                          expert saw them. "batch" first costs the experts accuracy, then gains far more than
-    #                          "own" (docs/method.md)
+    bn_stats: str = "batch"  # BatchNorm statistics of each backbone: "batch", over all clips of the step (every
+    #                          dataset's); "own", over its own dataset's clips only, applied to all, as its expert
+    #                          saw them; "source", each dataset's clips normalised with that dataset's statistics
+    #                          (SourceBatchNorm: every backbone keeps running statistics per dataset, train and
+    #                          test alike). Which wins: docs/method.md
 
     def __post_init__(self):
         # each message starts with the key, so the config check can name it as `jedi.<key>`
@@ -112,6 +113,8 @@ class JEDI(nn.Module):
         # BatchNorm layers that take their statistics from their own dataset's rows of the step
         self.own_stats_bns = {name: own_stats_batchnorm(model) if self.config.bn_stats == "own" else []
                               for name, model in students}
+        self.source_bns = {name: source_batchnorm(model, names.index(name), len(names))
+                           if self.config.bn_stats == "source" else [] for name, model in students}
         self.teachers = nn.ModuleDict({name: nn.Linear(start, m.head.out_features) for name, m in students})
         # "probe" also starts here: the block init is a warm start that the probe then refines
         self.init_teachers_block()
@@ -119,6 +122,8 @@ class JEDI(nn.Module):
             # the slow copy of students and teachers; never trained, moved by update_ema()
             self.ema_students = copy.deepcopy(self.students).requires_grad_(False).eval()
             self.ema_teachers = copy.deepcopy(self.teachers).requires_grad_(False).eval()
+            self.ema_source_bns = {name: [m for m in self.ema_students[name].modules() if isinstance(m, SourceBatchNorm)]
+                                   for name in names}
 
     def train(self, mode: bool = True) -> JEDI:
         super().train(mode)
@@ -168,6 +173,32 @@ class JEDI(nn.Module):
         """[f_1(x); ...; f_N(x)]: the teachers' input, [B, teacher_dim] (e.g. for the probe)."""
         return torch.cat([self.students[n].features(x) for n in self.names], dim=1)
 
+    def source_parts(self, parts: list, offset: int = 0) -> list[tuple[int, slice]]:
+        """(dataset index, rows) of every part of a batch, from row `offset` on: what a SourceBatchNorm normalises by."""
+        out, start = [], 0
+        for _, name, clips in parts:
+            stop = start + clips.shape[0]
+            if stop > offset:
+                out.append((self.names.index(name), slice(max(start, offset) - offset, stop - offset)))
+            start = stop
+        return out
+
+    @torch.no_grad()
+    def backbones_for(self, dataset: str, ema: bool = False) -> list[nn.Module]:
+        """Every backbone as teacher `dataset` sees it, as plain eval-mode modules (for export): with
+        bn_stats "source", copies whose running statistics are those of `dataset`'s clips."""
+        students = self.ema_students if ema else self.students
+        if self.config.bn_stats != "source":
+            return [students[n] for n in self.names]
+        out, i = [], self.names.index(dataset)
+        for n in self.names:
+            m = copy.deepcopy(students[n]).eval()
+            for bn in m.modules():
+                if isinstance(bn, SourceBatchNorm):
+                    bn.use_source(i)
+            out.append(m)
+        return out
+
     def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
         """Student and teacher logits for every dataset's clips, every backbone run ONCE.
 
@@ -201,7 +232,8 @@ class JEDI(nn.Module):
         if self.config.teacher_ema:
             # training: only the unlabeled rows (a suffix of x) need it, as targets; evaluation: every row
             ema_from = sum(c.shape[0] for role, _, c in parts if role == "labeled") if self.training else 0
-            with torch.no_grad():
+            with torch.no_grad(), _source_rows(self.ema_source_bns if self.config.bn_stats == "source" else {},
+                                               self.source_parts(parts, ema_from)):
                 ema_in = torch.cat([self.ema_students[n].features(x[ema_from:]) for n in self.names], dim=1)
 
         out, start = StepOutput(), 0
@@ -218,6 +250,9 @@ class JEDI(nn.Module):
 
     def _features(self, name: str, x: Tensor, parts: list) -> Tensor:
         """f_name(x); with bn_stats "own", its BatchNorm statistics come from the rows of dataset `name`."""
+        if self.source_bns[name]:
+            with _source_rows({name: self.source_bns[name]}, self.source_parts(parts)):
+                return self.students[name].features(x)
         bns = self.own_stats_bns[name]
         if not (bns and self.training):
             return self.students[name].features(x)
@@ -435,6 +470,90 @@ def own_stats_batchnorm(model: nn.Module) -> list[OwnStatsBatchNorm]:
                 setattr(parent, child_name, new)
                 swapped.append(new)
     return swapped
+
+
+class SourceBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm with statistics per source dataset (bn_stats "source"): each row is normalised
+    with the mean and variance of its own dataset's rows (training) or that dataset's running
+    statistics (eval). Its own dataset's statistics stay in ``running_mean``/``running_var`` (so a
+    student alone is a plain model); the other datasets' in ``source_mean``/``source_var`` [N, C].
+    ``stat_rows``: [(dataset index, rows)] of the batch; None: plain BatchNorm (own statistics).
+
+    Why: backbone j runs over every dataset's clips for the teachers. Normalising dataset i's clips
+    with dataset i's statistics keeps student j's own clips exactly as its expert saw them (no
+    BatchNorm shock) and presents the other datasets' clips to j standardised, whatever they look like.
+    """
+
+    stat_rows: list | None = None
+
+    def __init__(self, num_features: int, own: int, sources: int, **kw):
+        super().__init__(num_features, **kw)
+        self.own = own
+        self.register_buffer("source_mean", torch.zeros(sources, num_features))
+        self.register_buffer("source_var", torch.ones(sources, num_features))
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def _stats(self, source: int) -> tuple[Tensor, Tensor]:
+        if source == self.own:
+            return self.running_mean, self.running_var
+        return self.source_mean[source], self.source_var[source]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stat_rows is None:
+            return super().forward(x)
+        groups: dict[int, list[slice]] = {}
+        for source, rows in self.stat_rows:
+            groups.setdefault(source, []).append(rows)
+        out: list[tuple[int, Tensor]] = []
+        for source, rows in groups.items():
+            xs = torch.cat([x[r] for r in rows]) if len(rows) > 1 else x[rows[0]]
+            mean, var = self._stats(source)     # views: F.batch_norm updates them in place in training
+            ys = F.batch_norm(xs, mean, var, self.weight, self.bias, self.training, self.momentum or 0.1, self.eps)
+            out += zip([r.start for r in rows], ys.split([r.stop - r.start for r in rows]))
+        return torch.cat([y for _, y in sorted(out, key=lambda t: t[0])])
+
+    @torch.no_grad()
+    def use_source(self, source: int) -> None:
+        """From now on, plain BatchNorm with dataset `source`'s running statistics (for export)."""
+        mean, var = self._stats(source)
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(var)
+
+
+def source_batchnorm(model: nn.Module, own: int, sources: int) -> list[SourceBatchNorm]:
+    """Swap every BatchNorm in `model` for a SourceBatchNorm (in place), the other datasets'
+    statistics starting as its own; returns them in module order."""
+    swapped = []
+    for parent in list(model.modules()):
+        for child_name, bn in list(parent.named_children()):
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and not isinstance(bn, SourceBatchNorm):
+                new = SourceBatchNorm(bn.num_features, own, sources, eps=bn.eps, momentum=bn.momentum,
+                                      affine=bn.affine, track_running_stats=True)
+                new.load_state_dict(bn.state_dict(), strict=False)
+                new.source_mean.copy_(bn.running_mean.expand_as(new.source_mean))
+                new.source_var.copy_(bn.running_var.expand_as(new.source_var))
+                new.train(bn.training)
+                setattr(parent, child_name, new)
+                swapped.append(new)
+    return swapped
+
+
+class _source_rows:
+    """Within the block, the SourceBatchNorms of `bns` ({name: [bn]}) normalise by `parts`."""
+
+    def __init__(self, bns: Mapping[str, list], parts: list):
+        self.bns, self.parts = [bn for group in bns.values() for bn in group], parts
+
+    def __enter__(self):
+        for bn in self.bns:
+            bn.stat_rows = self.parts
+
+    def __exit__(self, *exc):
+        for bn in self.bns:
+            bn.stat_rows = None
 
 
 @torch.no_grad()

@@ -1,10 +1,13 @@
 """JEDI: teacher construction, one pass per backbone, gradient routing, losses."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from jedi_pipe.jedi import (JEDI, EMABaseline, JEDIConfig, OwnStatsBatchNorm, distill_loss, ema_update,
+from jedi_pipe.jedi import (JEDI, EMABaseline, JEDIConfig, OwnStatsBatchNorm, SourceBatchNorm, distill_loss,
+                            ema_update,
                             fit_teacher_heads_probe, jedi_losses)
 from jedi_pipe.models import build
 
@@ -275,6 +278,41 @@ def test_own_bn_stats_start_as_the_expert_in_a_mixed_batch():
     out = jedi({"a": xa}, {"b": xb})
     F.cross_entropy(out.labeled["a"].student, torch.tensor([0, 1, 2, 0])).backward()
     assert all(p.grad is not None for p in backbone_params(jedi.students["a"]))
+
+
+def test_source_bn_stats_normalise_each_dataset_by_its_own_statistics():
+    # a's clips on another scale than b's. Every backbone must treat a's rows exactly as a fresh
+    # copy of itself would that saw a's rows alone, in training (batch statistics) and in eval
+    # (running statistics of a's rows, kept per dataset)
+    xa, xb, ua = 3 * clips(4) + 2, clips(6), 3 * clips(2) + 2
+    jedi, experts = make_jedi(bn_stats="source")
+    torch.nn.init.normal_(jedi.teachers["a"].weight)   # off the block init, so backbone b counts for teacher a
+    ref = {n: copy.deepcopy(m).train() for n, m in experts.items()}
+    jedi.train()
+    out = jedi({"a": xa, "b": xb}, {"a": ua})
+    xa_all = torch.cat([xa, ua])                      # a's rows: its labeled and unlabeled clips
+    torch.testing.assert_close(out.labeled["a"].student, ref["a"](xa_all)[:4], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.labeled["b"].student, ref["b"](xb), rtol=1e-4, atol=1e-5)
+    # teacher a's input: backbone b over a's rows, normalised by a's rows alone
+    fb = jedi.students["b"]
+    with torch.no_grad():
+        ref_b_on_a = copy.deepcopy(experts["b"]).train().features(xa_all)
+        ta = jedi.teachers["a"](torch.cat([ref["a"].features(xa_all), ref_b_on_a], 1))[:4]
+    torch.testing.assert_close(out.labeled["a"].teacher, ta, rtol=1e-4, atol=1e-5)
+    # running statistics: own dataset in running_mean (as the expert's would move), others in source_mean
+    bn_b = next(m for m in fb.modules() if isinstance(m, SourceBatchNorm))
+    ref_b_bn = next(m for m in ref["b"].modules() if isinstance(m, torch.nn.BatchNorm3d))
+    torch.testing.assert_close(bn_b.running_mean, ref_b_bn.running_mean)
+    assert not torch.allclose(bn_b.source_mean[0], bn_b.running_mean)   # b's statistics of a's clips moved apart
+    assert bn_b.stat_rows is None                     # set only for the duration of the forward
+    # eval: b over a's test clips with the statistics of a's clips; the export view agrees
+    jedi.eval()
+    o = jedi({"a": xa}).labeled["a"]
+    with torch.no_grad():
+        exported = jedi.teachers["a"](torch.cat([m.features(xa) for m in jedi.backbones_for("a")], 1))
+    torch.testing.assert_close(o.teacher, exported, rtol=1e-4, atol=1e-5)
+    plain_b = torch.cat([jedi.students["a"].features(xa), jedi.students["b"].features(xa)], 1)
+    assert not torch.allclose(o.teacher, jedi.teachers["a"](plain_b), atol=1e-3)   # it is not b's own statistics
 
 
 def test_teacher_ema_is_the_target_and_the_score():
