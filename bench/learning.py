@@ -41,7 +41,6 @@ from jedi_pipe.demo import DEMO_CONFIG, DEMO_DATASETS, DEMO_SHARD, DEMO_VIDEOS_P
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.resplit import split_shards
 
-ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
 def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int,
@@ -66,29 +65,40 @@ def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
     return load_config(data=d, overrides=list(overrides))
 
 
-def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log) -> dict:
+# The joint-phase runs per seed: name -> (overrides on top of --set, scored rows). Each starts from
+# the same experts. "ema": each expert fine-tuned with its own EMA teacher on its own unlabeled clips
+# (what semi-supervision alone gives); "jedi": JEDI as configured.
+RUNS = {
+    "ema": (["jedi.teachers=ema"], ("student",)),
+    "jedi": ([], ("student", "teacher")),
+}
+
+
+def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log, runs=tuple(RUNS)) -> dict:
     """{"test": {row: {dataset: top1}}, "val": ...} for one training seed ("val" when there is one)."""
-    row, val = {}, {}
-    jedi_cfg = config(data, "shards", out / "jedi", seed, overrides)
-    trainer.pretrain(jedi_cfg, log=log)
-    jedi = _results(jedi_cfg, log)
-    # the baseline reuses the same experts (same signature), in a run folder of its own
-    ema_cfg = config(data, "shards", out / "ema", seed, [*overrides, "jedi.teachers=ema"])
-    (out / "ema").mkdir(parents=True, exist_ok=True)
-    if not (out / "ema" / "experts").exists():
-        (out / "ema" / "experts").symlink_to((out / "jedi" / "experts").resolve())
-    ema = _results(ema_cfg, log)
+    expert_cfg = config(data, "shards", out / "experts", seed, overrides)
+    trainer.pretrain(expert_cfg, log=log)
+    results = {}
+    for run in runs:   # every run reuses the same experts (same signature), in a run folder of its own
+        extra, _ = RUNS[run]
+        (out / run).mkdir(parents=True, exist_ok=True)
+        if not (out / run / "experts").exists():
+            (out / run / "experts").symlink_to((out / "experts" / "experts").resolve())
+        results[run] = _results(config(data, "shards", out / run, seed, [*overrides, *extra]), log)
     oracle_cfg = config(data, "shards-all", out / "oracle", seed, [*overrides, f"pretrain.epochs={oracle_epochs}"])
     oracle = trainer.pretrain(oracle_cfg, log=log) if oracle_epochs else None
-    for split, (j, e) in (("test", (jedi["datasets"], ema["datasets"])), ("val", (jedi.get("val"), ema.get("val")))):
-        if j is None:
+    any_run = results[runs[0]]
+    row, val = {}, {}
+    for split in ("test", "val"):
+        if split == "val" and "val" not in any_run:
             continue
         cells = row if split == "test" else val
-        for n in j:
-            cells.setdefault("expert", {})[n] = j[n]["expert"]["top1"]
-            cells.setdefault("ema student", {})[n] = e[n]["student"]["top1"]
-            cells.setdefault("jedi student", {})[n] = j[n]["student"]["top1"]
-            cells.setdefault("jedi teacher", {})[n] = j[n]["teacher"]["top1"]
+        per_ds = lambda r: r["datasets"] if split == "test" else r["val"]   # noqa: E731
+        for n in per_ds(any_run):
+            cells.setdefault("expert", {})[n] = per_ds(any_run)[n]["expert"]["top1"]
+            for run, r in results.items():
+                for who in RUNS[run][1]:
+                    cells.setdefault(f"{run} {who}", {})[n] = per_ds(r)[n][who]["top1"]
             if oracle is not None:
                 cells.setdefault("oracle", {})[n] = (oracle[n] if split == "test" else _expert_val(oracle_cfg, n))["top1"]
     return {"test": row, **({"val": val} if val else {})}
@@ -114,7 +124,7 @@ def table(per_seed: list[dict]) -> str:
         return f"{mean:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
     lines = ["| | " + " | ".join(names) + " | mean |", "| --- |" + " --- |" * (len(names) + 1)]
-    for r in [r for r in ROWS if r in per_seed[0]]:
+    for r in per_seed[0]:
         cells = [cell([s[r][n] for s in per_seed]) for n in names]
         cells.append(cell([statistics.fmean(s[r].values()) for s in per_seed]))
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
@@ -128,7 +138,7 @@ def gaps(per_seed: list[dict]) -> str:
     """The demo's claims as paired differences by seed: mean over datasets, then per dataset."""
     names = list(per_seed[0]["expert"])
     lines = []
-    for a, b in GAPS:
+    for a, b in [(a, b) for a, b in GAPS if a in per_seed[0] and b in per_seed[0]]:
         by_seed = [statistics.fmean(s[a][n] - s[b][n] for n in names) for s in per_seed]
         per_ds = ", ".join(f"{n} {statistics.fmean(s[a][n] - s[b][n] for s in per_seed):+.1f}" for n in names)
         spread = f" ± {statistics.pstdev(by_seed):.1f}" if len(by_seed) > 1 else ""
@@ -155,10 +165,17 @@ def main() -> None:
                          "afresh (same classes, other videos; a fresh --out per value)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. jedi.epochs=40)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="reuse the data folder of an earlier run (OUT/data of it), made with the same data options")
+    ap.add_argument("--runs", default=",".join(RUNS),
+                    help=f"joint-phase runs per seed, comma-separated, from {', '.join(RUNS)} (the experts always run)")
     ap.add_argument("--json", action="store_true", help="also write OUT/learning.json")
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    runs = tuple(r for r in args.runs.split(",") if r)
+    if not runs or any(r not in RUNS for r in runs):
+        ap.error(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")
 
     t0 = time.time()
     log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True)
@@ -171,13 +188,23 @@ def main() -> None:
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
         f"data seed {args.data_seed}, into {args.out / 'data'}")
-    make_data(args.out / "data", vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
-              oracle=args.oracle_epochs > 0)
+    data = args.data or args.out / "data"
+    made = {"videos_per_class": vpc, "labeled_fraction": args.labeled_fraction, "val_per_class": args.val_per_class,
+            "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0}
+    mark = data / "data.json"
+    if mark.is_file() and json.loads(mark.read_text()) in (made, {**made, "oracle": True}):
+        log(f"data: reusing {data}")
+    elif mark.is_file() or args.data:
+        ap.error(f"{data} holds other data ({mark.read_text() if mark.is_file() else 'none made here'}); "
+                 f"this run needs {made}")
+    else:
+        make_data(data, vpc, args.labeled_fraction, args.val_per_class, args.data_seed, oracle=args.oracle_epochs > 0)
+        mark.write_text(json.dumps(made))
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
-        per_seed.append(run_seed(args.out / "data", args.out / f"seed{seed}", seed, args.overrides,
-                                 args.oracle_epochs, log))
+        per_seed.append(run_seed(data, args.out / f"seed{seed}", seed, args.overrides,
+                                 args.oracle_epochs, log, runs))
     if "val" in per_seed[0]:
         print(f"\nval top-1 (%), compare settings by this one; mean ± std over {args.seeds} seeds; "
               f"overrides: {args.overrides or 'none'}\n")

@@ -57,7 +57,10 @@ class JediCfg(JEDIConfig):
     lr: float = 0.005             # peak learning rate of students and teachers
     batch_size: int = 16          # labeled clips per dataset per step
     unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
-    teachers: str = "joint"       # joint: JEDI; ema: baseline, each student's own EMA, its dataset alone
+    teachers: str = "joint"       # joint: JEDI; baselines, each dataset alone: ema (each student's own moving
+    #                               average), fixmatch (its own weak-view prediction, hard and thresholded)
+    views: bool = False           # unlabeled clips in two views (loader `strong:` settings): teachers' targets from
+    #                               the weak view, students trained on the strong one; joint teachers need teacher_ema
     ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4
     warmup_steps: int = 20
@@ -70,8 +73,10 @@ class JediCfg(JEDIConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.teachers not in ("joint", "ema"):
-            raise ValueError(f"teachers: joint or ema, got {self.teachers!r}")
+        if self.teachers not in ("joint", "ema", "fixmatch"):
+            raise ValueError(f"teachers: joint, ema or fixmatch, got {self.teachers!r}")
+        if self.views and self.teachers == "joint" and not self.teacher_ema:
+            raise ValueError("views: the teachers' weak-view targets come from their moving average; set teacher_ema > 0")
         if self.micro_batch_size < 0:
             raise ValueError(f"micro_batch_size: 0 (the whole step) or more, got {self.micro_batch_size}")
 

@@ -62,7 +62,7 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     expert: experts/<dataset>.pt; student: S_i of checkpoint.pt; teacher: T_i, which needs every
     backbone (with teacher_ema, the moving average's, as scored in training).
     """
-    from .jedi import EMABaseline
+    from .jedi import EMABaseline, FixMatchBaseline
     from .trainer import expert_path, load_expert, load_joint
     if which not in WHICH:
         raise InputError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
@@ -84,6 +84,8 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
         return jedi.students[dataset]
     if isinstance(jedi, EMABaseline):       # the baseline's teacher is the student's own average
         return jedi.teachers[dataset]
+    if isinstance(jedi, FixMatchBaseline):  # FixMatch's teacher is the student itself
+        return jedi.students[dataset]
     ema = bool(jedi.config.teacher_ema)
     heads = jedi.ema_teachers if ema else jedi.teachers
     return TeacherNet(jedi.backbones_for(dataset, ema), heads[dataset]).eval()

@@ -199,14 +199,19 @@ class JEDI(nn.Module):
             out.append(m)
         return out
 
-    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None,
+                unlabeled_weak: Mapping[str, Tensor] | None = None) -> StepOutput:
         """Student and teacher logits for every dataset's clips, every backbone run ONCE.
 
         ``labeled`` / ``unlabeled``: dataset name -> clips ``[B, C, T, H, W]`` (any subset of the
         datasets; for evaluation pass the test clips as ``labeled``). All clips of the step go
         through each backbone as one batch (so they must share C, T, H, W); the rows are then
-        split back per dataset and role.
+        split back per dataset and role. ``unlabeled_weak`` (views; needs teacher_ema): weak views
+        of the unlabeled clips, row for row, which then are the strong ones: the moving average's
+        targets come from the weak views, the students learn on the strong ones.
         """
+        if unlabeled_weak is not None and not self.config.teacher_ema:
+            raise ValueError("weak views need teacher_ema > 0: the targets come from the moving average")
         parts = [("labeled", n, x) for n, x in labeled.items()]
         parts += [("unlabeled", n, x) for n, x in (unlabeled or {}).items()]
         if not parts:
@@ -234,7 +239,10 @@ class JEDI(nn.Module):
             ema_from = sum(c.shape[0] for role, _, c in parts if role == "labeled") if self.training else 0
             with torch.no_grad(), _source_rows(self.ema_source_bns if self.config.bn_stats == "source" else {},
                                                self.source_parts(parts, ema_from)):
-                ema_in = torch.cat([self.ema_students[n].features(x[ema_from:]) for n in self.names], dim=1)
+                x_t = x[ema_from:]
+                if unlabeled_weak is not None and self.training:    # the same rows, weak views
+                    x_t = torch.cat([unlabeled_weak[n] for role, n, _ in parts if role == "unlabeled"])
+                ema_in = torch.cat([self.ema_students[n].features(x_t) for n in self.names], dim=1)
 
         out, start = StepOutput(), 0
         for role, name, clips in parts:
@@ -299,8 +307,11 @@ class EMABaseline(nn.Module):
                      decay: float = 0.95) -> EMABaseline:
         return cls({n: copy.deepcopy(m) for n, m in experts.items()}, config, decay)
 
-    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
-        unlabeled = unlabeled or {}
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None,
+                unlabeled_weak: Mapping[str, Tensor] | None = None) -> StepOutput:
+        """``unlabeled_weak`` (views): weak views of the unlabeled clips, which then are the strong
+        ones: the EMA teacher sees the weak views, the student the strong ones."""
+        unlabeled, weak = unlabeled or {}, unlabeled_weak or {}
         out = StepOutput()
         for name in self.names:
             parts = [(role, x) for role, x in (("labeled", labeled.get(name)), ("unlabeled", unlabeled.get(name)))
@@ -310,7 +321,8 @@ class EMABaseline(nn.Module):
             x = torch.cat([x for _, x in parts])
             student = self.students[name](x)
             with torch.no_grad():
-                teacher = self.teachers[name](x)
+                teacher = self.teachers[name](torch.cat([weak.get(name, x) if role == "unlabeled" else x
+                                                         for role, x in parts]))
             start = 0
             for role, clips in parts:
                 rows = slice(start, start + clips.shape[0])
@@ -322,6 +334,47 @@ class EMABaseline(nn.Module):
         """After each optimizer step: each teacher <- decay * teacher + (1 - decay) * its student."""
         for name in self.names:
             ema_update(self.teachers[name], self.students[name], self.decay)
+
+
+class FixMatchBaseline(nn.Module):
+    """The single-dataset FixMatch baseline: each student's own prediction on the weak view of an
+    unlabeled clip (no gradient) is the target for its prediction on the strong view; with
+    ``hard`` and ``threshold`` (trainer: fixmatch_config) this is FixMatch's loss. Each dataset
+    alone, same interface, steps and batches as JEDI. ``teacher`` logits are the student's own,
+    detached: the teacher terms train nothing.
+    """
+
+    def __init__(self, students: Mapping[str, nn.Module], config: JEDIConfig | None = None):
+        super().__init__()
+        self.config, self.names = config or JEDIConfig(), list(students)
+        self.students = nn.ModuleDict(students)
+
+    @classmethod
+    def from_experts(cls, experts: Mapping[str, nn.Module], config: JEDIConfig | None = None) -> FixMatchBaseline:
+        return cls({n: copy.deepcopy(m) for n, m in experts.items()}, config)
+
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None,
+                unlabeled_weak: Mapping[str, Tensor] | None = None) -> StepOutput:
+        """``unlabeled``: the strong views; ``unlabeled_weak``: the weak views of the same clips,
+        where the targets come from (None: the targets come from the same clips)."""
+        unlabeled, weak = unlabeled or {}, unlabeled_weak or {}
+        out = StepOutput()
+        for name in self.names:
+            parts = [(role, x) for role, x in (("labeled", labeled.get(name)), ("unlabeled", unlabeled.get(name)),
+                                              ("weak", weak.get(name))) if x is not None]
+            if not parts:
+                continue
+            # one batch, as FixMatch does: BatchNorm sees labeled, weak and strong clips together
+            logits = self.students[name](torch.cat([x for _, x in parts]))
+            rows = dict(zip([r for r, _ in parts], logits.split([x.shape[0] for _, x in parts])))
+            if "labeled" in rows:
+                out.labeled[name] = Logits(rows["labeled"], rows["labeled"].detach())
+            if "unlabeled" in rows:
+                out.unlabeled[name] = Logits(rows["unlabeled"], rows.get("weak", rows["unlabeled"]).detach())
+        return out
+
+    def update_ema(self) -> None:
+        pass
 
 
 def distill_loss(student_logits: Tensor, teacher_logits: Tensor, cfg: JEDIConfig) -> tuple[Tensor, Tensor, Tensor]:
