@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .jedi import JEDIConfig
+from .loaders.clip import StrongAug
 
 
 class ConfigError(InputError):
@@ -90,6 +91,8 @@ class Config:
     clip: ClipCfg = field(default_factory=ClipCfg)
     pretrain: PretrainCfg = field(default_factory=PretrainCfg)
     jedi: JediCfg = field(default_factory=JediCfg)
+    strong: StrongAug = field(default_factory=StrongAug)   # the strong view of unlabeled clips (jedi.views); its
+    #                                                        fields and defaults: loaders/clip.py StrongAug
     loader: str = "auto"                        # auto | dali | torch
     device: str = "auto"                        # auto | cpu | cuda
     threads: int = 2                            # loader threads per dataset pipeline
@@ -112,7 +115,16 @@ class Config:
             raise ConfigError(f"datasets: names must be unique, got {names}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    """Tuples as lists, all the way down: what YAML and JSON write back as they were read."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _build(cls, data, where: str):
@@ -148,6 +160,10 @@ def _coerce(tp, value, where):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
+        return tuple(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \

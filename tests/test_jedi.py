@@ -348,3 +348,48 @@ def test_update_ema_moves_the_average_toward_the_model():
     plain.update_ema()
     with pytest.raises(ValueError, match="teacher_ema"):
         JEDIConfig(teacher_ema=1.0)
+
+
+def test_fixmatch_loss_is_zero_for_clips_under_the_threshold():
+    import dataclasses
+    from jedi_pipe.jedi import FixMatchBaseline
+    torch.manual_seed(0)
+    experts = {"a": build("tiny3d", 3, width=8)}
+    strong, weak = clips(4), clips(4)
+    for threshold, expect_zero in ((0.99, True), (0.0, False)):
+        cfg = dataclasses.replace(JEDIConfig(), hard=True, threshold=threshold, w_sup_teacher=0.0, w_mutual=0.0)
+        model = FixMatchBaseline.from_experts(experts, cfg).train()
+        out = model({"a": clips(2)}, {"a": strong}, {"a": weak})
+        u = out.unlabeled["a"]
+        assert not u.teacher.requires_grad and u.student.requires_grad
+        # an untrained 3-class model is never 99 % sure: every clip is under the threshold
+        assert (u.teacher.softmax(-1).amax(-1) < 0.99).all()
+        _, logs = jedi_losses(out, {"a": torch.tensor([0, 1])}, cfg)
+        assert (logs["a/distill"] == 0) == expect_zero and logs["a/mask_rate"] == (1.0 if expect_zero else 0.0)
+        if not expect_zero:   # the target is the weak view's argmax, the prediction the strong view's
+            torch.testing.assert_close(logs["a/distill"],
+                                       F.cross_entropy(u.student, u.teacher.argmax(-1)))
+    # the weak view is the target: the same model on the weak clips alone (one batch with the rest: BN in eval)
+    model.eval()
+    out = model({}, {"a": strong}, {"a": weak})
+    torch.testing.assert_close(out.unlabeled["a"].teacher, model.students["a"](weak))
+    torch.testing.assert_close(out.unlabeled["a"].student, model.students["a"](strong))
+
+
+def test_views_targets_come_from_the_weak_view_students_learn_on_the_strong():
+    jedi, _ = make_jedi(teacher_ema=0.9, bn_stats="source")
+    for p in jedi.ema_teachers.parameters():   # off the block init: every backbone counts
+        torch.nn.init.normal_(p)
+    jedi.train()
+    lab, strong, weak = {"a": clips(2), "b": clips(2)}, {"a": clips(3), "b": clips(3)}, {"a": clips(3), "b": clips(3)}
+    out = jedi(lab, strong, weak)
+    plain = jedi(lab, strong)                  # the same step without weak views
+    for n in ("a", "b"):
+        torch.testing.assert_close(out.unlabeled[n].student, plain.unlabeled[n].student)   # students: strong view
+        assert not torch.allclose(out.unlabeled[n].teacher_ema, plain.unlabeled[n].teacher_ema)
+    # the average's target on the weak view, each dataset's rows by its own statistics, as in evaluation
+    with torch.no_grad():
+        ema = jedi.eval()({"a": weak["a"]}).labeled["a"]
+    torch.testing.assert_close(out.unlabeled["a"].teacher_ema, ema.teacher_ema, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="teacher_ema"):
+        make_jedi()[0](lab, strong, weak)
