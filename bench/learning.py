@@ -65,12 +65,18 @@ def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
     return load_config(data=d, overrides=list(overrides))
 
 
-# The joint-phase runs per seed: name -> (overrides on top of --set, scored rows). Each starts from
-# the same experts. "ema": each expert fine-tuned with its own EMA teacher on its own unlabeled clips
-# (what semi-supervision alone gives); "jedi": JEDI as configured.
+# The joint-phase runs per seed: name -> (overrides, under --set's, and the rows it scores). Each
+# starts from the same experts and runs the same steps and batches. Baselines, each dataset alone:
+# "ema", each expert fine-tuned with its own EMA teacher on its own unlabeled clips; "fixmatch",
+# its own weak-view prediction, hard, kept above FIXMATCH_THRESHOLD, as the strong view's target.
+# "jedi": JEDI as configured; "jedi+views": with the teachers' targets from weak views and the
+# students trained on strong ones.
+FIXMATCH_THRESHOLD = 0.95    # FixMatch's own default
 RUNS = {
     "ema": (["jedi.teachers=ema"], ("student",)),
+    "fixmatch": (["jedi.teachers=fixmatch", "jedi.views=true", f"jedi.threshold={FIXMATCH_THRESHOLD}"], ("student",)),
     "jedi": ([], ("student", "teacher")),
+    "jedi+views": (["jedi.views=true"], ("student", "teacher")),
 }
 
 
@@ -84,7 +90,7 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
         (out / run).mkdir(parents=True, exist_ok=True)
         if not (out / run / "experts").exists():
             (out / run / "experts").symlink_to((out / "experts" / "experts").resolve())
-        results[run] = _results(config(data, "shards", out / run, seed, [*overrides, *extra]), log)
+        results[run] = _results(config(data, "shards", out / run, seed, [*extra, *overrides]), log)
     oracle_cfg = config(data, "shards-all", out / "oracle", seed, [*overrides, f"pretrain.epochs={oracle_epochs}"])
     oracle = trainer.pretrain(oracle_cfg, log=log) if oracle_epochs else None
     any_run = results[runs[0]]
@@ -131,7 +137,9 @@ def table(per_seed: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"))
+GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"),
+        ("jedi student", "fixmatch student"), ("jedi+views student", "jedi student"),
+        ("jedi+views student", "fixmatch student"), ("jedi+views teacher", "jedi+views student"))
 
 
 def gaps(per_seed: list[dict]) -> str:
