@@ -59,7 +59,8 @@ def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_p
 
 def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
     d = yaml.safe_load(DEMO_CONFIG.read_text())
-    d.update(out=str(out), seed=seed, eval_every=10**9)   # the final evaluation only
+    # the final evaluation, and one at step EARLY_STEP: how far the joint step first knocks the experts
+    d.update(out=str(out), seed=seed, eval_every=10**9, eval_first=EARLY_STEP)
     for ds in d["datasets"]:
         ds["shards"] = str(data / shards / ds["name"])
     return load_config(data=d, overrides=list(overrides))
@@ -71,6 +72,7 @@ def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
 # its own weak-view prediction, hard, kept above FIXMATCH_THRESHOLD, as the strong view's target.
 # "jedi": JEDI as configured; "jedi+views": with the teachers' targets from weak views and the
 # students trained on strong ones.
+EARLY_STEP = 30
 FIXMATCH_THRESHOLD = 0.95    # FixMatch's own default
 RUNS = {
     "ema": (["jedi.teachers=ema"], ("student",)),
@@ -107,7 +109,24 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
                     cells.setdefault(f"{run} {who}", {})[n] = per_ds(r)[n][who]["top1"]
             if oracle is not None:
                 cells.setdefault("oracle", {})[n] = (oracle[n] if split == "test" else _expert_val(oracle_cfg, n))["top1"]
-    return {"test": row, **({"val": val} if val else {})}
+    early = {}   # val top-1 at step EARLY_STEP, next to the experts' val
+    if val:
+        early["expert"] = val["expert"]
+        for run in runs:
+            scores = _eval_at(out / run, EARLY_STEP)
+            for who in RUNS[run][1] if scores else ():
+                early[f"{run} {who}"] = {n: scores[n][who]["top1"] for n in scores}
+    return {"test": row, **({"val": val, "early": early} if val else {})}
+
+
+def _eval_at(run: Path, step: int) -> dict | None:
+    """The val evaluation a run's metrics.jsonl holds for `step`, if any."""
+    from jedi_pipe.records import EvalRecord, parse_line
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = parse_line(line)
+        if isinstance(r, EvalRecord) and r.step == step and r.split == "val":
+            return r.scores
+    return None
 
 
 def _results(cfg, log) -> dict:
@@ -218,6 +237,8 @@ def main() -> None:
               f"overrides: {args.overrides or 'none'}\n")
         print(table([s["val"] for s in per_seed]))
         print(gaps([s["val"] for s in per_seed]))
+        print(f"\nval top-1 (%) at joint step {EARLY_STEP}: how far the joint phase first moves the students\n")
+        print(table([s["early"] for s in per_seed]))
     print(f"\ntest top-1 (%), report this one; mean ± std over {args.seeds} seeds; overrides: {args.overrides or 'none'}\n")
     print(table([s["test"] for s in per_seed]))
     print(gaps([s["test"] for s in per_seed]))

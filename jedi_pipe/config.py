@@ -98,6 +98,8 @@ class Config:
     threads: int = 2                            # loader threads per dataset pipeline
     eval_batch_size: int = 32
     eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
+    eval_first: int = 0                         # one more evaluation at this step (0: none): how far the joint step
+    #                                             first moves the students from their experts
     checkpoint_every: int = 50                  # steps between checkpoints (and at the end)
     compile: bool = False                       # torch.compile the backbones (GPU runs)
     logger: str = "jsonl"                       # jsonl: metrics.jsonl; tensorboard: also TensorBoard events (pip install "jedi-pipe[tensorboard]")

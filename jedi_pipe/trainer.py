@@ -503,7 +503,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             t_wait = t_step = 0.0
             clips_done = 0
         epoch_end = step % loader.steps_per_epoch == 0
-        if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total:
+        if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total \
+                or step == cfg.eval_first:
             scores = evaluate_jedi(jedi, cfg, sets, device, eval_split)
             final = scores if step == total else None
             if distributed.is_main():
