@@ -107,6 +107,8 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
             for run, r in results.items():
                 for who in RUNS[run][1]:
                     cells.setdefault(f"{run} {who}", {})[n] = per_ds(r)[n][who]["top1"]
+                if "student_ema" in per_ds(r)[n]:   # teachers scored from a moving average: its students too
+                    cells.setdefault(f"{run} student (avg)", {})[n] = per_ds(r)[n]["student_ema"]["top1"]
             if oracle is not None:
                 cells.setdefault("oracle", {})[n] = (oracle[n] if split == "test" else _expert_val(oracle_cfg, n))["top1"]
     early = {}   # val top-1 at step EARLY_STEP, next to the experts' val

@@ -565,10 +565,13 @@ def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test") -> dict:
     distributed.sync_buffers(jedi)
     jedi.eval()
     res = {}
+    ema_students = getattr(jedi, "ema_students", None)
     for n in jedi.names:
         def forward(x, n=n):
             o = jedi({n: x}).labeled[n]
-            return {"student": o.student, "teacher": o.target}
+            # with teacher_ema the teachers are scored from the moving average: so are its students, for a fair pair
+            return {"student": o.student, "teacher": o.target,
+                    **({"student_ema": ema_students[n](x)} if ema_students is not None else {})}
         res[n] = evaluate_logits(forward, sets[n], cfg, device, role)
     return res
 

@@ -112,6 +112,8 @@ def test_mean_teacher_run(shard_dirs, tmp_path):
     _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.teacher_ema=0.9"])
     results = train(cfg, log=lambda m: None)
     assert evaluate(cfg, log=lambda m: None) == results
+    # scored fairly: the average's students next to the average's teachers
+    assert all({"student", "teacher", "student_ema"} <= set(v) for v in results["datasets"].values())
     state = torch.load(Path(cfg.out) / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     assert any(k.startswith("ema_teachers.") for k in state) and any(k.startswith("ema_students.") for k in state)
     assert not torch.equal(state["ema_teachers.hmdb51.weight"], state["teachers.hmdb51.weight"]), "the average is not the live head"
