@@ -45,11 +45,11 @@ ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
 def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int,
-              data_seed: int = 0, oracle: bool = True) -> None:
+              data_seed: int = 0, oracle: bool = True, look: str = "alike") -> None:
     """videos_per_class: {dataset: number} (synth draws each dataset from a random stream of its
-    own, so a dataset's videos are the same whatever the others' numbers)."""
+    own, so a dataset's videos are the same whatever the others' numbers). look: synth's."""
     sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=data_seed,
-                             videos_per_class=videos_per_class)
+                             videos_per_class=videos_per_class, look=look)
     for name in DEMO_DATASETS:
         make_shards(name, sources[name], root / "shards" / name, seed=data_seed,
                     **{**DEMO_SHARD, "labeled_fraction": labeled_fraction, "val_per_class": val_per_class})
@@ -153,6 +153,9 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=0,
                     help="seed of the synthetic data: 0 is the demo's data; another seed draws the benchmark "
                          "afresh (same classes, other videos; a fresh --out per value)")
+    ap.add_argument("--look", choices=synth.LOOKS, default="alike",
+                    help="synth's datasets: alike (shared motions, the demo's data) or different (far-apart "
+                         "looks, motions mostly their own: `jedi-pipe synth --help`; a fresh --out per value)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. jedi.epochs=40)")
     ap.add_argument("--json", action="store_true", help="also write OUT/learning.json")
@@ -172,7 +175,7 @@ def main() -> None:
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
         f"data seed {args.data_seed}, into {args.out / 'data'}")
     make_data(args.out / "data", vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
-              oracle=args.oracle_epochs > 0)
+              oracle=args.oracle_epochs > 0, look=args.look)
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
