@@ -262,8 +262,8 @@ def motion(prim, sign, t, H, W, r, speed, rng):
         pass
     elif prim == "spiral":  # round and round, the radius swelling and shrinking
         R = rng.uniform(0.15, 0.2) * S * (1 + 0.6 * np.sin(np.pi * f * t + ph))
-        x = W / 2 + R * np.cos(sign * 2 * np.pi * 1.3 * f * t)
-        y = H / 2 + R * np.sin(sign * 2 * np.pi * 1.3 * f * t)
+        turn = sign * 2 * np.pi * 1.3 * f * t + rng.uniform(0, 2 * np.pi)  # from anywhere on the round
+        x, y = W / 2 + R * np.cos(turn), H / 2 + R * np.sin(turn)
     else:
         raise ValueError(f"unknown motion primitive {prim!r}")
     # float32 all the way: a float64 slipping in here doubles the cost of every paint below
