@@ -122,8 +122,8 @@ _DOMAIN_DIFFERENT = {
         sat=(0.85, 1.0), size=(0.36, 0.46), heights=(120, 128), aspects=(4 / 3,), fps=(25, 30), dur=(1.5, 3.5),
         speed=(0.9, 1.2), noise=(0, 1), flicker=0.0, jitter=0.004, pan=0.0, distractors=(0, 0), occlusion=0.0),
     "kinetics400": dict(  # jungle: busy high-contrast texture, green cast, tiny actors far away, panning
-        bg="texture", val=(0.4, 0.6), bg_sat=(0.0, 0.3), texture=4.0, cast=(0.55, 1.25, 0.55), places=1,
-        shapes=("ellipse",), palette=1, sat=(0.5, 1.0), size=(0.17, 0.22), heights=(64, 72, 96, 128), aspects=(16 / 9, 4 / 3, 1.0, 3 / 4),
+        bg="texture", val=(0.4, 0.6), bg_sat=(0.0, 0.3), texture=3.0, cast=(0.55, 1.25, 0.55), places=1,
+        shapes=("ellipse",), palette=1, sat=(0.5, 1.0), size=(0.2, 0.26), heights=(64, 72, 96, 128), aspects=(16 / 9, 4 / 3, 1.0, 3 / 4),
         fps=(12, 15, 24, 30), dur=(1.5, 3.5), speed=(1.0, 1.3), noise=(2, 6), flicker=0.02, jitter=0.01,
         pan=0.05, distractors=(0, 2), occlusion=0.1),
     "ssv2": dict(  # warm close-ups: sepia-cast table tops, huge boxy objects, square frames, low fps
