@@ -44,11 +44,11 @@ from jedi_pipe.resplit import split_shards
 
 
 def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int,
-              data_seed: int = 0, oracle: bool = True) -> None:
+              data_seed: int = 0, oracle: bool = True, look: str = "alike") -> None:
     """videos_per_class: {dataset: number} (synth draws each dataset from a random stream of its
-    own, so a dataset's videos are the same whatever the others' numbers)."""
+    own, so a dataset's videos are the same whatever the others' numbers). look: synth's."""
     sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=data_seed,
-                             videos_per_class=videos_per_class)
+                             videos_per_class=videos_per_class, look=look)
     for name in DEMO_DATASETS:
         make_shards(name, sources[name], root / "shards" / name, seed=data_seed,
                     **{**DEMO_SHARD, "labeled_fraction": labeled_fraction, "val_per_class": val_per_class})
@@ -192,6 +192,9 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=0,
                     help="seed of the synthetic data: 0 is the demo's data; another seed draws the benchmark "
                          "afresh (same classes, other videos; a fresh --out per value)")
+    ap.add_argument("--look", choices=synth.LOOKS, default="alike",
+                    help="synth's datasets: alike (shared motions, the demo's data) or different (far-apart "
+                         "looks, motions mostly their own: `jedi-pipe synth --help`; a fresh --out per value)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. jedi.epochs=40)")
     ap.add_argument("--data", type=Path, default=None,
@@ -216,18 +219,19 @@ def main() -> None:
                      f"{', '.join(DEMO_DATASETS)}")
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
-        f"data seed {args.data_seed}, into {args.out / 'data'}")
+        f"data seed {args.data_seed}, look {args.look}, into {args.data or args.out / 'data'}")
     data = args.data or args.out / "data"
     made = {"videos_per_class": vpc, "labeled_fraction": args.labeled_fraction, "val_per_class": args.val_per_class,
-            "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0}
+            "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0, "look": args.look}
     mark = data / "data.json"
-    if mark.is_file() and json.loads(mark.read_text()) in (made, {**made, "oracle": True}):
+    stored = {"look": "alike", **json.loads(mark.read_text())} if mark.is_file() else None
+    if stored is not None and stored in (made, {**made, "oracle": True}):
         log(f"data: reusing {data}")
-    elif mark.is_file() or args.data:
-        ap.error(f"{data} holds other data ({mark.read_text() if mark.is_file() else 'none made here'}); "
-                 f"this run needs {made}")
+    elif stored is not None or args.data:
+        ap.error(f"{data} holds other data ({stored or 'none made here'}); this run needs {made}")
     else:
-        make_data(data, vpc, args.labeled_fraction, args.val_per_class, args.data_seed, oracle=args.oracle_epochs > 0)
+        make_data(data, vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
+                  oracle=args.oracle_epochs > 0, look=args.look)
         mark.write_text(json.dumps(made))
     per_seed = []
     for seed in range(args.seeds):
