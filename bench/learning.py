@@ -173,6 +173,13 @@ def gaps(per_seed: list[dict]) -> str:
         spread = f" ± {statistics.pstdev(by_seed):.1f}" if len(by_seed) > 1 else ""
         lines.append(f"{a} - {b}: mean {statistics.fmean(by_seed):+.1f}{spread} "
                      f"(seeds: {', '.join(f'{g:+.1f}' for g in by_seed)}); by dataset: {per_ds}")
+    if "oracle" in per_seed[0]:   # how much of the expert -> oracle gap each row closes, on the mean over datasets
+        mean = lambda s, r: statistics.fmean(s[r].values())   # noqa: E731
+        gap = statistics.fmean(mean(s, "oracle") - mean(s, "expert") for s in per_seed)
+        closed = [f"{r} {100 * statistics.fmean(mean(s, r) - mean(s, 'expert') for s in per_seed) / gap:.0f} %"
+                  for r in per_seed[0] if r not in ("expert", "oracle")]
+        lines.append(f"share of the expert -> oracle gap closed (mean over seeds of the mean over datasets, gap "
+                     f"{gap:.1f} points): " + ", ".join(closed))
     return "\n".join(lines) + "\n"
 
 
