@@ -38,6 +38,9 @@ class JEDIConfig:
     w_sup_teacher: float = 1.0  # weight of CE(T_i, y) on labeled clips
     w_distill: float = 1.0  # weight of the T_i -> S_i distillation on unlabeled clips
     detach_teacher_features: bool = False  # ablation: teacher losses stop at the features, train g_i only
+    teacher_warmup: int = 0  # joint steps at the start in which the teacher losses train the teacher heads only (as
+    #                          detach_teacher_features): the heads' off-block weights, zero at the block init, settle
+    #                          before their gradients reach the other datasets' backbones (trainer sets heads_only)
     teacher_init: str = "block"  # "block": g_i = h_i on f_i's block (T_i == S_i at start); "probe": fit g_i
     #                              with fit_teacher_heads_probe() on labeled features before training
     w_mutual: float = 0.5  # weight of the reverse term: the student's prediction (stop-gradient) distilled
@@ -62,6 +65,8 @@ class JEDIConfig:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold: a probability in [0, 1], got {self.threshold}")
+        if self.teacher_warmup < 0:
+            raise ValueError(f"teacher_warmup: a number of steps >= 0, got {self.teacher_warmup}")
         if not 0.0 <= self.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema: a decay in [0, 1), got {self.teacher_ema}")
 
@@ -102,6 +107,7 @@ class JEDI(nn.Module):
                                 "(features(x), a linear `head`, `num_features`); build it with jedi_pipe.models.build")
         self.config = config or JEDIConfig()
         self.names = names
+        self.heads_only = False     # teacher losses stop at the features (teacher_warmup; the trainer sets it per step)
         self.students = nn.ModuleDict(students)
         # column block of f_i inside the teachers' input [f_1; ...; f_N]
         self.feature_slices: dict[str, slice] = {}
@@ -230,7 +236,7 @@ class JEDI(nn.Module):
         x = torch.cat([x for _, _, x in parts]) if len(parts) > 1 else parts[0][2]
         feats = [self._features(n, x, parts) for n in self.names]
         teacher_in = torch.cat(feats, dim=1)
-        if self.config.detach_teacher_features:
+        if self.config.detach_teacher_features or self.heads_only:
             teacher_in = teacher_in.detach()
 
         ema_from = x.shape[0]      # rows from here on also get the average's teacher (teacher_ema > 0)

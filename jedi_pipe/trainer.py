@@ -478,6 +478,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         if cfg.jedi.views:   # the students learn on the strong views; the targets come from the weak ones
             weak, unlabeled = unlabeled, {n: to_device(b["x_us"], device) for n, b in batch.items() if "x_us" in b}
         labels = {n: b["y"].to(device, non_blocking=True) for n, b in batch.items()}
+        if isinstance(jedi, JEDI):   # teacher_warmup: the first steps' teacher losses train the heads only
+            jedi.heads_only = step < jcfg.teacher_warmup
         outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, jcfg, k, autocast(device, cfg.bf16),
                                    weak)
         step += 1

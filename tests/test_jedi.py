@@ -88,6 +88,20 @@ def test_detached_teacher_features_stop_at_the_heads():
     assert jedi.teachers["a"].weight.grad.abs().sum() > 0
 
 
+def test_teacher_warmup_heads_only_stops_teacher_losses_at_the_heads():
+    jedi, _ = make_jedi()
+    torch.nn.init.normal_(jedi.teachers["a"].weight)
+    jedi.heads_only = True          # what the trainer sets for the first teacher_warmup steps
+    grads = _teacher_loss_grads(jedi)
+    assert all(g is None or g.abs().sum() == 0 for name in jedi.names for g in grads[name])
+    assert jedi.teachers["a"].weight.grad.abs().sum() > 0
+    jedi.heads_only = False         # after it, teacher losses reach every backbone again
+    grads = _teacher_loss_grads(jedi)
+    assert all(sum(g.abs().sum() for g in grads[name] if g is not None) > 0 for name in jedi.names)
+    with pytest.raises(ValueError, match="teacher_warmup"):
+        JEDIConfig(teacher_warmup=-1)
+
+
 def test_mixed_architectures_forward_backward():
     torch.manual_seed(0)
     jedi = JEDI([("small", build("tiny3d", 4, width=8)), ("kin", build("r3d_18", 6))])
