@@ -197,11 +197,11 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
 class Normalize:
     """uint8 [..., C, T, H, W] batches from the graph -> float32 (x / 255 - mean) / std.
 
-    Why after the iterator and not in crop_mirror_normalize: DALI's CPU kernel spends ~0.9 ms a
-    clip (16 x 112 x 112) on the float conversion, numpy ~0.2 ms in this (the training) process,
-    single-threaded; torch's CPU kernels would spread it over its intra-op threads, whose waiting
-    cost 10x that much CPU time on a loaded 2-core machine (bench/README.md). GPU batches
-    (the mixed path) are normalised by torch on their device.
+    Why after the iterator and not in crop_mirror_normalize: on DALI's CPU path the float output
+    cost ~1 ms a clip (16 x 112 x 112) in the loader benchmark, numpy's here ~0.2 ms, single-
+    threaded; torch's CPU kernels would spread it over its intra-op threads, whose waiting cost
+    10x that much CPU time on a loaded 2-core machine. GPU batches (the mixed path) are
+    normalised by torch on their device.
     """
 
     def __init__(self, clip: ClipSpec):
