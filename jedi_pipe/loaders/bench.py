@@ -18,6 +18,7 @@ milliseconds per clip are reported too: on a busy machine they are steadier than
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import math
@@ -34,15 +35,20 @@ from ..shards import META_EXT, decode_meta, iter_tar_samples, open_shards
 from .clip import TRAIN_INTERP, ClipSpec, derive_seed, train_start
 
 
-def _timed(batches, n_batches: int) -> tuple[float, float, list]:
-    """Consume one warm-up batch, then time n_batches -> (wall s, CPU s of this process, batches)."""
+def _timed(batches, n_batches: int, keep=lambda batch: batch) -> tuple[float, float, list]:
+    """Consume one warm-up batch, then time n_batches -> (wall s, CPU s of this process, [keep(batch)]).
+
+    Only keep(batch) is held, as a training loop drops each batch after its step: holding them
+    all made every batch land in fresh memory, whose first touches cost CPU time too.
+    """
     it = iter(batches)
     next(it)
     t0, c0, out = time.perf_counter(), time.process_time(), []
     for _ in range(n_batches):
-        out.append(next(it))
+        out.append(keep(next(it)))
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     it.close()      # stop the loader (its threads / workers) before the next measurement
+    gc.collect()    # and free what it left in reference cycles now, not inside the next timing
     return secs, cpu, out
 
 
@@ -141,8 +147,8 @@ def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int 
 
     def ours():      # -> (wall s, CPU s or None, ids); DataLoader workers' CPU is not counted
         secs, cpu, out = _timed(role_loader(backend)(ss, role, clip, batch_size, train=True, seed=0,
-                                                     threads=threads), n_batches)
-        return secs, cpu if backend == "dali" else None, [i for b in out for i in b["id"].tolist()]
+                                                     threads=threads), n_batches, lambda b: b["id"].tolist())
+        return secs, cpu if backend == "dali" else None, [i for ids in out for i in ids]
 
     # An untimed first pass picks the clips, and takes the process's one-off costs (first
     # allocations, thread and decoder start-up: a fresh process's first loader pass cost up to 1.45x the
@@ -178,7 +184,8 @@ def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int 
         measures["raw"] = lambda: in_pool(_raw_clip, jobs)
         measures["decode_pyav"] = lambda: in_pool(_pyav_decode, dec)
         if importlib.util.find_spec("nvidia.dali"):
-            measures["decode_dali"] = lambda: _timed(_dali_decode(mem, clip, batch_size, threads, ss), n_batches)[:2]
+            measures["decode_dali"] = lambda: _timed(_dali_decode(mem, clip, batch_size, threads, ss), n_batches,
+                                                     lambda b: None)[:2]
     try:
         names = list(measures)
         for r in range(rounds):
