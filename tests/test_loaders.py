@@ -538,3 +538,17 @@ def test_strong_settings_are_checked():
     for loader in (TL.TorchRoleLoader, D.DaliRoleLoader):
         with pytest.raises(ValueError, match="training loaders only"):
             loader(None, "test", ClipSpec(), 2, train=False, strong=StrongAug())
+
+
+def test_training_crops_resample_as_clip_interp_says():
+    """Nearest neighbour (the default) takes whole source pixels; linear blends them; eval is linear."""
+    x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20) % 251
+    box = (2, 3, 14, 14)    # enlarged 14 -> 32
+    near = TL.crop_resize(x, box, ClipSpec(**CLIP))
+    lin = TL.crop_resize(x, box, ClipSpec(**CLIP, interp="linear"))
+    assert near.shape == lin.shape == (2, 3, 32, 32) and not torch.equal(near, lin)
+    crop = x[:, :, 2:16, 3:17]
+    assert set(near.unique().tolist()) <= set(crop.unique().tolist())     # no new values: whole pixels
+    assert not set(lin.unique().tolist()) <= set(crop.unique().tolist())
+    with pytest.raises(ValueError, match="interp must be one of"):
+        ClipSpec(interp="cubic")

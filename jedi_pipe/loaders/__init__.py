@@ -26,7 +26,8 @@ when x_u[i] is. Labeled clips get no strong view. Epoch length: `loader.steps_pe
 max over datasets of ceil(labeled clips / (world_size * B)). Seeds and resume (mixing.py): batches
 are a function of (seed, epoch, step); save `loader.state_dict()` ({"epoch", "step"}) with the
 checkpoint and `load_state_dict` it into a new loader before iterating.
-Training clips: random window of T frames at stride s, random resized crop, horizontal flip
+Training clips: random window of T frames at stride s, random resized crop (resampled with
+nearest neighbour unless ClipSpec.interp="linear": clip.TRAIN_INTERP says why), horizontal flip
 unless the dataset says flip=False. Where class names say a direction (ssv2: clip.DIRECTION_WORDS),
 a flipped clip takes its mirror class ("from left to right" <-> "from right to left"), classes with
 a direction and no mirror class are never flipped, and neither are unlabeled clips (clip.flip_map:
@@ -103,7 +104,7 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
 
     datasets: [{"shards": folder, "name": optional (default: the card's name),
                 "flip": optional bool (default True; direction classes follow clip.flip_map)}, ...]
-    clip: ClipSpec or dict of its fields (frames, stride, size, area, mean, std).
+    clip: ClipSpec or dict of its fields (frames, stride, size, area, ratio, mean, std, interp).
     threads: per role loader, DALI worker threads or DataLoader workers.
     strong: StrongAug or dict of its fields: unlabeled clips also get a strong view, "x_us"; None: none.
     """

@@ -9,6 +9,13 @@ import hashlib
 import re
 from dataclasses import dataclass, fields
 
+# Resampling of the training crops (random resized crop, weak and strong views). Nearest
+# neighbour is the default because DALI's CPU linear resampler costs 2.7 ms a clip of 16 frames
+# at 112 px against 0.4 ms (bench/README.md): with it the DALI CPU path runs at the decode bound.
+# The clips it gives repeat or drop whole pixel rows and columns (scales 0.9-1.8x on 128-px
+# shards), where linear blends them; evaluation always resizes linearly.
+TRAIN_INTERP = ("nearest", "linear")
+
 # torchvision's Kinetics-400 video statistics, on 0-1 pixel values.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -23,10 +30,13 @@ class ClipSpec:
     ratio: tuple = (3 / 4, 4 / 3)        # and aspect ratio (width / height) range
     mean: tuple = KINETICS_MEAN          # per channel (RGB), 0-1 scale
     std: tuple = KINETICS_STD
+    interp: str = "nearest"              # training crops' resampling: "nearest" or "linear" (see TRAIN_INTERP)
 
     def __post_init__(self):
         if self.frames < 1 or self.stride < 1 or self.size < 8:
             raise ValueError(f"bad clip {self}: need frames >= 1, stride >= 1, size >= 8")
+        if self.interp not in TRAIN_INTERP:
+            raise ValueError(f"bad clip {self}: interp must be one of {', '.join(TRAIN_INTERP)}")
 
     @property
     def span(self) -> int:

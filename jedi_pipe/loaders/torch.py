@@ -68,6 +68,16 @@ def _resize(x: torch.Tensor, h: int, w: int, antialias: bool = True) -> torch.Te
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
 
 
+def crop_resize(x: torch.Tensor, box: tuple, clip: ClipSpec, antialias: bool = True) -> torch.Tensor:
+    """The crop `box` (top, left, height, width) of [T, 3, H, W] resized to S x S the training way
+    (clip.interp: nearest neighbour at pixel centres, as DALI's INTERP_NN, or linear)."""
+    top, left, ch, cw = box
+    x = x[:, :, top:top + ch, left:left + cw]
+    if clip.interp == "nearest":
+        return F.interpolate(x, size=(clip.size, clip.size), mode="nearest-exact")
+    return _resize(x, clip.size, clip.size, antialias)
+
+
 def resize_short(x: torch.Tensor, side: int) -> torch.Tensor:
     """Short side to `side` pixels, aspect kept (DALI's resize_shorter)."""
     h, w = x.shape[2:]
@@ -96,8 +106,7 @@ def train_transform(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: b
 def train_transform_flipped(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: bool,
                             antialias: bool = True) -> tuple[torch.Tensor, bool]:
     """train_transform, and whether the clip was mirrored (its label may follow: clip.flip_map)."""
-    top, left, ch, cw = crop_box(x.shape[2], x.shape[3], clip.area, clip.ratio, rng)
-    x = _resize(x[:, :, top:top + ch, left:left + cw], clip.size, clip.size, antialias)
+    x = crop_resize(x, crop_box(x.shape[2], x.shape[3], clip.area, clip.ratio, rng), clip, antialias)
     flipped = bool(flip and rng.random() < 0.5)
     if flipped:
         x = x.flip(-1)
@@ -114,8 +123,7 @@ def strong_transform(x: torch.Tensor, clip: ClipSpec, strong: StrongAug, rng: ra
     """The strong view of decoded frames [T, 3, H, W] (0-255) -> [3, T, S, S]: its own crop box,
     temporal jitter, colour factors and cutout, one draw per clip (clip.StrongAug), mirrored when the
     weak view was. DALI's graph (dali.strong_view) draws the same distributions."""
-    top, left, ch, cw = crop_box(x.shape[2], x.shape[3], strong.area, clip.ratio, rng)
-    x = _resize(x[:, :, top:top + ch, left:left + cw], clip.size, clip.size, antialias)
+    x = crop_resize(x, crop_box(x.shape[2], x.shape[3], strong.area, clip.ratio, rng), clip, antialias)
     j = strong.temporal_jitter
     if j and clip.frames > 1:
         x = x[jitter_order(clip.frames, rng.randint(-j, j))]
