@@ -57,7 +57,7 @@ def role_loader_cls(cfg: Config, sets=()):
 
 
 def clip_spec(cfg: Config) -> ClipSpec:
-    return ClipSpec(frames=cfg.clip.frames, stride=cfg.clip.stride, size=cfg.clip.size)
+    return ClipSpec(frames=cfg.clip.frames, stride=cfg.clip.stride, size=cfg.clip.size, interp=cfg.clip.interp)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
