@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .jedi import JEDIConfig
-from .loaders.clip import StrongAug
+from .loaders.clip import TRAIN_INTERP, StrongAug
 
 
 class ConfigError(InputError):
@@ -41,6 +41,10 @@ class ClipCfg:
     #                               loaders/clip.py TRAIN_INTERP); evaluation always resizes linearly
     eval_views: int = 1           # temporal windows averaged per test clip
     eval_crops: int = 1           # spatial crops across the long side per window (3: the standard 3-crop test)
+
+    def __post_init__(self):
+        if self.interp not in TRAIN_INTERP:
+            raise ValueError(f"interp: one of {', '.join(TRAIN_INTERP)}, got {self.interp!r}")
 
 
 @dataclass
