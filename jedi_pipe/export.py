@@ -100,7 +100,7 @@ def model_card(run, dataset: str, which: str) -> dict:
     ss = open_shards(d.shards)
     enc = ss.card["encoding"]
     archs = [x.model for x in cfg.datasets] if which == "teacher" and cfg.jedi.teachers == "joint" else [d.model]
-    clip = {k: v for k, v in asdict(clip_spec(cfg)).items() if k not in ("area", "ratio")}   # training-only
+    clip = {k: v for k, v in asdict(clip_spec(cfg)).items() if k not in ("area", "ratio", "interp")}   # training-only
     return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": ss.classes,
             "clip": clip, "views": cfg.clip.eval_views, "crops": cfg.clip.eval_crops,
             "encoding": {k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")},
