@@ -189,6 +189,7 @@ def expert_signature(config: dict, name: str) -> dict:
     """What an expert depends on: its dataset entry, the clip, the pretrain schedule, the seed."""
     # evaluation settings do not change an expert's weights
     clip = {k: v for k, v in config["clip"].items() if not k.startswith("eval_")}
+    clip.setdefault("interp", "linear")     # experts saved before clip.interp existed were trained with linear crops
     return {"dataset": next(d for d in config["datasets"] if d["name"] == name), "clip": clip,
             "pretrain": config["pretrain"], "seed": config["seed"]}
 
