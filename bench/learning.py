@@ -41,15 +41,14 @@ from jedi_pipe.demo import DEMO_CONFIG, DEMO_DATASETS, DEMO_SHARD, DEMO_VIDEOS_P
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.resplit import split_shards
 
-ROWS = ("expert", "ema student", "jedi student", "jedi teacher", "oracle")
 
 
 def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int,
-              data_seed: int = 0, oracle: bool = True) -> None:
+              data_seed: int = 0, oracle: bool = True, look: str = "alike") -> None:
     """videos_per_class: {dataset: number} (synth draws each dataset from a random stream of its
-    own, so a dataset's videos are the same whatever the others' numbers)."""
+    own, so a dataset's videos are the same whatever the others' numbers). look: synth's."""
     sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=data_seed,
-                             videos_per_class=videos_per_class)
+                             videos_per_class=videos_per_class, look=look)
     for name in DEMO_DATASETS:
         make_shards(name, sources[name], root / "shards" / name, seed=data_seed,
                     **{**DEMO_SHARD, "labeled_fraction": labeled_fraction, "val_per_class": val_per_class})
@@ -60,38 +59,76 @@ def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_p
 
 def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
     d = yaml.safe_load(DEMO_CONFIG.read_text())
-    d.update(out=str(out), seed=seed, eval_every=10**9)   # the final evaluation only
+    # the final evaluation, and one at step EARLY_STEP: how far the joint step first knocks the experts
+    d.update(out=str(out), seed=seed, eval_every=10**9, eval_first=EARLY_STEP)
     for ds in d["datasets"]:
         ds["shards"] = str(data / shards / ds["name"])
     return load_config(data=d, overrides=list(overrides))
 
 
-def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log) -> dict:
+# The joint-phase runs per seed: name -> (overrides, under --set's, and the rows it scores). Each
+# starts from the same experts and runs the same steps and batches. Baselines, each dataset alone:
+# "ema", each expert fine-tuned with its own EMA teacher on its own unlabeled clips; "fixmatch",
+# its own weak-view prediction, hard, kept above FIXMATCH_THRESHOLD, as the strong view's target.
+# "jedi": JEDI as configured; "jedi+views": with the teachers' targets from weak views and the
+# students trained on strong ones.
+EARLY_STEP = 30
+FIXMATCH_THRESHOLD = 0.95    # FixMatch's own default
+RUNS = {
+    "ema": (["jedi.teachers=ema"], ("student",)),
+    "fixmatch": (["jedi.teachers=fixmatch", "jedi.views=true", f"jedi.threshold={FIXMATCH_THRESHOLD}"], ("student",)),
+    "jedi": ([], ("student", "teacher")),
+    "jedi+views": (["jedi.views=true"], ("student", "teacher")),
+}
+
+
+def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log, runs=tuple(RUNS)) -> dict:
     """{"test": {row: {dataset: top1}}, "val": ...} for one training seed ("val" when there is one)."""
-    row, val = {}, {}
-    jedi_cfg = config(data, "shards", out / "jedi", seed, overrides)
-    trainer.pretrain(jedi_cfg, log=log)
-    jedi = _results(jedi_cfg, log)
-    # the baseline reuses the same experts (same signature), in a run folder of its own
-    ema_cfg = config(data, "shards", out / "ema", seed, [*overrides, "jedi.teachers=ema"])
-    (out / "ema").mkdir(parents=True, exist_ok=True)
-    if not (out / "ema" / "experts").exists():
-        (out / "ema" / "experts").symlink_to((out / "jedi" / "experts").resolve())
-    ema = _results(ema_cfg, log)
+    expert_cfg = config(data, "shards", out / "experts", seed, overrides)
+    trainer.pretrain(expert_cfg, log=log)
+    results = {}
+    for run in runs:   # every run reuses the same experts (same signature), in a run folder of its own
+        extra, _ = RUNS[run]
+        (out / run).mkdir(parents=True, exist_ok=True)
+        if not (out / run / "experts").exists():
+            (out / run / "experts").symlink_to((out / "experts" / "experts").resolve())
+        results[run] = _results(config(data, "shards", out / run, seed, [*extra, *overrides]), log)
     oracle_cfg = config(data, "shards-all", out / "oracle", seed, [*overrides, f"pretrain.epochs={oracle_epochs}"])
     oracle = trainer.pretrain(oracle_cfg, log=log) if oracle_epochs else None
-    for split, (j, e) in (("test", (jedi["datasets"], ema["datasets"])), ("val", (jedi.get("val"), ema.get("val")))):
-        if j is None:
+    any_run = results[runs[0]]
+    row, val = {}, {}
+    for split in ("test", "val"):
+        if split == "val" and "val" not in any_run:
             continue
         cells = row if split == "test" else val
-        for n in j:
-            cells.setdefault("expert", {})[n] = j[n]["expert"]["top1"]
-            cells.setdefault("ema student", {})[n] = e[n]["student"]["top1"]
-            cells.setdefault("jedi student", {})[n] = j[n]["student"]["top1"]
-            cells.setdefault("jedi teacher", {})[n] = j[n]["teacher"]["top1"]
+        per_ds = lambda r: r["datasets"] if split == "test" else r["val"]   # noqa: E731
+        for n in per_ds(any_run):
+            cells.setdefault("expert", {})[n] = per_ds(any_run)[n]["expert"]["top1"]
+            for run, r in results.items():
+                for who in RUNS[run][1]:
+                    cells.setdefault(f"{run} {who}", {})[n] = per_ds(r)[n][who]["top1"]
+                if "student_ema" in per_ds(r)[n]:   # teachers scored from a moving average: its students too
+                    cells.setdefault(f"{run} student (avg)", {})[n] = per_ds(r)[n]["student_ema"]["top1"]
             if oracle is not None:
                 cells.setdefault("oracle", {})[n] = (oracle[n] if split == "test" else _expert_val(oracle_cfg, n))["top1"]
-    return {"test": row, **({"val": val} if val else {})}
+    early = {}   # val top-1 at step EARLY_STEP, next to the experts' val
+    if val:
+        early["expert"] = val["expert"]
+        for run in runs:
+            scores = _eval_at(out / run, EARLY_STEP)
+            for who in RUNS[run][1] if scores else ():
+                early[f"{run} {who}"] = {n: scores[n][who]["top1"] for n in scores}
+    return {"test": row, **({"val": val, "early": early} if val else {})}
+
+
+def _eval_at(run: Path, step: int) -> dict | None:
+    """The val evaluation a run's metrics.jsonl holds for `step`, if any."""
+    from jedi_pipe.records import EvalRecord, parse_line
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = parse_line(line)
+        if isinstance(r, EvalRecord) and r.step == step and r.split == "val":
+            return r.scores
+    return None
 
 
 def _results(cfg, log) -> dict:
@@ -114,26 +151,35 @@ def table(per_seed: list[dict]) -> str:
         return f"{mean:.1f} ± {statistics.pstdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
 
     lines = ["| | " + " | ".join(names) + " | mean |", "| --- |" + " --- |" * (len(names) + 1)]
-    for r in [r for r in ROWS if r in per_seed[0]]:
+    for r in per_seed[0]:
         cells = [cell([s[r][n] for s in per_seed]) for n in names]
         cells.append(cell([statistics.fmean(s[r].values()) for s in per_seed]))
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"))
+GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"),
+        ("jedi student", "fixmatch student"), ("jedi+views student", "jedi student"),
+        ("jedi+views student", "fixmatch student"), ("jedi+views teacher", "jedi+views student"))
 
 
 def gaps(per_seed: list[dict]) -> str:
     """The demo's claims as paired differences by seed: mean over datasets, then per dataset."""
     names = list(per_seed[0]["expert"])
     lines = []
-    for a, b in GAPS:
+    for a, b in [(a, b) for a, b in GAPS if a in per_seed[0] and b in per_seed[0]]:
         by_seed = [statistics.fmean(s[a][n] - s[b][n] for n in names) for s in per_seed]
         per_ds = ", ".join(f"{n} {statistics.fmean(s[a][n] - s[b][n] for s in per_seed):+.1f}" for n in names)
         spread = f" ± {statistics.pstdev(by_seed):.1f}" if len(by_seed) > 1 else ""
         lines.append(f"{a} - {b}: mean {statistics.fmean(by_seed):+.1f}{spread} "
                      f"(seeds: {', '.join(f'{g:+.1f}' for g in by_seed)}); by dataset: {per_ds}")
+    if "oracle" in per_seed[0]:   # how much of the expert -> oracle gap each row closes, on the mean over datasets
+        mean = lambda s, r: statistics.fmean(s[r].values())   # noqa: E731
+        gap = statistics.fmean(mean(s, "oracle") - mean(s, "expert") for s in per_seed)
+        closed = [f"{r} {100 * statistics.fmean(mean(s, r) - mean(s, 'expert') for s in per_seed) / gap:.0f} %"
+                  for r in per_seed[0] if r not in ("expert", "oracle")]
+        lines.append(f"share of the expert -> oracle gap closed (mean over seeds of the mean over datasets, gap "
+                     f"{gap:.1f} points): " + ", ".join(closed))
     return "\n".join(lines) + "\n"
 
 
@@ -153,12 +199,22 @@ def main() -> None:
     ap.add_argument("--data-seed", type=int, default=0,
                     help="seed of the synthetic data: 0 is the demo's data; another seed draws the benchmark "
                          "afresh (same classes, other videos; a fresh --out per value)")
+    ap.add_argument("--look", choices=synth.LOOKS, default="alike",
+                    help="synth's datasets: alike (shared motions, the demo's data) or different (far-apart "
+                         "looks, motions mostly their own: `jedi-pipe synth --help`; a fresh --out per value)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for every run (e.g. jedi.epochs=40)")
+    ap.add_argument("--data", type=Path, default=None,
+                    help="reuse the data folder of an earlier run (OUT/data of it), made with the same data options")
+    ap.add_argument("--runs", default=",".join(RUNS),
+                    help=f"joint-phase runs per seed, comma-separated, from {', '.join(RUNS)} (the experts always run)")
     ap.add_argument("--json", action="store_true", help="also write OUT/learning.json")
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    runs = tuple(r for r in args.runs.split(",") if r)
+    if not runs or any(r not in RUNS for r in runs):
+        ap.error(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")
 
     t0 = time.time()
     log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True)
@@ -170,19 +226,32 @@ def main() -> None:
                      f"{', '.join(DEMO_DATASETS)}")
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
-        f"data seed {args.data_seed}, into {args.out / 'data'}")
-    make_data(args.out / "data", vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
-              oracle=args.oracle_epochs > 0)
+        f"data seed {args.data_seed}, look {args.look}, into {args.data or args.out / 'data'}")
+    data = args.data or args.out / "data"
+    made = {"videos_per_class": vpc, "labeled_fraction": args.labeled_fraction, "val_per_class": args.val_per_class,
+            "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0, "look": args.look}
+    mark = data / "data.json"
+    stored = {"look": "alike", **json.loads(mark.read_text())} if mark.is_file() else None
+    if stored is not None and stored in (made, {**made, "oracle": True}):
+        log(f"data: reusing {data}")
+    elif stored is not None or args.data:
+        ap.error(f"{data} holds other data ({stored or 'none made here'}); this run needs {made}")
+    else:
+        make_data(data, vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
+                  oracle=args.oracle_epochs > 0, look=args.look)
+        mark.write_text(json.dumps(made))
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
-        per_seed.append(run_seed(args.out / "data", args.out / f"seed{seed}", seed, args.overrides,
-                                 args.oracle_epochs, log))
+        per_seed.append(run_seed(data, args.out / f"seed{seed}", seed, args.overrides,
+                                 args.oracle_epochs, log, runs))
     if "val" in per_seed[0]:
         print(f"\nval top-1 (%), compare settings by this one; mean ± std over {args.seeds} seeds; "
               f"overrides: {args.overrides or 'none'}\n")
         print(table([s["val"] for s in per_seed]))
         print(gaps([s["val"] for s in per_seed]))
+        print(f"\nval top-1 (%) at joint step {EARLY_STEP}: how far the joint phase first moves the students\n")
+        print(table([s["early"] for s in per_seed]))
     print(f"\ntest top-1 (%), report this one; mean ± std over {args.seeds} seeds; overrides: {args.overrides or 'none'}\n")
     print(table([s["test"] for s in per_seed]))
     print(gaps([s["test"] for s in per_seed]))

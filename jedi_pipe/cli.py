@@ -44,11 +44,19 @@ def main():
 @click.option("--workers", default=None, type=click.IntRange(1, None), help="Processes (default: all cores).")
 @click.option("--kinetics-layout", type=click.Choice(["flat", "per_class"]), default="flat", show_default=True,
               help="Kinetics videos flat in train/ val/ (CVDF copy) or in per-class folders (MMAction2).")
-def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
+@click.option("--look", type=click.Choice(["alike", "different"]), default="alike", show_default=True,
+              help="alike: looks moderately apart, motion primitives shared, so what one dataset teaches helps "
+                   "the others by construction. different: looks far apart (dark grayscale hmdb51, bright "
+                   "ucf101 with big actors, green textured kinetics400 with tiny ones, sepia close-up ssv2; "
+                   "other frame sizes and fps) and motions mostly each dataset's own (at most 2 classes of a "
+                   "dataset share a primitive with another dataset); same layouts, codecs and class names.")
+def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout, look):
     """Generate synthetic videos in the real on-disk layouts and codecs of the four datasets.
 
     The datasets differ in label space and look (background, colour, size, speed, camera
-    motion) but share motion primitives, so what one teaches helps the others.
+    motion). With --look alike (the default) they share motion primitives, so what one teaches
+    helps the others; with --look different they look far apart and share few, so transfer
+    between them is not built in.
     """
     from . import synth as synth_mod
     names = [d.strip() for d in datasets.split(",") if d.strip()]
@@ -58,7 +66,8 @@ def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout):
     t0 = time.time()
     with _bar("synth", None) as bar:
         roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
-                                   workers=workers, kinetics_layout=kinetics_layout, progress=bar.update)
+                                   workers=workers, kinetics_layout=kinetics_layout, progress=bar.update,
+                                   look=look)
     for name, root in roots.items():
         click.echo(f"{name:12s} {root}")
     click.echo(f"synth: {len(roots)} datasets in {time.time() - t0:.1f}s")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .jedi import JEDIConfig
+from .loaders.clip import TRAIN_INTERP, StrongAug
 
 
 class ConfigError(InputError):
@@ -36,8 +37,14 @@ class ClipCfg:
     frames: int = 8               # T, frames per clip
     stride: int = 1               # temporal stride between sampled frames
     size: int = 32                # crop size in pixels (H = W)
+    interp: str = "linear"        # training crops' resampling: linear, or nearest (the DALI CPU path's fast one;
+    #                               loaders/clip.py TRAIN_INTERP); evaluation always resizes linearly
     eval_views: int = 1           # temporal windows averaged per test clip
     eval_crops: int = 1           # spatial crops across the long side per window (3: the standard 3-crop test)
+
+    def __post_init__(self):
+        if self.interp not in TRAIN_INTERP:
+            raise ValueError(f"interp: one of {', '.join(TRAIN_INTERP)}, got {self.interp!r}")
 
 
 @dataclass
@@ -57,7 +64,10 @@ class JediCfg(JEDIConfig):
     lr: float = 0.005             # peak learning rate of students and teachers
     batch_size: int = 16          # labeled clips per dataset per step
     unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
-    teachers: str = "joint"       # joint: JEDI; ema: baseline, each student's own EMA, its dataset alone
+    teachers: str = "joint"       # joint: JEDI; baselines, each dataset alone: ema (each student's own moving
+    #                               average), fixmatch (its own weak-view prediction, hard and thresholded)
+    views: bool = False           # unlabeled clips in two views (loader `strong:` settings): teachers' targets from
+    #                               the weak view, students trained on the strong one; joint teachers need teacher_ema
     ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4
     warmup_steps: int = 20
@@ -70,8 +80,10 @@ class JediCfg(JEDIConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.teachers not in ("joint", "ema"):
-            raise ValueError(f"teachers: joint or ema, got {self.teachers!r}")
+        if self.teachers not in ("joint", "ema", "fixmatch"):
+            raise ValueError(f"teachers: joint, ema or fixmatch, got {self.teachers!r}")
+        if self.views and self.teachers == "joint" and not self.teacher_ema:
+            raise ValueError("views: the teachers' weak-view targets come from their moving average; set teacher_ema > 0")
         if self.micro_batch_size < 0:
             raise ValueError(f"micro_batch_size: 0 (the whole step) or more, got {self.micro_batch_size}")
 
@@ -85,11 +97,15 @@ class Config:
     clip: ClipCfg = field(default_factory=ClipCfg)
     pretrain: PretrainCfg = field(default_factory=PretrainCfg)
     jedi: JediCfg = field(default_factory=JediCfg)
+    strong: StrongAug = field(default_factory=StrongAug)   # the strong view of unlabeled clips (jedi.views); its
+    #                                                        fields and defaults: loaders/clip.py StrongAug
     loader: str = "auto"                        # auto | dali | torch
     device: str = "auto"                        # auto | cpu | cuda
     threads: int = 2                            # loader threads per dataset pipeline
     eval_batch_size: int = 32
     eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
+    eval_first: int = 0                         # one more evaluation at this step (0: none): how far the joint step
+    #                                             first moves the students from their experts
     checkpoint_every: int = 50                  # steps between checkpoints (and at the end)
     compile: bool = False                       # torch.compile the backbones (GPU runs)
     logger: str = "jsonl"                       # jsonl: metrics.jsonl; tensorboard: also TensorBoard events (pip install "jedi-pipe[tensorboard]")
@@ -107,7 +123,16 @@ class Config:
             raise ConfigError(f"datasets: names must be unique, got {names}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    """Tuples as lists, all the way down: what YAML and JSON write back as they were read."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _build(cls, data, where: str):
@@ -143,6 +168,10 @@ def _coerce(tp, value, where):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
+        return tuple(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \

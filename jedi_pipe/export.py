@@ -62,7 +62,7 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     expert: experts/<dataset>.pt; student: S_i of checkpoint.pt; teacher: T_i, which needs every
     backbone (with teacher_ema, the moving average's, as scored in training).
     """
-    from .jedi import EMABaseline
+    from .jedi import EMABaseline, FixMatchBaseline
     from .trainer import expert_path, load_expert, load_joint
     if which not in WHICH:
         raise InputError(f"--which must be one of {', '.join(WHICH)}, got {which!r}")
@@ -84,11 +84,11 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
         return jedi.students[dataset]
     if isinstance(jedi, EMABaseline):       # the baseline's teacher is the student's own average
         return jedi.teachers[dataset]
-    if jedi.config.teacher_ema:
-        backbones, heads = jedi.ema_students, jedi.ema_teachers
-    else:
-        backbones, heads = jedi.students, jedi.teachers
-    return TeacherNet([backbones[n] for n in jedi.names], heads[dataset]).eval()
+    if isinstance(jedi, FixMatchBaseline):  # FixMatch's teacher is the student itself
+        return jedi.students[dataset]
+    ema = bool(jedi.config.teacher_ema)
+    heads = jedi.ema_teachers if ema else jedi.teachers
+    return TeacherNet(jedi.backbones_for(dataset, ema), heads[dataset]).eval()
 
 
 def model_card(run, dataset: str, which: str) -> dict:
@@ -100,7 +100,7 @@ def model_card(run, dataset: str, which: str) -> dict:
     ss = open_shards(d.shards)
     enc = ss.card["encoding"]
     archs = [x.model for x in cfg.datasets] if which == "teacher" and cfg.jedi.teachers == "joint" else [d.model]
-    clip = {k: v for k, v in asdict(clip_spec(cfg)).items() if k not in ("area", "ratio")}   # training-only
+    clip = {k: v for k, v in asdict(clip_spec(cfg)).items() if k not in ("area", "ratio", "interp")}   # training-only
     return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": ss.classes,
             "clip": clip, "views": cfg.clip.eval_views, "crops": cfg.clip.eval_crops,
             "encoding": {k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")},

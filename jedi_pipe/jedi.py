@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 # the choices of the method's string options (JEDIConfig checks them, for the library and the YAML alike)
 TEACHER_INITS = ("block", "probe")
-BN_STATS = ("own", "batch")
+BN_STATS = ("own", "batch", "source")
 
 
 @dataclass
@@ -38,6 +38,9 @@ class JEDIConfig:
     w_sup_teacher: float = 1.0  # weight of CE(T_i, y) on labeled clips
     w_distill: float = 1.0  # weight of the T_i -> S_i distillation on unlabeled clips
     detach_teacher_features: bool = False  # ablation: teacher losses stop at the features, train g_i only
+    teacher_warmup: int = 0  # joint steps at the start in which the teacher losses train the teacher heads only (as
+    #                          detach_teacher_features): the heads' off-block weights, zero at the block init, settle
+    #                          before their gradients reach the other datasets' backbones (trainer sets heads_only)
     teacher_init: str = "block"  # "block": g_i = h_i on f_i's block (T_i == S_i at start); "probe": fit g_i
     #                              with fit_teacher_heads_probe() on labeled features before training
     w_mutual: float = 0.5  # weight of the reverse term: the student's prediction (stop-gradient) distilled
@@ -46,10 +49,11 @@ class JEDIConfig:
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE and the mutual term. 0: the live heads
-    bn_stats: str = "batch"  # training BatchNorm statistics of each backbone: "batch", over all clips of the step
-    #                          (every dataset's); "own", over its own dataset's clips only, applied to all, as its
-    #                          expert saw them. "batch" first costs the experts accuracy, then gains far more than
-    #                          "own" (docs/method.md)
+    bn_stats: str = "batch"  # BatchNorm statistics of each backbone: "batch", over all clips of the step (every
+    #                          dataset's); "own", over its own dataset's clips only, applied to all, as its expert
+    #                          saw them; "source", each dataset's clips normalised with that dataset's statistics
+    #                          (SourceBatchNorm: every backbone keeps running statistics per dataset, train and
+    #                          test alike). Which wins: docs/method.md
 
     def __post_init__(self):
         # each message starts with the key, so the config check can name it as `jedi.<key>`
@@ -61,6 +65,8 @@ class JEDIConfig:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold: a probability in [0, 1], got {self.threshold}")
+        if self.teacher_warmup < 0:
+            raise ValueError(f"teacher_warmup: a number of steps >= 0, got {self.teacher_warmup}")
         if not 0.0 <= self.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema: a decay in [0, 1), got {self.teacher_ema}")
 
@@ -101,6 +107,7 @@ class JEDI(nn.Module):
                                 "(features(x), a linear `head`, `num_features`); build it with jedi_pipe.models.build")
         self.config = config or JEDIConfig()
         self.names = names
+        self.heads_only = False     # teacher losses stop at the features (teacher_warmup; the trainer sets it per step)
         self.students = nn.ModuleDict(students)
         # column block of f_i inside the teachers' input [f_1; ...; f_N]
         self.feature_slices: dict[str, slice] = {}
@@ -112,6 +119,8 @@ class JEDI(nn.Module):
         # BatchNorm layers that take their statistics from their own dataset's rows of the step
         self.own_stats_bns = {name: own_stats_batchnorm(model) if self.config.bn_stats == "own" else []
                               for name, model in students}
+        self.source_bns = {name: source_batchnorm(model, names.index(name), len(names))
+                           if self.config.bn_stats == "source" else [] for name, model in students}
         self.teachers = nn.ModuleDict({name: nn.Linear(start, m.head.out_features) for name, m in students})
         # "probe" also starts here: the block init is a warm start that the probe then refines
         self.init_teachers_block()
@@ -119,6 +128,8 @@ class JEDI(nn.Module):
             # the slow copy of students and teachers; never trained, moved by update_ema()
             self.ema_students = copy.deepcopy(self.students).requires_grad_(False).eval()
             self.ema_teachers = copy.deepcopy(self.teachers).requires_grad_(False).eval()
+            self.ema_source_bns = {name: [m for m in self.ema_students[name].modules() if isinstance(m, SourceBatchNorm)]
+                                   for name in names}
 
     def train(self, mode: bool = True) -> JEDI:
         super().train(mode)
@@ -168,14 +179,45 @@ class JEDI(nn.Module):
         """[f_1(x); ...; f_N(x)]: the teachers' input, [B, teacher_dim] (e.g. for the probe)."""
         return torch.cat([self.students[n].features(x) for n in self.names], dim=1)
 
-    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
+    def source_parts(self, parts: list, offset: int = 0) -> list[tuple[int, slice]]:
+        """(dataset index, rows) of every part of a batch, from row `offset` on: what a SourceBatchNorm normalises by."""
+        out, start = [], 0
+        for _, name, clips in parts:
+            stop = start + clips.shape[0]
+            if stop > offset:
+                out.append((self.names.index(name), slice(max(start, offset) - offset, stop - offset)))
+            start = stop
+        return out
+
+    @torch.no_grad()
+    def backbones_for(self, dataset: str, ema: bool = False) -> list[nn.Module]:
+        """Every backbone as teacher `dataset` sees it, as plain eval-mode modules (for export): with
+        bn_stats "source", copies whose running statistics are those of `dataset`'s clips."""
+        students = self.ema_students if ema else self.students
+        if self.config.bn_stats != "source":
+            return [students[n] for n in self.names]
+        out, i = [], self.names.index(dataset)
+        for n in self.names:
+            m = copy.deepcopy(students[n]).eval()
+            for bn in m.modules():
+                if isinstance(bn, SourceBatchNorm):
+                    bn.use_source(i)
+            out.append(m)
+        return out
+
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None,
+                unlabeled_weak: Mapping[str, Tensor] | None = None) -> StepOutput:
         """Student and teacher logits for every dataset's clips, every backbone run ONCE.
 
         ``labeled`` / ``unlabeled``: dataset name -> clips ``[B, C, T, H, W]`` (any subset of the
         datasets; for evaluation pass the test clips as ``labeled``). All clips of the step go
         through each backbone as one batch (so they must share C, T, H, W); the rows are then
-        split back per dataset and role.
+        split back per dataset and role. ``unlabeled_weak`` (views; needs teacher_ema): weak views
+        of the unlabeled clips, row for row, which then are the strong ones: the moving average's
+        targets come from the weak views, the students learn on the strong ones.
         """
+        if unlabeled_weak is not None and not self.config.teacher_ema:
+            raise ValueError("weak views need teacher_ema > 0: the targets come from the moving average")
         parts = [("labeled", n, x) for n, x in labeled.items()]
         parts += [("unlabeled", n, x) for n, x in (unlabeled or {}).items()]
         if not parts:
@@ -194,15 +236,19 @@ class JEDI(nn.Module):
         x = torch.cat([x for _, _, x in parts]) if len(parts) > 1 else parts[0][2]
         feats = [self._features(n, x, parts) for n in self.names]
         teacher_in = torch.cat(feats, dim=1)
-        if self.config.detach_teacher_features:
+        if self.config.detach_teacher_features or self.heads_only:
             teacher_in = teacher_in.detach()
 
         ema_from = x.shape[0]      # rows from here on also get the average's teacher (teacher_ema > 0)
         if self.config.teacher_ema:
             # training: only the unlabeled rows (a suffix of x) need it, as targets; evaluation: every row
             ema_from = sum(c.shape[0] for role, _, c in parts if role == "labeled") if self.training else 0
-            with torch.no_grad():
-                ema_in = torch.cat([self.ema_students[n].features(x[ema_from:]) for n in self.names], dim=1)
+            with torch.no_grad(), _source_rows(self.ema_source_bns if self.config.bn_stats == "source" else {},
+                                               self.source_parts(parts, ema_from)):
+                x_t = x[ema_from:]
+                if unlabeled_weak is not None and self.training:    # the same rows, weak views
+                    x_t = torch.cat([unlabeled_weak[n] for role, n, _ in parts if role == "unlabeled"])
+                ema_in = torch.cat([self.ema_students[n].features(x_t) for n in self.names], dim=1)
 
         out, start = StepOutput(), 0
         for role, name, clips in parts:
@@ -218,6 +264,9 @@ class JEDI(nn.Module):
 
     def _features(self, name: str, x: Tensor, parts: list) -> Tensor:
         """f_name(x); with bn_stats "own", its BatchNorm statistics come from the rows of dataset `name`."""
+        if self.source_bns[name]:
+            with _source_rows({name: self.source_bns[name]}, self.source_parts(parts)):
+                return self.students[name].features(x)
         bns = self.own_stats_bns[name]
         if not (bns and self.training):
             return self.students[name].features(x)
@@ -264,8 +313,11 @@ class EMABaseline(nn.Module):
                      decay: float = 0.95) -> EMABaseline:
         return cls({n: copy.deepcopy(m) for n, m in experts.items()}, config, decay)
 
-    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None) -> StepOutput:
-        unlabeled = unlabeled or {}
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None,
+                unlabeled_weak: Mapping[str, Tensor] | None = None) -> StepOutput:
+        """``unlabeled_weak`` (views): weak views of the unlabeled clips, which then are the strong
+        ones: the EMA teacher sees the weak views, the student the strong ones."""
+        unlabeled, weak = unlabeled or {}, unlabeled_weak or {}
         out = StepOutput()
         for name in self.names:
             parts = [(role, x) for role, x in (("labeled", labeled.get(name)), ("unlabeled", unlabeled.get(name)))
@@ -275,7 +327,8 @@ class EMABaseline(nn.Module):
             x = torch.cat([x for _, x in parts])
             student = self.students[name](x)
             with torch.no_grad():
-                teacher = self.teachers[name](x)
+                teacher = self.teachers[name](torch.cat([weak.get(name, x) if role == "unlabeled" else x
+                                                         for role, x in parts]))
             start = 0
             for role, clips in parts:
                 rows = slice(start, start + clips.shape[0])
@@ -287,6 +340,47 @@ class EMABaseline(nn.Module):
         """After each optimizer step: each teacher <- decay * teacher + (1 - decay) * its student."""
         for name in self.names:
             ema_update(self.teachers[name], self.students[name], self.decay)
+
+
+class FixMatchBaseline(nn.Module):
+    """The single-dataset FixMatch baseline: each student's own prediction on the weak view of an
+    unlabeled clip (no gradient) is the target for its prediction on the strong view; with
+    ``hard`` and ``threshold`` (trainer: fixmatch_config) this is FixMatch's loss. Each dataset
+    alone, same interface, steps and batches as JEDI. ``teacher`` logits are the student's own,
+    detached: the teacher terms train nothing.
+    """
+
+    def __init__(self, students: Mapping[str, nn.Module], config: JEDIConfig | None = None):
+        super().__init__()
+        self.config, self.names = config or JEDIConfig(), list(students)
+        self.students = nn.ModuleDict(students)
+
+    @classmethod
+    def from_experts(cls, experts: Mapping[str, nn.Module], config: JEDIConfig | None = None) -> FixMatchBaseline:
+        return cls({n: copy.deepcopy(m) for n, m in experts.items()}, config)
+
+    def forward(self, labeled: Mapping[str, Tensor], unlabeled: Mapping[str, Tensor] | None = None,
+                unlabeled_weak: Mapping[str, Tensor] | None = None) -> StepOutput:
+        """``unlabeled``: the strong views; ``unlabeled_weak``: the weak views of the same clips,
+        where the targets come from (None: the targets come from the same clips)."""
+        unlabeled, weak = unlabeled or {}, unlabeled_weak or {}
+        out = StepOutput()
+        for name in self.names:
+            parts = [(role, x) for role, x in (("labeled", labeled.get(name)), ("unlabeled", unlabeled.get(name)),
+                                              ("weak", weak.get(name))) if x is not None]
+            if not parts:
+                continue
+            # one batch, as FixMatch does: BatchNorm sees labeled, weak and strong clips together
+            logits = self.students[name](torch.cat([x for _, x in parts]))
+            rows = dict(zip([r for r, _ in parts], logits.split([x.shape[0] for _, x in parts])))
+            if "labeled" in rows:
+                out.labeled[name] = Logits(rows["labeled"], rows["labeled"].detach())
+            if "unlabeled" in rows:
+                out.unlabeled[name] = Logits(rows["unlabeled"], rows.get("weak", rows["unlabeled"]).detach())
+        return out
+
+    def update_ema(self) -> None:
+        pass
 
 
 def distill_loss(student_logits: Tensor, teacher_logits: Tensor, cfg: JEDIConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -435,6 +529,90 @@ def own_stats_batchnorm(model: nn.Module) -> list[OwnStatsBatchNorm]:
                 setattr(parent, child_name, new)
                 swapped.append(new)
     return swapped
+
+
+class SourceBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm with statistics per source dataset (bn_stats "source"): each row is normalised
+    with the mean and variance of its own dataset's rows (training) or that dataset's running
+    statistics (eval). Its own dataset's statistics stay in ``running_mean``/``running_var`` (so a
+    student alone is a plain model); the other datasets' in ``source_mean``/``source_var`` [N, C].
+    ``stat_rows``: [(dataset index, rows)] of the batch; None: plain BatchNorm (own statistics).
+
+    Why: backbone j runs over every dataset's clips for the teachers. Normalising dataset i's clips
+    with dataset i's statistics keeps student j's own clips exactly as its expert saw them (no
+    BatchNorm shock) and presents the other datasets' clips to j standardised, whatever they look like.
+    """
+
+    stat_rows: list | None = None
+
+    def __init__(self, num_features: int, own: int, sources: int, **kw):
+        super().__init__(num_features, **kw)
+        self.own = own
+        self.register_buffer("source_mean", torch.zeros(sources, num_features))
+        self.register_buffer("source_var", torch.ones(sources, num_features))
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def _stats(self, source: int) -> tuple[Tensor, Tensor]:
+        if source == self.own:
+            return self.running_mean, self.running_var
+        return self.source_mean[source], self.source_var[source]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.stat_rows is None:
+            return super().forward(x)
+        groups: dict[int, list[slice]] = {}
+        for source, rows in self.stat_rows:
+            groups.setdefault(source, []).append(rows)
+        out: list[tuple[int, Tensor]] = []
+        for source, rows in groups.items():
+            xs = torch.cat([x[r] for r in rows]) if len(rows) > 1 else x[rows[0]]
+            mean, var = self._stats(source)     # views: F.batch_norm updates them in place in training
+            ys = F.batch_norm(xs, mean, var, self.weight, self.bias, self.training, self.momentum or 0.1, self.eps)
+            out += zip([r.start for r in rows], ys.split([r.stop - r.start for r in rows]))
+        return torch.cat([y for _, y in sorted(out, key=lambda t: t[0])])
+
+    @torch.no_grad()
+    def use_source(self, source: int) -> None:
+        """From now on, plain BatchNorm with dataset `source`'s running statistics (for export)."""
+        mean, var = self._stats(source)
+        self.running_mean.copy_(mean)
+        self.running_var.copy_(var)
+
+
+def source_batchnorm(model: nn.Module, own: int, sources: int) -> list[SourceBatchNorm]:
+    """Swap every BatchNorm in `model` for a SourceBatchNorm (in place), the other datasets'
+    statistics starting as its own; returns them in module order."""
+    swapped = []
+    for parent in list(model.modules()):
+        for child_name, bn in list(parent.named_children()):
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and not isinstance(bn, SourceBatchNorm):
+                new = SourceBatchNorm(bn.num_features, own, sources, eps=bn.eps, momentum=bn.momentum,
+                                      affine=bn.affine, track_running_stats=True)
+                new.load_state_dict(bn.state_dict(), strict=False)
+                new.source_mean.copy_(bn.running_mean.expand_as(new.source_mean))
+                new.source_var.copy_(bn.running_var.expand_as(new.source_var))
+                new.train(bn.training)
+                setattr(parent, child_name, new)
+                swapped.append(new)
+    return swapped
+
+
+class _source_rows:
+    """Within the block, the SourceBatchNorms of `bns` ({name: [bn]}) normalise by `parts`."""
+
+    def __init__(self, bns: Mapping[str, list], parts: list):
+        self.bns, self.parts = [bn for group in bns.values() for bn in group], parts
+
+    def __enter__(self):
+        for bn in self.bns:
+            bn.stat_rows = self.parts
+
+    def __exit__(self, *exc):
+        for bn in self.bns:
+            bn.stat_rows = None
 
 
 @torch.no_grad()

@@ -11,7 +11,8 @@ metrics.jsonl, one JSON object a line:
     EvalRecord  at every evaluation: step, split (val or test), and {dataset: {kind: {top1, top5, n}}} (kind: student, teacher)
 
 results.json (`run_results` in trainer.py):
-    {"datasets": {dataset: {kind: Scores}},      kind: expert, student, teacher
+    {"datasets": {dataset: {kind: Scores}},      kind: expert, student, teacher (and student_ema: the moving
+                                                 average's student, when the teachers are scored from it)
      "classes":  {dataset: [class name, ...]},    the indices of per_class and confusion
      "views":    {"temporal": windows, "spatial": crops}}
     Scores: top1, top5 (%), n (test clips), per_class (top-1 % by class index; null: no test clip),

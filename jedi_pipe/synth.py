@@ -5,6 +5,8 @@ these folders as if they were the real downloads. The four datasets get differen
 and visual domains but share motion primitives (move, circle, bounce, spin, ...), so, as with
 the real sets, features learned on one dataset help the others. A class is defined by its motion
 only: shape, colour, size and background are drawn independently of the label.
+generate(..., look="different") draws a third setting instead: looks far apart and motion
+primitives mostly each dataset's own, so transfer between them is not built in (render()).
 
     from jedi_pipe import synth
     roots = synth.generate("data/synth", videos_per_class=30, seed=0)   # {"hmdb51": Path, ...}
@@ -60,6 +62,26 @@ _TABLE = {
 CLASSES = {ds: [name.replace("[", "").replace("]", "") for name, _, _ in rows] for ds, rows in _TABLE.items()}
 SSV2_TEMPLATES = [name for name, _, _ in _TABLE["ssv2"]]
 
+# look="different": the same class names (label spaces and layouts are the datasets'), but each
+# dataset's classes move in primitives mostly its own. Shared with another dataset: circle
+# (hmdb51 golf, ucf101 HulaHoop), pulse (ucf101 TrampolineJumping, kinetics400 air drumming) and
+# zoom (kinetics400 bowling, ssv2 towards / away): at most 2 classes of a dataset (SHARED_AT_MOST).
+# ssv2 keeps its motions: its direction pairs are the real set's and the loaders' flips rely on them.
+_MOTIONS_DIFFERENT = {
+    "hmdb51": [("roll", 0), ("beat", 0), ("stairs", -1), ("circle", 0), ("bounce", 0), ("sawtooth_v", -1),
+               ("step_h", 0), ("rock", 0)],
+    "ucf101": [("diagonal", 0), ("shake", 0), ("osc_v", 0), ("circle", 0), ("blink", 0), ("toss", 0),
+               ("climb", -1), ("slalom", +1), ("fall", +1), ("pulse", 0)],
+    "kinetics400": [("pulse", 0), ("zoom", -1), ("figure8", 0), ("dribble", 0), ("step_v", 0), ("launch", 0),
+                    ("osc_h", 0), ("square", 0), ("dash", 0), ("zigzag", 0), ("still", 0), ("spiral", 0)],
+    "ssv2": [(prim, sign) for _, prim, sign in _TABLE["ssv2"]],
+}
+SHARED_AT_MOST = 2
+LOOKS = ("alike", "different")
+_TABLES = {"alike": _TABLE,
+           "different": {ds: [(name, *ms) for (name, _, _), ms in zip(_TABLE[ds], _MOTIONS_DIFFERENT[ds], strict=True)]
+                         for ds in DATASETS}}
+
 # -----------------------------------------------------------------------------
 # visual domains. Static looks vary little inside a dataset (places, shapes, palette: how many
 # backgrounds, actor shapes and actor colours it draws from, before jitter) and a lot between
@@ -86,6 +108,30 @@ _DOMAIN = {
         heights=(96,), aspects=(1.0, 4 / 3, 1.5, 16 / 9), fps=(12, 12, 15), dur=(2.0, 4.0),
         speed=(0.7, 1.0), noise=(3, 6), flicker=0.0, jitter=0.01, pan=0.0, distractors=(0, 1), occlusion=0.1),
 }
+# look="different": four looks far apart, on every axis a small model could lean on. Extra keys:
+# val: background brightness range (default 0.25..0.85); bg_sat: background saturation range
+# (default from sat); texture: amplitude of the fine background texture (default 1); gray: a
+# black-and-white film; cast: per-channel gains of the camera (a colour cast).
+_DOMAIN_DIFFERENT = {
+    "hmdb51": dict(  # night footage in black and white: dark flat rooms, heavy grain and flicker, small frames
+        bg="flat", val=(0.04, 0.16), gray=True, places=1, shapes=("ellipse",), palette=1, sat=(0.0, 0.3),
+        size=(0.22, 0.3), heights=(64, 72), aspects=(4 / 3, 16 / 9), fps=(24, 25, 30), dur=(1.5, 3.5),
+        speed=(0.8, 1.1), noise=(12, 18), flicker=0.1, jitter=0.015, pan=0.0, distractors=(0, 1), occlusion=0.1),
+    "ucf101": dict(  # bright studio: pale high-key gradients, big saturated actors, no grain, large frames
+        bg="gradient", val=(0.85, 1.0), bg_sat=(0.0, 0.15), places=1, shapes=("diamond",), palette=1,
+        sat=(0.85, 1.0), size=(0.36, 0.46), heights=(120, 128), aspects=(4 / 3,), fps=(25, 30), dur=(1.5, 3.5),
+        speed=(0.9, 1.2), noise=(0, 1), flicker=0.0, jitter=0.004, pan=0.0, distractors=(0, 0), occlusion=0.0),
+    "kinetics400": dict(  # jungle: busy high-contrast texture, green cast, tiny actors far away, panning
+        bg="texture", val=(0.4, 0.6), bg_sat=(0.0, 0.3), texture=3.0, cast=(0.55, 1.25, 0.55), places=1,
+        shapes=("ellipse",), palette=1, sat=(0.5, 1.0), size=(0.2, 0.26), heights=(64, 72, 96, 128), aspects=(16 / 9, 4 / 3, 1.0, 3 / 4),
+        fps=(12, 15, 24, 30), dur=(1.5, 3.5), speed=(1.0, 1.3), noise=(2, 6), flicker=0.02, jitter=0.01,
+        pan=0.05, distractors=(0, 2), occlusion=0.1),
+    "ssv2": dict(  # warm close-ups: sepia-cast table tops, huge boxy objects, square frames, low fps
+        bg="clutter", cast=(1.2, 0.9, 0.6), places=1, shapes=("rect",), palette=1, sat=(0.2, 0.7),
+        size=(0.46, 0.58), heights=(96,), aspects=(1.0,), fps=(10, 12), dur=(2.0, 4.0),
+        speed=(0.7, 1.0), noise=(3, 6), flicker=0.0, jitter=0.01, pan=0.0, distractors=(0, 1), occlusion=0.05),
+}
+_DOMAINS = {"alike": _DOMAIN, "different": _DOMAIN_DIFFERENT}
 _CODEC = {"hmdb51": "mpeg4", "ucf101": "mpeg4", "kinetics400": "libx264", "ssv2": "libvpx-vp9"}
 
 
@@ -158,6 +204,66 @@ def motion(prim, sign, t, H, W, r, speed, rng):
     elif prim == "spin_stop":  # angular speed decays with time constant tau: quickly still
         tau = rng.uniform(0.3, 0.6)
         angle = angle + sign * rng.uniform(4.0, 7.0) * speed * tau * (1 - np.exp(-t / tau))
+    # primitives of look="different" (_MOTIONS_DIFFERENT): each used by one dataset alone
+    elif prim == "roll":  # a wheel: travels sideways, turning by the distance over its radius
+        x = _fit(sign * v * t, 0, W, rng)
+        angle = angle + (x - x[0]) / max(r, 1.0)
+    elif prim == "beat":  # sharp swellings, flat in between (a heartbeat, not pulse's sine)
+        scale = 1 + 0.6 * np.maximum(0, np.sin(2 * np.pi * 1.2 * f * t + ph)) ** 4
+    elif prim in ("stairs", "climb"):  # stop and go upwards (sign -1); stairs step sideways in the
+        w = 2 * np.pi * f                # pauses, climb sways from side to side as it pulls
+        go = t - (np.sin(w * t + ph) - np.sin(ph)) / w
+        y = _fit(sign * 0.6 * v * go, 0, H, rng)
+        if prim == "stairs":
+            x = _fit(rng.choice((-1, 1)) * 0.6 * v * (2 * t - go), 0, W, rng)
+        else:
+            x = x + 0.12 * S * np.sin(w / 2 * t + ph)
+    elif prim == "sawtooth_v":  # slow steady rise (sign -1), quick drop back
+        p = np.mod(0.8 * f * t + ph / (2 * np.pi), 1)
+        y = H / 2 + sign * 0.4 * S * (np.where(p < 0.8, p / 0.8, (1 - p) / 0.2) - 0.5)
+    elif prim == "rock":  # tilts to and fro in place
+        angle = angle + rng.uniform(0.6, 0.9) * np.sin(2 * np.pi * f * t + ph)
+    elif prim == "diagonal":  # straight along a diagonal, both directions drawn
+        x = _fit(sign * 0.7 * v * t, 0, W, rng)
+        y = _fit(rng.choice((-1, 1)) * 0.7 * v * t, 0, H, rng)
+    elif prim == "shake":  # fast, small, sideways: 2.5-3.5 Hz, under the 4 Hz a clip of 8 fps shows
+        x = x + rng.uniform(0.06, 0.1) * S * np.sin(2 * np.pi * rng.uniform(2.5, 3.5) * t + ph)
+    elif prim == "blink":  # on and off in place
+        scale = np.where(np.sin(2 * np.pi * f * t + ph) > 0, 1.0, 0.02)
+    elif prim == "toss":  # up and down while spinning
+        y = H / 2 + rng.uniform(0.2, 0.3) * S * np.sin(2 * np.pi * f * t + ph)
+        angle = angle + sign * rng.uniform(4.0, 6.0) * speed * t
+    elif prim == "slalom":  # steady drift down (sign +1) weaving from side to side
+        y = _fit(sign * 0.5 * v * t, 0, H, rng)
+        x = W / 2 + rng.uniform(0.2, 0.28) * S * np.sin(2 * np.pi * f * t + ph)
+    elif prim in ("fall", "launch"):  # from rest, ever faster, then again from the start: gravity
+        p = np.mod(f * t + ph / (2 * np.pi), 1)  # (fall, down for sign +1) or a push (launch)
+        d = sign * 0.6 * S * (p ** 2 - 0.5)
+        x, y = (x, H / 2 + d) if prim == "fall" else (W / 2 + d, y)
+    elif prim == "figure8":
+        R = rng.uniform(0.22, 0.3) * S
+        x = W / 2 + R * np.sin(sign * 2 * np.pi * f * t + ph)
+        y = H / 2 + 0.5 * R * np.sin(2 * (2 * np.pi * f * t + ph))
+    elif prim == "dribble":  # quick small bounces in place: |sin| at 2-3 Hz
+        y = y + rng.uniform(0.12, 0.18) * S * (0.5 - np.abs(np.sin(np.pi * rng.uniform(2.0, 3.0) * t + ph)))
+    elif prim == "square":  # round a square at steady speed, clockwise for sign +1
+        q = np.mod(sign * 0.8 * f * t + ph / (2 * np.pi), 1) * 4
+        side = np.floor(q).astype(int)
+        corners = np.array([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)], np.float32) - 0.5
+        pos = corners[side] + (q - side)[:, None] * (corners[side + 1] - corners[side])
+        L = rng.uniform(0.35, 0.45) * S
+        x, y = W / 2 + L * pos[:, 0], H / 2 + L * pos[:, 1]
+    elif prim == "dash":  # still, then a jump to another spot, every 0.3-0.5 s
+        hold = rng.uniform(0.3, 0.5) / speed
+        k = np.floor(t / hold + rng.uniform()).astype(int)
+        spots = rng.uniform(0.25, 0.75, (int(k.max()) + 1, 2)) * (W, H)
+        x, y = spots[k, 0], spots[k, 1]
+    elif prim == "still":  # no motion of its own: only the camera's shake
+        pass
+    elif prim == "spiral":  # round and round, the radius swelling and shrinking
+        R = rng.uniform(0.15, 0.2) * S * (1 + 0.6 * np.sin(np.pi * f * t + ph))
+        turn = sign * 2 * np.pi * 1.3 * f * t + rng.uniform(0, 2 * np.pi)  # from anywhere on the round
+        x, y = W / 2 + R * np.cos(turn), H / 2 + R * np.sin(turn)
     else:
         raise ValueError(f"unknown motion primitive {prim!r}")
     # float32 all the way: a float64 slipping in here doubles the cost of every paint below
@@ -196,13 +302,14 @@ def _upsample(grid, H, W):
 
 
 def _background(kind, H, W, dom, rng):
-    base = _colour(rng, (dom["sat"][0] * 0.5, dom["sat"][1] * 0.6), (0.25, 0.85))
+    bg_sat = dom.get("bg_sat", (dom["sat"][0] * 0.5, dom["sat"][1] * 0.6))
+    base = _colour(rng, bg_sat, dom.get("val", (0.25, 0.85)))
     if kind == "flat":  # muted wall with a soft vignette, like old indoor footage
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
         d = ((yy / H - 0.5) ** 2 + (xx / W - 0.5) ** 2)[..., None]
         return base * (1 - 0.6 * d)
     if kind == "gradient":  # sky-to-ground style blend along a random direction
-        other = _colour(rng, dom["sat"], (0.2, 0.9))
+        other = _colour(rng, dom.get("bg_sat", dom["sat"]), dom.get("val", (0.2, 0.9)))
         a = rng.uniform(0, 2 * np.pi)
         yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
         g = (np.cos(a) * (xx / W - 0.5) + np.sin(a) * (yy / H - 0.5)) / 1.42 + 0.5
@@ -210,7 +317,7 @@ def _background(kind, H, W, dom, rng):
     if kind == "texture":  # outdoor clutter: coarse colour blobs plus finer luminance texture
         # grids of fixed size: one place looks the same at every resolution
         coarse = _upsample(base + rng.normal(0, 20, (7, 9, 3)).astype(np.float32), H, W)
-        fine = _upsample(rng.normal(0, 7, (24, 30, 1)).astype(np.float32), H, W)
+        fine = _upsample(rng.normal(0, 7 * dom.get("texture", 1), (24, 30, 1)).astype(np.float32), H, W)
         return coarse + fine
     if kind == "clutter":  # table top: two-tone surface with static items on it
         img = np.empty((H, W, 3), np.float32)
@@ -254,15 +361,23 @@ def _sprite(canvas, x, y, half, draw):
     canvas[idx] = box + alpha[..., None] * (colour - box)
 
 
-def render(dataset, label, seed=0, scene=0, index=0):
+def render(dataset, label, seed=0, scene=0, index=0, look="alike"):
     """Video `index` of `dataset`, of class `label`, shot in `scene` -> (frames uint8 [T, H, W, 3], fps).
 
     Static looks vary little inside a dataset: its place(s) and actor palette are shared by all
     classes and only jittered per scene/video, so the look says nothing about the label and a
     small model must learn the motion. (With one random look per video, a tiny 3D CNN memorises
     looks and stays at chance even with all labels.) Clips of one scene (a UCF group, an HMDB
-    subject) share framing size, fps, actor look and white balance."""
-    dom, d = _DOMAIN[dataset], DATASETS.index(dataset)
+    subject) share framing size, fps, actor look and white balance.
+
+    look: "alike" (the default) draws the four datasets' looks moderately apart, and their classes
+    share motion primitives: features learned on one dataset help the others by construction.
+    "different" keeps that rule inside each dataset but sets the datasets far apart (dark
+    grayscale hmdb51, bright large-actor ucf101, green textured tiny-actor kinetics400, sepia
+    close-up ssv2: _DOMAIN_DIFFERENT) and gives them motions mostly their own (_MOTIONS_DIFFERENT),
+    so whatever one dataset teaches another has to be found, not built in. Both looks are drawn
+    by this one function, so they differ only where the tables say."""
+    dom, d = _DOMAINS[look][dataset], DATASETS.index(dataset)
     rng_of = lambda *key: np.random.default_rng(np.random.SeedSequence([seed, d, *key]))
     srng, rng = rng_of(1, scene), rng_of(2, index)
     palette = [_colour(rng_of(3, i), dom["sat"]) for i in range(dom["palette"])]
@@ -286,7 +401,7 @@ def render(dataset, label, seed=0, scene=0, index=0):
     # video: duration, motion, camera
     T = max(16, int(round(rng.uniform(*dom["dur"]) * fps)))
     t = np.arange(T, dtype=np.float32) / fps
-    prim, sign = _TABLE[dataset][label][1:]
+    prim, sign = _TABLES[look][dataset][label][1:]
     x, y, scale, angle = motion(prim, sign, t, H, W, a, rng.uniform(*dom["speed"]), rng)
     jx, jy = _shake(t, dom["jitter"] * S, rng)
     x, y = x + jx, y + jy
@@ -320,6 +435,10 @@ def render(dataset, label, seed=0, scene=0, index=0):
     if rng.uniform() < dom["occlusion"]:  # a pole in front of the camera, hiding part of the path
         x0 = int(rng.uniform(0.2, 0.7) * W)
         frames[:, :, x0:x0 + int(rng.uniform(0.1, 0.18) * W)] = _colour(rng, (0, 0.5), (0.1, 0.6))
+    if dom.get("gray"):  # black-and-white film: luminance only
+        frames[:] = (frames @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    if "cast" in dom:  # the camera's colour cast
+        frames *= np.array(dom["cast"], np.float32)
     # sensor: per-frame gain (film flicker) and grey grain; uniform noise is 5x cheaper than normal
     frames *= 1 + dom["flicker"] * (2 * rng.random((T, 1, 1, 1), dtype=np.float32) - 1)
     grain = rng.random((T, H, W, 1), dtype=np.float32)
@@ -354,8 +473,8 @@ def _encode(path, frames, fps, codec):
 
 
 def _make_video(job):
-    seed, ds, index, label, scene, path = job
-    frames, fps = render(ds, label, seed, scene, index)
+    seed, ds, index, label, scene, path, look = job
+    frames, fps = render(ds, label, seed, scene, index, look)
     _encode(Path(path), frames, fps, _CODEC[ds])
     return 1
 
@@ -522,15 +641,19 @@ def _ssv2(root, n, rng):
 # -----------------------------------------------------------------------------
 
 def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, kinetics_layout="flat",
-             top_dirs=None, progress=None):
+             top_dirs=None, progress=None, look="alike"):
     """Write synthetic copies of `datasets` under `out` (one folder each, named by `top_dirs` or the
     dataset). kinetics_layout: "flat" (CVDF: train/, val/) or "per_class" (MMAction2: videos_train/
     <label>/). progress(n) is called as videos finish. The same seed gives the same files for any
     number of workers, and each dataset the same files whatever else is generated with it.
-    videos_per_class: one number for all, or {dataset: number}. Returns {dataset: root folder}."""
+    videos_per_class: one number for all, or {dataset: number}. look: "alike" (datasets that share
+    motion primitives, moderately different looks) or "different" (far-apart looks, motions mostly
+    their own; same layouts, codecs and class names): see render(). Returns {dataset: root folder}."""
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
+    if look not in LOOKS:
+        raise ValueError(f"look must be one of {list(LOOKS)}, not {look!r}")
     if kinetics_layout not in ("flat", "per_class"):
         raise ValueError(f"kinetics_layout must be 'flat' or 'per_class', not {kinetics_layout!r}")
     per_dataset = (dict(videos_per_class) if isinstance(videos_per_class, Mapping)
@@ -552,7 +675,7 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
             found = {"hmdb51": _hmdb51, "ucf101": _ucf101, "ssv2": _ssv2}[ds](root, per_dataset[ds], rng)
         for index, (label, scene, path) in enumerate(found):
             path.parent.mkdir(parents=True, exist_ok=True)
-            jobs.append((seed, ds, index, label, scene, str(path)))
+            jobs.append((seed, ds, index, label, scene, str(path), look))
     workers = os.cpu_count() if workers is None else workers
     if workers <= 1:
         done = map(_make_video, jobs)

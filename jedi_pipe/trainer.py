@@ -10,6 +10,7 @@ Run folder (`cfg.out`):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -26,7 +27,7 @@ from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config
 from .errors import InputError, MissingError, UnavailableError
-from .jedi import JEDI, EMABaseline, Logits, StepOutput, fit_teacher_heads_probe, jedi_losses
+from .jedi import JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, fit_teacher_heads_probe, jedi_losses
 from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
@@ -56,7 +57,7 @@ def role_loader_cls(cfg: Config, sets=()):
 
 
 def clip_spec(cfg: Config) -> ClipSpec:
-    return ClipSpec(frames=cfg.clip.frames, stride=cfg.clip.stride, size=cfg.clip.size)
+    return ClipSpec(frames=cfg.clip.frames, stride=cfg.clip.stride, size=cfg.clip.size, interp=cfg.clip.interp)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -188,6 +189,7 @@ def expert_signature(config: dict, name: str) -> dict:
     """What an expert depends on: its dataset entry, the clip, the pretrain schedule, the seed."""
     # evaluation settings do not change an expert's weights
     clip = {k: v for k, v in config["clip"].items() if not k.startswith("eval_")}
+    clip.setdefault("interp", "linear")     # experts saved before clip.interp existed were trained with linear crops
     return {"dataset": next(d for d in config["datasets"] if d["name"] == name), "clip": clip,
             "pretrain": config["pretrain"], "seed": config["seed"]}
 
@@ -276,11 +278,21 @@ def joint_model(experts: dict, cfg: Config):
     """Students from the experts, with JEDI's joint teachers or (baseline) per-dataset EMA teachers."""
     if cfg.jedi.teachers == "ema":
         model = EMABaseline.from_experts(experts, cfg.jedi, decay=cfg.jedi.ema_decay)
+    elif cfg.jedi.teachers == "fixmatch":
+        model = FixMatchBaseline.from_experts(experts, loss_config(cfg.jedi))
     else:
         model = JEDI.from_experts(experts, cfg.jedi)   # cfg.jedi is a jedi.JEDIConfig (config.JediCfg extends it)
     for student in model.students.values():
         student.grad_checkpointing = cfg.jedi.grad_checkpointing
     return model
+
+
+def loss_config(jcfg):
+    """The loss settings of the joint phase: the config's, and for the FixMatch baseline its rule:
+    hard pseudo-labels, no teacher terms (its teacher is the student itself, detached)."""
+    if jcfg.teachers == "fixmatch":
+        return dataclasses.replace(jcfg, hard=True, w_sup_teacher=0.0, w_mutual=0.0)
+    return jcfg
 
 
 def load_joint(cfg: Config, experts: dict, checkpoint, device):
@@ -295,7 +307,8 @@ def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1) -> MultiDatas
     return MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
                               distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"),
                               cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
-                              seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads)
+                              seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads,
+                              strong=cfg.strong if cfg.jedi.views else None)
 
 
 @torch.no_grad()
@@ -329,25 +342,26 @@ def micro_batch_count(micro_batch_size: int, batch_per_gpu: int) -> int:
     return batch_per_gpu // micro_batch_size
 
 
-def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int) -> list[tuple[dict, dict, dict]]:
+def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int, weak: dict | None = None) -> list[tuple]:
     """The step's clips in k equal parts, each with 1/k of every dataset's labeled and unlabeled
-    clips: every part holds the step's mix of datasets and roles, and since each loss term is a
-    mean over a dataset's clips, the mean of the parts' losses is the step's loss exactly."""
+    clips (and their weak views, with views): every part holds the step's mix of datasets and
+    roles, and since each loss term is a mean over a dataset's clips, the mean of the parts'
+    losses is the step's loss exactly. Parts are (labeled, unlabeled, labels, weak or None)."""
     if k == 1:
-        return [(labeled, unlabeled, labels)]
+        return [(labeled, unlabeled, labels, weak)]
     for role, clips in (("labeled", labeled), ("unlabeled", unlabeled)):
         for n, x in clips.items():
             if x.shape[0] % k:
                 raise InputError(f"{k} micro-batches do not divide the {x.shape[0]} {role} clips of {n} in "
                                  "this step; jedi.micro_batch_size must divide the per-GPU batch")
     cut = lambda d: {n: x.chunk(k) for n, x in d.items()}  # noqa: E731
-    lc, uc, yc = cut(labeled), cut(unlabeled), cut(labels)
-    return [({n: c[i] for n, c in lc.items()}, {n: c[i] for n, c in uc.items()}, {n: c[i] for n, c in yc.items()})
-            for i in range(k)]
+    lc, uc, yc, wc = cut(labeled), cut(unlabeled), cut(labels), cut(weak) if weak is not None else None
+    return [({n: c[i] for n, c in lc.items()}, {n: c[i] for n, c in uc.items()}, {n: c[i] for n, c in yc.items()},
+             None if wc is None else {n: c[i] for n, c in wc.items()}) for i in range(k)]
 
 
 def joint_step(jedi, forward, opt, labeled: dict, unlabeled: dict, labels: dict, jcfg,
-               k: int = 1, amp=None) -> tuple[StepOutput, dict]:
+               k: int = 1, amp=None, weak: dict | None = None) -> tuple[StepOutput, dict]:
     """One optimizer step of the joint phase, its clips run in `k` micro-batches.
 
     Gradients accumulate over the micro-batches (each loss scaled by 1/k), so the step is the
@@ -356,14 +370,14 @@ def joint_step(jedi, forward, opt, labeled: dict, unlabeled: dict, labels: dict,
     and its running statistics move k times per step. Under DDP the gradients are all-reduced
     once, on the last micro-batch. Returns the outputs (detached, all clips) and the mean logs.
     """
-    parts = micro_batches(labeled, unlabeled, labels, k)
+    parts = micro_batches(labeled, unlabeled, labels, k, weak)
     opt.zero_grad(set_to_none=True)
     outs, logs = [], {}
-    for i, (lab, unl, y) in enumerate(parts):
+    for i, (lab, unl, y, wk) in enumerate(parts):
         last = i == len(parts) - 1
         no_sync = getattr(forward, "no_sync", None)
         with (nullcontext() if last or no_sync is None else no_sync()), (amp or nullcontext()):
-            out = forward(lab, unl)
+            out = forward(lab, unl, wk) if wk is not None else forward(lab, unl)
             loss, part_logs = jedi_losses(out, y, jcfg)
         (loss / len(parts)).backward()
         outs.append(out)
@@ -398,7 +412,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         log("experts missing: pretraining them first")
         pretrain(cfg, log=log)
     experts = {n: load_expert(cfg, n, device) for n in names}
-    jcfg = cfg.jedi
+    jcfg = loss_config(cfg.jedi)
 
     # -- model, optimizer, loader
     seed_everything(cfg.seed)
@@ -461,8 +475,14 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         t1 = time.perf_counter()
         labeled = {n: to_device(b["x"], device) for n, b in batch.items()}
         unlabeled = {n: to_device(b["x_u"], device) for n, b in batch.items() if "x_u" in b}
+        weak = None
+        if cfg.jedi.views:   # the students learn on the strong views; the targets come from the weak ones
+            weak, unlabeled = unlabeled, {n: to_device(b["x_us"], device) for n, b in batch.items() if "x_us" in b}
         labels = {n: b["y"].to(device, non_blocking=True) for n, b in batch.items()}
-        outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, jcfg, k, autocast(device, cfg.bf16))
+        if isinstance(jedi, JEDI):   # teacher_warmup: the first steps' teacher losses train the heads only
+            jedi.heads_only = step < jcfg.teacher_warmup
+        outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, jcfg, k, autocast(device, cfg.bf16),
+                                   weak)
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)
@@ -486,7 +506,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             t_wait = t_step = 0.0
             clips_done = 0
         epoch_end = step % loader.steps_per_epoch == 0
-        if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total:
+        if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total \
+                or step == cfg.eval_first:
             scores = evaluate_jedi(jedi, cfg, sets, device, eval_split)
             final = scores if step == total else None
             if distributed.is_main():
@@ -547,10 +568,13 @@ def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test") -> dict:
     distributed.sync_buffers(jedi)
     jedi.eval()
     res = {}
+    ema_students = getattr(jedi, "ema_students", None)
     for n in jedi.names:
         def forward(x, n=n):
             o = jedi({n: x}).labeled[n]
-            return {"student": o.student, "teacher": o.target}
+            # with teacher_ema the teachers are scored from the moving average: so are its students, for a fair pair
+            return {"student": o.student, "teacher": o.target,
+                    **({"student_ema": ema_students[n](x)} if ema_students is not None else {})}
         res[n] = evaluate_logits(forward, sets[n], cfg, device, role)
     return res
 

@@ -1,10 +1,13 @@
 """JEDI: teacher construction, one pass per backbone, gradient routing, losses."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from jedi_pipe.jedi import (JEDI, EMABaseline, JEDIConfig, OwnStatsBatchNorm, distill_loss, ema_update,
+from jedi_pipe.jedi import (JEDI, EMABaseline, JEDIConfig, OwnStatsBatchNorm, SourceBatchNorm, distill_loss,
+                            ema_update,
                             fit_teacher_heads_probe, jedi_losses)
 from jedi_pipe.models import build
 
@@ -83,6 +86,20 @@ def test_detached_teacher_features_stop_at_the_heads():
     for name in jedi.names:
         assert all(g is None or g.abs().sum() == 0 for g in grads[name]), name
     assert jedi.teachers["a"].weight.grad.abs().sum() > 0
+
+
+def test_teacher_warmup_heads_only_stops_teacher_losses_at_the_heads():
+    jedi, _ = make_jedi()
+    torch.nn.init.normal_(jedi.teachers["a"].weight)
+    jedi.heads_only = True          # what the trainer sets for the first teacher_warmup steps
+    grads = _teacher_loss_grads(jedi)
+    assert all(g is None or g.abs().sum() == 0 for name in jedi.names for g in grads[name])
+    assert jedi.teachers["a"].weight.grad.abs().sum() > 0
+    jedi.heads_only = False         # after it, teacher losses reach every backbone again
+    grads = _teacher_loss_grads(jedi)
+    assert all(sum(g.abs().sum() for g in grads[name] if g is not None) > 0 for name in jedi.names)
+    with pytest.raises(ValueError, match="teacher_warmup"):
+        JEDIConfig(teacher_warmup=-1)
 
 
 def test_mixed_architectures_forward_backward():
@@ -277,6 +294,41 @@ def test_own_bn_stats_start_as_the_expert_in_a_mixed_batch():
     assert all(p.grad is not None for p in backbone_params(jedi.students["a"]))
 
 
+def test_source_bn_stats_normalise_each_dataset_by_its_own_statistics():
+    # a's clips on another scale than b's. Every backbone must treat a's rows exactly as a fresh
+    # copy of itself would that saw a's rows alone, in training (batch statistics) and in eval
+    # (running statistics of a's rows, kept per dataset)
+    xa, xb, ua = 3 * clips(4) + 2, clips(6), 3 * clips(2) + 2
+    jedi, experts = make_jedi(bn_stats="source")
+    torch.nn.init.normal_(jedi.teachers["a"].weight)   # off the block init, so backbone b counts for teacher a
+    ref = {n: copy.deepcopy(m).train() for n, m in experts.items()}
+    jedi.train()
+    out = jedi({"a": xa, "b": xb}, {"a": ua})
+    xa_all = torch.cat([xa, ua])                      # a's rows: its labeled and unlabeled clips
+    torch.testing.assert_close(out.labeled["a"].student, ref["a"](xa_all)[:4], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.labeled["b"].student, ref["b"](xb), rtol=1e-4, atol=1e-5)
+    # teacher a's input: backbone b over a's rows, normalised by a's rows alone
+    fb = jedi.students["b"]
+    with torch.no_grad():
+        ref_b_on_a = copy.deepcopy(experts["b"]).train().features(xa_all)
+        ta = jedi.teachers["a"](torch.cat([ref["a"].features(xa_all), ref_b_on_a], 1))[:4]
+    torch.testing.assert_close(out.labeled["a"].teacher, ta, rtol=1e-4, atol=1e-5)
+    # running statistics: own dataset in running_mean (as the expert's would move), others in source_mean
+    bn_b = next(m for m in fb.modules() if isinstance(m, SourceBatchNorm))
+    ref_b_bn = next(m for m in ref["b"].modules() if isinstance(m, torch.nn.BatchNorm3d))
+    torch.testing.assert_close(bn_b.running_mean, ref_b_bn.running_mean)
+    assert not torch.allclose(bn_b.source_mean[0], bn_b.running_mean)   # b's statistics of a's clips moved apart
+    assert bn_b.stat_rows is None                     # set only for the duration of the forward
+    # eval: b over a's test clips with the statistics of a's clips; the export view agrees
+    jedi.eval()
+    o = jedi({"a": xa}).labeled["a"]
+    with torch.no_grad():
+        exported = jedi.teachers["a"](torch.cat([m.features(xa) for m in jedi.backbones_for("a")], 1))
+    torch.testing.assert_close(o.teacher, exported, rtol=1e-4, atol=1e-5)
+    plain_b = torch.cat([jedi.students["a"].features(xa), jedi.students["b"].features(xa)], 1)
+    assert not torch.allclose(o.teacher, jedi.teachers["a"](plain_b), atol=1e-3)   # it is not b's own statistics
+
+
 def test_teacher_ema_is_the_target_and_the_score():
     jedi, _ = make_jedi(teacher_ema=0.9)
     assert not any(p.requires_grad for p in [*jedi.ema_students.parameters(), *jedi.ema_teachers.parameters()])
@@ -310,3 +362,48 @@ def test_update_ema_moves_the_average_toward_the_model():
     plain.update_ema()
     with pytest.raises(ValueError, match="teacher_ema"):
         JEDIConfig(teacher_ema=1.0)
+
+
+def test_fixmatch_loss_is_zero_for_clips_under_the_threshold():
+    import dataclasses
+    from jedi_pipe.jedi import FixMatchBaseline
+    torch.manual_seed(0)
+    experts = {"a": build("tiny3d", 3, width=8)}
+    strong, weak = clips(4), clips(4)
+    for threshold, expect_zero in ((0.99, True), (0.0, False)):
+        cfg = dataclasses.replace(JEDIConfig(), hard=True, threshold=threshold, w_sup_teacher=0.0, w_mutual=0.0)
+        model = FixMatchBaseline.from_experts(experts, cfg).train()
+        out = model({"a": clips(2)}, {"a": strong}, {"a": weak})
+        u = out.unlabeled["a"]
+        assert not u.teacher.requires_grad and u.student.requires_grad
+        # an untrained 3-class model is never 99 % sure: every clip is under the threshold
+        assert (u.teacher.softmax(-1).amax(-1) < 0.99).all()
+        _, logs = jedi_losses(out, {"a": torch.tensor([0, 1])}, cfg)
+        assert (logs["a/distill"] == 0) == expect_zero and logs["a/mask_rate"] == (1.0 if expect_zero else 0.0)
+        if not expect_zero:   # the target is the weak view's argmax, the prediction the strong view's
+            torch.testing.assert_close(logs["a/distill"],
+                                       F.cross_entropy(u.student, u.teacher.argmax(-1)))
+    # the weak view is the target: the same model on the weak clips alone (one batch with the rest: BN in eval)
+    model.eval()
+    out = model({}, {"a": strong}, {"a": weak})
+    torch.testing.assert_close(out.unlabeled["a"].teacher, model.students["a"](weak))
+    torch.testing.assert_close(out.unlabeled["a"].student, model.students["a"](strong))
+
+
+def test_views_targets_come_from_the_weak_view_students_learn_on_the_strong():
+    jedi, _ = make_jedi(teacher_ema=0.9, bn_stats="source")
+    for p in jedi.ema_teachers.parameters():   # off the block init: every backbone counts
+        torch.nn.init.normal_(p)
+    jedi.train()
+    lab, strong, weak = {"a": clips(2), "b": clips(2)}, {"a": clips(3), "b": clips(3)}, {"a": clips(3), "b": clips(3)}
+    out = jedi(lab, strong, weak)
+    plain = jedi(lab, strong)                  # the same step without weak views
+    for n in ("a", "b"):
+        torch.testing.assert_close(out.unlabeled[n].student, plain.unlabeled[n].student)   # students: strong view
+        assert not torch.allclose(out.unlabeled[n].teacher_ema, plain.unlabeled[n].teacher_ema)
+    # the average's target on the weak view, each dataset's rows by its own statistics, as in evaluation
+    with torch.no_grad():
+        ema = jedi.eval()({"a": weak["a"]}).labeled["a"]
+    torch.testing.assert_close(out.unlabeled["a"].teacher_ema, ema.teacher_ema, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="teacher_ema"):
+        make_jedi()[0](lab, strong, weak)

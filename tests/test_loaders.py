@@ -469,3 +469,126 @@ def test_without_dali_auto_falls_back_to_the_torch_loader(folder, monkeypatch, c
     assert step["folder"]["x"].shape == (2, 3, 8, 32, 32) and step["folder"]["x_u"].shape == (2, 3, 8, 32, 32)
     seen = eval_pass(folder["shards"], "auto", threads=0)
     assert sorted(seen) == sorted(r["sample_id"] for r in manifest(folder["shards"], "test"))
+
+
+# ---------------------------------------------------------------------------- weak and strong views
+
+# Short windows at stride 2 on 40x40 (square) clips of up to 24 frames: window starts vary, and a
+# whole-frame square crop is the frame itself, so a strong view with every augmentation off is
+# the weak view pixel for pixel exactly when both come from the same window of the same decode.
+VIEW = dict(frames=4, stride=2, size=40, area=(1.0, 1.0), ratio=(1.0, 1.0))
+OFF = dict(area=(1.0, 1.0), brightness=0.0, contrast=0.0, saturation=0.0, temporal_jitter=0, erase=0.0)
+
+
+def view_pairs(shards_dir, backend, strong, batches=12, seed=5):
+    """(id, weak [C, T, S, S], strong) of the square unlabeled clips over `batches` training batches."""
+    from jedi_pipe.loaders.clip import StrongAug
+    shards = open_shards(shards_dir)
+    square = {r["sample_id"] for r in manifest(shards_dir, "unlabeled") if r["width"] == r["height"]}
+    loader = D.DaliRoleLoader if backend == "dali" else TL.TorchRoleLoader
+    it = iter(loader(shards, "unlabeled", ClipSpec(**VIEW), 3, train=True, flip=True, seed=seed,
+                     threads=1, strong=StrongAug(**strong)))
+    out = []
+    for _ in range(batches):
+        b = next(it)
+        assert b["x_strong"].shape == b["x"].shape and b["x_strong"].dtype == torch.float32
+        out += [(i, x, s) for i, x, s in zip(b["id"].tolist(), b["x"], b["x_strong"]) if i in square]
+    it.close()
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strong_view_is_cut_from_the_same_window_of_the_same_clip(folder, backend):
+    rows = {r["sample_id"]: r for r in manifest(folder["shards"], "unlabeled")}
+    pairs = view_pairs(folder["shards"], backend, OFF)
+    # windows really vary (clips longer than the window), and flips happen: a strong view decoded
+    # or flipped on its own would differ from its weak view
+    long = [(i, x) for i, x, _ in pairs if rows[i]["frames"] > ClipSpec(**VIEW).span + 4]
+    assert len({i for i, _ in long}) >= 2
+    assert any(not torch.equal(x, y) for i, x in long for j, y in long if i == j)
+    assert all(torch.equal(x, s) for _, x, s in pairs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strong_view_augmentations_are_drawn_per_clip(folder, backend):
+    from jedi_pipe.loaders.clip import jitter_order
+    T = VIEW["frames"]
+    # temporal jitter: the weak window shifted by -2..2 sampled frames, edge-padded
+    shifts = []
+    for _, x, s in view_pairs(folder["shards"], backend, dict(OFF, temporal_jitter=2)):
+        fits = [d for d in range(-2, 3) if torch.equal(s, x[:, jitter_order(T, d)])]
+        assert fits, "the strong view is not a shifted weak window"
+        shifts += fits if len(fits) == 1 else []
+    assert len(set(shifts)) >= 3
+    # cutout: one box, the same in every frame, filled with the mean colour (~0 once normalised)
+    for _, x, s in view_pairs(folder["shards"], backend, dict(OFF, erase=1.0)):
+        box = (s - x).abs().amax(dim=(0, 1)) > 1e-3                      # [S, S]
+        rows_, cols = box.any(1).nonzero(), box.any(0).nonzero()
+        assert rows_.numel() and cols.numel()
+        area = (rows_.max() - rows_.min() + 1) * (cols.max() - cols.min() + 1) / VIEW["size"] ** 2
+        assert 0.005 < area <= 0.3
+        inside = s[:, :, rows_.min():rows_.max() + 1, cols.min():cols.max() + 1]
+        assert inside.abs().max() < 0.02                   # within a grey level (DALI fills uint8 frames)
+    # brightness: one factor per clip in [0.6, 1.4], the same in every frame
+    factors = []
+    for _, x, s in view_pairs(folder["shards"], backend, dict(OFF, brightness=0.4)):
+        c = ClipSpec()
+        to255 = lambda v: v * torch.tensor(c.std).view(3, 1, 1, 1) * 255 + torch.tensor(c.mean).view(3, 1, 1, 1) * 255
+        w, st = to255(x), to255(s)
+        ok = (w > 40) & (w < 150)                                         # away from 0 and from clipping
+        per_frame = [(st[:, t][ok[:, t]] / w[:, t][ok[:, t]]).median().item() for t in range(T)]
+        assert max(per_frame) - min(per_frame) < 0.03 and 0.58 < per_frame[0] < 1.42
+        factors.append(per_frame[0])
+    assert max(factors) - min(factors) > 0.2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_multi_dataset_loader_gives_strong_views_of_unlabeled_clips_only(folder, ssv2, backend):
+    datasets = [{"shards": folder["shards"]}, {"shards": ssv2}]
+    (plain,) = steps(make_loaders(datasets, CLIP, batch_size=2, unlabeled_ratio=1, backend=backend, threads=1), 1)
+    assert all(set(b) == {"x", "y", "id", "x_u", "id_u"} for b in plain.values())
+    loader = make_loaders(datasets, CLIP, batch_size=2, unlabeled_ratio=1, backend=backend, threads=1,
+                          strong={"erase": 1.0})
+    (step,) = steps(loader, 1)
+    for name, b in step.items():
+        assert set(b) == {"x", "y", "id", "x_u", "id_u", "x_us"}
+        assert b["x_us"].shape == b["x_u"].shape and b["x_us"].dtype == torch.float32
+        assert all(not torch.equal(u, s) for u, s in zip(b["x_u"], b["x_us"]))
+        # the labeled batch and the weak views are those of a loader without strong views
+        assert all(torch.equal(b[k], plain[name][k]) for k in ("x", "y", "id", "x_u", "id_u"))
+
+
+@needs_dali
+def test_dali_graph_with_strong_views_has_no_python(folder):
+    from jedi_pipe.loaders.clip import StrongAug
+    pipe = D.build_pipeline(open_shards(folder["shards"]), "unlabeled", ClipSpec(**CLIP), 2, train=True,
+                            strong=StrongAug())
+    ops = D.check_graph(pipe)
+    assert {"SequenceRearrange", "ColorTwist", "Erase"} <= set(ops) and ops.count("RandomResizedCrop") == 2
+    assert ops.count("decoders__Video") == 1                       # one decode, two branches
+
+
+def test_strong_settings_are_checked():
+    from jedi_pipe.loaders.clip import StrongAug, as_strong
+    assert as_strong(None) is None and as_strong({"area": [0.2, 1.0]}) == StrongAug(area=(0.2, 1.0))
+    with pytest.raises(ValueError, match="unknown strong augmentation settings"):
+        as_strong({"hue": 0.1})
+    with pytest.raises(ValueError, match="bad strong augmentation"):
+        StrongAug(brightness=1.5)
+    for loader in (TL.TorchRoleLoader, D.DaliRoleLoader):
+        with pytest.raises(ValueError, match="training loaders only"):
+            loader(None, "test", ClipSpec(), 2, train=False, strong=StrongAug())
+
+
+def test_training_crops_resample_as_clip_interp_says():
+    """Nearest neighbour (the default) takes whole source pixels; linear blends them; eval is linear."""
+    x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20) % 251
+    box = (2, 3, 14, 14)    # enlarged 14 -> 32
+    near = TL.crop_resize(x, box, ClipSpec(**CLIP))
+    lin = TL.crop_resize(x, box, ClipSpec(**CLIP, interp="linear"))
+    assert near.shape == lin.shape == (2, 3, 32, 32) and not torch.equal(near, lin)
+    crop = x[:, :, 2:16, 3:17]
+    assert set(near.unique().tolist()) <= set(crop.unique().tolist())     # no new values: whole pixels
+    assert not set(lin.unique().tolist()) <= set(crop.unique().tolist())
+    with pytest.raises(ValueError, match="interp must be one of"):
+        ClipSpec(interp="cubic")

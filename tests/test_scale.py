@@ -40,7 +40,7 @@ def assert_same_state(a, b, atol):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=lambda m, key=key: f"{key}: {m}")
 
 
-@pytest.mark.parametrize("bn_stats", ["batch", "own"])
+@pytest.mark.parametrize("bn_stats", ["batch", "own", "source"])
 def test_checkpointing_changes_nothing_not_even_batchnorm(bn_stats):
     # train mode: the recompute in backward must use the forward's BatchNorm rows (bn_stats own)
     # and must not move the running statistics a second time

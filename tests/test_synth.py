@@ -217,14 +217,15 @@ def test_bad_arguments(tmp_path):
         synth.generate(tmp_path, videos_per_class=1)
 
 
+@pytest.mark.parametrize("look", synth.LOOKS)
 @pytest.mark.parametrize("template, axis, sign", [
     ("Pushing [something] from left to right", 0, +1), ("Pushing [something] from right to left", 0, -1),
     ("Moving [something] down", 1, +1), ("Moving [something] up", 1, -1),
     ("Moving [something] towards the camera", 2, +1), ("Moving [something] away from the camera", 2, -1),
 ])
-def test_ssv2_directions_match_labels(template, axis, sign):
+def test_ssv2_directions_match_labels(template, axis, sign, look):
     # the motion, not the name, carries the label: check its direction on the raw trajectory
-    _, prim, s = synth._TABLE["ssv2"][synth.SSV2_TEMPLATES.index(template)]
+    _, prim, s = synth._TABLES[look]["ssv2"][synth.SSV2_TEMPLATES.index(template)]
     t = np.arange(60, dtype=np.float32) / 15
     for seed in range(5):
         track = synth.motion(prim, s, t, 96, 128, 12.0, 1.0, np.random.default_rng(seed))[axis]
@@ -237,3 +238,112 @@ def test_render_is_visible_motion():
     assert frames.dtype == np.uint8 and frames.ndim == 4 and fps in (12, 15, 24, 25, 30)
     diff = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(-1)
     assert (diff > 40).mean() > 0.002  # something moves well above the grain
+
+
+# -----------------------------------------------------------------------------
+# look="different": a third data setting (issue 15)
+
+def test_alike_frames_are_pinned():
+    # look="alike" is the demo's data: these frames are the ones the project measured on
+    # (sha256 of the raw frames, before encoding: codec builds may differ, numpy's streams do not)
+    import hashlib
+    expect = {"hmdb51": "634631344508c740", "ucf101": "8fade0ef9751520a", "kinetics400": "8b7638960a82461f",
+              "ssv2": "3855de416673f6e4"}
+    for ds, digest in expect.items():
+        frames, _ = synth.render(ds, 1, seed=0, scene=2, index=3)
+        assert hashlib.sha256(frames.tobytes()).hexdigest()[:16] == digest, ds
+        assert np.array_equal(frames, synth.render(ds, 1, seed=0, scene=2, index=3, look="alike")[0])
+
+
+def _shared_classes(look):
+    """{dataset: how many of its classes move in a primitive some other dataset also uses}."""
+    prims = {ds: {prim for _, prim, _ in rows} for ds, rows in synth._TABLES[look].items()}
+    return {ds: sum(any(prim in prims[o] for o in synth.DATASETS if o != ds) for _, prim, _ in rows)
+            for ds, rows in synth._TABLES[look].items()}
+
+
+def test_different_shares_few_primitives():
+    assert max(_shared_classes("different").values()) <= synth.SHARED_AT_MOST
+    assert min(_shared_classes("alike").values()) > synth.SHARED_AT_MOST  # the count bites on today's data
+    for look, table in synth._TABLES.items():
+        assert {ds: [n for n, _, _ in rows] for ds, rows in table.items()} == {
+            ds: [n for n, _, _ in rows] for ds, rows in synth._TABLE.items()}, look  # same class names
+        for ds, rows in table.items():
+            assert len({(prim, sign) for _, prim, sign in rows}) == len(rows), (look, ds)  # one motion a class
+
+
+@pytest.mark.parametrize("ds", [d for d in synth.DATASETS if d != "ssv2"])
+def test_different_classes_survive_flips(ds):
+    # the loaders flip every dataset but ssv2: a class's motion must be as likely mirrored as not,
+    # and every primitive must move something (but `still`, whose motion is the camera's alone)
+    t = np.arange(24, dtype=np.float32) / 8
+    for name, prim, sign in synth._TABLES["different"][ds]:
+        rightward, turning, moving = [], [], False
+        for seed in range(40):
+            x, y, scale, angle = synth.motion(prim, sign, t, 96, 128, 12.0, 1.0, np.random.default_rng(seed))
+            rightward.append(np.sign(x[-1] - x[0]))
+            turning.append(np.sign(angle[-1] - angle[0]))
+            moving |= max(np.ptp(x), np.ptp(y), 20 * np.ptp(scale), 20 * np.ptp(angle)) > 5
+        assert abs(np.mean(rightward)) < 0.5 and abs(np.mean(turning)) < 0.5, (ds, name, prim)
+        assert moving == (prim != "still"), (ds, name, prim)
+
+
+def _look_stats(look):
+    """Per dataset: mean RGB and colour spread (max - min channel) over 4 videos, and frame sizes."""
+    out = {}
+    for ds in synth.DATASETS:
+        frames = [synth.render(ds, i % len(synth.CLASSES[ds]), seed=0, scene=i, index=i, look=look)[0]
+                  for i in range(4)]
+        pix = np.concatenate([f.reshape(-1, 3) for f in frames]).astype(np.float32)
+        out[ds] = dict(rgb=pix.mean(0), spread=float((pix.max(1) - pix.min(1)).mean()),
+                       sizes={f.shape[1:3] for f in frames})
+    return out
+
+
+def test_different_looks_far_apart():
+    def closest(stats):  # the two datasets nearest in mean colour: how far apart they are
+        return min(np.linalg.norm(stats[a]["rgb"] - stats[b]["rgb"])
+                   for i, a in enumerate(synth.DATASETS) for b in synth.DATASETS[i + 1:])
+    alike, diff = _look_stats("alike"), _look_stats("different")
+    assert closest(diff) > 45 and closest(diff) > 1.5 * closest(alike)
+    assert diff["hmdb51"]["spread"] < 1 and diff["hmdb51"]["rgb"].mean() < 60            # dark, black and white
+    assert diff["ucf101"]["rgb"].min() > 150                                              # bright
+    r, g, b = diff["kinetics400"]["rgb"]
+    assert g > max(r, b) + 30                                                             # green cast
+    r, g, b = diff["ssv2"]["rgb"]
+    assert r > b + 30                                                                     # warm cast
+    assert all(h == w for h, w in diff["ssv2"]["sizes"]) and all(h <= 72 for h, _ in diff["hmdb51"]["sizes"])
+    assert all(h >= 120 for h, _ in diff["ucf101"]["sizes"])
+
+
+def test_different_same_layouts_and_shards(synth_root, tmp_path):
+    # the same annotation files and video names as look="alike" (the layout does not depend on the
+    # look), other pixels, and the real adapters shard every dataset
+    from jedi_pipe.make_shards import make_shards
+    out = synth_root[0]
+    roots = synth.generate(tmp_path / "src", videos_per_class=N, seed=0, workers=2, look="different")
+    for ds, root in roots.items():
+        files = lambda r: {p.relative_to(r): p for p in r.rglob("*") if p.is_file()}
+        alike, diff = files(out / ds), files(root)
+        assert alike.keys() == diff.keys(), ds
+        for rel, path in diff.items():
+            same = path.read_bytes() == alike[rel].read_bytes()
+            assert same == (path.suffix not in (".avi", ".mp4", ".webm")), (ds, rel)
+        info = _probe(_videos(root)[0])
+        assert info["codec"] == _probe(_videos(out / ds)[0])["codec"] and info["frames"] >= 16
+        s = make_shards(ds, root, tmp_path / "shards" / ds, labeled_fraction=0.5, codec="mjpeg", fps=8.0,
+                        short_side=32, max_seconds=2.0, workers=2, progress=False)
+        assert s.failures == 0 and sum(s.counts.values()) == s.planned == s.transcoded > 0, ds
+
+
+def test_look_argument_and_cli(tmp_path):
+    from click.testing import CliRunner
+    from jedi_pipe.cli import main
+    with pytest.raises(ValueError, match="look"):
+        synth.generate(tmp_path, look="other")
+    res = CliRunner().invoke(main, ["synth", "--out", str(tmp_path / "c"), "--datasets", "ssv2",
+                                    "--videos-per-class", "2", "--workers", "1", "--look", "different"])
+    assert res.exit_code == 0, res.output
+    sizes = {_probe(p)["size"] for p in _videos(tmp_path / "c" / "ssv2")}
+    assert sizes == {(96, 96)}  # ssv2's square close-ups: the look reached the files
+    assert "different" in CliRunner().invoke(main, ["synth", "--help"]).output

@@ -112,6 +112,23 @@ def test_mean_teacher_run(shard_dirs, tmp_path):
     _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.teacher_ema=0.9"])
     results = train(cfg, log=lambda m: None)
     assert evaluate(cfg, log=lambda m: None) == results
+    # scored fairly: the average's students next to the average's teachers
+    assert all({"student", "teacher", "student_ema"} <= set(v) for v in results["datasets"].values())
     state = torch.load(Path(cfg.out) / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     assert any(k.startswith("ema_teachers.") for k in state) and any(k.startswith("ema_students.") for k in state)
     assert not torch.equal(state["ema_teachers.hmdb51.weight"], state["teachers.hmdb51.weight"]), "the average is not the live head"
+
+
+@pytest.mark.parametrize("extra", [["jedi.views=true", "jedi.teacher_ema=0.9", "jedi.bn_stats=source"],
+                                   ["jedi.teachers=fixmatch", "jedi.views=true", "jedi.threshold=0.3"]],
+                         ids=["jedi-views-source-bn", "fixmatch"])
+def test_views_runs(shard_dirs, tmp_path, extra):
+    """Weak/strong views through the trainer: JEDI (with per-dataset BatchNorm) and the FixMatch
+    baseline train, save and evaluate back to the same numbers; the distillation term is logged."""
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run", extra)
+    results = train(cfg, log=lambda m: None)
+    assert evaluate(cfg, log=lambda m: None) == results
+    steps = [r for r in map(json.loads, (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) if "eval" not in r]
+    assert steps and all("distill" in r and "mask_rate" in r for r in steps)
+    if "jedi.teachers=fixmatch" in extra:   # FixMatch trains no teacher: no mutual term
+        assert all("mutual" not in r for r in steps)

@@ -13,13 +13,21 @@ Training, `make_loaders(...)` -> MultiDatasetLoader, an endless iterator of step
         "id":   int64   [B]                sample_id (manifest.parquet) of each clip
         "x_u":  float32 [B_u, C, T, H, W]  unlabeled clips, B_u = max(1, round(unlabeled_ratio * B))
         "id_u": int64   [B_u]              their sample_ids (labels are never loaded)
+        "x_us": float32 [B_u, C, T, H, W]  with `strong`: the strong view of each x_u clip
     }, ...}
 
-`x_u`/`id_u` are absent when unlabeled_ratio is 0. Epoch length: `loader.steps_per_epoch` =
+`x_u`/`id_u` are absent when unlabeled_ratio is 0, `x_us` when `strong` is None (the default).
+Weak and strong views (`strong=StrongAug(...)` or a dict of its fields, clip.StrongAug): x_u is
+the weak view (the crop and flip above); x_us[i] is cut from the same decoded window of the same
+clip (id_u[i]: one decode, two augmentation branches) with its own crop box of StrongAug.area,
+a temporal shift of up to temporal_jitter frames (edge-padded), brightness/contrast/saturation
+factors and a cutout box, all drawn once per clip (every frame gets the same), mirrored exactly
+when x_u[i] is. Labeled clips get no strong view. Epoch length: `loader.steps_per_epoch` =
 max over datasets of ceil(labeled clips / (world_size * B)). Seeds and resume (mixing.py): batches
 are a function of (seed, epoch, step); save `loader.state_dict()` ({"epoch", "step"}) with the
 checkpoint and `load_state_dict` it into a new loader before iterating.
-Training clips: random window of T frames at stride s, random resized crop, horizontal flip
+Training clips: random window of T frames at stride s, random resized crop (resampled with
+nearest neighbour unless ClipSpec.interp="linear": clip.TRAIN_INTERP says why), horizontal flip
 unless the dataset says flip=False. Where the card has a flip map (ssv2: the pairs of
 preprocess/ssv2.yaml, flips.py), a flipped clip takes its mirror class ("from left to right" <->
 "from right to left"), classes with a direction and no mirror class are never flipped, and neither
@@ -41,7 +49,8 @@ frame (never dropped). On a GPU machine with DALI, x lives on the GPU; y and id 
 
 Underneath, role loaders (`role_loader(backend)(shards, role, clip, B, train=..., ...)`, i.e.
 DaliRoleLoader / TorchRoleLoader) give {"x", "y", "id"} batches of one role; training ones
-are endless. Unlabeled samples carry y = -1 there (the shards hold no label for them).
+are endless. Unlabeled samples carry y = -1 there (the shards hold no label for them). With
+`strong=` (training only) their batches also hold "x_strong", float32 of x's shape.
 """
 from __future__ import annotations
 
@@ -49,11 +58,11 @@ import logging
 
 from ..errors import InputError
 from ..shards import ShardSet, open_shards
-from .clip import KINETICS_MEAN, KINETICS_STD, ClipSpec, as_clip
+from .clip import KINETICS_MEAN, KINETICS_STD, ClipSpec, StrongAug, as_clip, as_strong
 from .mixing import MultiDatasetLoader
 
-__all__ = ["ClipSpec", "KINETICS_MEAN", "KINETICS_STD", "MultiDatasetLoader", "make_loaders",
-           "make_eval_loader", "resolve_backend", "role_loader"]
+__all__ = ["ClipSpec", "KINETICS_MEAN", "KINETICS_STD", "MultiDatasetLoader", "StrongAug", "as_strong",
+           "make_loaders", "make_eval_loader", "resolve_backend", "role_loader"]
 
 log = logging.getLogger(__name__)
 BACKENDS = ("auto", "dali", "torch")
@@ -89,13 +98,15 @@ def role_loader(backend: str):
 
 def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batch_size: int = 8,
                  unlabeled_ratio: float = 1.0, backend: str = "auto", seed: int = 0, rank: int = 0,
-                 world_size: int = 1, threads: int = 2) -> MultiDatasetLoader:
+                 world_size: int = 1, threads: int = 2,
+                 strong: StrongAug | dict | None = None) -> MultiDatasetLoader:
     """Training loader over several datasets.
 
     datasets: [{"shards": folder, "name": optional (default: the card's name),
                 "flip": optional bool (default True; direction classes follow clip.flip_map)}, ...]
-    clip: ClipSpec or dict of its fields (frames, stride, size, area, mean, std).
+    clip: ClipSpec or dict of its fields (frames, stride, size, area, ratio, mean, std, interp).
     threads: per role loader, DALI worker threads or DataLoader workers.
+    strong: StrongAug or dict of its fields: unlabeled clips also get a strong view, "x_us"; None: none.
     """
     clip = as_clip(clip)
     entries = []
@@ -108,7 +119,7 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
         raise ValueError(f"dataset names must be unique, got {names}; set 'name' per dataset")
     loader = role_loader(resolve_backend(backend, [e[1] for e in entries]))
     return MultiDatasetLoader(entries, clip, batch_size, unlabeled_ratio, loader, seed=seed, rank=rank,
-                              world_size=world_size, threads=threads)
+                              world_size=world_size, threads=threads, strong=as_strong(strong))
 
 
 def make_eval_loader(shards_dir: str | ShardSet, clip: ClipSpec | dict | None = None, batch_size: int = 8,

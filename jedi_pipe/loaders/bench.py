@@ -12,11 +12,13 @@ All three run in one process tree, one after the other, with the same number of 
   reader, no augmentation): DALI's decoder fed by an external source (the decoder our DALI
   loader uses) and PyAV in `threads` processes; the faster of the two is the bound.
 
-Startup (pipeline build, worker start) and the first batch are left out of every timing. CPU
+Startup (pipeline build, worker start) and the first batch are left out of every timing, and an
+untimed pass of our loader warms the process before any measurement. CPU
 milliseconds per clip are reported too: on a busy machine they are steadier than clips/s.
 """
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import math
@@ -24,23 +26,29 @@ import multiprocessing as mp
 import random
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from ..shards import META_EXT, decode_meta, iter_tar_samples, open_shards
-from .clip import ClipSpec, derive_seed, train_start
+from .clip import TRAIN_INTERP, ClipSpec, derive_seed, train_start
 
 
-def _timed(batches, n_batches: int) -> tuple[float, float, list]:
-    """Consume one warm-up batch, then time n_batches -> (wall s, CPU s of this process, batches)."""
+def _timed(batches, n_batches: int, keep=lambda batch: batch) -> tuple[float, float, list]:
+    """Consume one warm-up batch, then time n_batches -> (wall s, CPU s of this process, [keep(batch)]).
+
+    Only keep(batch) is held, as a training loop drops each batch after its step: holding them
+    all made every batch land in fresh memory, whose first touches cost CPU time too.
+    """
     it = iter(batches)
     next(it)
     t0, c0, out = time.perf_counter(), time.process_time(), []
     for _ in range(n_batches):
-        out.append(next(it))
+        out.append(keep(next(it)))
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     it.close()      # stop the loader (its threads / workers) before the next measurement
+    gc.collect()    # and free what it left in reference cycles now, not inside the next timing
     return secs, cpu, out
 
 
@@ -64,6 +72,7 @@ def _raw_clip(job) -> float:
         fps, n = float(st.average_rate or shard_fps), st.frames
     stride = max(1, round(clip.stride * fps / shard_fps))     # the same seconds as our window
     src_clip = ClipSpec(frames=clip.frames, stride=stride, size=clip.size)
+    clip = replace(clip, interp="linear")        # MMAction2 resizes bilinearly, whatever ours does
     start = train_start(n, src_clip, rng.random()) if n else 0
     frames = read_frames(path, [start + i * stride for i in range(clip.frames)])
     train_transform(resize_short(to_tensor(frames), short_side), clip, rng, flip=True)
@@ -118,28 +127,35 @@ def _dali_decode(clips: list[tuple[bytes, int]], clip: ClipSpec, batch_size: int
 # ---------------------------------------------------------------------------- the benchmark
 
 def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int = 16, stride: int = 2,
-                 size: int = 112, threads: int = 2, clips: int = 256, vs_raw=None, rounds: int = 1) -> dict:
+                 size: int = 112, threads: int = 2, clips: int = 256, vs_raw=None, rounds: int = 1,
+                 interp: str = ClipSpec.interp) -> dict:
     """Clips/s of our loader (training role), and with `vs_raw` (the dataset root that the
     manifest's `source` paths are relative to) of the per-video baseline and the bare decode.
 
     Each measurement runs `rounds` times, the order rotating between rounds so that drifting
-    machine load hits all of them; figures are medians over rounds.
+    machine load hits all of them; figures are medians over rounds. `clips` may exceed the role's
+    count: our loader wraps into the next epoch as in training (a pass of only a few batches
+    measured the pipeline's start-up, which training spreads over thousands), and the baselines
+    cycle through the same clips.
     """
     from . import resolve_backend, role_loader
     ss = open_shards(shards)
-    clip = ClipSpec(frames=frames, stride=stride, size=size)
+    clip = ClipSpec(frames=frames, stride=stride, size=size, interp=interp)
     role = max(("labeled", "unlabeled"), key=ss.count)
     backend = resolve_backend(loader, [ss])
-    n_batches = max(1, math.ceil(min(clips, ss.count(role)) / batch_size))
+    n_batches = max(1, math.ceil(clips / batch_size))
 
     def ours():      # -> (wall s, CPU s or None, ids); DataLoader workers' CPU is not counted
         secs, cpu, out = _timed(role_loader(backend)(ss, role, clip, batch_size, train=True, seed=0,
-                                                     threads=threads), n_batches)
-        return secs, cpu if backend == "dali" else None, [i for b in out for i in b["id"].tolist()]
+                                                     threads=threads), n_batches, lambda b: b["id"].tolist())
+        return secs, cpu if backend == "dali" else None, [i for ids in out for i in ids]
 
-    first = ours()
-    ids, n = first[2], len(first[2])
-    runs = {"ours": [first[:2]]}
+    # An untimed first pass picks the clips, and takes the process's one-off costs (first
+    # allocations, thread and decoder start-up: a fresh process's first loader pass cost up to 1.45x the
+    # next ones) that whichever measurement ran first used to pay alone.
+    ids = ours()[2]
+    n = len(ids)
+    runs = {}
     measures = {"ours": lambda: ours()[:2]}
     pool = None
     if vs_raw is not None:
@@ -168,14 +184,14 @@ def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int 
         measures["raw"] = lambda: in_pool(_raw_clip, jobs)
         measures["decode_pyav"] = lambda: in_pool(_pyav_decode, dec)
         if importlib.util.find_spec("nvidia.dali"):
-            measures["decode_dali"] = lambda: _timed(_dali_decode(mem, clip, batch_size, threads, ss), n_batches)[:2]
+            measures["decode_dali"] = lambda: _timed(_dali_decode(mem, clip, batch_size, threads, ss), n_batches,
+                                                     lambda b: None)[:2]
     try:
         names = list(measures)
         for r in range(rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
-                if not (r == 0 and name == "ours"):      # round 0's ours ran first, for the ids
-                    runs.setdefault(name, []).append(measures[name]())
+                runs.setdefault(name, []).append(measures[name]())
     finally:
         if pool is not None:
             pool.terminate()
@@ -183,7 +199,7 @@ def bench_loader(shards, loader: str = "dali", batch_size: int = 8, frames: int 
     cpu = {k: statistics.median(1000 * c / n for _, c in v) for k, v in runs.items() if v[0][1] is not None}
 
     res = {"shards": str(shards), "role": role, "loader": backend, "threads": threads, "batch_size": batch_size,
-           "frames": frames, "stride": stride, "size": size, "clips": n, "rounds": rounds,
+           "frames": frames, "stride": stride, "size": size, "interp": interp, "clips": n, "rounds": rounds,
            "clips_per_s": rate["ours"], "frames_per_s": rate["ours"] * frames, "cpu_ms_per_clip": cpu}
     if backend == "dali":
         from .dali import decode_device
@@ -210,15 +226,19 @@ bench_cli = click.Group("bench", help="Throughput benchmarks (numbers for bench/
 @click.option("--stride", default=2, show_default=True, help="Take every s-th frame of the shard clip.")
 @click.option("--size", default=112, show_default=True, help="Output height = width, pixels.")
 @click.option("--threads", default=2, show_default=True, help="DALI threads / DataLoader workers / baseline processes.")
-@click.option("--clips", default=256, show_default=True, help="Clips to time per measurement.")
+@click.option("--clips", default=256, show_default=True,
+              help="Clips to time per measurement; more than the role holds wrap into the next epoch, as in training.")
+@click.option("--interp", type=click.Choice(TRAIN_INTERP), default=ClipSpec.interp, show_default=True,
+              help="Resampling of our loader's training crops (the baseline's is linear, as MMAction2's).")
 @click.option("--rounds", default=1, show_default=True, help="Repeat every measurement, order rotating; medians.")
 @click.option("--vs-raw", default=None, type=click.Path(exists=True, file_okay=False),
               help="Dataset root of the source videos: also time the per-video baseline and the bare decode.")
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the results.")
-def loader_command(shards_dir, loader, batch_size, frames, stride, size, threads, clips, rounds, vs_raw, as_json):
+def loader_command(shards_dir, loader, batch_size, frames, stride, size, threads, clips, interp, rounds, vs_raw,
+                   as_json):
     """Clips/s and frames/s of the loader on a shard folder (training role, augmentation on)."""
     try:
-        r = bench_loader(shards_dir, loader, batch_size, frames, stride, size, threads, clips, vs_raw, rounds)
+        r = bench_loader(shards_dir, loader, batch_size, frames, stride, size, threads, clips, vs_raw, rounds, interp)
     except (ValueError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"{r['loader']}{' (' + r['device'] + ')' if 'device' in r else ''}: {r['clips_per_s']:.1f} clips/s, "

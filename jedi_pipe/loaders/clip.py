@@ -10,6 +10,13 @@ from dataclasses import dataclass, fields
 
 from ..flips import flips_of_card
 
+# Resampling of the training crops (random resized crop, weak and strong views). Nearest
+# neighbour is the default because DALI's CPU linear resampler costs 2.7 ms a clip of 16 frames
+# at 112 px against 0.4 ms (bench/README.md): with it the DALI CPU path runs at the decode bound.
+# The clips it gives repeat or drop whole pixel rows and columns (scales 0.9-1.8x on 128-px
+# shards), where linear blends them; evaluation always resizes linearly.
+TRAIN_INTERP = ("nearest", "linear")
+
 # torchvision's Kinetics-400 video statistics, on 0-1 pixel values.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -24,10 +31,13 @@ class ClipSpec:
     ratio: tuple = (3 / 4, 4 / 3)        # and aspect ratio (width / height) range
     mean: tuple = KINETICS_MEAN          # per channel (RGB), 0-1 scale
     std: tuple = KINETICS_STD
+    interp: str = "nearest"              # training crops' resampling: "nearest" or "linear" (see TRAIN_INTERP)
 
     def __post_init__(self):
         if self.frames < 1 or self.stride < 1 or self.size < 8:
             raise ValueError(f"bad clip {self}: need frames >= 1, stride >= 1, size >= 8")
+        if self.interp not in TRAIN_INTERP:
+            raise ValueError(f"bad clip {self}: interp must be one of {', '.join(TRAIN_INTERP)}")
 
     @property
     def span(self) -> int:
@@ -43,6 +53,49 @@ def as_clip(clip: ClipSpec | dict | None) -> ClipSpec:
     if unknown:
         raise ValueError(f"unknown clip settings {sorted(unknown)}; known: {[f.name for f in fields(ClipSpec)]}")
     return ClipSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in clip.items()})
+
+
+@dataclass(frozen=True)
+class StrongAug:
+    """The strong view of a training clip (FixMatch-style), drawn once per clip, never per frame.
+
+    The strong view is cut from the same decoded window as the weak one (the crop and flip of
+    ClipSpec) and shares its flip decision; 0 switches an augmentation off.
+    """
+    area: tuple = (0.08, 1.0)            # random-resized-crop area fraction range (aspect: ClipSpec.ratio)
+    brightness: float = 0.4              # brightness factor uniform in [1 - b, 1 + b]: x * f
+    contrast: float = 0.4                # contrast factor uniform in [1 - c, 1 + c]: (x - 128) * f + 128
+    saturation: float = 0.4              # saturation factor uniform in [1 - s, 1 + s]: grey + (x - grey) * f
+    temporal_jitter: int = 2             # the whole window shifted by d in -j..j sampled frames, edge-padded
+    erase: float = 0.5                   # probability of one cutout box, filled with the mean colour
+    erase_area: tuple = (0.02, 0.2)      # its area fraction range (aspect log-uniform in ERASE_RATIO)
+
+    def __post_init__(self):
+        ok = (0 < self.area[0] <= self.area[1] <= 1 and 0 < self.erase_area[0] <= self.erase_area[1] <= 1
+              and all(0 <= v <= 1 for v in (self.brightness, self.contrast, self.saturation, self.erase))
+              and isinstance(self.temporal_jitter, int) and self.temporal_jitter >= 0)
+        if not ok:
+            raise ValueError(f"bad strong augmentation {self}: need 0 < area <= 1, 0 < erase_area <= 1, colour "
+                             f"strengths and erase in [0, 1], temporal_jitter a whole number >= 0")
+
+
+ERASE_RATIO = (0.3, 3.3)                 # cutout box aspect range (width / height), torchvision's
+
+
+def as_strong(strong: StrongAug | dict | None) -> StrongAug | None:
+    """A StrongAug from a StrongAug, a dict of its fields (unknown keys are an error), or None (no strong view)."""
+    if strong is None or isinstance(strong, StrongAug):
+        return strong
+    names = [f.name for f in fields(StrongAug)]
+    unknown = set(strong) - set(names)
+    if unknown:
+        raise ValueError(f"unknown strong augmentation settings {sorted(unknown)}; known: {names}")
+    return StrongAug(**{k: tuple(v) if isinstance(v, list) else v for k, v in strong.items()})
+
+
+def jitter_order(frames: int, shift: int) -> list[int]:
+    """Frame order of a window shifted by `shift` frames inside itself, edge-padded (temporal jitter)."""
+    return [min(max(t + shift, 0), frames - 1) for t in range(frames)]
 
 
 def max_start(frames: int, clip: ClipSpec) -> int:

@@ -17,18 +17,21 @@ import math
 
 from ..errors import InputError
 from ..shards import ShardSet
-from .clip import ClipSpec, derive_seed
+from .clip import ClipSpec, StrongAug, as_strong, derive_seed
 
 MIN_STEPS_PER_BUILD = 50   # building a DALI pipeline and filling its shuffle buffer costs ~steps
 
 
 class MultiDatasetLoader:
-    """Endless iterator of training steps {dataset name: {"x", "y", "id", "x_u", "id_u"}}."""
+    """Endless iterator of training steps {dataset name: {"x", "y", "id", "x_u", "id_u"}}, with
+    "x_us" (the strong view of x_u) when `strong` is given."""
 
     def __init__(self, datasets: list[tuple[str, ShardSet, bool]], clip: ClipSpec, batch_size: int,
                  unlabeled_ratio: float, role_loader, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 threads: int = 2):
-        """`datasets`: (name, shard set, flip) triples; `role_loader`: DaliRoleLoader or TorchRoleLoader."""
+                 threads: int = 2, strong: StrongAug | dict | None = None):
+        """`datasets`: (name, shard set, flip) triples; `role_loader`: DaliRoleLoader or TorchRoleLoader;
+        `strong`: the unlabeled clips' strong view (clip.StrongAug or a dict of its fields), None for none."""
+        self.strong = as_strong(strong)
         self.datasets, self.clip, self.batch_size = datasets, clip, batch_size
         self.unlabeled_batch = max(1, round(unlabeled_ratio * batch_size)) if unlabeled_ratio > 0 else 0
         self.role_loader, self.seed, self.threads = role_loader, seed, threads
@@ -58,9 +61,10 @@ class MultiDatasetLoader:
             for role, b in (("labeled", self.batch_size), ("unlabeled", self.unlabeled_batch)):
                 if b:
                     seed = derive_seed(self.seed, block, name, role, self.rank)
+                    strong = {"strong": self.strong} if role == "unlabeled" and self.strong else {}
                     streams[name, role] = iter(self.role_loader(
                         shards, role, self.clip, b, train=True, flip=flip, seed=seed, rank=shard,
-                        world_size=self.world_size, threads=self.threads))
+                        world_size=self.world_size, threads=self.threads, **strong))
         return streams
 
     def __iter__(self):
@@ -81,6 +85,8 @@ class MultiDatasetLoader:
                         if self.unlabeled_batch:   # unlabeled: clips and ids, never labels
                             unl = next(streams[name, "unlabeled"])
                             batch[name].update(x_u=unl["x"], id_u=unl["id"])
+                            if self.strong:
+                                batch[name]["x_us"] = unl["x_strong"]
                     # the state names the next step to deliver, so a checkpoint taken now resumes after it
                     self.step += 1
                     if self.step == spe:

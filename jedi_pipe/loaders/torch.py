@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..shards import META_EXT, ShardSet, decode_meta
-from .clip import (ClipSpec, crop_offset, crop_positions, derive_seed, flip_map, train_antialias, train_start,
-                   view_starts)
+from .clip import (ERASE_RATIO, ClipSpec, StrongAug, crop_offset, crop_positions, derive_seed, flip_map,
+                   jitter_order, train_antialias, train_start, view_starts)
 
 
 # ---------------------------------------------------------------------------- per-clip stages
@@ -68,6 +68,16 @@ def _resize(x: torch.Tensor, h: int, w: int, antialias: bool = True) -> torch.Te
     return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=antialias)
 
 
+def crop_resize(x: torch.Tensor, box: tuple, clip: ClipSpec, antialias: bool = True) -> torch.Tensor:
+    """The crop `box` (top, left, height, width) of [T, 3, H, W] resized to S x S the training way
+    (clip.interp: nearest neighbour at pixel centres, as DALI's INTERP_NN, or linear)."""
+    top, left, ch, cw = box
+    x = x[:, :, top:top + ch, left:left + cw]
+    if clip.interp == "nearest":
+        return F.interpolate(x, size=(clip.size, clip.size), mode="nearest-exact")
+    return _resize(x, clip.size, clip.size, antialias)
+
+
 def resize_short(x: torch.Tensor, side: int) -> torch.Tensor:
     """Short side to `side` pixels, aspect kept (DALI's resize_shorter)."""
     h, w = x.shape[2:]
@@ -96,12 +106,43 @@ def train_transform(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: b
 def train_transform_flipped(x: torch.Tensor, clip: ClipSpec, rng: random.Random, flip: bool,
                             antialias: bool = True) -> tuple[torch.Tensor, bool]:
     """train_transform, and whether the clip was mirrored (its label may follow: clip.flip_map)."""
-    top, left, ch, cw = crop_box(x.shape[2], x.shape[3], clip.area, clip.ratio, rng)
-    x = _resize(x[:, :, top:top + ch, left:left + cw], clip.size, clip.size, antialias)
+    x = crop_resize(x, crop_box(x.shape[2], x.shape[3], clip.area, clip.ratio, rng), clip, antialias)
     flipped = bool(flip and rng.random() < 0.5)
     if flipped:
         x = x.flip(-1)
     return _normalize(x, clip), flipped
+
+
+# Luma weights of the grey level that saturation blends towards (DALI's color_twist works in YIQ,
+# whose Y is this; its saturation scales I and Q, which the blend below matches within a grey level).
+LUMA = (0.299, 0.587, 0.114)
+
+
+def strong_transform(x: torch.Tensor, clip: ClipSpec, strong: StrongAug, rng: random.Random, flipped: bool,
+                     antialias: bool = True) -> torch.Tensor:
+    """The strong view of decoded frames [T, 3, H, W] (0-255) -> [3, T, S, S]: its own crop box,
+    temporal jitter, colour factors and cutout, one draw per clip (clip.StrongAug), mirrored when the
+    weak view was. DALI's graph (dali.strong_view) draws the same distributions."""
+    x = crop_resize(x, crop_box(x.shape[2], x.shape[3], strong.area, clip.ratio, rng), clip, antialias)
+    j = strong.temporal_jitter
+    if j and clip.frames > 1:
+        x = x[jitter_order(clip.frames, rng.randint(-j, j))]
+    if strong.brightness or strong.contrast or strong.saturation:   # DALI's color_twist, clamped to uint8 range
+        b, c, s = (rng.uniform(1 - v, 1 + v) for v in (strong.brightness, strong.contrast, strong.saturation))
+        x = b * ((x - 128) * c + 128)
+        grey = (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (grey + (x - grey) * s).clamp(0, 255).round()
+    if strong.erase and rng.random() < strong.erase:
+        area = rng.uniform(*strong.erase_area)
+        ratio = math.exp(rng.uniform(math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])))
+        h, w = min(math.sqrt(area / ratio), 1.0), min(math.sqrt(area * ratio), 1.0)
+        top, left = round(rng.random() * (1 - h) * clip.size), round(rng.random() * (1 - w) * clip.size)
+        x = x.clone()
+        x[:, :, top:top + round(h * clip.size), left:left + round(w * clip.size)] = \
+            torch.tensor(clip.mean).view(1, 3, 1, 1) * 255
+    if flipped:
+        x = x.flip(-1)
+    return _normalize(x, clip)
 
 
 def eval_transform(x: torch.Tensor, clip: ClipSpec, crops=(0.5,)) -> torch.Tensor:
@@ -133,7 +174,11 @@ class ClipStream(torch.utils.data.IterableDataset):
     """Samples {"x", "y", "id"} of one role for this rank and DataLoader worker."""
 
     def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, *, train: bool, flip: bool = True,
-                 views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0):
+                 views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0, world_size: int = 1, workers: int = 0,
+                 strong: StrongAug | None = None):
+        if strong is not None and not train:
+            raise ValueError("strong views are for training loaders only")
+        self.strong = strong
         self.urls = [str(p) for p in shards.tars(role)]
         self.ext, self.clip, self.train, self.flip, self.views = shards.clip_ext, clip, train, flip, views
         self.crops = crops
@@ -162,40 +207,50 @@ class ClipStream(torch.utils.data.IterableDataset):
         if info:
             torch.set_num_threads(1)      # parallelism comes from the workers
         rng = random.Random(derive_seed(self.seed, self.rank, worker))
+        # the strong views draw from their own generator: turning them on leaves the weak views as they were
+        strong_rng = random.Random(derive_seed(self.seed, self.rank, worker, "strong"))
         for _ in itertools.count() if self.train else range(1):
             n = 0
             for sample in self._samples(worker, rng):
-                yield self._clip(sample, rng)
+                yield self._clip(sample, rng, strong_rng)
                 n += 1
             if n == 0:      # nothing for this reader: stop instead of spinning forever
                 return
 
-    def _clip(self, sample: dict, rng: random.Random) -> dict:
+    def _clip(self, sample: dict, rng: random.Random, strong_rng: random.Random) -> dict:
         meta = decode_meta(sample[META_EXT])
         data, frames, y = sample[self.ext], meta["frames"], meta["label"]
         if self.train:
             decoded = read_frames(data, window(train_start(frames, self.clip, rng.random()), self.clip))
             fmap = self.flip_map
             can_flip = self.flip and (fmap is None or (y >= 0 and fmap[y] >= 0))
-            x, flipped = train_transform_flipped(to_tensor(decoded), self.clip, rng, can_flip, self.antialias)
+            decoded = to_tensor(decoded)
+            x, flipped = train_transform_flipped(decoded, self.clip, rng, can_flip, self.antialias)
             y = fmap[y] if flipped and fmap is not None else y     # the label follows the mirror image
+            if self.strong is not None:   # the same decoded window, the same flip
+                strong = strong_transform(decoded, self.clip, self.strong, strong_rng, flipped, self.antialias)
+                return {"x": x, "y": y, "id": meta["sample_id"], "x_strong": strong}
         else:
             x = eval_views(data, frames, self.clip, self.views, self.crops)
         return {"x": x, "y": y, "id": meta["sample_id"]}
 
 
 class TorchRoleLoader:
-    """Batches {"x", "y", "id"} of one role, as DaliRoleLoader; `threads` DataLoader workers."""
+    """Batches {"x", "y", "id"} (and "x_strong" with `strong`) of one role, as DaliRoleLoader;
+    `threads` DataLoader workers."""
 
     def __init__(self, shards: ShardSet, role: str, clip: ClipSpec, batch_size: int, *, train: bool,
                  flip: bool = True, views: int = 1, crops: int = 1, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, threads: int = 2):
+                 world_size: int = 1, threads: int = 2, strong: StrongAug | None = None):
         self.stream = ClipStream(shards, role, clip, train=train, flip=flip, views=views, crops=crops, seed=seed,
-                                 rank=rank, world_size=world_size, workers=threads)
+                                 rank=rank, world_size=world_size, workers=threads, strong=strong)
         self.batch_size, self.threads = batch_size, threads
 
     def __iter__(self):
         loader = torch.utils.data.DataLoader(self.stream, batch_size=self.batch_size, num_workers=self.threads,
                                              prefetch_factor=2 if self.threads else None)
         for b in loader:
-            yield {"x": b["x"], "y": b["y"].long(), "id": b["id"].long()}
+            out = {"x": b["x"], "y": b["y"].long(), "id": b["id"].long()}
+            if "x_strong" in b:
+                out["x_strong"] = b["x_strong"]
+            yield out
