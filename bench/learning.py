@@ -5,6 +5,7 @@
     python bench/learning.py --videos-per-class 60 --out /tmp/lb60          # equal sizes
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
     python bench/learning.py --data-seed 1 --oracle-epochs 0 --out /tmp/lbval   # validation: choose here
+    python bench/learning.py --report OUT1 OUT2 ...         # several --json runs of one data folder, one table
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
 10 % labels and a val role of --val-per-class training videos per class, and re-split (no
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -167,7 +169,11 @@ def gaps(per_seed: list[dict]) -> str:
     """The demo's claims as paired differences by seed: mean over datasets, then per dataset."""
     names = list(per_seed[0]["expert"])
     lines = []
-    for a, b in [(a, b) for a, b in GAPS if a in per_seed[0] and b in per_seed[0]]:
+    # rows merged in by --report carry a " [overrides]" tag: the same gaps within each tag, baselines untagged
+    tags = [""] + sorted({r[r.index(" ["):] for r in per_seed[0] if " [" in r})
+    pairs = [(a + tag, b if b in ("expert", "ema student", "fixmatch student") else b + tag)
+             for tag in tags for a, b in GAPS]
+    for a, b in [(a, b) for a, b in pairs if a in per_seed[0] and b in per_seed[0]]:
         by_seed = [statistics.fmean(s[a][n] - s[b][n] for n in names) for s in per_seed]
         per_ds = ", ".join(f"{n} {statistics.fmean(s[a][n] - s[b][n] for s in per_seed):+.1f}" for n in names)
         spread = f" ± {statistics.pstdev(by_seed):.1f}" if len(by_seed) > 1 else ""
@@ -183,7 +189,38 @@ def gaps(per_seed: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def print_tables(per_seed: list[dict], overrides) -> None:
+    if "val" in per_seed[0]:
+        print(f"\nval top-1 (%), compare settings by this one; mean ± std over {len(per_seed)} seeds; "
+              f"overrides: {overrides or 'none'}\n")
+        print(table([s["val"] for s in per_seed]))
+        print(gaps([s["val"] for s in per_seed]))
+        print(f"\nval top-1 (%) at joint step {EARLY_STEP}: how far the joint phase first moves the students\n")
+        print(table([s["early"] for s in per_seed]))
+    print(f"\ntest top-1 (%), report this one; mean ± std over {len(per_seed)} seeds; "
+          f"overrides: {overrides or 'none'}\n")
+    print(table([s["test"] for s in per_seed]))
+    print(gaps([s["test"] for s in per_seed]))
+
+
+def report(outs: list[Path]) -> None:
+    """The tables of several --json runs on the same data and seeds as one: the first run's rows as
+    they are, the others' joint-phase rows named with their overrides (their experts are the same)."""
+    first, *others = [json.loads((o / "learning.json").read_text()) for o in outs]
+    per_seed = first["seeds"]
+    for other in others:
+        tag = " [" + ", ".join(o.split(".")[-1] for o in other["overrides"]) + "]"
+        for mine, theirs in zip(per_seed, other["seeds"], strict=True):
+            for split, rows in theirs.items():
+                if rows.get("expert") != mine[split].get("expert"):
+                    raise SystemExit(f"{outs}: the runs' experts differ ({split}); not the same data and seeds")
+                mine[split].update({r + tag: v for r, v in rows.items() if r not in ("expert", "oracle")})
+    print_tables(per_seed, [first["overrides"], *[o["overrides"] for o in others]])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--report"]:   # python bench/learning.py --report OUT [OUT ...]
+        return report([Path(a) for a in sys.argv[2:]])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
     ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
@@ -245,16 +282,7 @@ def main() -> None:
         log(f"seed {seed}")
         per_seed.append(run_seed(data, args.out / f"seed{seed}", seed, args.overrides,
                                  args.oracle_epochs, log, runs))
-    if "val" in per_seed[0]:
-        print(f"\nval top-1 (%), compare settings by this one; mean ± std over {args.seeds} seeds; "
-              f"overrides: {args.overrides or 'none'}\n")
-        print(table([s["val"] for s in per_seed]))
-        print(gaps([s["val"] for s in per_seed]))
-        print(f"\nval top-1 (%) at joint step {EARLY_STEP}: how far the joint phase first moves the students\n")
-        print(table([s["early"] for s in per_seed]))
-    print(f"\ntest top-1 (%), report this one; mean ± std over {args.seeds} seeds; overrides: {args.overrides or 'none'}\n")
-    print(table([s["test"] for s in per_seed]))
-    print(gaps([s["test"] for s in per_seed]))
+    print_tables(per_seed, args.overrides)
     if args.json:
         (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "seeds": per_seed}, indent=1))
     log("done")
