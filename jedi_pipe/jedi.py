@@ -49,7 +49,7 @@ class JEDIConfig:
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE and the mutual term. 0: the live heads
-    bn_stats: str = "batch"  # BatchNorm statistics of each backbone: "batch", over all clips of the step (every
+    bn_stats: str = "source"  # BatchNorm statistics of each backbone: "batch", over all clips of the step (every
     #                          dataset's); "own", over its own dataset's clips only, applied to all, as its expert
     #                          saw them; "source", each dataset's clips normalised with that dataset's statistics
     #                          (SourceBatchNorm: every backbone keeps running statistics per dataset, train and
