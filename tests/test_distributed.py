@@ -61,7 +61,7 @@ def _jedi_step_grads(rank, world, store, batch, out_path):
             t.weight.add_(0.05)    # teachers that differ from their students and read every block
     # BatchNorm on its running statistics: each clip's outputs then do not depend on the other clips
     # of its batch, which is what lets one rank's half stand for its part of the whole batch
-    jedi.train().apply(lambda m: m.eval() if isinstance(m, torch.nn.BatchNorm3d) else None)
+    jedi.train().apply(lambda m: m.eval() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) else None)
     share = lambda x: x.chunk(world)[rank]
     forward = distributed.wrap(jedi)
     out = forward({n: share(x) for n, (x, _, _) in batch.items()}, {n: share(u) for n, (_, _, u) in batch.items()})
