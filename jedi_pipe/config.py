@@ -37,8 +37,8 @@ class ClipCfg:
     frames: int = 8               # T, frames per clip
     stride: int = 1               # temporal stride between sampled frames
     size: int = 32                # crop size in pixels (H = W)
-    interp: str = "linear"        # training crops' resampling: linear, or nearest (the DALI CPU path's fast one;
-    #                               loaders/clip.py TRAIN_INTERP); evaluation always resizes linearly
+    interp: str = "linear"        # training crops' resampling: linear (chosen on val), or nearest (the DALI CPU
+    #                               path's fast one; loaders/clip.py TRAIN_INTERP); evaluation resizes linearly
     eval_views: int = 1           # temporal windows averaged per test clip
     eval_crops: int = 1           # spatial crops across the long side per window (3: the standard 3-crop test)
 

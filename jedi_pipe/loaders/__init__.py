@@ -26,8 +26,8 @@ when x_u[i] is. Labeled clips get no strong view. Epoch length: `loader.steps_pe
 max over datasets of ceil(labeled clips / (world_size * B)). Seeds and resume (mixing.py): batches
 are a function of (seed, epoch, step); save `loader.state_dict()` ({"epoch", "step"}) with the
 checkpoint and `load_state_dict` it into a new loader before iterating.
-Training clips: random window of T frames at stride s, random resized crop (resampled with
-nearest neighbour unless ClipSpec.interp="linear": clip.TRAIN_INTERP says why), horizontal flip
+Training clips: random window of T frames at stride s, random resized crop (resampled
+linearly, or with nearest neighbour with ClipSpec.interp="nearest": clip.TRAIN_INTERP says why), horizontal flip
 unless the dataset says flip=False. Where the card has a flip map (ssv2: the pairs of
 preprocess/ssv2.yaml, flips.py), a flipped clip takes its mirror class ("from left to right" <->
 "from right to left"), classes with a direction and no mirror class are never flipped, and neither

@@ -10,12 +10,13 @@ from dataclasses import dataclass, fields
 
 from ..flips import flips_of_card
 
-# Resampling of the training crops (random resized crop, weak and strong views). Nearest
-# neighbour is the default because DALI's CPU linear resampler costs 2.7 ms a clip of 16 frames
-# at 112 px against 0.4 ms (bench/README.md): with it the DALI CPU path runs at the decode bound.
-# The clips it gives repeat or drop whole pixel rows and columns (scales 0.9-1.8x on 128-px
-# shards), where linear blends them; evaluation always resizes linearly.
-TRAIN_INTERP = ("nearest", "linear")
+# Resampling of the training crops (random resized crop, weak and strong views). Linear is the
+# default: chosen on val (docs/method.md: nearest neighbour cost the demo's JEDI students 2 points
+# of val top-1). Nearest is the fast option of the DALI CPU path: the linear resampler costs 2.7 ms
+# a clip of 16 frames at 112 px against 0.4 ms (bench/README.md), the difference between 0.71 and
+# 0.90 of the decode bound. Nearest repeats or drops whole pixel rows and columns (scales 0.9-1.8x
+# on 128-px shards) where linear blends them; evaluation always resizes linearly.
+TRAIN_INTERP = ("linear", "nearest")
 
 # torchvision's Kinetics-400 video statistics, on 0-1 pixel values.
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
@@ -31,7 +32,7 @@ class ClipSpec:
     ratio: tuple = (3 / 4, 4 / 3)        # and aspect ratio (width / height) range
     mean: tuple = KINETICS_MEAN          # per channel (RGB), 0-1 scale
     std: tuple = KINETICS_STD
-    interp: str = "nearest"              # training crops' resampling: "nearest" or "linear" (see TRAIN_INTERP)
+    interp: str = "linear"               # training crops' resampling: "linear" or "nearest" (see TRAIN_INTERP)
 
     def __post_init__(self):
         if self.frames < 1 or self.stride < 1 or self.size < 8:

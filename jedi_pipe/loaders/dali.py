@@ -3,7 +3,7 @@
     readers.webdataset (clip bytes + meta.i32 as INT32)      -- shard_id/num_shards = rank/world
       -> window start from meta `frames` (graph arithmetic)   -- random (train) / centred views (eval)
       -> decoders.video(start_frame, sequence_length=T, stride=s, pad_mode="edge")
-      -> random_resized_crop (nearest neighbour by default, clip.interp) + coin-flip mirror (train)
+      -> random_resized_crop (linear, or nearest neighbour: clip.interp) + coin-flip mirror (train)
          |  resize short side (linear) + centre crop (eval)
       -> crop_mirror_normalize(output_layout="CFHW", uint8): crop, mirror, transpose
       -> DALIGenericIterator -> Normalize: float32 (x / 255 - mean) / std, numpy on the CPU, torch on a GPU
