@@ -581,11 +581,11 @@ def test_strong_settings_are_checked():
 
 
 def test_training_crops_resample_as_clip_interp_says():
-    """Nearest neighbour (the default) takes whole source pixels; linear blends them; eval is linear."""
+    """Nearest neighbour takes whole source pixels; linear (the default) blends them; eval is linear."""
     x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20) % 251
     box = (2, 3, 14, 14)    # enlarged 14 -> 32
-    near = TL.crop_resize(x, box, ClipSpec(**CLIP))
-    lin = TL.crop_resize(x, box, ClipSpec(**CLIP, interp="linear"))
+    near = TL.crop_resize(x, box, ClipSpec(**CLIP, interp="nearest"))
+    lin = TL.crop_resize(x, box, ClipSpec(**CLIP))
     assert near.shape == lin.shape == (2, 3, 32, 32) and not torch.equal(near, lin)
     crop = x[:, :, 2:16, 3:17]
     assert set(near.unique().tolist()) <= set(crop.unique().tolist())     # no new values: whole pixels
