@@ -82,6 +82,8 @@ class JediCfg(JEDIConfig):
         super().__post_init__()
         if self.teachers not in ("joint", "ema", "fixmatch"):
             raise ValueError(f"teachers: joint, ema or fixmatch, got {self.teachers!r}")
+        if self.views and not self.unlabeled_ratio:
+            raise ValueError("views: the views are of unlabeled clips; set unlabeled_ratio > 0")
         if self.views and self.teachers == "joint" and not self.teacher_ema:
             raise ValueError("views: the teachers' weak-view targets come from their moving average; set teacher_ema > 0")
         if self.micro_batch_size < 0:

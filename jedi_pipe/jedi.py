@@ -246,7 +246,7 @@ class JEDI(nn.Module):
             with torch.no_grad(), _source_rows(self.ema_source_bns if self.config.bn_stats == "source" else {},
                                                self.source_parts(parts, ema_from)):
                 x_t = x[ema_from:]
-                if unlabeled_weak is not None and self.training:    # the same rows, weak views
+                if unlabeled_weak and self.training:    # the same rows, weak views
                     x_t = torch.cat([unlabeled_weak[n] for role, n, _ in parts if role == "unlabeled"])
                 ema_in = torch.cat([self.ema_students[n].features(x_t) for n in self.names], dim=1)
 
