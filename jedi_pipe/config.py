@@ -128,6 +128,19 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
 
+def with_new_keys(saved: dict) -> dict:
+    """A config saved by an older version, with the keys added since at their defaults (each
+    new key's default is the behaviour before it existed), so a resume compares like with like."""
+    sections = {"clip": ClipCfg(), "pretrain": PretrainCfg(), "jedi": JediCfg(), "strong": StrongAug()}
+    out = dict(saved)
+    for f in dataclasses.fields(Config):
+        if f.name in sections:
+            out[f.name] = {**_plain(dataclasses.asdict(sections[f.name])), **saved.get(f.name, {})}
+        elif f.name not in out and f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+    return out
+
+
 def _plain(value):
     """Tuples as lists, all the way down: what YAML and JSON write back as they were read."""
     if isinstance(value, dict):

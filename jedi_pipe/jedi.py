@@ -345,7 +345,7 @@ class EMABaseline(nn.Module):
 class FixMatchBaseline(nn.Module):
     """The single-dataset FixMatch baseline: each student's own prediction on the weak view of an
     unlabeled clip (no gradient) is the target for its prediction on the strong view; with
-    ``hard`` and ``threshold`` (trainer: fixmatch_config) this is FixMatch's loss. Each dataset
+    ``hard`` and ``threshold`` (trainer.loss_config) this is FixMatch's loss. Each dataset
     alone, same interface, steps and batches as JEDI. ``teacher`` logits are the student's own,
     detached: the teacher terms train nothing.
     """

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import distributed
 from . import shards as shardfmt
-from .config import Config, save_config
+from .config import Config, save_config, with_new_keys
 from .errors import InputError, MissingError, UnavailableError
 from .jedi import JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, fit_teacher_heads_probe, jedi_losses
 from .loaders import make_eval_loader, resolve_backend, role_loader
@@ -432,7 +432,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     ckpt_path, step = out / "checkpoint.pt", 0
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_same(ck["config"], cfg.to_dict(), f"checkpoint {ckpt_path}")
+        _check_same(with_new_keys(ck["config"]), cfg.to_dict(), f"checkpoint {ckpt_path}")
         jedi.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         loader.load_state_dict(ck["loader"])

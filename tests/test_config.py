@@ -44,3 +44,16 @@ def test_shipped_configs_load():
         assert len(cfg.datasets) == 4
         if name == "jedi.yaml":   # ssv2 flips, its left/right classes swapping (loaders/clip.py flip_map)
             assert next(d for d in cfg.datasets if d.name == "ssv2").flip is True
+
+
+def test_an_older_saved_config_gets_the_new_keys_at_their_old_behaviour():
+    """Resume compares the checkpoint's saved config with today's: keys added since (views,
+    teacher_warmup, strong, eval_first, clip.interp) take their defaults, which are the behaviour
+    before they existed; a setting that really differs still differs."""
+    from jedi_pipe.config import load_config, with_new_keys
+    now = load_config("train/demo.yaml", ["jedi.views=false"]).to_dict()
+    saved = {k: v for k, v in now.items() if k not in ("strong", "eval_first")}
+    saved["jedi"] = {k: v for k, v in now["jedi"].items() if k not in ("views", "teacher_warmup")}
+    saved["clip"] = {k: v for k, v in now["clip"].items() if k != "interp"}
+    assert saved != now and with_new_keys(saved) == now
+    assert with_new_keys(saved) != load_config("train/demo.yaml").to_dict()   # the demo now has views: true
