@@ -161,3 +161,17 @@ def test_cli_split_and_a_rerun_is_a_noop(src, tmp_path):
     assert r.exit_code == 2 and "exactly one of --labeled-fraction" in r.output
     r = CliRunner().invoke(main, ["split", str(src), "--out", str(src), "--labeled-fraction", "0.5"])
     assert r.exit_code == 2 and "is the source folder" in r.output
+
+
+def test_adding_a_val_role_keeps_the_labeled_choice():
+    """shards/README.md: labeled videos come from the front of each class's shuffled ids and val
+    from the back, so adding val (where the two fit) changes no labeled video; val is drawn only
+    from what was unlabeled."""
+    from jedi_pipe.make_shards import select_roles
+    train = [(f"v{c}_{i:03d}", c) for c in range(5) for i in range(20)]
+    without = select_roles(train, seed=3, labeled_fraction=0.15)
+    for val in ({"val_per_class": 4}, {"val_fraction": 0.3}):
+        with_val = select_roles(train, seed=3, labeled_fraction=0.15, **val)
+        assert {v for v, r in with_val.items() if r == "labeled"} == {v for v, r in without.items() if r == "labeled"}
+        assert {v for v, r in with_val.items() if r == "val"} and all(
+            without[v] == "unlabeled" for v, r in with_val.items() if r == "val")
