@@ -3,7 +3,7 @@
     python bench/step.py profile --shards jedi-demo/shards --steps 30     # per-step table
     python bench/step.py demo --out /tmp/demo-profile                      # the demo's phases
 
-`profile` runs joint steps of `train/demo.yaml` (its model, clip, batches, losses; `--set` to
+`profile` runs joint steps of `train/demo.yaml` (its model, clip, batches, losses, views; `--set` to
 change them) on the shard folders under `--shards` (one per dataset, as `jedi-pipe demo` writes
 them), from freshly initialised students: the step's cost does not depend on the weights. Each
 step is the trainer's step cut at its seams, computing the same things in the same order:
@@ -68,11 +68,14 @@ def profile(shards: Path, steps: int, overrides: list[str]) -> str:
             batch = next(it)
         labeled = {n: b["x"].to(device) for n, b in batch.items()}
         unlabeled = {n: b["x_u"].to(device) for n, b in batch.items() if "x_u" in b}
+        weak = None
+        if cfg.jedi.views:   # as the trainer: students on the strong views, targets from the weak ones
+            weak, unlabeled = unlabeled, {n: b["x_us"].to(device) for n, b in batch.items() if "x_us" in b}
         labels = {n: b["y"].to(device) for n, b in batch.items()}
         if step == 0:   # the cut computes what the trainer computes
             with torch.no_grad():
-                ref, _ = jedi_losses(jedi(labeled, unlabeled), labels, jcfg)
-        loss = cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock)
+                ref, _ = jedi_losses(jedi(labeled, unlabeled, weak), labels, jcfg)
+        loss = cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock, weak)
         if step == 0 and not torch.allclose(loss, ref, rtol=1e-4, atol=1e-5):
             raise AssertionError(f"the timed step's loss {loss.item()} differs from the trainer's {ref.item()}")
     wall, main_cpu = time.perf_counter() - t0, time.thread_time() - c0

@@ -243,12 +243,7 @@ class JEDI(nn.Module):
         if self.config.teacher_ema:
             # training: only the unlabeled rows (a suffix of x) need it, as targets; evaluation: every row
             ema_from = sum(c.shape[0] for role, _, c in parts if role == "labeled") if self.training else 0
-            with torch.no_grad(), _source_rows(self.ema_source_bns if self.config.bn_stats == "source" else {},
-                                               self.source_parts(parts, ema_from)):
-                x_t = x[ema_from:]
-                if unlabeled_weak and self.training:    # the same rows, weak views
-                    x_t = torch.cat([unlabeled_weak[n] for role, n, _ in parts if role == "unlabeled"])
-                ema_in = torch.cat([self.ema_students[n].features(x_t) for n in self.names], dim=1)
+            ema_in = self.ema_features(x, parts, ema_from, unlabeled_weak if self.training else None)
 
         out, start = StepOutput(), 0
         for role, name, clips in parts:
@@ -261,6 +256,17 @@ class JEDI(nn.Module):
                     teacher_ema = self.ema_teachers[name](ema_in[rows.start - ema_from:rows.stop - ema_from])
             getattr(out, role)[name] = Logits(student, self.teachers[name](teacher_in[rows]), teacher_ema)
         return out
+
+    @torch.no_grad()
+    def ema_features(self, x: Tensor, parts: list, ema_from: int, unlabeled_weak=None) -> Tensor:
+        """[f_1; ...; f_N] of the moving average over rows ema_from.. of x (the unlabeled suffix in
+        training), or over those rows' weak views; each dataset's rows by its own statistics."""
+        x_t = x[ema_from:]
+        if unlabeled_weak:   # the same rows, weak views
+            x_t = torch.cat([unlabeled_weak[n] for role, n, _ in parts if role == "unlabeled"])
+        with _source_rows(self.ema_source_bns if self.config.bn_stats == "source" else {},
+                          self.source_parts(parts, ema_from)):
+            return torch.cat([self.ema_students[n].features(x_t) for n in self.names], dim=1)
 
     def _features(self, name: str, x: Tensor, parts: list) -> Tensor:
         """f_name(x); with bn_stats "own", its BatchNorm statistics come from the rows of dataset `name`."""

@@ -1,6 +1,6 @@
 """A JEDI joint step cut at its seams and timed part by part (`bench/step.py profile` prints it).
 
-`cut_step` computes what `jedi(labeled, unlabeled)` -> `jedi_losses` -> backward -> SGD computes,
+`cut_step` computes what `jedi(labeled, unlabeled[, weak])` -> `jedi_losses` -> backward -> SGD computes,
 in the same order, with each backbone's forward and backward, the heads, the mean teacher, the
 loss and the optimizer under their own `Clock` part; tests/test_step_profile.py checks that its
 loss and gradients are the trainer's.
@@ -33,9 +33,10 @@ class Clock:
         return _Part()
 
 
-def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock):
+def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock, weak=None):
     """One step of trainer.joint_step in one pass (no micro-batches, no checkpointing, fp32), timed
-    part by part; returns the loss."""
+    part by part; returns the loss. `weak`: the unlabeled clips' weak views (views), `unlabeled`
+    then being the strong ones, as the trainer passes them."""
     parts = [("labeled", n, x) for n, x in labeled.items()] + [("unlabeled", n, x) for n, x in unlabeled.items()]
     x = torch.cat([c for _, _, c in parts])
     feats = {}
@@ -52,7 +53,7 @@ def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock):
     ema_in = None
     if jcfg.teacher_ema:
         with clock.part("mean teacher"), torch.no_grad():
-            ema_in = torch.cat([jedi.ema_students[n].features(x[n_lab:]) for n in jedi.names], dim=1)
+            ema_in = jedi.ema_features(x, parts, n_lab, weak)
     out, start = StepOutput(), 0
     for role, name, clips in parts:
         rows = slice(start, start + clips.shape[0])

@@ -38,3 +38,30 @@ def test_cut_step_is_the_trainers_step(cfg):
     parts = {"fwd a", "fwd b", "bwd a", "bwd b", "heads", "loss", "optimizer"}
     assert parts <= set(clock.wall) and all(clock.wall[p] > 0 for p in parts)
     assert ("mean teacher" in clock.wall) == bool(cfg.teacher_ema)
+
+
+def test_cut_step_is_the_trainers_step_with_views_and_source_statistics():
+    """The demo's setting: targets from weak views through the moving average, each dataset's rows
+    by its own BatchNorm statistics (made to differ from the backbone's own, so using the wrong
+    ones shows)."""
+    torch.manual_seed(0)
+    classes = {"a": 3, "b": 4}
+    cfg = JEDIConfig(teacher_ema=0.9, bn_stats="source")
+    ref = JEDI({n: build("tiny3d_s", c) for n, c in classes.items()}, cfg).train()
+    with torch.no_grad():
+        for bns in ref.ema_source_bns.values():
+            for bn in bns:
+                bn.source_mean.normal_()
+        for p in ref.ema_teachers.parameters():   # off the block init: every backbone's features count
+            p.normal_()
+    cut = copy.deepcopy(ref)
+    labeled, strong, weak = ({n: torch.randn(4, 3, 4, 16, 16) for n in classes} for _ in range(3))
+    labels = {n: torch.randint(0, c, (4,)) for n, c in classes.items()}
+    loss, _ = jedi_losses(ref(labeled, strong, weak), labels, cfg)
+    # the weak views and the per-dataset statistics change the targets, so a cut that ignored either would differ
+    with torch.no_grad():
+        assert not torch.allclose(ref(labeled, strong, weak).unlabeled["a"].teacher_ema,
+                                  ref(labeled, strong).unlabeled["a"].teacher_ema, atol=1e-3)
+    opt = torch.optim.SGD([p for p in cut.parameters() if p.requires_grad], lr=0.1)
+    got = cut_step(cut, labeled, strong, labels, cfg, opt, Clock(), weak)
+    assert got.item() == pytest.approx(loss.item(), rel=1e-5)
