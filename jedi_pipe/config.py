@@ -133,6 +133,8 @@ def with_new_keys(saved: dict) -> dict:
     new key's default is the behaviour before it existed), so a resume compares like with like."""
     sections = {"clip": ClipCfg(), "pretrain": PretrainCfg(), "jedi": JediCfg(), "strong": StrongAug()}
     out = dict(saved)
+    entry = {f.name: f.default for f in dataclasses.fields(DatasetCfg) if f.default is not dataclasses.MISSING}
+    out["datasets"] = [{**entry, **d} for d in saved.get("datasets", [])]
     for f in dataclasses.fields(Config):
         if f.name in sections:
             out[f.name] = {**_plain(dataclasses.asdict(sections[f.name])), **saved.get(f.name, {})}

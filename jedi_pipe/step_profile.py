@@ -47,7 +47,7 @@ def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock, weak=Non
     leaves = {n: f.detach().requires_grad_() for n, f in feats.items()}
     with clock.part("heads"):
         teacher_in = torch.cat([leaves[n] for n in jedi.names], dim=1)
-        if jcfg.detach_teacher_features:
+        if jcfg.detach_teacher_features or jedi.heads_only:
             teacher_in = teacher_in.detach()
     n_lab = sum(c.shape[0] for role, _, c in parts if role == "labeled")
     ema_in = None

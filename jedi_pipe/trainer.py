@@ -188,8 +188,8 @@ def expert_path(cfg: Config, name: str) -> Path:
 def expert_signature(config: dict, name: str) -> dict:
     """What an expert depends on: its dataset entry, the clip, the pretrain schedule, the seed."""
     # evaluation settings do not change an expert's weights
+    config = with_new_keys(config)     # an expert saved before a key existed ran with that key's default
     clip = {k: v for k, v in config["clip"].items() if not k.startswith("eval_")}
-    clip.setdefault("interp", "linear")     # experts saved before clip.interp existed were trained with linear crops
     return {"dataset": next(d for d in config["datasets"] if d["name"] == name), "clip": clip,
             "pretrain": config["pretrain"], "seed": config["seed"]}
 

@@ -68,18 +68,6 @@ def stray_class_errors(vroot: Path, root: Path, known: set[str], skip: tuple[Pat
     return errors
 
 
-def find_dir(root: Path, name: str, must_contain: str | None = None) -> Path | None:
-    """The shallowest folder called `name` under root (root itself included)."""
-    if root.name == name and (must_contain is None or (root / must_contain).exists()):
-        return root
-    for dirpath, dirnames, _ in _walk_sorted(root):
-        if name in dirnames:
-            p = Path(dirpath) / name
-            if must_contain is None or (p / must_contain).exists():
-                return p
-    return None
-
-
 def find_file(root: Path, name: str, prefer_parent: str | None = None) -> Path | None:
     """A file called `name` under root; one inside a folder called `prefer_parent` wins."""
     hits = [Path(d) / name for d, _, files in _walk_sorted(root) if name in files]

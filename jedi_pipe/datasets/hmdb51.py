@@ -11,7 +11,6 @@ from pathlib import Path
 from .common import (DatasetError, Listing, VideoItem, check_root, check_split, find_class_root,
                      find_files_matching, missing_error, read_text, rel, stray_class_errors)
 
-SPLITS_DIR = "testTrainMulti_7030_splits"
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>[123])\.txt$")
 
 

@@ -119,7 +119,7 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
         raise ValueError(f"dataset names must be unique, got {names}; set 'name' per dataset")
     loader = role_loader(resolve_backend(backend, [e[1] for e in entries]))
     return MultiDatasetLoader(entries, clip, batch_size, unlabeled_ratio, loader, seed=seed, rank=rank,
-                              world_size=world_size, threads=threads, strong=as_strong(strong))
+                              world_size=world_size, threads=threads, strong=strong)
 
 
 def make_eval_loader(shards_dir: str | ShardSet, clip: ClipSpec | dict | None = None, batch_size: int = 8,

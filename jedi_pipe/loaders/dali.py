@@ -135,8 +135,6 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
     antialias = train_antialias(shards, clip)
 
     fmap = flip_map(shards) if train and flip else None
-    if strong is not None and not train:
-        raise ValueError("strong views are for training loaders only")
 
     def crop_mirror(video, mirror, pos=0.5):   # uint8 CFHW: Normalize (after the iterator) makes it float
         return fn.crop_mirror_normalize(video, crop=[clip.size, clip.size], crop_pos_x=pos, crop_pos_y=pos,

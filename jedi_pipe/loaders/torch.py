@@ -182,7 +182,7 @@ class ClipStream(torch.utils.data.IterableDataset):
         self.urls = [str(p) for p in shards.tars(role)]
         self.ext, self.clip, self.train, self.flip, self.views = shards.clip_ext, clip, train, flip, views
         self.crops = crops
-        self.flip_map = flip_map(shards) if flip else None
+        self.flip_map = flip_map(shards) if train and flip else None
         self.antialias = train_antialias(shards, clip)
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, workers
 
