@@ -8,7 +8,7 @@
     python bench/learning.py --report OUT1 OUT2 ...         # several --json runs of one data folder, one table
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
-10 % labels and a val role of --val-per-class training videos per class, and re-split (no
+15 % labels (DEMO_SHARD) and a val role of --val-per-class training videos per class, and re-split (no
 transcode: `jedi-pipe split --labeled-fraction 1.0`) into the oracle's shards, where every
 training clip but the same val ones is labeled (same clips, same val and test sets). Per
 training seed, with `train/demo.yaml` and the given --set overrides:

@@ -274,7 +274,7 @@ def test_different_shares_few_primitives():
 
 @pytest.mark.parametrize("ds", [d for d in synth.DATASETS if d != "ssv2"])
 def test_different_classes_survive_flips(ds):
-    # the loaders flip every dataset but ssv2: a class's motion must be as likely mirrored as not,
+    # the loaders flip freely every dataset without a flip map: a class's motion must be as likely mirrored as not,
     # and every primitive must move something (but `still`, whose motion is the camera's alone)
     t = np.arange(24, dtype=np.float32) / 8
     for name, prim, sign in synth._TABLES["different"][ds]:
