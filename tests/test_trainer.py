@@ -125,11 +125,36 @@ def test_mean_teacher_run(shard_dirs, tmp_path):
 @pytest.mark.parametrize("extra", [["jedi.views=true", "jedi.teacher_ema=0.9", "jedi.bn_stats=source"],
                                    ["jedi.teachers=fixmatch", "jedi.views=true", "jedi.threshold=0.3"]],
                          ids=["jedi-views-source-bn", "fixmatch"])
-def test_views_runs(shard_dirs, tmp_path, extra):
+def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
     """Weak/strong views through the trainer: JEDI (with per-dataset BatchNorm) and the FixMatch
-    baseline train, save and evaluate back to the same numbers; the distillation term is logged."""
+    baseline train on the strong views (x_us) with the weak ones (x_u) as where the targets come
+    from, save and evaluate back to the same numbers; the distillation term is logged."""
+    from jedi_pipe import jedi as jedi_mod
+    from jedi_pipe.loaders.mixing import MultiDatasetLoader
+    batches, calls = [], []
+    loader_iter = MultiDatasetLoader.__iter__
+
+    def recording_iter(self):
+        for b in loader_iter(self):
+            batches.append(b)
+            yield b
+    monkeypatch.setattr(MultiDatasetLoader, "__iter__", recording_iter)
+    model_cls = jedi_mod.FixMatchBaseline if "jedi.teachers=fixmatch" in extra else jedi_mod.JEDI
+    forward = model_cls.forward
+
+    def recording_forward(self, labeled, unlabeled=None, unlabeled_weak=None):
+        if unlabeled:   # a training step (evaluation passes labeled clips only)
+            calls.append((unlabeled, unlabeled_weak))
+        return forward(self, labeled, unlabeled, unlabeled_weak)
+    monkeypatch.setattr(model_cls, "forward", recording_forward)
+
     _, cfg = tiny_config(shard_dirs, tmp_path / "run", extra)
     results = train(cfg, log=lambda m: None)
+    batches = [b for b in batches if "x_u" in next(iter(b.values()))]   # the joint phase's (pretraining has none)
+    assert calls and len(calls) == len(batches)
+    for (strong, weak), batch in zip(calls, batches):
+        for n, b in batch.items():
+            assert torch.equal(strong[n], b["x_us"]) and torch.equal(weak[n], b["x_u"])
     assert evaluate(cfg, log=lambda m: None) == results
     steps = [r for r in map(json.loads, (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) if "eval" not in r]
     assert steps and all("distill" in r and "mask_rate" in r for r in steps)
