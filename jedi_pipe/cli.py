@@ -216,11 +216,11 @@ def inspect(shard_dir, preview, as_json):
 
 def _echo_flips(ss):
     """The mirror-class pairs that training flips use (the card's map: loaders/clip.py flip_map), for datasets with directions."""
-    from .loaders.clip import flip_map, flip_pairs
-    fmap = flip_map(ss)
-    if fmap is None:
+    from .flips import flips_of_card
+    flips = flips_of_card(ss.card, str(ss.root))
+    if flips is None:
         return
-    pairs, never = flip_pairs(ss.classes, fmap)
+    pairs, never = flips["pairs"], flips["never"]
     where = "the card" if "flips" in ss.card else "not in the card (written before it held one): the packaged map"
     click.echo(f"  flips ({where}): {len(pairs)} mirror pair(s) swap their labels, {len(never)} class(es) never flipped")
     for a, b in pairs:

@@ -180,8 +180,8 @@ def _copy_train(ss: shards.ShardSet, plan: list[dict], out: Path) -> None:
     source tar (no tar is read whole, nothing is decoded)."""
     where = {}
     for role in shards.TRAIN_ROLES:
-        for tar in ss.tars(role):
-            for key, members in shards.read_index(shards.index_name(str(tar))).items():
+        for tar, idx in zip(ss.tars(role), ss.indexes(role), strict=True):
+            for key, members in shards.read_index(idx).items():
                 where[key] = (tar, *members[ss.clip_ext])
     handles, writer = {}, None
     try:

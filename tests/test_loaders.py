@@ -288,7 +288,7 @@ def test_flip_is_on_by_default_and_ssv2_graph_swaps_labels(folder, ssv2):
 
 def test_flip_map_pairs_only_mirror_classes():
     from jedi_pipe.flips import card_flips, packaged_rule
-    from jedi_pipe.loaders.clip import flip_map, flip_pairs
+    from jedi_pipe.loaders.clip import flip_map
     from jedi_pipe.shards import ShardSet
     classes = ["Pushing something from left to right", "Moving something up",
                "Turning the camera right while filming something",   # its partner is absent: never flipped
@@ -297,7 +297,7 @@ def test_flip_map_pairs_only_mirror_classes():
     card = {"dataset": "ssv2", "classes": classes, "flips": card_flips(classes, packaged_rule("ssv2"))}
     fmap = flip_map(ShardSet(None, card))
     assert fmap == (3, 1, -1, 0, -1)
-    assert flip_pairs(classes, fmap) == ([(classes[0], classes[3])], [classes[2], classes[4]])
+    assert card["flips"] == {"pairs": [[classes[0], classes[3]]], "never": [classes[2], classes[4]]}
     # the card is the map: pairs it does not hold are not flipped, whatever the names say
     assert flip_map(ShardSet(None, {**card, "flips": {"pairs": [], "never": classes[:1]}})) == (-1, 1, 2, 3, 4)
     assert flip_map(ShardSet(None, {"dataset": "hmdb51", "classes": ["walk left"], "flips": None})) is None

@@ -148,12 +148,6 @@ def flip_map(shards) -> tuple[int, ...] | None:
     return tuple(fmap)
 
 
-def flip_pairs(classes: list[str], fmap: tuple[int, ...]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(mirror pairs, classes never flipped) of a flip map, for reports."""
-    pairs = [(classes[i], classes[j]) for i, j in enumerate(fmap) if j > i]
-    return pairs, [classes[i] for i, j in enumerate(fmap) if j < 0]
-
-
 def train_antialias(shards, clip: ClipSpec) -> bool:
     """Antialias the training crop only where it can shrink a lot (shard short side > 1.5 x size).
 
