@@ -168,8 +168,8 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
     except (DatasetError, ValueError) as e:
         raise ShardError(str(e)) from None
-    if flip_rule != packaged:   # the ssv2 adapter reported the packaged map's pairs already
-        flips.log_report(listing.classes, flip_rule, f"{dataset} ({listing.root})")
+    # the pairs the label names hold, of the map in use; after listing, so that a malformed split file is one error line
+    flips.log_report(listing.classes, flip_rule, f"{dataset} ({listing.root})")
     card_flips = flips.card_flips(listing.classes, flip_rule)
     if not listing.items:
         raise ShardError(f"{dataset}: no usable videos under {root} ({len(listing.missing)} listed videos missing)")

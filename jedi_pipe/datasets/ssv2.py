@@ -4,15 +4,14 @@ labels.json maps the template without brackets to an index string; it gives the 
 Entries of train/validation.json carry `id` and `template` (`Pushing [something] from left
 to right`); the label is the template with the brackets removed.
 
-Listing logs which left/right pairs of the packaged flip map (jedi_pipe/ssv2.yaml,
-flips.py) its names hold, and which classes with a direction have no partner and never flip.
+The shard stage logs which left/right pairs of the flip map in use (jedi_pipe/ssv2.yaml unless a
+recipe gives its own; flips.py) these names hold, and which directional classes never flip.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..flips import log_report, packaged_rule
 from .common import (DatasetError, Listing, VideoItem, check_root, find_any_file, index_videos,
                      missing_error, read_text, rel)
 
@@ -55,8 +54,6 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
                 missing.append(missing_error(vid, vid + ".webm", f"{name}.json"))
                 continue
             items.append(VideoItem(vid, str(path), rel(path, root), index[cls], split_name))
-    # reported once the listing stands, so that a malformed split file is one error line, not a report and one
-    log_report(classes, packaged_rule("ssv2"), str(paths["labels"]))
     return Listing("ssv2", str(root), classes, items, "train/validation", errors, missing)
 
 
