@@ -25,6 +25,7 @@ from torch import Tensor, nn
 # the choices of the method's string options (JEDIConfig checks them, for the library and the YAML alike)
 TEACHER_INITS = ("block", "probe")
 BN_STATS = ("own", "batch", "source")
+STRONG_STATS = ("shared", "split")
 
 
 @dataclass
@@ -37,6 +38,9 @@ class JEDIConfig:
     w_sup_student: float = 1.0  # weight of CE(S_i, y) on labeled clips
     w_sup_teacher: float = 1.0  # weight of CE(T_i, y) on labeled clips
     w_distill: float = 1.0  # weight of the T_i -> S_i distillation on unlabeled clips
+    distill_rampup: int = 0  # joint steps over which w_distill rises from ~0 to its value (mean teacher's ramp,
+    #                          exp(-5 (1 - t/T)^2)): early targets on strong views knock the live students far
+    #                          below their experts at full lr (docs/method.md); 0: full weight from the start
     detach_teacher_features: bool = False  # ablation: teacher losses stop at the features, train g_i only
     teacher_warmup: int = 0  # joint steps at the start in which the teacher losses train the teacher heads only (as
     #                          detach_teacher_features): the heads' off-block weights, zero at the block init, settle
@@ -54,17 +58,25 @@ class JEDIConfig:
     #                          saw them; "source", each dataset's clips normalised with that dataset's statistics
     #                          (SourceBatchNorm: every backbone keeps running statistics per dataset, train and
     #                          test alike). Which wins: docs/method.md
+    strong_stats: str = "shared"  # views with bn_stats "source": "shared", a student's strong views are normalised
+    #                               with its labeled clips and enter its running statistics; "split", each
+    #                               dataset's strong views are normalised by their own batch statistics and
+    #                               never enter running statistics, which then are those of clean clips only
 
     def __post_init__(self):
         # each message starts with the key, so the config check can name it as `jedi.<key>`
         if self.bn_stats not in BN_STATS:
             raise ValueError(f"bn_stats: one of {', '.join(BN_STATS)}, got {self.bn_stats!r}")
+        if self.strong_stats not in STRONG_STATS:
+            raise ValueError(f"strong_stats: one of {', '.join(STRONG_STATS)}, got {self.strong_stats!r}")
         if self.teacher_init not in TEACHER_INITS:
             raise ValueError(f"teacher_init: one of {', '.join(TEACHER_INITS)}, got {self.teacher_init!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: must be > 0, got {self.temperature}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold: a probability in [0, 1], got {self.threshold}")
+        if self.distill_rampup < 0:
+            raise ValueError(f"distill_rampup: a number of steps >= 0, got {self.distill_rampup}")
         if self.teacher_warmup < 0:
             raise ValueError(f"teacher_warmup: a number of steps >= 0, got {self.teacher_warmup}")
         if not 0.0 <= self.teacher_ema < 1.0:
@@ -179,13 +191,17 @@ class JEDI(nn.Module):
         """[f_1(x); ...; f_N(x)]: the teachers' input, [B, teacher_dim] (e.g. for the probe)."""
         return torch.cat([self.students[n].features(x) for n in self.names], dim=1)
 
-    def source_parts(self, parts: list, offset: int = 0) -> list[tuple[int, slice]]:
-        """(dataset index, rows) of every part of a batch, from row `offset` on: what a SourceBatchNorm normalises by."""
-        out, start = [], 0
-        for _, name, clips in parts:
+    def source_parts(self, parts: list, offset: int = 0, strong: bool = False) -> list[tuple[int, slice]]:
+        """(dataset index, rows) of every part of a batch, from row `offset` on: what a SourceBatchNorm normalises by.
+        ``strong``: the unlabeled parts are strong views; with strong_stats "split" they get index N + i
+        (batch statistics of their own, no running statistics: SourceBatchNorm._stats)."""
+        out, start, n = [], 0, len(self.names)
+        split = strong and self.config.strong_stats == "split"
+        for role, name, clips in parts:
             stop = start + clips.shape[0]
             if stop > offset:
-                out.append((self.names.index(name), slice(max(start, offset) - offset, stop - offset)))
+                index = self.names.index(name) + (n if split and role == "unlabeled" else 0)
+                out.append((index, slice(max(start, offset) - offset, stop - offset)))
             start = stop
         return out
 
@@ -234,7 +250,7 @@ class JEDI(nn.Module):
                              f"share [C, T, H, W]; got {got}. Use one clip length and crop size for all datasets.")
 
         x = torch.cat([x for _, _, x in parts]) if len(parts) > 1 else parts[0][2]
-        feats = [self._features(n, x, parts) for n in self.names]
+        feats = [self._features(n, x, parts, strong=unlabeled_weak is not None) for n in self.names]
         teacher_in = torch.cat(feats, dim=1)
         if self.config.detach_teacher_features or self.heads_only:
             teacher_in = teacher_in.detach()
@@ -268,10 +284,11 @@ class JEDI(nn.Module):
                           self.source_parts(parts, ema_from)):
             return torch.cat([self.ema_students[n].features(x_t) for n in self.names], dim=1)
 
-    def _features(self, name: str, x: Tensor, parts: list) -> Tensor:
-        """f_name(x); with bn_stats "own", its BatchNorm statistics come from the rows of dataset `name`."""
+    def _features(self, name: str, x: Tensor, parts: list, strong: bool = False) -> Tensor:
+        """f_name(x); with bn_stats "own", its BatchNorm statistics come from the rows of dataset `name`;
+        with "source", each dataset's rows by that dataset's (``strong``: the unlabeled rows are strong views)."""
         if self.source_bns[name]:
-            with _source_rows({name: self.source_bns[name]}, self.source_parts(parts)):
+            with _source_rows({name: self.source_bns[name]}, self.source_parts(parts, strong=strong)):
                 return self.students[name].features(x)
         bns = self.own_stats_bns[name]
         if not (bns and self.training):
@@ -561,9 +578,13 @@ class SourceBatchNorm(nn.modules.batchnorm._BatchNorm):
         if x.dim() < 2:
             raise ValueError(f"expected at least 2D input, got {x.dim()}D")
 
-    def _stats(self, source: int) -> tuple[Tensor, Tensor]:
+    def _stats(self, source: int) -> tuple[Tensor | None, Tensor | None]:
+        """Running statistics of dataset `source`; None for an index past the datasets (strong views,
+        strong_stats "split"): normalised by their batch statistics, tracked nowhere."""
         if source == self.own:
             return self.running_mean, self.running_var
+        if source >= self.source_mean.shape[0]:
+            return None, None
         return self.source_mean[source], self.source_var[source]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -576,7 +597,8 @@ class SourceBatchNorm(nn.modules.batchnorm._BatchNorm):
         for source, rows in groups.items():
             xs = torch.cat([x[r] for r in rows]) if len(rows) > 1 else x[rows[0]]
             mean, var = self._stats(source)     # views: F.batch_norm updates them in place in training
-            ys = F.batch_norm(xs, mean, var, self.weight, self.bias, self.training, self.momentum or 0.1, self.eps)
+            ys = F.batch_norm(xs, mean, var, self.weight, self.bias, self.training or mean is None,
+                              self.momentum or 0.1, self.eps)
             out += zip([r.start for r in rows], ys.split([r.stop - r.start for r in rows]))
         return torch.cat([y for _, y in sorted(out, key=lambda t: t[0])])
 

@@ -42,7 +42,7 @@ def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock, weak=Non
     feats = {}
     for n in jedi.names:
         with clock.part(f"fwd {n}"):
-            feats[n] = jedi._features(n, x, parts)
+            feats[n] = jedi._features(n, x, parts, strong=weak is not None)
     # the heads run on detached copies, so that each backbone's backward can be timed on its own
     leaves = {n: f.detach().requires_grad_() for n, f in feats.items()}
     with clock.part("heads"):

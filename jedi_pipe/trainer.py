@@ -60,6 +60,14 @@ def clip_spec(cfg: Config) -> ClipSpec:
     return ClipSpec(frames=cfg.clip.frames, stride=cfg.clip.stride, size=cfg.clip.size, interp=cfg.clip.interp)
 
 
+def rampup_at(step: int, steps: int) -> float:
+    """The distillation weight's factor at `step`: exp(-5 (1 - t/T)^2) up to T = `steps` (mean
+    teacher's sigmoid-shaped ramp, 0.0067 at step 0), then 1; `steps` 0: always 1."""
+    if step >= steps:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - step / steps) ** 2)
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     """Linear warm-up, then cosine decay to zero: a pure function of the step."""
     if step < warmup:
@@ -481,8 +489,10 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         labels = {n: b["y"].to(device, non_blocking=True) for n, b in batch.items()}
         if isinstance(jedi, JEDI):   # teacher_warmup: the first steps' teacher losses train the heads only
             jedi.heads_only = step < jcfg.teacher_warmup
-        outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, jcfg, k, autocast(device, cfg.bf16),
-                                   weak)
+        step_cfg = jcfg if not jcfg.distill_rampup else dataclasses.replace(
+            jcfg, w_distill=jcfg.w_distill * rampup_at(step, jcfg.distill_rampup))
+        outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, step_cfg, k,
+                                   autocast(device, cfg.bf16), weak)
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)

@@ -407,3 +407,33 @@ def test_views_targets_come_from_the_weak_view_students_learn_on_the_strong():
     torch.testing.assert_close(out.unlabeled["a"].teacher_ema, ema.teacher_ema, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="teacher_ema"):
         make_jedi()[0](lab, strong, weak)
+
+
+def test_split_strong_stats_keep_strong_views_out_of_the_running_statistics():
+    # strong_stats "split": with weak views given, each dataset's strong views are normalised by
+    # their own batch statistics and never move a running statistic, so the running statistics
+    # are those the labeled (clean) clips alone give, as in the experts' pretraining
+    lab = {"a": 3 * clips(4) + 2, "b": clips(4)}
+    strong = {"a": 10 * clips(3) - 5, "b": 10 * clips(3) - 5}    # far off the clean clips' scale
+    weak = {"a": clips(3), "b": clips(3)}
+    jedi, experts = make_jedi(teacher_ema=0.9, bn_stats="source", strong_stats="split")
+    jedi.train()
+    out = jedi(lab, strong, weak)
+    ref = {n: copy.deepcopy(m).train() for n, m in experts.items()}
+    for n in ("a", "b"):   # a student's labeled rows: as its expert would see the labeled clips alone
+        torch.testing.assert_close(out.labeled[n].student, ref[n](lab[n]), rtol=1e-4, atol=1e-5)
+        with torch.no_grad():  # its strong rows: as a fresh copy that saw the strong clips alone
+            alone = copy.deepcopy(experts[n]).train()(strong[n])
+        torch.testing.assert_close(out.unlabeled[n].student, alone, rtol=1e-4, atol=1e-5)
+        bn = next(m for m in jedi.students[n].modules() if isinstance(m, SourceBatchNorm))
+        ref_bn = next(m for m in ref[n].modules() if isinstance(m, torch.nn.BatchNorm3d))
+        torch.testing.assert_close(bn.running_mean, ref_bn.running_mean)
+        torch.testing.assert_close(bn.running_var, ref_bn.running_var)
+    # "shared": the strong rows do enter the student's statistics
+    shared, _ = make_jedi(teacher_ema=0.9, bn_stats="source")
+    shared.train()(lab, strong, weak)
+    bn = next(m for m in shared.students["a"].modules() if isinstance(m, SourceBatchNorm))
+    ref_bn = next(m for m in ref["a"].modules() if isinstance(m, torch.nn.BatchNorm3d))
+    assert not torch.allclose(bn.running_mean, ref_bn.running_mean, atol=1e-3)
+    with pytest.raises(ValueError, match="strong_stats"):
+        JEDIConfig(strong_stats="separate")

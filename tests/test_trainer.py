@@ -122,7 +122,8 @@ def test_mean_teacher_run(shard_dirs, tmp_path):
     assert not torch.equal(state["ema_teachers.hmdb51.weight"], state["teachers.hmdb51.weight"]), "the average is not the live head"
 
 
-@pytest.mark.parametrize("extra", [["jedi.views=true", "jedi.teacher_ema=0.9", "jedi.bn_stats=source"],
+@pytest.mark.parametrize("extra", [["jedi.views=true", "jedi.teacher_ema=0.9", "jedi.bn_stats=source",
+                                    "jedi.strong_stats=split", "jedi.distill_rampup=3"],
                                    ["jedi.teachers=fixmatch", "jedi.views=true", "jedi.threshold=0.3"]],
                          ids=["jedi-views-source-bn", "fixmatch"])
 def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
@@ -147,9 +148,20 @@ def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
             calls.append((unlabeled, unlabeled_weak))
         return forward(self, labeled, unlabeled, unlabeled_weak)
     monkeypatch.setattr(model_cls, "forward", recording_forward)
+    from jedi_pipe import trainer as trainer_mod
+    weights, losses = [], trainer_mod.jedi_losses
+
+    def recording_losses(out, labels, cfg):
+        weights.append(cfg.w_distill)
+        return losses(out, labels, cfg)
+    monkeypatch.setattr(trainer_mod, "jedi_losses", recording_losses)
 
     _, cfg = tiny_config(shard_dirs, tmp_path / "run", extra)
     results = train(cfg, log=lambda m: None)
+    # distill_rampup: the distillation weight of step t is w_distill * rampup_at(t, T), then w_distill
+    ramp = cfg.jedi.distill_rampup
+    assert weights == [cfg.jedi.w_distill * trainer_mod.rampup_at(t, ramp) for t in range(len(weights))]
+    assert (weights[0] < 0.01 and weights[-1] == cfg.jedi.w_distill) if ramp else set(weights) == {cfg.jedi.w_distill}
     batches = [b for b in batches if "x_u" in next(iter(b.values()))]   # the joint phase's (pretraining has none)
     assert calls and len(calls) == len(batches)
     for (strong, weak), batch in zip(calls, batches):
