@@ -58,16 +58,13 @@ def make_data(out, classes, videos, workers, kinetics):
     out = Path(out)
     for c in range(classes):
         for v in range(videos):
-            pattern = PATTERNS[(c + v) % len(PATTERNS)]
-            if kinetics:
-                size, rate = KINETICS_SIZES[(c + v) % len(KINETICS_SIZES)]
-                path = out / "source" / f"class{c:02d}" / f"v{v:02d}.mp4"
-                if not path.is_file():
-                    make_source_video(path, pattern, 10.0, size, rate)
-                continue
-            path = out / "source" / f"class{c:02d}" / f"v{v:02d}.avi"
+            if kinetics:   # H.264 MP4, 10 s, a Kinetics download's frame size and bitrate
+                (size, rate), ext, seconds = KINETICS_SIZES[(c + v) % len(KINETICS_SIZES)], "mp4", 10.0
+            else:          # XviD AVI, 320x240, 3-6 s
+                size, rate, ext, seconds = "320x240", None, "avi", 3 + (7 * c + 5 * v) % 31 / 10
+            path = out / "source" / f"class{c:02d}" / f"v{v:02d}.{ext}"
             if not path.is_file():
-                make_source_video(path, pattern, 3 + (7 * c + 5 * v) % 31 / 10)
+                make_source_video(path, PATTERNS[(c + v) % len(PATTERNS)], seconds, size, rate)
     s = make_shards("folder", out / "source", out / "shards", workers=workers, labeled_fraction=0.1, progress=False)
     click.echo(f"{out / 'shards'}: {s.counts}, {s.bytes / 1e6:.1f} MB")
 

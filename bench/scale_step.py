@@ -23,7 +23,7 @@ from jedi_pipe import distributed
 from jedi_pipe.config import load_config
 from jedi_pipe.models import build
 from jedi_pipe.plan import GiB, PUBLISHED_CLASSES, plan
-from jedi_pipe.trainer import autocast, joint_model, joint_step, micro_batch_count
+from jedi_pipe.trainer import autocast, joint_model, joint_step, loss_config, micro_batch_count
 
 
 def main():
@@ -57,9 +57,12 @@ def main():
     unlabeled = {n: torch.randn(b * cfg.jedi.unlabeled_ratio, *shape, device=device).contiguous(memory_format=fmt)
                  for n in classes}
     labels = {n: torch.randint(0, c, (b,), device=device) for n, c in classes.items()}
+    # with views the step also holds the unlabeled clips' weak views (`unlabeled` then are the strong ones)
+    weak = {n: torch.randn_like(x) for n, x in unlabeled.items()} if cfg.jedi.views else None
 
     def step():
-        joint_step(jedi, forward, opt, labeled, unlabeled, labels, cfg.jedi, k, autocast(device, cfg.bf16))
+        joint_step(jedi, forward, opt, labeled, unlabeled, labels, loss_config(cfg.jedi), k,
+                   autocast(device, cfg.bf16), weak)
 
     t0 = time.perf_counter()
     for _ in range(2):     # the first steps build cuDNN plans (and the compiled graph): not timed

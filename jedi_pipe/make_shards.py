@@ -89,19 +89,27 @@ def select_roles(train: list[tuple[str, int]], seed: int, *, labeled_fraction: f
     return roles
 
 
+def place_samples(by_role: dict[str, list], seed: int, per_tar: int, name: str, video_id) -> list[tuple]:
+    """(item, role, sample id, key, shard) of every item of `by_role` {role: items}, in sample-id
+    order: roles in shards.ROLES order, within a role the seeded order of `video_id(item)`,
+    `per_tar` samples to a tar. The one numbering of samples and tars, for `shard` and `split`."""
+    placed, sample_id = [], 0
+    for role in shards.ROLES:
+        ordered = sorted(by_role.get(role, ()), key=lambda it: shards.order_key(seed, video_id(it)))
+        names = [shards.shard_name(role, i) for i in range((len(ordered) + per_tar - 1) // per_tar)]
+        for pos, it in enumerate(ordered):   # one name string per shard, shared by its samples
+            placed.append((it, role, sample_id, shards.make_key(name, sample_id), names[pos // per_tar]))
+            sample_id += 1
+    return placed
+
+
 def plan_samples(listing: Listing, roles_of: dict[str, str], seed: int, shard_max_count: int,
                  name: str | None = None) -> list[PlannedSample]:
-    roles = {r: [] for r in shards.ROLES}
+    by_role = {r: [] for r in shards.ROLES}
     for it in listing.items:
-        roles["test" if it.split == "test" else roles_of[it.video_id]].append(it)
-    plan, sample_id = [], 0
-    for role in shards.ROLES:
-        ordered = sorted(roles[role], key=lambda it: shards.order_key(seed, it.video_id))
-        names = [shards.shard_name(role, i) for i in range((len(ordered) + shard_max_count - 1) // shard_max_count)]
-        for pos, it in enumerate(ordered):   # one name string per shard, shared by its samples
-            plan.append(PlannedSample(it, shards.make_key(name or listing.dataset, sample_id), role, sample_id,
-                                      names[pos // shard_max_count]))
-            sample_id += 1
+        by_role["test" if it.split == "test" else roles_of[it.video_id]].append(it)
+    plan = [PlannedSample(it, key, role, sample_id, shard) for it, role, sample_id, key, shard
+            in place_samples(by_role, seed, shard_max_count, name or listing.dataset, lambda it: it.video_id)]
     ids = [p.item.video_id for p in plan]
     if len(set(ids)) != len(ids):
         raise ShardError(f"{listing.dataset}: two videos share the id {_first_dup(ids)!r}; ids must be unique")
@@ -183,16 +191,13 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                             val_per_class=val_per_class, val_fraction=val_fraction)
     plan = plan_samples(listing, roles_of, seed, shard_max_count, name)
 
-    selection = ({"rule": "fraction", "value": labeled_fraction} if labeled_per_class is None
-                 else {"rule": "per_class", "value": labeled_per_class})
-    val = ({"rule": "per_class", "value": val_per_class} if val_per_class is not None else
-           {"rule": "fraction", "value": val_fraction} if val_fraction is not None else None)
     plan_hash = hashlib.sha256()
     for p in plan:
         plan_hash.update(f"{p.key} {p.role} {p.shard} {p.item.label} {p.item.source}\n".encode())
     job = {"format_version": shards.FORMAT_VERSION, "dataset": dataset, "name": name,
            "encoding": {**settings.as_dict(), "min_frames": min_frames},
-           "selection": {**selection, "seed": seed, "val": val}, "shard_max_count": shard_max_count,
+           "selection": selection_record(seed, labeled_fraction, labeled_per_class, val_fraction, val_per_class),
+           "shard_max_count": shard_max_count,
            "source_split": listing.source_split, "plan": plan_hash.hexdigest()}
     with locked_folder(out):   # held until this run ends, however it ends
         claim_folder(out, job, overwrite)
@@ -229,9 +234,7 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 summary.transcoded = write_shards_local(jobs, workers=workers, progress=progress)
             card = _finalize(out, parts, by_shard, listing, job, settings, card_flips)
         except OSError as e:   # disk full, folder removed under us: the run cannot go on
-            raise ShardError(f"writing {out} failed: {e.strerror or e}"
-                             f"{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
-                             f"rerun the same command to resume") from None
+            raise write_failed(out, e, "resume") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         summary.seconds = time.time() - t0
@@ -265,6 +268,25 @@ def check_selection(labeled_fraction=None, labeled_per_class=None, val_fraction=
         raise ShardError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if _is_number("val_per_class", val_per_class, integer=True, optional=True) and val_per_class < 0:
         raise ShardError(f"--val-per-class must be >= 0, got {val_per_class}")
+
+
+def selection_record(seed: int, labeled_fraction=None, labeled_per_class=None, val_fraction=None, val_per_class=None,
+                     labeled_list: dict | None = None) -> dict:
+    """The selection as job.json and the card record it: the labeled rule (`labeled_list`: the
+    list rule's record, which only `split` has), the seed, and the val rule (None: no val role)."""
+    labeled = (labeled_list if labeled_list is not None else
+               {"rule": "per_class", "value": labeled_per_class} if labeled_per_class is not None else
+               {"rule": "fraction", "value": labeled_fraction})
+    val = ({"rule": "per_class", "value": val_per_class} if val_per_class is not None else
+           {"rule": "fraction", "value": val_fraction} if val_fraction is not None else None)
+    return {**labeled, "seed": seed, "val": val}
+
+
+def write_failed(out: Path, e: OSError, rerun: str) -> ShardError:
+    """One sentence for an OSError while writing `out` (disk full, folder removed under us)."""
+    return ShardError(f"writing {out} failed: {e.strerror or e}"
+                      f"{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
+                      f"rerun the same command to {rerun}")
 
 
 def _check_options(**opts) -> None:

@@ -109,6 +109,37 @@ def _run_and_count(stage, x, params, saved: list) -> torch.Tensor:
 
 
 @dataclass
+class StepClips:
+    """The clips one GPU's joint step runs (trainer.joint_step), read off the forward of the model
+    that jedi.teachers names: jedi.JEDI, EMABaseline or FixMatchBaseline. Every backbone runs as
+    many clips as the others, since every dataset brings the same batch."""
+    decoded: int     # clips the loaders decode: every dataset's labeled and unlabeled ones
+    inputs: int      # clip tensors on the GPU: the decoded ones, and with views the strong view of each unlabeled clip
+    trained: int     # clips each student backbone runs with gradients
+    averaged: int    # clips each moving-average backbone runs without gradients (0: no moving average)
+
+
+def step_clips(j, datasets: int, lab: int, unl: int) -> StepClips:
+    """StepClips of a GPU's step of `lab` labeled and `unl` unlabeled clips per dataset under
+    jedi config `j`. With views the loader gives each unlabeled clip a weak and a strong view,
+    cut from the same decode: the students learn on the strong ones, the targets come from the
+    weak ones."""
+    decoded = datasets * (lab + unl)
+    inputs = decoded + (datasets * unl if j.views else 0)
+    if j.teachers == "ema":
+        # EMABaseline: each student its own dataset's clips; its moving average the same rows
+        # (the unlabeled ones as weak views, with views)
+        return StepClips(decoded, inputs, lab + unl, lab + unl)
+    if j.teachers == "fixmatch":
+        # FixMatchBaseline: each student its own labeled, unlabeled (strong) and weak clips, all in
+        # one batch with gradients (only the weak logits are detached)
+        return StepClips(decoded, inputs, lab + unl + (unl if j.views else 0), 0)
+    # JEDI: every backbone runs every dataset's clips as one batch (the strong views in place of the
+    # unlabeled clips, with views); the moving average (teacher_ema) runs the unlabeled rows (their weak views)
+    return StepClips(decoded, inputs, decoded, datasets * unl if j.teacher_ema else 0)
+
+
+@dataclass
 class Settings:
     micro_batch_size: int       # jedi.micro_batch_size (0: the whole step)
     grad_checkpointing: bool
@@ -134,31 +165,31 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
         raise InputError(f"jedi.batch_size: {j.batch_size} labeled clips per dataset do not split over {gpus} GPUs")
     lab_gpu, unl_gpu = j.batch_size // gpus, j.batch_size * j.unlabeled_ratio // gpus
     micro_batch_count(j.micro_batch_size, lab_gpu)   # the trainer's check: a size that does not divide is refused
-    clips_gpu = len(names) * (lab_gpu + unl_gpu)            # clips on one GPU per step, every dataset
-    clips_step = clips_gpu * gpus
+    clips = step_clips(j, len(names), lab_gpu, unl_gpu)
 
-    # -- weights and their state (fp32 master weights; autocast keeps them fp32); teacher i: a linear head
-    #    over all students' features, [C_i, sum of widths]
+    # -- weights and their state (fp32 master weights; autocast keeps them fp32); JEDI's teacher i: a linear
+    #    head over all students' features, [C_i, sum of widths]; a moving average copies all it averages
     width = sum(c.num_features for c in archs)
-    params = sum(c.params for c in archs) + sum((width + 1) * PUBLISHED_CLASSES.get(n, 400) for n in names)
+    heads = sum((width + 1) * PUBLISHED_CLASSES.get(n, 400) for n in names) if j.teachers == "joint" else 0
+    params = sum(c.params for c in archs) + heads
     weights = 4.0 * params
+    has_average = j.teachers == "ema" or (j.teachers == "joint" and j.teacher_ema)
     state = {"weights": weights, "gradients": weights, "SGD momentum": weights,
-             "mean-teacher copies": weights if j.teacher_ema else 0.0,
+             "mean-teacher copies": weights if has_average else 0.0,
              "DDP gradient buckets": weights if gpus > 1 else 0.0}
 
     def parts(s: Settings) -> int:
         return micro_batch_count(s.micro_batch_size, lab_gpu)
 
     def activations(s: Settings) -> dict:
-        clips_mb = clips_gpu / parts(s)
-        unl_mb = len(names) * unl_gpu / parts(s)
+        trained_mb, averaged_mb = clips.trained / parts(s), clips.averaged / parts(s)
         if s.grad_checkpointing:
-            act = sum(c.kept_per_clip * clips_mb + c.act_fixed for c in archs) \
-                + max(c.stage_peak_per_clip for c in archs) * clips_mb
+            act = sum(c.kept_per_clip * trained_mb + c.act_fixed for c in archs) \
+                + max(c.stage_peak_per_clip for c in archs) * trained_mb
         else:
-            act = sum(c.act_per_clip * clips_mb + c.act_fixed for c in archs)
-        ema = 2 * max(c.out_per_clip for c in archs) * unl_mb if j.teacher_ema else 0.0
-        inputs = clips_gpu * 3 * cfg.clip.frames * cfg.clip.size**2 * 4.0
+            act = sum(c.act_per_clip * trained_mb + c.act_fixed for c in archs)
+        ema = 2 * max(c.out_per_clip for c in archs) * averaged_mb
+        inputs = clips.inputs * 3 * cfg.clip.frames * cfg.clip.size**2 * 4.0
         return {"activations": act, "mean-teacher forward": ema, "input clips": inputs}
 
     def live(s: Settings) -> float:      # what torch.cuda.max_memory_allocated would show
@@ -180,19 +211,21 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
                 break
 
     # -- compute: forward + backward (~2x forward) per clip-pass, + a forward again when checkpointing,
-    #    + the mean teacher's forward over the unlabeled clips
+    #    + the moving average's forward
     fwd = sum(c.flops_per_clip for c in archs)               # one clip through every backbone
     train_mult = 3 + (1 if chosen.grad_checkpointing else 0)
-    flops_step = clips_step * fwd * train_mult + (len(names) * j.batch_size * j.unlabeled_ratio * fwd
-                                                   if j.teacher_ema else 0.0)
+    flops_step = gpus * fwd * (clips.trained * train_mult + clips.averaged)
+    clips_step = clips.decoded * gpus
     step_s = flops_step / gpus / (tflops * 1e12 * utilisation)
     counts = labeled_counts or {}
     labeled = {n: counts.get(n, PUBLISHED_LABELED.get(n)) for n in names}
     steps_epoch = math.ceil(max(v for v in labeled.values() if v) / j.batch_size) if any(labeled.values()) else None
     return {
         "gpus": gpus, "gpu_mem_gb": gpu_mem_gb, "bf16": bf16, "clip": (cfg.clip.frames, cfg.clip.size),
-        "models": {c.arch: c for c in archs}, "clips_per_step": clips_step, "clips_per_gpu": clips_gpu,
-        "clip_passes_per_micro_batch": clips_gpu / parts(chosen) * len(names),
+        "models": {c.arch: c for c in archs}, "clips_per_step": clips_step, "clips_per_gpu": clips.decoded,
+        "inputs_per_gpu": clips.inputs, "trained_passes_per_gpu": clips.trained * len(archs),
+        "averaged_passes_per_gpu": clips.averaged * len(archs),
+        "clip_passes_per_micro_batch": clips.trained * len(archs) / parts(chosen),
         "params": params, "state": state, "activations": activations(chosen), "live": live(chosen), "peak": peak(chosen),
         "budget": budget, "fits": fits, "settings": chosen, "suggestion": suggestion,
         "suggestion_peak": peak(suggestion) if suggestion else None,
@@ -214,8 +247,11 @@ def format_plan(p: dict) -> str:
                      f"({g(c.act_per_clip_fp32)} in fp32) "
                      f"(+{g(c.act_fixed)} per pass), checkpointed {g(c.kept_per_clip)} kept + largest stage "
                      f"{g(c.stage_peak_per_clip)}, {c.flops_per_clip / 1e9:.1f} GFLOP forward per clip")
-    lines.append(f"clips per step {p['clips_per_step']:g} ({p['clips_per_gpu']:g} per GPU), "
-                 f"{p['clip_passes_per_micro_batch']:g} clip-passes per micro-batch")
+    views = p["inputs_per_gpu"] - p["clips_per_gpu"]
+    lines.append(f"clips per step {p['clips_per_step']:g} ({p['clips_per_gpu']:g} per GPU"
+                 + (f", + {views:g} strong views" if views else "") + "); per GPU "
+                 f"{p['trained_passes_per_gpu']:g} clip-passes with gradients ({p['clip_passes_per_micro_batch']:g} "
+                 f"per micro-batch), {p['averaged_passes_per_gpu']:g} without (moving average)")
     lines.append("memory per GPU:")
     for k, v in {**p["state"], **p["activations"]}.items():
         if v:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, shards
-from .make_shards import (ShardError, TableWriter, check_selection, claim_folder, locked_folder, select_roles,
-                          write_json_atomic)
+from .make_shards import (ShardError, TableWriter, check_selection, claim_folder, locked_folder, place_samples,
+                          select_roles, selection_record, write_failed, write_json_atomic)
 
 
 @dataclass
@@ -114,15 +114,13 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
         raise ShardError(f"{src}: test sample ids start at {test[0]['sample_id']}, below the "
                          f"{len(plan)} training samples; the folder is not one `jedi-pipe shard` wrote")
 
-    selection = ({"rule": "list", "value": str(labeled_list), "videos": len(listed)} if listed is not None else
-                 {"rule": "fraction", "value": labeled_fraction} if labeled_fraction is not None else
-                 {"rule": "per_class", "value": labeled_per_class})
-    val = ({"rule": "per_class", "value": val_per_class} if val_per_class is not None else
-           {"rule": "fraction", "value": val_fraction} if val_fraction is not None else None)
     plan_hash = hashlib.sha256("".join(f"{r['key']} {r['role']} {r['shard']}\n" for r in plan).encode())
     job = {"format_version": shards.FORMAT_VERSION, "split_from": str(src.resolve()),
            "source_card": hashlib.sha256((src / shards.CARD).read_bytes()).hexdigest(),
-           "selection": {**selection, "seed": seed, "val": val}, "plan": plan_hash.hexdigest()}
+           "selection": selection_record(seed, labeled_fraction, labeled_per_class, val_fraction, val_per_class,
+                                         None if listed is None else
+                                         {"rule": "list", "value": str(labeled_list), "videos": len(listed)}),
+           "plan": plan_hash.hexdigest()}
 
     with locked_folder(out):
         claim_folder(out, job, overwrite)
@@ -153,26 +151,18 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
                     "tool": f"jedi-pipe {__version__}"}
             write_json_atomic(out / shards.CARD, card, indent=1)   # last: the card marks a complete folder
         except OSError as e:
-            raise ShardError(f"writing {out} failed: {e.strerror or e}"
-                             f"{f' ({e.filename})' if getattr(e, 'filename', None) else ''}; "
-                             f"rerun the same command to redo it") from None
+            raise write_failed(out, e, "redo it") from None
     return SplitSummary(str(out), counts, card["bytes"], time.time() - t0)
 
 
 def _plan(ss: shards.ShardSet, train: list[dict], roles_of: dict[str, str], seed: int) -> list[dict]:
-    """The new full rows of the training samples, in sample-id order (roles labeled, unlabeled,
-    val; within a role the seeded order), each with the source's key and tar as `src_key`,
-    `src_shard`."""
-    per_tar = ss.card.get("shard_max_count", 1000)
-    plan, sample_id = [], 0
-    for role in shards.TRAIN_ROLES:
-        ordered = sorted((r for r in train if roles_of[r["video_id"]] == role),
-                         key=lambda r: shards.order_key(seed, r["video_id"]))
-        for pos, r in enumerate(ordered):
-            plan.append({**r, "src_key": r["key"], "src_shard": r["shard"], "role": role, "sample_id": sample_id,
-                         "key": shards.make_key(ss.name, sample_id), "shard": shards.shard_name(role, pos // per_tar)})
-            sample_id += 1
-    return plan
+    """The new full rows of the training samples, numbered as `jedi-pipe shard` numbers them
+    (make_shards.place_samples), each with the source's key and tar as `src_key`, `src_shard`."""
+    by_role = {r: [x for x in train if roles_of[x["video_id"]] == r] for r in shards.TRAIN_ROLES}
+    return [{**r, "src_key": r["key"], "src_shard": r["shard"], "role": role, "sample_id": sample_id,
+             "key": key, "shard": shard}
+            for r, role, sample_id, key, shard in place_samples(by_role, seed, ss.card.get("shard_max_count", 1000),
+                                                                 ss.name, lambda r: r["video_id"])]
 
 
 def _copy_train(ss: shards.ShardSet, plan: list[dict], out: Path) -> None:

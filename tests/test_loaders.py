@@ -580,6 +580,47 @@ def test_strong_settings_are_checked():
             loader(None, "test", ClipSpec(), 2, train=False, strong=StrongAug())
 
 
+@needs_dali
+def test_dali_training_crops_resample_as_clip_interp_says(folder):
+    """DALI's training crop (loaders.dali.train_interp) on real decoded clips: a crop of the whole
+    frame at its own size is the decoded frame exactly with nearest neighbour; resized, nearest
+    takes whole source pixels and linear blends them."""
+    import numpy as np
+    from .conftest import dali_decoded_clips
+    role = "unlabeled"
+    ss, rows = open_shards(folder["shards"]), manifest(folder["shards"], role)
+    # a window longer than every clip starts at frame 0 (clip.max_start), so it holds the frames
+    # 0, 4, ..., 28 (edge-padded) that a plain decode of 29 frames holds
+    window = dict(frames=8, stride=4, area=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert max(r["frames"] for r in rows) <= ClipSpec(**window).span
+    source = {i: f[::4].transpose(3, 0, 1, 2)     # [T, H, W, C] -> CFHW, as the pipeline gives
+              for f, i in dali_decoded_clips([str(t) for t in ss.tars(role)], len(rows), frames=29)}
+
+    def crops(**clip):   # sample_id -> uint8 CFHW training crop, no flip
+        pipe = D.build_pipeline(ss, role, ClipSpec(**window, **clip), 4, train=True, flip=False)
+        out = {}
+        for _ in range(10 * len(rows)):
+            x, _, ids = pipe.run()[:3]
+            out.update({int(np.array(ids[k])): np.array(x[k]) for k in range(len(x))})
+            if len(out) == len(rows):
+                return out
+        raise AssertionError(f"the training reader gave {len(out)} of {len(rows)} clips")
+
+    def pixels(frame):   # the set of RGB triples of a [C, H, W] frame
+        return set(map(tuple, frame.reshape(3, -1).T.tolist()))
+
+    square = [r["sample_id"] for r in rows if r["width"] == r["height"] == 40]
+    assert square, "the fixture must hold square clips at the crop size"
+    same_size = crops(size=40, interp="nearest")
+    for i in square:
+        np.testing.assert_array_equal(same_size[i], source[i])
+    near, lin = crops(size=32, interp="nearest"), crops(size=32, interp="linear")
+    for i in source:
+        assert near[i].shape == lin[i].shape == (3, 8, 32, 32) and not np.array_equal(near[i], lin[i])
+        assert all(pixels(near[i][:, t]) <= pixels(source[i][:, t]) for t in range(8))
+        assert not all(pixels(lin[i][:, t]) <= pixels(source[i][:, t]) for t in range(8))
+
+
 def test_training_crops_resample_as_clip_interp_says():
     """Nearest neighbour takes whole source pixels; linear (the default) blends them; eval is linear."""
     x = torch.arange(2 * 3 * 20 * 20, dtype=torch.float32).view(2, 3, 20, 20) % 251

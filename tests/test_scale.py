@@ -1,5 +1,6 @@
 """The joint step at real size: micro-batches, activation checkpointing, one config for library and CLI."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from jedi_pipe.config import load_config
 from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
 from jedi_pipe.models import build, list_models
 from jedi_pipe.plan import ModelCost, format_plan, measure_model, plan
-from jedi_pipe.trainer import joint_model, joint_step, micro_batch_count, micro_batches
+from jedi_pipe.trainer import joint_model, joint_step, loss_config, micro_batch_count, micro_batches
 
 
 def batch(names, n_lab, n_unl, shape=(3, 8, 32, 32), classes=(3, 5, 4, 6), seed=1):
@@ -208,3 +209,65 @@ def test_config_check_names_the_method_key():
                           ({"teacher_dropout": 0.5}, "jedi.teacher_dropout: unknown key")):
         with pytest.raises(ConfigError, match=message):
             load_config(data={**base, "jedi": jedi})
+
+
+def counted_step(cfg, n_lab, n_unl, shape=(3, 8, 32, 32)) -> dict:
+    """The clips a real trainer.joint_step runs through the backbones of cfg's joint model, with
+    and without gradients, counted at each backbone's first stage, and the clip tensors it is given."""
+    names = [d.name for d in cfg.datasets]
+    model = joint_model(experts("tiny3d", names, width=8), cfg).train()
+    seen = {"trained": 0, "averaged": 0, "largest_trained_pass": 0}
+
+    def count(stage, args):
+        if torch.is_grad_enabled():
+            seen["trained"] += args[0].shape[0]
+            seen["largest_trained_pass"] = max(seen["largest_trained_pass"], args[0].shape[0])
+        else:
+            seen["averaged"] += args[0].shape[0]
+
+    for m in model.modules():
+        if hasattr(m, "feature_stages"):
+            m.feature_stages()[0].register_forward_pre_hook(count)
+    labeled, unlabeled, labels = batch(names, n_lab, n_unl, shape)
+    weak = None
+    if cfg.jedi.views:   # as trainer.train wires them: x_u are the weak views, x_us the strong ones
+        weak, unlabeled = unlabeled, batch(names, n_lab, n_unl, shape, seed=2)[1]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    k = micro_batch_count(cfg.jedi.micro_batch_size, n_lab)
+    joint_step(model, model, opt, labeled, unlabeled, labels, loss_config(cfg.jedi), k, None, weak)
+    seen["inputs"] = sum(x.shape[0] for d in (labeled, unlabeled, weak or {}) for x in d.values())
+    return seen
+
+
+@pytest.mark.parametrize("teachers", ["joint", "ema", "fixmatch"])
+@pytest.mark.parametrize("views", [False, True])
+def test_plan_counts_the_clips_the_joint_step_runs(teachers, views):
+    cfg = load_config(data={"name": "p", "out": "o", "clip": {"frames": 8, "size": 32},
+                            "datasets": [{"name": n, "shards": n, "model": "tiny3d"} for n in ("a", "b")],
+                            "jedi": {"batch_size": 2, "unlabeled_ratio": 2, "teacher_ema": 0.9, "views": views,
+                                     "teachers": teachers, "micro_batch_size": 1}})
+    p = plan(cfg, costs={"tiny3d": dataclasses.replace(R2P1D, arch="tiny3d")})
+    ran = counted_step(cfg, 2, 4)
+    assert (p["trained_passes_per_gpu"], p["averaged_passes_per_gpu"], p["inputs_per_gpu"]) \
+        == (ran["trained"], ran["averaged"], ran["inputs"])
+    assert p["clip_passes_per_micro_batch"] / 2 == ran["largest_trained_pass"]   # 2 backbones, 2 micro-batches
+
+
+def test_plan_counts_views_as_the_models_run_them():
+    off, on = (plan(plan_config(views=v), costs={"r2plus1d_18": R2P1D}) for v in (False, True))
+    clip_bytes = 3 * 16 * 112**2 * 4
+    # JEDI: the strong views take the unlabeled clips' place in the students' batch and the weak ones in the
+    # moving average's, so only the inputs grow: 4 datasets x 48 weak views more on the GPU
+    assert on["inputs_per_gpu"] - off["inputs_per_gpu"] == 192 and on["clips_per_step"] == off["clips_per_step"]
+    assert (on["trained_passes_per_gpu"], on["averaged_passes_per_gpu"]) == (1024, 768) \
+        == (off["trained_passes_per_gpu"], off["averaged_passes_per_gpu"])
+    assert on["activations"]["input clips"] - off["activations"]["input clips"] == 192 * clip_bytes
+    assert on["flops_per_step"] == off["flops_per_step"]
+    # FixMatch: each student runs its 48 weak views in its own batch, with gradients
+    off, on = (plan(plan_config(views=v, teachers="fixmatch"), costs={"r2plus1d_18": R2P1D}) for v in (False, True))
+    assert on["trained_passes_per_gpu"] - off["trained_passes_per_gpu"] == 4 * 48
+    assert off["trained_passes_per_gpu"] == 4 * 64 and on["averaged_passes_per_gpu"] == 0
+    assert on["activations"]["activations"] - off["activations"]["activations"] \
+        == pytest.approx(192 * R2P1D.act_per_clip)
+    assert on["flops_per_step"] - off["flops_per_step"] == pytest.approx(192 * 81e9 * 3)
+    assert on["state"]["mean-teacher copies"] == 0 and on["params"] == 4 * R2P1D.params   # no teacher heads, no copies

@@ -84,3 +84,33 @@ def test_default_roots_and_the_sentence_naming_them(sources, tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     assert f"(from {(tmp_path / 'data' / 'hmdb51').resolve()})" in r.output
     assert json.loads((tmp_path / "o3" / shards.CARD).read_text())["counts"]["test"] > 0
+
+
+def test_find_any_file_precedence_in_one_walk(tmp_path, monkeypatch):
+    from jedi_pipe.datasets import common
+
+    def touch(*rel):
+        for r in rel:
+            (tmp_path / r).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / r).write_text("")
+
+    walks = []
+    walk = common._walk_sorted
+    monkeypatch.setattr(common, "_walk_sorted", lambda root: walks.append(root) or walk(root))
+    names = ("train.csv", "train.json")
+
+    def find(prefer="labels"):
+        hit = common.find_any_file(tmp_path, names, prefer_parent=prefer)
+        return hit and hit.relative_to(tmp_path).as_posix()
+
+    assert find() is None and len(walks) == 1     # one walk, not one per name
+    touch("train.json", "b/train.csv", "a/deep/train.csv")
+    assert find() == "b/train.csv"                 # an earlier name wins over a shallower later one; then the shallowest
+    touch("a/train.csv")
+    assert find() == "a/train.csv"                 # same depth: the sorted walk's first
+    touch("z/y/labels/train.csv", "labels/train.json")
+    assert find() == "z/y/labels/train.csv"        # in prefer_parent wins over shallower, but not over an earlier name
+    assert find(None) == "a/train.csv"             # without prefer_parent: the shallowest
+    assert common.find_file(tmp_path, "train.json", prefer_parent="labels").name == "train.json"
+    assert common.find_file(tmp_path, "train.json", prefer_parent="labels").parent.name == "labels"
+    assert len(walks) == 7                         # still one walk per call

@@ -70,20 +70,22 @@ def stray_class_errors(vroot: Path, root: Path, known: set[str], skip: tuple[Pat
 
 def find_file(root: Path, name: str, prefer_parent: str | None = None) -> Path | None:
     """A file called `name` under root; one inside a folder called `prefer_parent` wins."""
-    hits = [Path(d) / name for d, _, files in _walk_sorted(root) if name in files]
-    if prefer_parent:
-        hits.sort(key=lambda p: p.parent.name != prefer_parent)
-    return hits[0] if hits else None
+    return find_any_file(root, (name,), prefer_parent)
 
 
 def find_any_file(root: Path, names: tuple[str, ...], prefer_parent: str | None = None) -> Path | None:
     """The first of `names` found anywhere under root (earlier names win, then `prefer_parent`,
-    then the shallowest): annotation files go by their own names, whatever the folder is called."""
-    for name in names:
-        hit = find_file(root, name, prefer_parent)
-        if hit is not None:
-            return hit
-    return None
+    then the shallowest): annotation files go by their own names, whatever the folder is called.
+    One walk of the tree, however many names."""
+    rank = {name: i for i, name in enumerate(names)}
+    best, best_key = None, None
+    for walk_order, (d, _, files) in enumerate(_walk_sorted(root)):   # breadth-first: shallowest first
+        for name in files:
+            if name in rank:
+                key = (rank[name], bool(prefer_parent) and Path(d).name != prefer_parent, walk_order)
+                if best_key is None or key < best_key:
+                    best, best_key = Path(d) / name, key
+    return best
 
 
 def find_files_matching(root: Path, pattern) -> list[Path]:
