@@ -1,7 +1,7 @@
 """The learning benchmark: expert vs single-dataset EMA baseline vs JEDI vs oracle, over seeds.
 
     python bench/learning.py --seeds 3                     # the table in bench/README.md
-    python bench/learning.py --seeds 1 --set jedi.epochs=40 --out /tmp/lb   # an ablation
+    python bench/learning.py --seeds 1 --set jedi.steps=600 --out /tmp/lb   # an ablation
     python bench/learning.py --videos-per-class 60 --out /tmp/lb60          # equal sizes
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
     python bench/learning.py --data-seed 1 --oracle-epochs 0 --out /tmp/lbval   # validation: choose here
@@ -240,7 +240,7 @@ def main() -> None:
                     help="synth's datasets: alike (shared motions, the demo's data) or different (far-apart "
                          "looks, motions mostly their own: `jedi-pipe synth --help`; a fresh --out per value)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for every run (e.g. jedi.epochs=40)")
+                    help="config override for every run (e.g. jedi.steps=600)")
     ap.add_argument("--data", type=Path, default=None,
                     help="reuse the data folder of an earlier run (OUT/data of it), made with the same data options")
     ap.add_argument("--runs", default=",".join(RUNS),

@@ -6,7 +6,7 @@ The Python API mirrors the CLI (each command is a thin layer over one of these):
     jedi_pipe.synthesize("data/synth")                              # jedi-pipe synth
     jedi_pipe.shard("hmdb51", "data/synth/hmdb51", "shards/hmdb51")  # jedi-pipe shard
     jedi_pipe.split("shards/hmdb51", "shards/hmdb51-all", labeled_fraction=1.0)  # jedi-pipe split
-    cfg = jedi_pipe.load_config("train/demo.yaml", ["jedi.epochs=5"])
+    cfg = jedi_pipe.load_config("train/demo.yaml", ["jedi.steps=50"])
     jedi_pipe.pretrain(cfg); jedi_pipe.train(cfg); jedi_pipe.evaluate(cfg)
     jedi_pipe.plot(cfg.out)                                          # jedi-pipe plot
     jedi_pipe.export_model(cfg.out, "hmdb51", "student", "m.pt2")   # jedi-pipe export

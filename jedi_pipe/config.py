@@ -61,6 +61,8 @@ class JediCfg(JEDIConfig):
     """The joint phase: the method's knobs (jedi.JEDIConfig: losses, weights, teachers; one default
     each, defined there) and, added here, the schedule, the batch and the memory settings."""
     epochs: int = 20              # epochs of the joint phase; an epoch = one pass over the labeled clips
+    steps: int = 0                # > 0: the joint phase's length in steps, whatever the data sizes (epochs unused);
+    #                               one budget for every dataset size (docs/method.md). 0: epochs x steps per epoch
     lr: float = 0.005             # peak learning rate of students and teachers
     batch_size: int = 16          # labeled clips per dataset per step
     unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
@@ -80,6 +82,8 @@ class JediCfg(JEDIConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.steps < 0:
+            raise ValueError(f"steps: a number of joint steps >= 0 (0: epochs decide), got {self.steps}")
         if self.teachers not in ("joint", "ema", "fixmatch"):
             raise ValueError(f"teachers: joint, ema or fixmatch, got {self.teachers!r}")
         if self.views and not self.unlabeled_ratio:

@@ -20,7 +20,7 @@ DEMO_SHARD = dict(fps=8.0, short_side=40, max_seconds=4.0, codec="vp9", labeled_
 # Every video costs synth and shard time (~60 ms of CPU each, a third of the demo's 5 minutes).
 DEMO_VIDEOS_PER_CLASS = {"hmdb51": 40, "ucf101": 40, "kinetics400": 120, "ssv2": 40}
 # --quick: fewer videos and epochs; a smoke run of every stage, not a result.
-QUICK = dict(videos_per_class=8, overrides=["pretrain.epochs=4", "jedi.epochs=2"])
+QUICK = dict(videos_per_class=8, overrides=["pretrain.epochs=4", "jedi.steps=0", "jedi.epochs=2"])
 
 
 def demo_config(out: Path, quick: bool, seed: int, overrides=()):
@@ -68,7 +68,8 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
 
     cfg = demo_config(out, quick, seed, overrides)
     echo(f"[4/5] pretrain + [5/5] JEDI: {', '.join(d.model for d in cfg.datasets[:1])} students, "
-         f"{cfg.pretrain.epochs} expert epochs, {cfg.jedi.epochs} joint epochs")
+         f"{cfg.pretrain.epochs} expert epochs, "
+         + (f"{cfg.jedi.steps} joint steps" if cfg.jedi.steps else f"{cfg.jedi.epochs} joint epochs"))
     results = train(cfg, resume=True, log=lambda m: echo("      " + m))
     draw(cfg.out, lambda m: echo("      " + m))
 

@@ -426,7 +426,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     seed_everything(cfg.seed)
     jedi = joint_model(experts, cfg).to(device)
     loader = joint_loader(cfg, sets, rank, world)
-    total = cfg.jedi.epochs * loader.steps_per_epoch
+    total = cfg.jedi.steps or cfg.jedi.epochs * loader.steps_per_epoch
     k = micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
     trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA copies
     opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
@@ -468,7 +468,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             os.replace(tmp, ckpt_path)    # a kill mid-save leaves the previous checkpoint intact
 
     # -- the loop
-    log(f"JEDI: {len(names)} datasets, {total} steps ({cfg.jedi.epochs} epochs of {loader.steps_per_epoch})")
+    log(f"JEDI: {len(names)} datasets, {total} steps " + ("(jedi.steps)" if cfg.jedi.steps else
+                                                          f"({cfg.jedi.epochs} epochs of {loader.steps_per_epoch})"))
     jedi.train()
     it = iter(loader)
     t_wait = t_step = 0.0

@@ -21,6 +21,9 @@ def test_defaults_fill_everything_not_required():
     ({"name": "t", "out": "o"}, "datasets"),
     ({**BASE, "datasets": [{"name": "a"}]}, "datasets[0].shards"),
     ({**BASE, "loader": "nvdec"}, "loader"),
+    ({**BASE, "jedi": {"steps": -1}}, "jedi.steps"),
+    ({**BASE, "jedi": {"strong_stats": "apart"}}, "jedi.strong_stats"),
+    ({**BASE, "jedi": {"distill_rampup": -5}}, "jedi.distill_rampup"),
 ])
 def test_bad_keys_and_types_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):

@@ -82,6 +82,15 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path):
     assert again == results
 
 
+def test_jedi_steps_fixes_the_joint_length(shard_dirs, tmp_path):
+    """jedi.steps: that many joint steps whatever the epochs and data sizes say; 0: epochs decide."""
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.steps=3", "jedi.epochs=50", "checkpoint_every=1000"])
+    train(cfg, log=lambda m: None)
+    rows = [json.loads(line) for line in (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 3
+    assert torch.load(Path(cfg.out) / "checkpoint.pt", map_location="cpu", weights_only=False)["step"] == 3
+
+
 def test_kill_and_resume_gives_the_same_results(shard_dirs, tmp_path):
     import yaml
     data, cfg = tiny_config(shard_dirs, tmp_path / "ref", ["jedi.epochs=4"])
