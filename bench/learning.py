@@ -203,24 +203,45 @@ def print_tables(per_seed: list[dict], overrides) -> None:
     print(gaps([s["test"] for s in per_seed]))
 
 
-def report(outs: list[Path]) -> None:
+def report(outs: list[Path], oracle_from: Path | None = None) -> None:
     """The tables of several --json runs on the same data and seeds as one: the first run's rows as
-    they are, the others' joint-phase rows named with their overrides (their experts are the same)."""
+    they are, the others' joint-phase rows named with their overrides (their experts are the same;
+    a run without overrides adds its rows as they are, and a name taken twice is refused).
+    `oracle_from`: a run on the same data and seeds whose oracle rows to use (the oracle has no
+    joint phase, so any run's serves; its other rows are left out)."""
     first, *others = [json.loads((o / "learning.json").read_text()) for o in outs]
     per_seed = first["seeds"]
+    if oracle_from is not None:
+        donor = json.loads((oracle_from / "learning.json").read_text())["seeds"]
+        for mine, theirs in zip(per_seed, donor, strict=True):
+            for split in ("test", "val"):
+                rows = theirs.get(split, {})
+                if split not in mine:
+                    continue
+                if rows.get("expert") != mine[split].get("expert") or "oracle" not in rows:
+                    raise SystemExit(f"{oracle_from}: not the same data and seeds, or no oracle ({split})")
+                mine[split]["oracle"] = rows["oracle"]
     for other in others:
-        tag = " [" + ", ".join(o.split(".")[-1] for o in other["overrides"]) + "]"
+        tag = " [" + ", ".join(o.split(".")[-1] for o in other["overrides"]) + "]" if other["overrides"] else ""
         for mine, theirs in zip(per_seed, other["seeds"], strict=True):
             for split, rows in theirs.items():
                 if rows.get("expert") != mine[split].get("expert"):
                     raise SystemExit(f"{outs}: the runs' experts differ ({split}); not the same data and seeds")
-                mine[split].update({r + tag: v for r, v in rows.items() if r not in ("expert", "oracle")})
+                new = {r + tag: v for r, v in rows.items() if r not in ("expert", "oracle")}
+                if set(new) & set(mine[split]):
+                    raise SystemExit(f"{outs}: rows {sorted(set(new) & set(mine[split]))} come from two runs")
+                mine[split].update(new)
     print_tables(per_seed, [first["overrides"], *[o["overrides"] for o in others]])
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--report"]:   # python bench/learning.py --report OUT [OUT ...]
-        return report([Path(a) for a in sys.argv[2:]])
+    if sys.argv[1:2] == ["--report"]:   # python bench/learning.py --report OUT [OUT ...] [--oracle-from OUT]
+        args = sys.argv[2:]
+        oracle_from = None
+        if "--oracle-from" in args:
+            i = args.index("--oracle-from")
+            oracle_from, args = Path(args[i + 1]), args[:i] + args[i + 2:]
+        return report([Path(a) for a in args], oracle_from)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
     ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
