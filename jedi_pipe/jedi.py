@@ -69,6 +69,9 @@ class JEDIConfig:
             raise ValueError(f"bn_stats: one of {', '.join(BN_STATS)}, got {self.bn_stats!r}")
         if self.strong_stats not in STRONG_STATS:
             raise ValueError(f"strong_stats: one of {', '.join(STRONG_STATS)}, got {self.strong_stats!r}")
+        if self.strong_stats == "split" and self.bn_stats != "source":
+            raise ValueError(f"strong_stats: split keeps statistics per source (bn_stats: source), not with "
+                             f"bn_stats {self.bn_stats!r}")
         if self.teacher_init not in TEACHER_INITS:
             raise ValueError(f"teacher_init: one of {', '.join(TEACHER_INITS)}, got {self.teacher_init!r}")
         if self.temperature <= 0:

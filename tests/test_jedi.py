@@ -437,3 +437,5 @@ def test_split_strong_stats_keep_strong_views_out_of_the_running_statistics():
     assert not torch.allclose(bn.running_mean, ref_bn.running_mean, atol=1e-3)
     with pytest.raises(ValueError, match="strong_stats"):
         JEDIConfig(strong_stats="separate")
+    with pytest.raises(ValueError, match="strong_stats: split"):
+        JEDIConfig(strong_stats="split", bn_stats="batch")
