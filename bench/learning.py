@@ -209,24 +209,26 @@ def report(outs: list[Path], oracle_from: Path | None = None) -> None:
     a run without overrides adds its rows as they are, and a name taken twice is refused).
     `oracle_from`: a run on the same data and seeds whose oracle rows to use (the oracle has no
     joint phase, so any run's serves; its other rows are left out)."""
+    def same_experts(mine: dict, theirs: dict, split: str, who) -> dict:
+        if theirs.get(split, {}).get("expert") != mine[split].get("expert"):
+            raise SystemExit(f"{who}: the runs' experts differ ({split}); not the same data and seeds")
+        return theirs[split]
+
     first, *others = [json.loads((o / "learning.json").read_text()) for o in outs]
     per_seed = first["seeds"]
     if oracle_from is not None:
         donor = json.loads((oracle_from / "learning.json").read_text())["seeds"]
         for mine, theirs in zip(per_seed, donor, strict=True):
-            for split in ("test", "val"):
-                rows = theirs.get(split, {})
-                if split not in mine:
-                    continue
-                if rows.get("expert") != mine[split].get("expert") or "oracle" not in rows:
-                    raise SystemExit(f"{oracle_from}: not the same data and seeds, or no oracle ({split})")
+            for split in set(mine) & {"test", "val"}:
+                rows = same_experts(mine, theirs, split, oracle_from)
+                if "oracle" not in rows:
+                    raise SystemExit(f"{oracle_from}: no oracle rows (run with --oracle-epochs > 0)")
                 mine[split]["oracle"] = rows["oracle"]
     for other in others:
         tag = " [" + ", ".join(o.split(".")[-1] for o in other["overrides"]) + "]" if other["overrides"] else ""
         for mine, theirs in zip(per_seed, other["seeds"], strict=True):
-            for split, rows in theirs.items():
-                if rows.get("expert") != mine[split].get("expert"):
-                    raise SystemExit(f"{outs}: the runs' experts differ ({split}); not the same data and seeds")
+            for split in theirs:
+                rows = same_experts(mine, theirs, split, outs)
                 new = {r + tag: v for r, v in rows.items() if r not in ("expert", "oracle")}
                 if set(new) & set(mine[split]):
                     raise SystemExit(f"{outs}: rows {sorted(set(new) & set(mine[split]))} come from two runs")
@@ -240,6 +242,8 @@ def main() -> None:
         oracle_from = None
         if "--oracle-from" in args:
             i = args.index("--oracle-from")
+            if i + 1 >= len(args):
+                raise SystemExit("--oracle-from needs a run folder (an --out of bench/learning.py with an oracle)")
             oracle_from, args = Path(args[i + 1]), args[:i] + args[i + 2:]
         return report([Path(a) for a in args], oracle_from)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -62,7 +62,8 @@ class JediCfg(JEDIConfig):
     each, defined there) and, added here, the schedule, the batch and the memory settings."""
     epochs: int = 20              # epochs of the joint phase; an epoch = one pass over the labeled clips
     steps: int = 0                # > 0: the joint phase's length in steps, whatever the data sizes (epochs unused);
-    #                               one budget for every dataset size (docs/method.md). 0: epochs x steps per epoch
+    #                               one budget for every dataset size (docs/method.md). 0: epochs x steps per epoch.
+    #                               A --set jedi.epochs=N without jedi.steps sets steps to 0 (load_config)
     lr: float = 0.005             # peak learning rate of students and teachers
     batch_size: int = 16          # labeled clips per dataset per step
     unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
@@ -88,6 +89,9 @@ class JediCfg(JEDIConfig):
             raise ValueError(f"teachers: joint, ema or fixmatch, got {self.teachers!r}")
         if self.views and not self.unlabeled_ratio:
             raise ValueError("views: the views are of unlabeled clips; set unlabeled_ratio > 0")
+        if self.strong_stats == "split" and not (self.views and self.teachers == "joint"):
+            raise ValueError("strong_stats: split is about the students' strong views in JEDI; it needs views: true "
+                             "and teachers: joint")
         if self.views and self.teachers == "joint" and not self.teacher_ema:
             raise ValueError("views: the teachers' weak-view targets come from their moving average; set teacher_ema > 0")
         if self.micro_batch_size < 0:
@@ -236,7 +240,11 @@ def load_config(path=None, overrides: list[str] = (), data: dict | None = None) 
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    data = apply_overrides(data, list(overrides))
+    overrides = list(overrides)
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if "jedi.epochs" in keys and "jedi.steps" not in keys:
+        overrides.append("jedi.steps=0")    # an epochs override decides the length, even over a config's steps
+    data = apply_overrides(data, overrides)
     return _build(Config, data, "")
 
 

@@ -20,7 +20,7 @@ DEMO_SHARD = dict(fps=8.0, short_side=40, max_seconds=4.0, codec="vp9", labeled_
 # Every video costs synth and shard time (~60 ms of CPU each, a third of the demo's 5 minutes).
 DEMO_VIDEOS_PER_CLASS = {"hmdb51": 40, "ucf101": 40, "kinetics400": 120, "ssv2": 40}
 # --quick: fewer videos and epochs; a smoke run of every stage, not a result.
-QUICK = dict(videos_per_class=8, overrides=["pretrain.epochs=4", "jedi.steps=0", "jedi.epochs=2"])
+QUICK = dict(videos_per_class=8, overrides=["pretrain.epochs=4", "jedi.epochs=2"])
 
 
 def demo_config(out: Path, quick: bool, seed: int, overrides=()):

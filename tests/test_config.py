@@ -30,6 +30,21 @@ def test_bad_keys_and_types_name_the_key(data, key):
         load_config(data=data)
 
 
+def test_an_epochs_override_decides_the_joint_length_over_a_configs_steps():
+    assert load_config("train/demo.yaml").jedi.steps == 300
+    assert load_config("train/demo.yaml", ["jedi.epochs=2"]).jedi.steps == 0      # epochs decide
+    both = load_config("train/demo.yaml", ["jedi.epochs=2", "jedi.steps=7"]).jedi
+    assert (both.epochs, both.steps) == (2, 7)
+
+
+def test_split_strong_stats_need_jedi_views():
+    ok = {"views": True, "teacher_ema": 0.9, "bn_stats": "source", "strong_stats": "split"}
+    assert load_config(data={**BASE, "jedi": ok}).jedi.strong_stats == "split"
+    for bad in ({**ok, "views": False}, {**ok, "teachers": "fixmatch"}):
+        with pytest.raises(ConfigError, match="jedi.strong_stats"):
+            load_config(data={**BASE, "jedi": bad})
+
+
 def test_overrides_are_typed_and_dotted():
     cfg = load_config(data=dict(BASE), overrides=["jedi.lr=0.5", "datasets.0.model=r3d_18", "jedi.hard=true",
                                                   "pretrain.epochs=3"])

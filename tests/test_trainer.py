@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -133,7 +134,8 @@ def test_mean_teacher_run(shard_dirs, tmp_path):
 
 @pytest.mark.parametrize("extra", [["jedi.views=true", "jedi.teacher_ema=0.9", "jedi.bn_stats=source",
                                     "jedi.strong_stats=split", "jedi.distill_rampup=3"],
-                                   ["jedi.teachers=fixmatch", "jedi.views=true", "jedi.threshold=0.3"]],
+                                   ["jedi.teachers=fixmatch", "jedi.views=true", "jedi.threshold=0.3",
+                                    "jedi.distill_rampup=3"]],
                          ids=["jedi-views-source-bn", "fixmatch"])
 def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
     """Weak/strong views through the trainer: JEDI (with per-dataset BatchNorm) and the FixMatch
@@ -167,10 +169,11 @@ def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
 
     _, cfg = tiny_config(shard_dirs, tmp_path / "run", extra)
     results = train(cfg, log=lambda m: None)
-    # distill_rampup: the distillation weight of step t is w_distill * rampup_at(t, T), then w_distill
-    ramp = cfg.jedi.distill_rampup
-    assert weights == [cfg.jedi.w_distill * trainer_mod.rampup_at(t, ramp) for t in range(len(weights))]
-    assert (weights[0] < 0.01 and weights[-1] == cfg.jedi.w_distill) if ramp else set(weights) == {cfg.jedi.w_distill}
+    # distill_rampup 3: the distillation weight of steps 0, 1, 2 is w_distill * exp(-5 (1 - t/3)^2), then w_distill
+    assert cfg.jedi.distill_rampup == 3 and len(weights) > 3
+    w = cfg.jedi.w_distill
+    assert weights[:3] == pytest.approx([w * math.exp(-5), w * math.exp(-5 * (2 / 3) ** 2), w * math.exp(-5 / 9)])
+    assert set(weights[3:]) == {w}
     batches = [b for b in batches if "x_u" in next(iter(b.values()))]   # the joint phase's (pretraining has none)
     assert calls and len(calls) == len(batches)
     for (strong, weak), batch in zip(calls, batches):
