@@ -23,7 +23,7 @@ from jedi_pipe import distributed
 from jedi_pipe.config import load_config
 from jedi_pipe.models import build
 from jedi_pipe.plan import GiB, PUBLISHED_CLASSES, plan
-from jedi_pipe.trainer import autocast, joint_model, joint_step, loss_config, micro_batch_count
+from jedi_pipe.trainer import autocast, joint_model, joint_step, loss_config, micro_batch_count, step_inputs
 
 
 def main():
@@ -52,13 +52,11 @@ def main():
     b = distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size")
     k = micro_batch_count(cfg.jedi.micro_batch_size, b)
     shape = (3, cfg.clip.frames, cfg.clip.size, cfg.clip.size)
-    fmt = torch.channels_last_3d if cuda else torch.contiguous_format
-    labeled = {n: torch.randn(b, *shape, device=device).contiguous(memory_format=fmt) for n in classes}
-    unlabeled = {n: torch.randn(b * cfg.jedi.unlabeled_ratio, *shape, device=device).contiguous(memory_format=fmt)
-                 for n in classes}
-    labels = {n: torch.randint(0, c, (b,), device=device) for n, c in classes.items()}
-    # with views the step also holds the unlabeled clips' weak views (`unlabeled` then are the strong ones)
-    weak = {n: torch.randn_like(x) for n, x in unlabeled.items()} if cfg.jedi.views else None
+    u = b * cfg.jedi.unlabeled_ratio
+    loader_batch = {n: {"x": torch.randn(b, *shape), "x_u": torch.randn(u, *shape), "x_us": torch.randn(u, *shape),
+                        "y": torch.randint(0, c, (b,))} for n, c in classes.items()}
+    # as the trainer wires a batch (with views: students on x_us, targets from x_u); on the device, channels-last
+    labeled, unlabeled, weak, labels = step_inputs(loader_batch, cfg.jedi.views, device)
 
     def step():
         joint_step(jedi, forward, opt, labeled, unlabeled, labels, loss_config(cfg.jedi), k,

@@ -89,16 +89,17 @@ def select_roles(train: list[tuple[str, int]], seed: int, *, labeled_fraction: f
     return roles
 
 
-def place_samples(by_role: dict[str, list], seed: int, per_tar: int, name: str, video_id) -> list[tuple]:
-    """(item, role, sample id, key, shard) of every item of `by_role` {role: items}, in sample-id
-    order: roles in shards.ROLES order, within a role the seeded order of `video_id(item)`,
-    `per_tar` samples to a tar. The one numbering of samples and tars, for `shard` and `split`."""
+def place_samples(by_role: dict[str, list], seed: int, per_tar: int, name: str, video_id) -> list[PlannedSample]:
+    """A PlannedSample of every item of `by_role` {role: items}, in sample-id order: roles in
+    shards.ROLES order, within a role the seeded order of `video_id(item)`, `per_tar` samples to a
+    tar. The one numbering of samples and tars, for `shard` (items: VideoItem) and `split`
+    (items: manifest rows)."""
     placed, sample_id = [], 0
     for role in shards.ROLES:
         ordered = sorted(by_role.get(role, ()), key=lambda it: shards.order_key(seed, video_id(it)))
         names = [shards.shard_name(role, i) for i in range((len(ordered) + per_tar - 1) // per_tar)]
         for pos, it in enumerate(ordered):   # one name string per shard, shared by its samples
-            placed.append((it, role, sample_id, shards.make_key(name, sample_id), names[pos // per_tar]))
+            placed.append(PlannedSample(it, shards.make_key(name, sample_id), role, sample_id, names[pos // per_tar]))
             sample_id += 1
     return placed
 
@@ -108,8 +109,7 @@ def plan_samples(listing: Listing, roles_of: dict[str, str], seed: int, shard_ma
     by_role = {r: [] for r in shards.ROLES}
     for it in listing.items:
         by_role["test" if it.split == "test" else roles_of[it.video_id]].append(it)
-    plan = [PlannedSample(it, key, role, sample_id, shard) for it, role, sample_id, key, shard
-            in place_samples(by_role, seed, shard_max_count, name or listing.dataset, lambda it: it.video_id)]
+    plan = place_samples(by_role, seed, shard_max_count, name or listing.dataset, lambda it: it.video_id)
     ids = [p.item.video_id for p in plan]
     if len(set(ids)) != len(ids):
         raise ShardError(f"{listing.dataset}: two videos share the id {_first_dup(ids)!r}; ids must be unique")

@@ -173,9 +173,8 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
     heads = sum((width + 1) * PUBLISHED_CLASSES.get(n, 400) for n in names) if j.teachers == "joint" else 0
     params = sum(c.params for c in archs) + heads
     weights = 4.0 * params
-    has_average = j.teachers == "ema" or (j.teachers == "joint" and j.teacher_ema)
     state = {"weights": weights, "gradients": weights, "SGD momentum": weights,
-             "mean-teacher copies": weights if has_average else 0.0,
+             "mean-teacher copies": weights if clips.averaged else 0.0,
              "DDP gradient buckets": weights if gpus > 1 else 0.0}
 
     def parts(s: Settings) -> int:

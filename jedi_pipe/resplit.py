@@ -158,11 +158,13 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
 def _plan(ss: shards.ShardSet, train: list[dict], roles_of: dict[str, str], seed: int) -> list[dict]:
     """The new full rows of the training samples, numbered as `jedi-pipe shard` numbers them
     (make_shards.place_samples), each with the source's key and tar as `src_key`, `src_shard`."""
-    by_role = {r: [x for x in train if roles_of[x["video_id"]] == r] for r in shards.TRAIN_ROLES}
-    return [{**r, "src_key": r["key"], "src_shard": r["shard"], "role": role, "sample_id": sample_id,
-             "key": key, "shard": shard}
-            for r, role, sample_id, key, shard in place_samples(by_role, seed, ss.card.get("shard_max_count", 1000),
-                                                                 ss.name, lambda r: r["video_id"])]
+    by_role = {r: [] for r in shards.TRAIN_ROLES}
+    for x in train:
+        by_role[roles_of[x["video_id"]]].append(x)
+    return [{**p.item, "src_key": p.item["key"], "src_shard": p.item["shard"], "role": p.role,
+             "sample_id": p.sample_id, "key": p.key, "shard": p.shard}
+            for p in place_samples(by_role, seed, ss.card.get("shard_max_count", 1000), ss.name,
+                                   lambda r: r["video_id"])]
 
 
 def _copy_train(ss: shards.ShardSet, plan: list[dict], out: Path) -> None:

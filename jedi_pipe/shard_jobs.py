@@ -31,7 +31,7 @@ class ShardError(JediPipeError):
 
 @dataclass(slots=True)   # one per video for the whole run: keep them small
 class PlannedSample:
-    item: VideoItem
+    item: VideoItem          # (split: the manifest row of the clip it copies)
     key: str
     role: str
     sample_id: int

@@ -103,6 +103,19 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x
 
 
+def step_inputs(batch: dict, views: bool, device) -> tuple[dict, dict, dict | None, dict]:
+    """A loader batch as the joint step takes it: (labeled clips, the unlabeled clips the students
+    learn on, their weak views or None, labels). With views the students learn on the strong views
+    (`x_us`) and the targets come from the weak ones (`x_u`)."""
+    labeled = {n: to_device(b["x"], device) for n, b in batch.items()}
+    unlabeled = {n: to_device(b["x_u"], device) for n, b in batch.items() if "x_u" in b}
+    weak = None
+    if views:
+        weak, unlabeled = unlabeled, {n: to_device(b["x_us"], device) for n, b in batch.items() if "x_us" in b}
+    labels = {n: b["y"].to(device, non_blocking=True) for n, b in batch.items()}
+    return labeled, unlabeled, weak, labels
+
+
 def append_jsonl(path: Path, records: list[dict]) -> None:
     with open(path, "a") as f:
         for r in records:
@@ -482,12 +495,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
-        labeled = {n: to_device(b["x"], device) for n, b in batch.items()}
-        unlabeled = {n: to_device(b["x_u"], device) for n, b in batch.items() if "x_u" in b}
-        weak = None
-        if cfg.jedi.views:   # the students learn on the strong views; the targets come from the weak ones
-            weak, unlabeled = unlabeled, {n: to_device(b["x_us"], device) for n, b in batch.items() if "x_us" in b}
-        labels = {n: b["y"].to(device, non_blocking=True) for n, b in batch.items()}
+        labeled, unlabeled, weak, labels = step_inputs(batch, cfg.jedi.views, device)
         if isinstance(jedi, JEDI):   # teacher_warmup: the first steps' teacher losses train the heads only
             jedi.heads_only = step < jcfg.teacher_warmup
         step_cfg = jcfg if not jcfg.distill_rampup else dataclasses.replace(

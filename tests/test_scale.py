@@ -9,7 +9,8 @@ from jedi_pipe.config import load_config
 from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
 from jedi_pipe.models import build, list_models
 from jedi_pipe.plan import ModelCost, format_plan, measure_model, plan
-from jedi_pipe.trainer import joint_model, joint_step, loss_config, micro_batch_count, micro_batches
+from jedi_pipe.trainer import (joint_model, joint_step, loss_config, micro_batch_count, micro_batches,
+                               step_inputs)
 
 
 def batch(names, n_lab, n_unl, shape=(3, 8, 32, 32), classes=(3, 5, 4, 6), seed=1):
@@ -229,9 +230,9 @@ def counted_step(cfg, n_lab, n_unl, shape=(3, 8, 32, 32)) -> dict:
         if hasattr(m, "feature_stages"):
             m.feature_stages()[0].register_forward_pre_hook(count)
     labeled, unlabeled, labels = batch(names, n_lab, n_unl, shape)
-    weak = None
-    if cfg.jedi.views:   # as trainer.train wires them: x_u are the weak views, x_us the strong ones
-        weak, unlabeled = unlabeled, batch(names, n_lab, n_unl, shape, seed=2)[1]
+    strong = batch(names, n_lab, n_unl, shape, seed=2)[1]
+    loader_batch = {n: {"x": labeled[n], "x_u": unlabeled[n], "x_us": strong[n], "y": labels[n]} for n in names}
+    labeled, unlabeled, weak, labels = step_inputs(loader_batch, cfg.jedi.views, torch.device("cpu"))   # the trainer's
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     k = micro_batch_count(cfg.jedi.micro_batch_size, n_lab)
     joint_step(model, model, opt, labeled, unlabeled, labels, loss_config(cfg.jedi), k, None, weak)
