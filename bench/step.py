@@ -66,12 +66,7 @@ def profile(shards: Path, steps: int, overrides: list[str]) -> str:
             clock, c0, p0, t0 = Clock(), time.thread_time(), time.process_time(), time.perf_counter()
         with clock.part("data wait"):
             batch = next(it)
-        labeled = {n: b["x"].to(device) for n, b in batch.items()}
-        unlabeled = {n: b["x_u"].to(device) for n, b in batch.items() if "x_u" in b}
-        weak = None
-        if cfg.jedi.views:   # as the trainer: students on the strong views, targets from the weak ones
-            weak, unlabeled = unlabeled, {n: b["x_us"].to(device) for n, b in batch.items() if "x_us" in b}
-        labels = {n: b["y"].to(device) for n, b in batch.items()}
+        labeled, unlabeled, weak, labels = trainer.step_inputs(batch, cfg.jedi.views, device)   # as the trainer
         if step == 0:   # the cut computes what the trainer computes
             with torch.no_grad():
                 ref, _ = jedi_losses(jedi(labeled, unlabeled, weak), labels, jcfg)
