@@ -1,11 +1,12 @@
-"""The learning benchmark: expert vs single-dataset EMA baseline vs JEDI vs oracle, over seeds.
+"""The learning benchmark: expert vs single-dataset EMA and FixMatch baselines vs JEDI vs oracle, over seeds.
 
-    python bench/learning.py --seeds 3                     # the table in bench/README.md
+    python bench/learning.py --seeds 3                     # the real-like table of docs/method.md
     python bench/learning.py --seeds 1 --set jedi.steps=600 --out /tmp/lb   # an ablation
-    python bench/learning.py --videos-per-class 60 --out /tmp/lb60          # equal sizes
+    python bench/learning.py --videos-per-class 40 --out /tmp/lb40          # equal sizes
+    python bench/learning.py --look different --out /tmp/lbdiff              # look-different
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
     python bench/learning.py --data-seed 1 --oracle-epochs 0 --out /tmp/lbval   # validation: choose here
-    python bench/learning.py --report OUT1 OUT2 ...         # several --json runs of one data folder, one table
+    python bench/learning.py --report OUT1 OUT2 ... [--oracle-from OUT]    # --json runs of one data folder, one table
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
 15 % labels (DEMO_SHARD) and a val role of --val-per-class training videos per class, and re-split (no
@@ -16,7 +17,9 @@ training seed, with `train/demo.yaml` and the given --set overrides:
     expert   the demo's experts, trained on each dataset's labeled clips only
     ema      each expert fine-tuned with its own EMA teacher on its own unlabeled clips (same
              steps, batches, losses and weights as JEDI): what semi-supervision alone gives
-    jedi     JEDI students and teachers: what the other datasets add on top
+    fixmatch each expert with FixMatch on its own unlabeled clips (weak -> strong view, hard, 0.95)
+    jedi, jedi+views   JEDI students and teachers, one view / weak and strong views (the demo's):
+             what the other datasets add on top
     oracle   an expert trained on all training labels (oracle.epochs passes over them)
 
 Prints mean ± std (population std over seeds) of top-1 per dataset and the mean over datasets,
