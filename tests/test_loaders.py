@@ -615,6 +615,10 @@ def test_dali_training_crops_resample_as_clip_interp_says(folder):
     for i in square:
         np.testing.assert_array_equal(same_size[i], source[i])
     near, lin = crops(size=32, interp="nearest"), crops(size=32, interp="linear")
+    for i in square:   # DALI's nearest crop is the torch fallback's (crop_resize): the same source pixels
+        whole = torch.from_numpy(source[i]).permute(1, 0, 2, 3).float()       # [T, C, H, W]
+        ref = TL.crop_resize(whole, (0, 0, 40, 40), ClipSpec(**window, size=32, interp="nearest"))
+        np.testing.assert_array_equal(near[i], ref.permute(1, 0, 2, 3).to(torch.uint8).numpy())
     for i in source:
         assert near[i].shape == lin[i].shape == (3, 8, 32, 32) and not np.array_equal(near[i], lin[i])
         assert all(pixels(near[i][:, t]) <= pixels(source[i][:, t]) for t in range(8))
@@ -629,7 +633,12 @@ def test_training_crops_resample_as_clip_interp_says():
     lin = TL.crop_resize(x, box, ClipSpec(**CLIP))
     assert near.shape == lin.shape == (2, 3, 32, 32) and not torch.equal(near, lin)
     crop = x[:, :, 2:16, 3:17]
-    assert set(near.unique().tolist()) <= set(crop.unique().tolist())     # no new values: whole pixels
-    assert not set(lin.unique().tolist()) <= set(crop.unique().tolist())
+    # nearest at pixel centres (DALI's INTERP_NN): output pixel k takes source pixel floor((k + 0.5) * 14 / 32)
+    idx = ((torch.arange(32) + 0.5) * 14 / 32).floor().long()
+    assert torch.equal(near, crop[:, :, idx][:, :, :, idx])
+    assert not set(lin.unique().tolist()) <= set(crop.unique().tolist())   # linear blends: new values
+    frames = torch.rand(8, 3, 40, 52) * 255     # evaluation resizes linearly whatever clip.interp says
+    assert torch.equal(TL.eval_transform(frames, ClipSpec(**CLIP, interp="nearest")),
+                       TL.eval_transform(frames, ClipSpec(**CLIP)))
     with pytest.raises(ValueError, match="interp must be one of"):
         ClipSpec(interp="cubic")
