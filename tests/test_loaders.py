@@ -296,8 +296,7 @@ def test_flip_map_pairs_only_mirror_classes():
                "Plugging something into something but pulling it right out as you remove your hand"]   # in no pair
     card = {"dataset": "ssv2", "classes": classes, "flips": card_flips(classes, packaged_rule("ssv2"))}
     fmap = flip_map(ShardSet(None, card))
-    assert fmap == (3, 1, -1, 0, -1)
-    assert card["flips"] == {"pairs": [[classes[0], classes[3]]], "never": [classes[2], classes[4]]}
+    assert fmap == (3, 1, -1, 0, -1)     # (the card entry itself: tests/test_flips.py)
     # the card is the map: pairs it does not hold are not flipped, whatever the names say
     assert flip_map(ShardSet(None, {**card, "flips": {"pairs": [], "never": classes[:1]}})) == (-1, 1, 2, 3, 4)
     assert flip_map(ShardSet(None, {"dataset": "hmdb51", "classes": ["walk left"], "flips": None})) is None

@@ -133,7 +133,7 @@ def test_mean_teacher_run(shard_dirs, tmp_path):
 
 
 @pytest.mark.parametrize("extra", [["jedi.views=true", "jedi.teacher_ema=0.9", "jedi.bn_stats=source",
-                                    "jedi.strong_stats=split", "jedi.distill_rampup=3"],
+                                    "jedi.strong_stats=split", "jedi.distill_rampup=3", "jedi.teacher_warmup=2"],
                                    ["jedi.teachers=fixmatch", "jedi.views=true", "jedi.threshold=0.3",
                                     "jedi.distill_rampup=3"]],
                          ids=["jedi-views-source-bn", "fixmatch"])
@@ -154,9 +154,12 @@ def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
     model_cls = jedi_mod.FixMatchBaseline if "jedi.teachers=fixmatch" in extra else jedi_mod.JEDI
     forward = model_cls.forward
 
+    heads_only = []
+
     def recording_forward(self, labeled, unlabeled=None, unlabeled_weak=None):
         if unlabeled:   # a training step (evaluation passes labeled clips only)
             calls.append((unlabeled, unlabeled_weak))
+            heads_only.append(getattr(self, "heads_only", None))
         return forward(self, labeled, unlabeled, unlabeled_weak)
     monkeypatch.setattr(model_cls, "forward", recording_forward)
     from jedi_pipe import trainer as trainer_mod
@@ -173,6 +176,8 @@ def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
     assert cfg.jedi.distill_rampup == 3 and len(weights) > 3
     w = cfg.jedi.w_distill
     assert weights[:3] == pytest.approx([w * math.exp(-5), w * math.exp(-5 * (2 / 3) ** 2), w * math.exp(-5 / 9)])
+    if model_cls is jedi_mod.JEDI:   # teacher_warmup 2: the teacher losses train the heads only in steps 0 and 1
+        assert heads_only[:3] == [True, True, False] and not any(heads_only[2:])
     assert set(weights[3:]) == {w}
     batches = [b for b in batches if "x_u" in next(iter(b.values()))]   # the joint phase's (pretraining has none)
     assert calls and len(calls) == len(batches)
