@@ -64,7 +64,9 @@ class JediCfg(JEDIConfig):
     steps: int = 0                # > 0: the joint phase's length in steps, whatever the data sizes (epochs unused);
     #                               one budget for every dataset size (docs/method.md). 0: epochs x steps per epoch.
     #                               A --set jedi.epochs=N without jedi.steps sets steps to 0 (load_config)
-    lr: float = 0.005             # peak learning rate of students and teachers
+    lr: float = 0.005             # peak learning rate of the teacher heads
+    student_lr_scale: float = 1.0  # the students (backbones and heads), started from trained experts, learn at
+    #                                lr x this; the teacher heads, new, at lr (baselines: every weight is a student's)
     batch_size: int = 16          # labeled clips per dataset per step
     unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
     teachers: str = "joint"       # joint: JEDI; baselines, each dataset alone: ema (each student's own moving
@@ -94,6 +96,8 @@ class JediCfg(JEDIConfig):
                              "and teachers: joint")
         if self.views and self.teachers == "joint" and not self.teacher_ema:
             raise ValueError("views: the teachers' weak-view targets come from their moving average; set teacher_ema > 0")
+        if not 0.0 < self.student_lr_scale <= 1.0:
+            raise ValueError(f"student_lr_scale: a fraction of lr in (0, 1], got {self.student_lr_scale}")
         if self.micro_batch_size < 0:
             raise ValueError(f"micro_batch_size: 0 (the whole step) or more, got {self.micro_batch_size}")
 

@@ -381,6 +381,19 @@ def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int, weak: di
              None if wc is None else {n: c[i] for n, c in wc.items()}) for i in range(k)]
 
 
+def param_groups(model, student_lr_scale: float = 1.0) -> list[dict]:
+    """The joint model's trained weights (not the moving averages) as optimizer groups, each with the
+    `lr_scale` the loop multiplies the scheduled lr by: the students' at `student_lr_scale`, the
+    rest (JEDI's teacher heads) at 1. One group when nothing is scaled, as checkpoints before the
+    scale have it."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if student_lr_scale == 1.0:
+        return [{"params": trained, "lr_scale": 1.0}]
+    student = {id(p) for p in model.students.parameters()}
+    return [{"params": [p for p in trained if id(p) in student], "lr_scale": student_lr_scale},
+            {"params": [p for p in trained if id(p) not in student], "lr_scale": 1.0}]
+
+
 def joint_step(jedi, forward, opt, labeled: dict, unlabeled: dict, labels: dict, jcfg,
                k: int = 1, amp=None, weak: dict | None = None) -> tuple[StepOutput, dict]:
     """One optimizer step of the joint phase, its clips run in `k` micro-batches.
@@ -441,8 +454,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     loader = joint_loader(cfg, sets, rank, world)
     total = cfg.jedi.steps or cfg.jedi.epochs * loader.steps_per_epoch
     k = micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
-    trained = [p for p in jedi.parameters() if p.requires_grad]     # not the EMA copies
-    opt = torch.optim.SGD(trained, lr=cfg.jedi.lr, momentum=0.9, weight_decay=cfg.jedi.weight_decay)
+    opt = torch.optim.SGD(param_groups(jedi, cfg.jedi.student_lr_scale), lr=cfg.jedi.lr, momentum=0.9,
+                          weight_decay=cfg.jedi.weight_decay)
     forward = distributed.wrap(jedi)
     forward = torch.compile(forward) if cfg.compile else forward
     label_true = {n: torch.as_tensor(label_truth(sets[n])) for n in names}   # diagnostics only
@@ -491,7 +504,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["lr_scale"]
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
