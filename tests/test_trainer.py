@@ -189,3 +189,25 @@ def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
     assert steps and all("distill" in r and "mask_rate" in r for r in steps)
     if "jedi.teachers=fixmatch" in extra:   # FixMatch trains no teacher: no mutual term
         assert all("mutual" not in r for r in steps)
+
+
+def test_student_lr_scale_slows_the_students_only(shard_dirs, tmp_path, monkeypatch):
+    """jedi.student_lr_scale: every student weight (backbone and head) steps at lr x scale, the
+    teacher heads at lr, at every step of the schedule."""
+    from jedi_pipe import trainer as trainer_mod
+    seen, joint_step = [], trainer_mod.joint_step
+
+    def recording_step(jedi, forward, opt, *args, **kw):
+        groups = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+        seen.append(({n: groups[id(p)] for n, p in jedi.named_parameters() if p.requires_grad}))
+        return joint_step(jedi, forward, opt, *args, **kw)
+    monkeypatch.setattr(trainer_mod, "joint_step", recording_step)
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.steps=3", "jedi.student_lr_scale=0.25",
+                                                       "jedi.warmup_steps=2", "checkpoint_every=1000"])
+    train(cfg, log=lambda m: None)
+    assert len(seen) == 3
+    for step, lrs in enumerate(seen):
+        peak = trainer_mod.lr_at(step, 3, cfg.jedi.lr, 2)
+        assert {lr for n, lr in lrs.items() if n.startswith("teachers.")} == {peak}
+        assert {lr for n, lr in lrs.items() if n.startswith("students.")} == {0.25 * peak}
+        assert any(n.startswith("students.") and ".head." in n for n in lrs)   # heads are the students' too
