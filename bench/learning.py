@@ -114,6 +114,8 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
                     cells.setdefault(f"{run} {who}", {})[n] = per_ds(r)[n][who]["top1"]
                 if "student_ema" in per_ds(r)[n]:   # teachers scored from a moving average: its students too
                     cells.setdefault(f"{run} student (avg)", {})[n] = per_ds(r)[n]["student_ema"]["top1"]
+                if "student_avg" in per_ds(r)[n]:   # jedi.student_avg: the students' slow weight average
+                    cells.setdefault(f"{run} student (slow avg)", {})[n] = per_ds(r)[n]["student_avg"]["top1"]
             if oracle is not None:
                 cells.setdefault("oracle", {})[n] = (oracle[n] if split == "test" else _expert_val(oracle_cfg, n))["top1"]
     early = {}   # val top-1 at step EARLY_STEP, next to the experts' val
@@ -123,6 +125,8 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
             scores = _eval_at(out / run, EARLY_STEP)
             for who in RUNS[run][1] if scores else ():
                 early[f"{run} {who}"] = {n: scores[n][who]["top1"] for n in scores}
+            if scores and all("student_avg" in scores[n] for n in scores):
+                early[f"{run} student (slow avg)"] = {n: scores[n]["student_avg"]["top1"] for n in scores}
     return {"test": row, **({"val": val, "early": early} if val else {})}
 
 

@@ -76,6 +76,9 @@ class JediCfg(JEDIConfig):
     ema_decay: float = 0.95       # teachers: ema only; per step
     weight_decay: float = 5e-4
     warmup_steps: int = 20
+    student_avg: float = 0.0      # > 0: a moving average of the students' weights at this decay per step (Polyak
+    #                               averaging, as FixMatch evaluates its model), scored as `student_avg`: a student
+    #                               that does not dip when the live one does (docs/method.md). 0: none
     micro_batch_size: int = 0     # labeled clips per dataset in one micro-batch (with unlabeled_ratio times as many
     #                               unlabeled ones): each GPU's step runs in equal parts of the step's mix of datasets
     #                               and roles, gradients accumulated: the same loss, a fraction of the activation
@@ -96,6 +99,8 @@ class JediCfg(JEDIConfig):
                              "and teachers: joint")
         if self.views and self.teachers == "joint" and not self.teacher_ema:
             raise ValueError("views: the teachers' weak-view targets come from their moving average; set teacher_ema > 0")
+        if not 0.0 <= self.student_avg < 1.0:
+            raise ValueError(f"student_avg: a decay in [0, 1), got {self.student_avg}")
         if not 0.0 < self.student_lr_scale <= 1.0:
             raise ValueError(f"student_lr_scale: a fraction of lr in (0, 1], got {self.student_lr_scale}")
         if self.micro_batch_size < 0:

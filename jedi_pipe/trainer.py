@@ -10,6 +10,7 @@ Run folder (`cfg.out`):
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -27,7 +28,8 @@ from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config, with_new_keys
 from .errors import InputError, MissingError, UnavailableError
-from .jedi import JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, fit_teacher_heads_probe, jedi_losses
+from .jedi import (JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, ema_update, fit_teacher_heads_probe,
+                   jedi_losses)
 from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
@@ -305,6 +307,8 @@ def joint_model(experts: dict, cfg: Config):
         model = JEDI.from_experts(experts, cfg.jedi)   # cfg.jedi is a jedi.JEDIConfig (config.JediCfg extends it)
     for student in model.students.values():
         student.grad_checkpointing = cfg.jedi.grad_checkpointing
+    if cfg.jedi.student_avg:   # a submodule: checkpointed, resumed and loaded with the rest; never trained
+        model.students_avg = copy.deepcopy(model.students).requires_grad_(False)
     return model
 
 
@@ -515,6 +519,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             jcfg, w_distill=jcfg.w_distill * rampup_at(step, jcfg.distill_rampup))
         outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, step_cfg, k,
                                    autocast(device, cfg.bf16), weak)
+        if cfg.jedi.student_avg:
+            ema_update(jedi.students_avg, jedi.students, cfg.jedi.student_avg)
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)
@@ -601,12 +607,14 @@ def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test") -> dict:
     jedi.eval()
     res = {}
     ema_students = getattr(jedi, "ema_students", None)
+    avg = getattr(jedi, "students_avg", None)
     for n in jedi.names:
         def forward(x, n=n):
             o = jedi({n: x}).labeled[n]
             # with teacher_ema the teachers are scored from the moving average: so are its students, for a fair pair
             return {"student": o.student, "teacher": o.target,
-                    **({"student_ema": ema_students[n](x)} if ema_students is not None else {})}
+                    **({"student_ema": ema_students[n](x)} if ema_students is not None else {}),
+                    **({"student_avg": avg[n](x)} if avg is not None else {})}
         res[n] = evaluate_logits(forward, sets[n], cfg, device, role)
     return res
 

@@ -211,3 +211,29 @@ def test_student_lr_scale_slows_the_students_only(shard_dirs, tmp_path, monkeypa
         assert {lr for n, lr in lrs.items() if n.startswith("teachers.")} == {peak}
         assert {lr for n, lr in lrs.items() if n.startswith("students.")} == {0.25 * peak}
         assert any(n.startswith("students.") and ".head." in n for n in lrs)   # heads are the students' too
+
+
+def test_student_avg_is_the_students_moving_average(shard_dirs, tmp_path, monkeypatch):
+    """jedi.student_avg: after each step avg <- d * avg + (1 - d) * live, from the experts on; it is
+    checkpointed, scored as `student_avg`, and `evaluate` scores the checkpoint the same."""
+    from jedi_pipe import trainer as trainer_mod
+    live, joint_step = [], trainer_mod.joint_step
+
+    def recording_step(jedi, *args, **kw):
+        if not live:
+            live.append({k: v.clone() for k, v in jedi.students.state_dict().items()})   # the experts
+        out = joint_step(jedi, *args, **kw)
+        live.append({k: v.clone() for k, v in jedi.students.state_dict().items()})
+        return out
+    monkeypatch.setattr(trainer_mod, "joint_step", recording_step)
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.steps=3", "jedi.student_avg=0.6", "checkpoint_every=1000"])
+    results = train(cfg, log=lambda m: None)
+    saved = torch.load(Path(cfg.out) / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
+    key = next(k for k, v in live[0].items() if v.is_floating_point() and k.endswith("weight"))
+    want = live[0][key]
+    for state in live[1:]:
+        want = 0.6 * want + 0.4 * state[key]
+    assert not torch.equal(want, live[-1][key])            # the average is not the live student
+    torch.testing.assert_close(saved[f"students_avg.{key}"], want)
+    assert all("student_avg" in v for v in results["datasets"].values())
+    assert evaluate(cfg, log=lambda m: None) == results
