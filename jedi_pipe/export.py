@@ -28,7 +28,7 @@ from .loaders.clip import ClipSpec
 
 MODEL_CARD = "jedi_pipe.json"      # the archive's extra file with what inference needs besides the graph
 FORMAT = "jedi-pipe model 1"
-WHICH = ("student", "teacher", "expert")
+WHICH = ("student", "student_avg", "teacher", "expert")
 
 
 class TeacherNet(nn.Module):
@@ -59,8 +59,9 @@ def run_config(run):
 def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     """The eval-mode module that scores `dataset` as `jedi-pipe eval` does for `which`.
 
-    expert: experts/<dataset>.pt; student: S_i of checkpoint.pt; teacher: T_i, which needs every
-    backbone (with teacher_ema, the moving average's, as scored in training).
+    expert: experts/<dataset>.pt; student: S_i of checkpoint.pt; student_avg: its weight average
+    (jedi.student_avg); teacher: T_i, which needs every backbone (with teacher_ema, the moving
+    average's, as scored in training).
     """
     from .jedi import EMABaseline, FixMatchBaseline
     from .trainer import expert_path, load_expert, load_joint
@@ -82,6 +83,10 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     jedi = load_joint(cfg, {n: load_expert(cfg, n, "cpu") for n in names}, ckpt, "cpu").eval()
     if which == "student":
         return jedi.students[dataset]
+    if which == "student_avg":
+        if not hasattr(jedi, "students_avg"):
+            raise InputError(f"{run} keeps no average of its students (jedi.student_avg is 0); export --which student")
+        return jedi.students_avg[dataset]
     if isinstance(jedi, EMABaseline):       # the baseline's teacher is the student's own average
         return jedi.teachers[dataset]
     if isinstance(jedi, FixMatchBaseline):  # FixMatch's teacher is the student itself

@@ -16,7 +16,8 @@ from .records import confused_pairs, read_metrics
 MISSING_MATPLOTLIB = 'pictures need matplotlib: pip install "jedi-pipe[plots]"'
 
 # One colour per model, the same in both pictures.
-COLORS = {"expert": "black", "student": "tab:blue", "teacher": "tab:orange"}
+COLORS = {"expert": "black", "student": "tab:blue", "teacher": "tab:orange", "student_avg": "tab:cyan"}
+CURVE_KINDS = ("student", "teacher", "student_avg")   # student_avg: jedi.student_avg, when the run keeps it
 LOSS_COLORS = {"sup_student": "tab:blue", "sup_teacher": "tab:orange", "distill": "tab:purple",
                "mutual": "tab:pink"}
 LOSS_LABELS = {"sup_student": "student CE (labeled)", "sup_teacher": "teacher CE (labeled)",
@@ -179,7 +180,7 @@ def _curves(new_figure, data: dict):
 
 
 def _accuracy_panel(ax, n, evals, expert, chance):
-    for kind in ("student", "teacher"):
+    for kind in CURVE_KINDS:
         _top1_curve(ax, kind, [(s, e[kind]["top1"]) for s, e in evals if kind in e])
     if expert is not None:
         ax.axhline(expert, color=COLORS["expert"], ls="--", lw=1.2, label=f"expert ({expert:.1f})")
@@ -194,7 +195,8 @@ def _top1_curve(ax, kind, pts):
     if pts:
         teacher = kind == "teacher"
         ax.plot(*zip(*pts), marker="s" if teacher else "o", ms=5 if teacher else 3.5, zorder=2 if teacher else 3,
-                color=COLORS[kind], label=f"{kind} (JEDI)", gid="curve")
+                color=COLORS[kind], label="student, weight average" if kind == "student_avg" else f"{kind} (JEDI)",
+                gid="curve")
 
 
 def _line(ax, x, y, **kw):
@@ -251,7 +253,7 @@ def _pseudo_panel(ax, n, recs, chance):
 def _mean_column(axes, data, names, experts, has_pseudo):
     """Averages over the datasets: test top-1, the summed loss, pseudo-label accuracy."""
     ax = axes[0]
-    for kind in ("student", "teacher"):
+    for kind in CURVE_KINDS:
         _top1_curve(ax, kind, [(s, sum(ev[n][kind]["top1"] for n in names) / len(names)) for s, ev in data["evals"]
                                if all(n in ev and kind in ev[n] for n in names)])
     if all(experts[n] is not None for n in names):

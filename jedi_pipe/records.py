@@ -12,7 +12,8 @@ metrics.jsonl, one JSON object a line:
 
 results.json (`run_results` in trainer.py):
     {"datasets": {dataset: {kind: Scores}},      kind: expert, student, teacher (and student_ema: the moving
-                                                 average's student, when the teachers are scored from it)
+                                                 average's student, when the teachers are scored from it;
+                                                 student_avg: the students' weight average, jedi.student_avg)
      "classes":  {dataset: [class name, ...]},    the indices of per_class and confusion
      "views":    {"temporal": windows, "spatial": crops}}
     Scores: top1, top5 (%), n (test clips), per_class (top-1 % by class index; null: no test clip),
@@ -197,6 +198,12 @@ def results_table(results: dict) -> str:
     mean = {k: sum(r[k]["top1"] for r in rows.values()) / len(rows) for k in KINDS}
     lines.append(f"| mean | {mean['expert']:.1f} | {mean['student']:.1f} ({mean['student'] - mean['expert']:+.1f}) | "
                  f"{mean['teacher']:.1f} ({mean['teacher'] - mean['expert']:+.1f}) | | | |")
+    if all("student_avg" in r for r in rows.values()):
+        avg = {n: r["student_avg"]["top1"] - r["expert"]["top1"] for n, r in rows.items()}
+        lines.append("\nStudents' weight average (jedi.student_avg), top-1 (Δ expert): "
+                     + ", ".join(f"{n} {rows[n]['student_avg']['top1']:.1f} ({d:+.1f})" for n, d in avg.items())
+                     + f"; mean {sum(r['student_avg']['top1'] for r in rows.values()) / len(rows):.1f}"
+                     + f" ({sum(avg.values()) / len(avg):+.1f})")
     return "\n".join(lines) + "\n"
 
 

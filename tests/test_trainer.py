@@ -237,3 +237,9 @@ def test_student_avg_is_the_students_moving_average(shard_dirs, tmp_path, monkey
     torch.testing.assert_close(saved[f"students_avg.{key}"], want)
     assert all("student_avg" in v for v in results["datasets"].values())
     assert evaluate(cfg, log=lambda m: None) == results
+    from jedi_pipe.export import inference_module
+    from jedi_pipe.records import results_table
+    assert "weight average" in results_table(results)
+    name = key.split(".")[0]
+    exported = inference_module(cfg.out, name, "student_avg").state_dict()
+    torch.testing.assert_close(exported[key[len(name) + 1:]], want)   # export hands out the average, not the live student
