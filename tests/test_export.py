@@ -161,3 +161,11 @@ def test_tensorboard_events_hold_every_metrics_line(tiny_run):
             assert [(e.step, e.value) for e in events] == pytest.approx(
                 [(r.step, r.scores[n][kind]["top1"]) for r in evals])
     assert all(t.split("/")[0] in ("hmdb51", "ssv2") for t in tags)
+
+
+def test_cli_offers_every_exportable_model():
+    """`jedi-pipe export --which` lists what export_model can hand out (the CLI keeps torch out of --help)."""
+    from jedi_pipe.cli import main
+    from jedi_pipe.export import WHICH
+    option = next(p for p in main.commands["export"].params if p.name == "which")
+    assert tuple(option.type.choices) == WHICH
