@@ -169,7 +169,11 @@ def table(per_seed: list[dict]) -> str:
 
 GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"),
         ("jedi student", "fixmatch student"), ("jedi+views student", "jedi student"),
-        ("jedi+views student", "fixmatch student"), ("jedi+views teacher", "jedi+views student"))
+        ("jedi+views student", "fixmatch student"), ("jedi+views teacher", "jedi+views student"),
+        # jedi.student_avg: the students' weight averages, against each other and against the live students
+        ("jedi+views student (slow avg)", "fixmatch student (slow avg)"),
+        ("jedi+views student (slow avg)", "ema student (slow avg)"),
+        ("jedi+views student (slow avg)", "jedi+views student"), ("jedi+views teacher", "jedi+views student (slow avg)"))
 
 
 def gaps(per_seed: list[dict]) -> str:
@@ -178,7 +182,8 @@ def gaps(per_seed: list[dict]) -> str:
     lines = []
     # rows merged in by --report carry a " [overrides]" tag: the same gaps within each tag, baselines untagged
     tags = [""] + sorted({r[r.index(" ["):] for r in per_seed[0] if " [" in r})
-    pairs = [(a + tag, b if b in ("expert", "ema student", "fixmatch student") else b + tag)
+    baselines = ("expert", "ema student", "fixmatch student", "ema student (slow avg)", "fixmatch student (slow avg)")
+    pairs = [(a + tag, b if b in baselines else b + tag)
              for tag in tags for a, b in GAPS]
     for a, b in [(a, b) for a, b in pairs if a in per_seed[0] and b in per_seed[0]]:
         by_seed = [statistics.fmean(s[a][n] - s[b][n] for n in names) for s in per_seed]
@@ -213,7 +218,8 @@ def print_tables(per_seed: list[dict], overrides) -> None:
 def report(outs: list[Path], oracle_from: Path | None = None) -> None:
     """The tables of several --json runs on the same data and seeds as one: the first run's rows as
     they are, the others' joint-phase rows named with their overrides (their experts are the same;
-    a run without overrides adds its rows as they are, and a name taken twice is refused).
+    a run without overrides, or with the first's, adds its rows as they are, and a name taken twice
+    is refused).
     `oracle_from`: a run on the same data and seeds whose oracle rows to use (the oracle has no
     joint phase, so any run's serves; its other rows are left out)."""
     def same_experts(mine: dict, theirs: dict, split: str, who) -> dict:
@@ -232,7 +238,8 @@ def report(outs: list[Path], oracle_from: Path | None = None) -> None:
                     raise SystemExit(f"{oracle_from}: no oracle rows (run with --oracle-epochs > 0)")
                 mine[split]["oracle"] = rows["oracle"]
     for other in others:
-        tag = " [" + ", ".join(o.split(".")[-1] for o in other["overrides"]) + "]" if other["overrides"] else ""
+        same = not other["overrides"] or other["overrides"] == first["overrides"]
+        tag = "" if same else " [" + ", ".join(o.split(".")[-1] for o in other["overrides"]) + "]"
         for mine, theirs in zip(per_seed, other["seeds"], strict=True):
             for split in theirs:
                 rows = same_experts(mine, theirs, split, outs)
