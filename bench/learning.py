@@ -239,7 +239,8 @@ def report(outs: list[Path], oracle_from: Path | None = None) -> None:
                 mine[split]["oracle"] = rows["oracle"]
     for other in others:
         same = not other["overrides"] or other["overrides"] == first["overrides"]
-        tag = "" if same else " [" + ", ".join(o.split(".")[-1] for o in other["overrides"]) + "]"
+        tag = "" if same else " [" + ", ".join(k.rsplit(".", 1)[-1] + "=" + v for k, v in
+                                               (o.split("=", 1) for o in other["overrides"])) + "]"
         for mine, theirs in zip(per_seed, other["seeds"], strict=True):
             for split in theirs:
                 rows = same_experts(mine, theirs, split, outs)

@@ -76,6 +76,8 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
             raise MissingError(f"{expert_path(cfg, n)} does not exist: run `jedi-pipe pretrain` first")
     if which == "expert":
         return load_expert(cfg, dataset, "cpu").eval()
+    if which == "student_avg" and not cfg.jedi.student_avg:
+        raise InputError(f"{run} keeps no average of its students (jedi.student_avg is 0); export --which student")
     ckpt = Path(run) / "checkpoint.pt"
     if not ckpt.is_file():
         raise MissingError(f"{ckpt} does not exist: the run has no joint model yet "
@@ -84,8 +86,6 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     if which == "student":
         return jedi.students[dataset]
     if which == "student_avg":
-        if not hasattr(jedi, "students_avg"):
-            raise InputError(f"{run} keeps no average of its students (jedi.student_avg is 0); export --which student")
         return jedi.students_avg[dataset]
     if isinstance(jedi, EMABaseline):       # the baseline's teacher is the student's own average
         return jedi.teachers[dataset]

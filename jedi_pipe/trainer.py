@@ -309,6 +309,7 @@ def joint_model(experts: dict, cfg: Config):
         student.grad_checkpointing = cfg.jedi.grad_checkpointing
     if cfg.jedi.student_avg:   # a submodule: checkpointed, resumed and loaded with the rest; never trained
         model.students_avg = copy.deepcopy(model.students).requires_grad_(False)
+        model.student_avg_decay = cfg.jedi.student_avg
     return model
 
 
@@ -423,6 +424,8 @@ def joint_step(jedi, forward, opt, labeled: dict, unlabeled: dict, labels: dict,
             logs[key] = logs.get(key, 0.0) + v / len(parts)
     opt.step()
     jedi.update_ema()     # the moving averages, where there are any (EMA baseline, teacher_ema)
+    if hasattr(jedi, "students_avg"):     # jedi.student_avg (trainer.joint_model)
+        ema_update(jedi.students_avg, jedi.students, jedi.student_avg_decay)
     return _concat_outputs(outs), logs
 
 
@@ -508,7 +511,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         for g in opt.param_groups:
-            g["lr"] = lr * g["lr_scale"]
+            g["lr"] = lr * g.get("lr_scale", 1.0)     # a checkpoint from before the scale has no lr_scale
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
@@ -519,8 +522,6 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             jcfg, w_distill=jcfg.w_distill * rampup_at(step, jcfg.distill_rampup))
         outputs, logs = joint_step(jedi, forward, opt, labeled, unlabeled, labels, step_cfg, k,
                                    autocast(device, cfg.bf16), weak)
-        if cfg.jedi.student_avg:
-            ema_update(jedi.students_avg, jedi.students, cfg.jedi.student_avg)
         step += 1
         t2 = time.perf_counter()
         t_wait, t_step = t_wait + (t1 - t0), t_step + (t2 - t0)

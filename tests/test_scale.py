@@ -274,3 +274,10 @@ def test_plan_counts_views_as_the_models_run_them():
         == pytest.approx(192 * R2P1D.act_per_clip)
     assert on["flops_per_step"] - off["flops_per_step"] == pytest.approx(192 * 81e9 * 3)
     assert on["state"]["mean-teacher copies"] == 0 and on["params"] == 4 * R2P1D.params   # no teacher heads, no copies
+
+
+def test_plan_counts_the_students_weight_average():
+    """jedi.student_avg keeps one fp32 copy of every student (backbone and head) beside the joint model."""
+    off, on = (plan(plan_config(student_avg=a), costs={"r2plus1d_18": R2P1D}) for a in (0.0, 0.999))
+    assert off["state"]["students' weight average"] == 0
+    assert on["state"]["students' weight average"] == 4 * 4 * R2P1D.params

@@ -94,7 +94,9 @@ def test_jedi_steps_fixes_the_joint_length(shard_dirs, tmp_path):
 
 def test_kill_and_resume_gives_the_same_results(shard_dirs, tmp_path):
     import yaml
-    data, cfg = tiny_config(shard_dirs, tmp_path / "ref", ["jedi.epochs=4"])
+    # with the students' weight average and a scaled student lr: both must come back from the checkpoint
+    extra = ["jedi.epochs=4", "jedi.student_avg=0.8", "jedi.student_lr_scale=0.5"]
+    data, cfg = tiny_config(shard_dirs, tmp_path / "ref", extra)
     pretrain(cfg, log=lambda m: None)
     ref = train(cfg, log=lambda m: None)
 
@@ -106,7 +108,7 @@ def test_kill_and_resume_gives_the_same_results(shard_dirs, tmp_path):
     conf = tmp_path / "killed.yaml"
     conf.write_text(yaml.safe_dump({**data, "out": str(killed)}))
     args = [sys.executable, "-m", "jedi_pipe.cli", "train", "--config", str(conf)]
-    for o in TINY + ["jedi.epochs=4"]:
+    for o in TINY + extra:
         args += ["--set", o]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -118,6 +120,7 @@ def test_kill_and_resume_gives_the_same_results(shard_dirs, tmp_path):
     done = subprocess.run(args + ["--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads((killed / "results.json").read_text()) == ref
+    assert all("student_avg" in v for v in ref["datasets"].values())
 
 
 def test_mean_teacher_run(shard_dirs, tmp_path):
