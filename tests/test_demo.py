@@ -20,7 +20,8 @@ def test_demo_quick(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert set(results["datasets"]) == {"hmdb51", "ucf101", "kinetics400", "ssv2"}
     for kinds in results["datasets"].values():
-        assert set(kinds) == {"expert", "student", "teacher", "student_ema"}   # teacher_ema: the average scored too
+        # teacher_ema: the average's students scored too; student_avg: the students' weight average
+        assert set(kinds) == {"expert", "student", "teacher", "student_ema", "student_avg"}
     assert (run / "results.md").read_text().count("|") > 20
     for line in (run / "metrics.jsonl").read_text().splitlines():
         json.loads(line)
