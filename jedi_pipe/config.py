@@ -77,8 +77,8 @@ class JediCfg(JEDIConfig):
     weight_decay: float = 5e-4
     warmup_steps: int = 20
     student_avg: float = 0.0      # > 0: a moving average of the students' weights at this decay per step (Polyak
-    #                               averaging, as FixMatch evaluates its model), scored as `student_avg`: a student
-    #                               that does not dip when the live one does (docs/method.md). 0: none
+    #                               averaging, as FixMatch evaluates its model), scored as `student_avg`: at its
+    #                               experts early, where the live students dip (docs/method.md, Step 30). 0: none
     micro_batch_size: int = 0     # labeled clips per dataset in one micro-batch (with unlabeled_ratio times as many
     #                               unlabeled ones): each GPU's step runs in equal parts of the step's mix of datasets
     #                               and roles, gradients accumulated: the same loss, a fraction of the activation
