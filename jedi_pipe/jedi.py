@@ -47,9 +47,9 @@ class JEDIConfig:
     #                          before their gradients reach the other datasets' backbones (trainer sets heads_only)
     teacher_init: str = "block"  # "block": g_i = h_i on f_i's block (T_i == S_i at start); "probe": fit g_i
     #                              with fit_teacher_heads_probe() on labeled features before training
-    w_mutual: float = 0.5  # weight of the reverse term: the student's prediction (stop-gradient) distilled
-    #                        into the teacher on the same unlabeled clips (deep mutual learning); 0 is the
-    #                        abstract's formulation; 0.5 won on the synthetic benchmark (docs/method.md)
+    w_mutual: float = 0.0  # weight of the reverse term: the student's prediction (stop-gradient) distilled
+    #                        into the teacher on the same unlabeled clips (deep mutual learning); 0, the
+    #                        abstract's formulation, won on val with views (0.5 had won on test before; docs/method.md)
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE and the mutual term. 0: the live heads

@@ -123,11 +123,11 @@ def test_clip_shapes_must_match():
 
 
 def test_losses_logs_and_label_routing():
-    jedi, _ = make_jedi(w_sup_teacher=0.5, w_distill=2.0)
+    jedi, _ = make_jedi(w_sup_teacher=0.5, w_distill=2.0, w_mutual=0.25)
     out = jedi({"a": clips()}, {"a": clips(3), "b": clips(3)})
     total, logs = jedi_losses(out, {"a": torch.tensor([1, 2])}, jedi.config)
     expected = (logs["a/sup_student"] + 0.5 * logs["a/sup_teacher"] + 2.0 * (logs["a/distill"] + logs["b/distill"])
-                + 0.5 * (logs["a/mutual"] + logs["b/mutual"]))     # w_mutual's default
+                + 0.25 * (logs["a/mutual"] + logs["b/mutual"]))
     torch.testing.assert_close(total.detach(), expected)
     assert set(logs) == {"a/sup_student", "a/sup_teacher", "a/distill", "a/mask_rate", "a/teacher_conf", "a/mutual",
                          "b/distill", "b/mask_rate", "b/teacher_conf", "b/mutual", "total"}
