@@ -52,7 +52,7 @@ class JEDIConfig:
     #                        abstract's formulation, won on val with views (0.5 had won on test before; docs/method.md)
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
-    #                           the live teacher heads still train on CE and the mutual term. 0: the live heads
+    #                           the live teacher heads still train on CE (and the mutual term, when on). 0: the live heads
     bn_stats: str = "source"  # BatchNorm statistics of each backbone: "batch", over all clips of the step (every
     #                          dataset's); "own", over its own dataset's clips only, applied to all, as its expert
     #                          saw them; "source", each dataset's clips normalised with that dataset's statistics
@@ -88,7 +88,7 @@ class JEDIConfig:
 
 class Logits(NamedTuple):
     student: Tensor  # [B, C_i]  S_i(x)
-    teacher: Tensor  # [B, C_i]  T_i(x), the live teacher head (trained by CE and the mutual term)
+    teacher: Tensor  # [B, C_i]  T_i(x), the live teacher head (trained by CE, and the mutual term when on)
     teacher_ema: Tensor | None = None  # [B, C_i]  T_i of the moving average (teacher_ema > 0), no gradient
 
     @property
