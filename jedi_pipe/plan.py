@@ -175,7 +175,7 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
     weights = 4.0 * params
     state = {"weights": weights, "gradients": weights, "SGD momentum": weights,
              "mean-teacher copies": weights if clips.averaged else 0.0,
-             "students' weight average": 4.0 * sum(c.params for c in archs) if j.student_avg else 0.0,
+             "students' average": 4.0 * sum(c.params for c in archs) if j.student_avg else 0.0,
              "DDP gradient buckets": weights if gpus > 1 else 0.0}
 
     def parts(s: Settings) -> int:

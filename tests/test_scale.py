@@ -279,5 +279,5 @@ def test_plan_counts_views_as_the_models_run_them():
 def test_plan_counts_the_students_weight_average():
     """jedi.student_avg keeps one fp32 copy of every student (backbone and head) beside the joint model."""
     off, on = (plan(plan_config(student_avg=a), costs={"r2plus1d_18": R2P1D}) for a in (0.0, 0.999))
-    assert off["state"]["students' weight average"] == 0
-    assert on["state"]["students' weight average"] == 4 * 4 * R2P1D.params
+    assert off["state"]["students' average"] == 0
+    assert on["state"]["students' average"] == 4 * 4 * R2P1D.params
