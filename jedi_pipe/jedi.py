@@ -646,6 +646,22 @@ class _source_rows:
             bn.stat_rows = None
 
 
+def add_students_avg(model: nn.Module, decay: float) -> None:
+    """Give a joint model (JEDI or a baseline) `students_avg`, a copy of its students that
+    `update_averages` moves towards them at `decay` per step: a submodule, so it is checkpointed and
+    loaded with the rest; never trained."""
+    model.students_avg = copy.deepcopy(model.students).requires_grad_(False)
+    model.student_avg_decay = decay
+
+
+def update_averages(model: nn.Module) -> None:
+    """After each optimizer step: every moving average the model keeps (its own update_ema: the
+    EMA baseline's teachers, teacher_ema's copies; and the students' average, add_students_avg)."""
+    model.update_ema()
+    if hasattr(model, "students_avg"):
+        ema_update(model.students_avg, model.students, model.student_avg_decay)
+
+
 @torch.no_grad()
 def ema_update(teacher_model: nn.Module, student_model: nn.Module, decay: float) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, parameters and float buffers (BN

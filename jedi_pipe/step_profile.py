@@ -1,9 +1,9 @@
 """A JEDI joint step cut at its seams and timed part by part (`bench/step.py profile` prints it).
 
-`cut_step` computes what `jedi(labeled, unlabeled[, weak])` -> `jedi_losses` -> backward -> SGD computes,
-in the same order, with each backbone's forward and backward, the heads, the mean teacher, the
-loss and the optimizer under their own `Clock` part; tests/test_step_profile.py checks that its
-loss and gradients are the trainer's.
+`cut_step` computes what `jedi(labeled, unlabeled[, weak])` -> `jedi_losses` -> backward -> SGD ->
+`update_averages` computes, in the same order, with each backbone's forward and backward, the
+heads, the mean teacher, the loss, the optimizer and the averages under their own `Clock` part;
+tests/test_step_profile.py checks that its loss, gradients and averages are the trainer's.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from .jedi import Logits, StepOutput, jedi_losses
+from .jedi import Logits, StepOutput, jedi_losses, update_averages
 
 
 class Clock:
@@ -78,5 +78,5 @@ def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock, weak=Non
     with clock.part("optimizer"):
         opt.step()
     with clock.part("ema update"):
-        jedi.update_ema()
+        update_averages(jedi)
     return loss.detach()

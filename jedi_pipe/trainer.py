@@ -10,7 +10,6 @@ Run folder (`cfg.out`):
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -28,8 +27,8 @@ from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config, with_new_keys
 from .errors import InputError, MissingError, UnavailableError
-from .jedi import (JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, ema_update, fit_teacher_heads_probe,
-                   jedi_losses)
+from .jedi import (JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, add_students_avg, fit_teacher_heads_probe,
+                   jedi_losses, update_averages)
 from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
@@ -307,9 +306,8 @@ def joint_model(experts: dict, cfg: Config):
         model = JEDI.from_experts(experts, cfg.jedi)   # cfg.jedi is a jedi.JEDIConfig (config.JediCfg extends it)
     for student in model.students.values():
         student.grad_checkpointing = cfg.jedi.grad_checkpointing
-    if cfg.jedi.student_avg:   # a submodule: checkpointed, resumed and loaded with the rest; never trained
-        model.students_avg = copy.deepcopy(model.students).requires_grad_(False)
-        model.student_avg_decay = cfg.jedi.student_avg
+    if cfg.jedi.student_avg:
+        add_students_avg(model, cfg.jedi.student_avg)
     return model
 
 
@@ -423,9 +421,7 @@ def joint_step(jedi, forward, opt, labeled: dict, unlabeled: dict, labels: dict,
         for key, v in part_logs.items():
             logs[key] = logs.get(key, 0.0) + v / len(parts)
     opt.step()
-    jedi.update_ema()     # the moving averages, where there are any (EMA baseline, teacher_ema)
-    if hasattr(jedi, "students_avg"):     # jedi.student_avg (trainer.joint_model)
-        ema_update(jedi.students_avg, jedi.students, jedi.student_avg_decay)
+    update_averages(jedi)     # the moving averages, where there are any (EMA baseline, teacher_ema, student_avg)
     return _concat_outputs(outs), logs
 
 

@@ -65,3 +65,28 @@ def test_cut_step_is_the_trainers_step_with_views_and_source_statistics():
     opt = torch.optim.SGD([p for p in cut.parameters() if p.requires_grad], lr=0.1)
     got = cut_step(cut, labeled, strong, labels, cfg, opt, Clock(), weak)
     assert got.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_cut_step_moves_every_average_as_the_trainer():
+    """The students' weight average (jedi.student_avg) and the mean teacher move in the timed step as in
+    trainer.joint_step: the profile times the averages the trainer updates."""
+    from jedi_pipe.jedi import add_students_avg
+    from jedi_pipe.trainer import joint_step
+    torch.manual_seed(0)
+    classes = {"a": 3, "b": 4}
+    cfg = JEDIConfig(teacher_ema=0.9)
+    ref = JEDI({n: build("tiny3d_s", c) for n, c in classes.items()}, cfg).train()
+    add_students_avg(ref, 0.5)
+    cut = copy.deepcopy(ref)
+    start = copy.deepcopy(ref.students_avg.state_dict())
+    labeled, unlabeled = ({n: torch.randn(4, 3, 4, 16, 16) for n in classes} for _ in range(2))
+    labels = {n: torch.randint(0, c, (4,)) for n, c in classes.items()}
+    opts = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1) for m in (ref, cut)]
+    joint_step(ref, ref, opts[0], labeled, unlabeled, labels, cfg)
+    cut_step(cut, labeled, unlabeled, labels, cfg, opts[1], Clock())
+    moved = ref.students_avg.state_dict()
+    assert any(not torch.equal(moved[k], start[k]) for k in start)
+    for k, v in cut.students_avg.state_dict().items():
+        torch.testing.assert_close(v, moved[k], rtol=1e-4, atol=1e-6, msg=k)
+    for k, v in cut.ema_students.state_dict().items():
+        torch.testing.assert_close(v, ref.ema_students.state_dict()[k], rtol=1e-4, atol=1e-6, msg=k)
