@@ -23,7 +23,8 @@ from jedi_pipe import distributed
 from jedi_pipe.config import load_config
 from jedi_pipe.models import build
 from jedi_pipe.plan import GiB, PUBLISHED_CLASSES, plan
-from jedi_pipe.trainer import autocast, joint_model, joint_step, loss_config, micro_batch_count, step_inputs
+from jedi_pipe.trainer import (autocast, joint_model, joint_step, loss_config, micro_batch_count, param_groups,
+                               step_inputs)
 
 
 def main():
@@ -46,7 +47,7 @@ def main():
     classes = {d.name: PUBLISHED_CLASSES.get(d.name, 400) for d in cfg.datasets}
     experts = {d.name: build(d.model, classes[d.name]) for d in cfg.datasets}
     jedi = joint_model(experts, cfg).to(device).train()
-    opt = torch.optim.SGD([p for p in jedi.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    opt = torch.optim.SGD(param_groups(jedi, cfg.jedi.student_lr_scale), lr=1e-3, momentum=0.9)   # the trainer's groups
     forward = distributed.wrap(jedi)
     forward = torch.compile(forward) if cfg.compile else forward
     b = distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size")

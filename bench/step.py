@@ -57,8 +57,8 @@ def profile(shards: Path, steps: int, overrides: list[str]) -> str:
     experts = {d.name: build(d.model, len(sets[d.name].classes)) for d in cfg.datasets}
     jedi = trainer.joint_model(experts, cfg).to(device).train()
     jcfg = cfg.jedi      # a jedi.JEDIConfig (config.JediCfg extends it)
-    opt = torch.optim.SGD([p for p in jedi.parameters() if p.requires_grad], lr=cfg.jedi.lr, momentum=0.9,
-                          weight_decay=cfg.jedi.weight_decay)
+    opt = torch.optim.SGD(trainer.param_groups(jedi, cfg.jedi.student_lr_scale), lr=cfg.jedi.lr, momentum=0.9,
+                          weight_decay=cfg.jedi.weight_decay)     # the trainer's groups
     it = iter(trainer.joint_loader(cfg, sets))
     clock, warm = Clock(), 3
     for step in range(warm + steps):
