@@ -246,3 +246,11 @@ def test_student_avg_is_the_students_moving_average(shard_dirs, tmp_path, monkey
     name = key.split(".")[0]
     exported = inference_module(cfg.out, name, "student_avg").state_dict()
     torch.testing.assert_close(exported[key[len(name) + 1:]], want)   # export hands out the average, not the live student
+    # keeping the average changes no training step: the same run without it scores the same live students
+    monkeypatch.undo()
+    _, plain = tiny_config(shard_dirs, tmp_path / "plain", ["jedi.steps=3", "checkpoint_every=1000"])
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "experts").symlink_to(Path(cfg.out) / "experts")
+    without = train(plain, log=lambda m: None)
+    assert {n: {k: v for k, v in r.items() if k != "student_avg"} for n, r in results["datasets"].items()} \
+        == without["datasets"]
