@@ -64,7 +64,7 @@ class JediCfg(JEDIConfig):
     steps: int = 0                # > 0: the joint phase's length in steps, whatever the data sizes (epochs unused);
     #                               one budget for every dataset size (docs/method.md). 0: epochs x steps per epoch.
     #                               A --set jedi.epochs=N without jedi.steps sets steps to 0 (load_config)
-    lr: float = 0.005             # peak learning rate of the teacher heads
+    lr: float = 0.005             # peak learning rate (the students': x student_lr_scale)
     student_lr_scale: float = 1.0  # the students (backbones and heads), started from trained experts, learn at
     #                                lr x this; the teacher heads, new, at lr (baselines: every weight is a student's)
     batch_size: int = 16          # labeled clips per dataset per step
