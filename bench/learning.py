@@ -6,7 +6,7 @@
     python bench/learning.py --look different --out /tmp/lbdiff              # look-different
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
     python bench/learning.py --data-seed 1 --oracle-epochs 0 --out /tmp/lbval   # validation: choose here
-    python bench/learning.py --report OUT1 OUT2 ... [--oracle-from OUT]    # --json runs of one data folder, one table
+    python bench/learning.py --report OUT1 OUT2 ... [--oracle-from OUT] [--val-only]   # --json runs of one data, one table
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
 15 % labels (DEMO_SHARD) and a val role of --val-per-class training videos per class, and re-split (no
@@ -201,7 +201,7 @@ def gaps(per_seed: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_tables(per_seed: list[dict], overrides) -> None:
+def print_tables(per_seed: list[dict], overrides, test: bool = True) -> None:
     if "val" in per_seed[0]:
         print(f"\nval top-1 (%), compare settings by this one; mean ± std over {len(per_seed)} seeds; "
               f"overrides: {overrides or 'none'}\n")
@@ -209,13 +209,15 @@ def print_tables(per_seed: list[dict], overrides) -> None:
         print(gaps([s["val"] for s in per_seed]))
         print(f"\nval top-1 (%) at joint step {EARLY_STEP}: how far the joint phase first moves the students\n")
         print(table([s["early"] for s in per_seed]))
+    if not test:
+        return
     print(f"\ntest top-1 (%), report this one; mean ± std over {len(per_seed)} seeds; "
           f"overrides: {overrides or 'none'}\n")
     print(table([s["test"] for s in per_seed]))
     print(gaps([s["test"] for s in per_seed]))
 
 
-def report(outs: list[Path], oracle_from: Path | None = None) -> None:
+def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True) -> None:
     """The tables of several --json runs on the same data and seeds as one: the first run's rows as
     they are, the others' joint-phase rows named with their overrides (their experts are the same;
     a run without overrides, or with the first's, adds its rows as they are, and a name taken twice
@@ -248,19 +250,10 @@ def report(outs: list[Path], oracle_from: Path | None = None) -> None:
                 if set(new) & set(mine[split]):
                     raise SystemExit(f"{outs}: rows {sorted(set(new) & set(mine[split]))} come from two runs")
                 mine[split].update(new)
-    print_tables(per_seed, [first["overrides"], *[o["overrides"] for o in others]])
+    print_tables(per_seed, [first["overrides"], *[o["overrides"] for o in others]], test)
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--report"]:   # python bench/learning.py --report OUT [OUT ...] [--oracle-from OUT]
-        args = sys.argv[2:]
-        oracle_from = None
-        if "--oracle-from" in args:
-            i = args.index("--oracle-from")
-            if i + 1 >= len(args):
-                raise SystemExit("--oracle-from needs a run folder (an --out of bench/learning.py with an oracle)")
-            oracle_from, args = Path(args[i + 1]), args[:i] + args[i + 2:]
-        return report([Path(a) for a in args], oracle_from)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
     ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
@@ -286,7 +279,18 @@ def main() -> None:
     ap.add_argument("--runs", default=",".join(RUNS),
                     help=f"joint-phase runs per seed, comma-separated, from {', '.join(RUNS)} (the experts always run)")
     ap.add_argument("--json", action="store_true", help="also write OUT/learning.json")
+    ap.add_argument("--report", type=Path, nargs="+", metavar="OUT",
+                    help="run nothing: print the tables of these --json runs (same data and seeds) as one, the "
+                         "first's rows as they are, the others' joint-phase rows tagged with their overrides")
+    ap.add_argument("--oracle-from", type=Path, metavar="OUT",
+                    help="with --report: a --json run on the same data and seeds whose oracle rows to use")
+    ap.add_argument("--val-only", action="store_true",
+                    help="print the val tables only: to choose a setting without reading test")
     args = ap.parse_args()
+    if args.oracle_from and not args.report:
+        ap.error("--oracle-from goes with --report")
+    if args.report:
+        return report(args.report, args.oracle_from, test=not args.val_only)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
     runs = tuple(r for r in args.runs.split(",") if r)
@@ -322,7 +326,7 @@ def main() -> None:
         log(f"seed {seed}")
         per_seed.append(run_seed(data, args.out / f"seed{seed}", seed, args.overrides,
                                  args.oracle_epochs, log, runs))
-    print_tables(per_seed, args.overrides)
+    print_tables(per_seed, args.overrides, test=not args.val_only)
     if args.json:
         (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "seeds": per_seed}, indent=1))
     log("done")

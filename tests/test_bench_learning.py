@@ -1,0 +1,77 @@
+"""bench/learning.py --report: several --json runs on the same data and seeds merged into one table,
+the paired gaps computed within each run's tag, and --val-only printing nothing of test."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "learning.py"
+DATASETS = ("hmdb51", "ucf101")
+
+
+def split_rows(rows: dict, shift: float) -> dict:
+    """{row: {dataset: top1}}: each dataset's score is the row's value + shift (+ 10 for ucf101)."""
+    return {r: {n: v + shift + 10 * i for i, n in enumerate(DATASETS)} for r, v in rows.items()}
+
+
+def write_run(out: Path, overrides: list[str], rows: list[dict], experts=(40.0, 42.0)) -> Path:
+    """A learning.json of two seeds: rows[seed] holds the joint-phase rows; the experts per seed."""
+    seeds = []
+    for seed, (joint, expert) in enumerate(zip(rows, experts, strict=True)):
+        cells = {"expert": expert, **joint}
+        seeds.append({"test": split_rows(cells, 1.0), "val": split_rows(cells, 0.0),
+                      "early": split_rows({"expert": expert}, 0.0)})
+    out.mkdir(parents=True)
+    (out / "learning.json").write_text(json.dumps({"overrides": overrides, "seeds": seeds}))
+    return out
+
+
+def run_report(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--report", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path):
+    base = write_run(tmp_path / "base", [], [{"fixmatch student": 50.0, "jedi+views student": 55.0},
+                                             {"fixmatch student": 52.0, "jedi+views student": 60.0}])
+    other = write_run(tmp_path / "thr", ["jedi.threshold=0.5"],
+                      [{"jedi+views student": 58.0, "jedi+views teacher": 59.0},
+                       {"jedi+views student": 61.0, "jedi+views teacher": 60.0}])
+    oracle = write_run(tmp_path / "oracle", [], [{"oracle": 90.0}, {"oracle": 92.0}])
+    done = run_report(base, other, "--oracle-from", oracle)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "| jedi+views student [threshold=0.5] |" in out
+    # the tagged students against the untagged baseline: seeds 58 - 50 = +8 and 61 - 52 = +9
+    assert "jedi+views student [threshold=0.5] - fixmatch student: mean +8.5 ± 0.5 (seeds: +8.0, +9.0)" in out
+    # teachers against their own run's students, not the first run's: +1 and -1
+    assert "jedi+views teacher [threshold=0.5] - jedi+views student [threshold=0.5]: mean +0.0 ± 1.0" in out
+    # the untagged run's own gap, seeds +5 and +8
+    assert "jedi+views student - fixmatch student: mean +6.5 ± 1.5" in out
+    # share of the expert -> oracle gap (mean over seeds: expert 41, oracle 91, gap 50): students (55+60)/2 - 41
+    assert "jedi+views student 33 %" in out
+    assert out.count("top-1 (%), report this one") == 1
+
+
+def test_report_val_only_prints_no_test(tmp_path):
+    base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}])
+    done = run_report(base, "--val-only")
+    assert done.returncode == 0, done.stderr
+    assert "val top-1 (%), compare settings by this one" in done.stdout
+    assert "test top-1" not in done.stdout
+
+
+def test_report_refuses_runs_with_other_experts_and_rows_taken_twice(tmp_path):
+    base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}])
+    moved = write_run(tmp_path / "moved", ["jedi.lr=0.02"], [{"jedi+views student": 1.0}] * 2, experts=(40.0, 43.0))
+    done = run_report(base, moved)
+    assert done.returncode != 0 and "experts differ" in done.stderr
+    twice = write_run(tmp_path / "twice", [], [{"jedi+views student": 1.0}] * 2)
+    done = run_report(base, twice)
+    assert done.returncode != 0 and "come from two runs" in done.stderr
+
+
+def test_oracle_from_needs_report():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--oracle-from", "x"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "--oracle-from goes with --report" in done.stderr
