@@ -166,7 +166,8 @@ def test_split_block_runs_as_written(shard_dirs, tmp_path):
 
 @pytest.mark.slow
 def test_export_and_predict_block_runs_as_written(shard_dirs, synth_root, tmp_path):
-    from jedi_pipe.config import load_config
+    from test_trainer import tiny_config
+
     from jedi_pipe.shards import open_shards
     from jedi_pipe.trainer import train
     from jedi_pipe.transcode import ffmpeg_exe
@@ -175,11 +176,10 @@ def test_export_and_predict_block_runs_as_written(shard_dirs, synth_root, tmp_pa
     (demo / "shards").mkdir(parents=True)
     for name in ("hmdb51", "ssv2"):
         shutil.copytree(shard_dirs[name], demo / "shards" / name)
-    data = {"name": "demo", "out": str(demo / "run"), "seed": 0,
-            "datasets": [{"name": n, "shards": str(demo / "shards" / n), "model": "tiny3d"} for n in ("hmdb51", "ssv2")],
-            "clip": {"frames": 4, "stride": 1, "size": 24}}
-    train(load_config(data=data, overrides=["pretrain.epochs=2", "jedi.epochs=1", "pretrain.batch_size=4",
-                                             "jedi.batch_size=4", "checkpoint_every=100"]), log=lambda m: None)
+    # the tests' tiny two-dataset run (test_trainer's), in the demo's layout
+    _, cfg = tiny_config({n: demo / "shards" / n for n in ("hmdb51", "ssv2")}, demo / "run",
+                         ["jedi.epochs=1", "checkpoint_every=100"])
+    train(cfg, log=lambda m: None)
     avis = sorted((synth_root / "hmdb51").rglob("*.avi"))
     shutil.copy(avis[0], tmp_path / "video1.avi")
     subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(avis[1]), "-c:v", "libx264",
