@@ -151,7 +151,7 @@ def test_plan_arithmetic_and_the_setting_that_would_fit():
     assert parts["activations"]["activations"] == pytest.approx(4 * (32 * R2P1D.act_per_clip + R2P1D.act_fixed))
     assert parts["state"] == whole["state"]
     # 3 forward-equivalents per trained clip-pass, + the mean teacher's forward over the 192 unlabeled clips
-    assert whole["flops_per_step"] == pytest.approx(256 * 4 * 81e9 * 3 + 192 * 4 * 81e9)
+    assert whole["flops_per_step"] == pytest.approx(256 * 4 * R2P1D.flops_per_clip * 3 + 192 * 4 * R2P1D.flops_per_clip)
     assert whole["steps_per_epoch"] == 1500
     ckpt = plan(plan_config(micro_batch_size=2, grad_checkpointing=True), costs={"r2plus1d_18": R2P1D})
     assert ckpt["peak"] < parts["peak"] and ckpt["flops_per_step"] > parts["flops_per_step"]
@@ -272,7 +272,7 @@ def test_plan_counts_views_as_the_models_run_them():
     assert off["trained_passes_per_gpu"] == 4 * 64 and on["averaged_passes_per_gpu"] == 0
     assert on["activations"]["activations"] - off["activations"]["activations"] \
         == pytest.approx(192 * R2P1D.act_per_clip)
-    assert on["flops_per_step"] - off["flops_per_step"] == pytest.approx(192 * 81e9 * 3)
+    assert on["flops_per_step"] - off["flops_per_step"] == pytest.approx(192 * R2P1D.flops_per_clip * 3)
     assert on["state"]["mean-teacher copies"] == 0 and on["params"] == 4 * R2P1D.params   # no teacher heads, no copies
 
 
