@@ -50,10 +50,6 @@ class JEDIConfig:
     w_mutual: float = 0.0  # weight of the reverse term: the student's prediction (stop-gradient) distilled
     #                        into the teacher on the same unlabeled clips (deep mutual learning); 0, the
     #                        abstract's formulation, won on val with views (0.5 had won on test before; docs/method.md)
-    w_teacher_distill: float = 0.0  # weight of the moving average's target (the students' target, with views from
-    #                                 the weak view) distilled into the live teacher on the same unlabeled clips: the
-    #                                 teachers' own mean-teacher consistency, so their heads learn from unlabeled clips
-    #                                 too, not from the few labeled ones alone. Needs teacher_ema. 0: off
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE (and the mutual term, when on). 0: the live heads
@@ -88,14 +84,11 @@ class JEDIConfig:
             raise ValueError(f"teacher_warmup: a number of steps >= 0, got {self.teacher_warmup}")
         if not 0.0 <= self.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema: a decay in [0, 1), got {self.teacher_ema}")
-        if self.w_teacher_distill and not self.teacher_ema:
-            raise ValueError("w_teacher_distill: needs teacher_ema > 0 (without a moving average the live teacher "
-                             "would be its own target, which teaches nothing)")
 
 
 class Logits(NamedTuple):
     student: Tensor  # [B, C_i]  S_i(x)
-    teacher: Tensor  # [B, C_i]  T_i(x), the live teacher head (trained by CE, and w_mutual, w_teacher_distill when on)
+    teacher: Tensor  # [B, C_i]  T_i(x), the live teacher head (trained by CE, and the mutual term when on)
     teacher_ema: Tensor | None = None  # [B, C_i]  T_i of the moving average (teacher_ema > 0), no gradient
 
     @property
@@ -465,10 +458,6 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
             back, _, _ = distill_loss(t, s, dataclasses.replace(cfg, threshold=0.0))
             terms.append(cfg.w_mutual * back)
             logs[f"{name}/mutual"] = back.detach()
-        if cfg.w_teacher_distill:   # the average's target teaches the live teacher as well as the student
-            own, _, _ = distill_loss(t, logits.target, cfg)
-            terms.append(cfg.w_teacher_distill * own)
-            logs[f"{name}/teacher_distill"] = own.detach()
     if not terms:
         raise ValueError("no labeled or unlabeled outputs to compute a loss on")
     total = torch.stack(terms).sum()

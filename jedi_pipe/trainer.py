@@ -315,7 +315,7 @@ def loss_config(jcfg):
     """The loss settings of the joint phase: the config's, and for the FixMatch baseline its rule:
     hard pseudo-labels, no teacher terms (its teacher is the student itself, detached)."""
     if jcfg.teachers == "fixmatch":
-        return dataclasses.replace(jcfg, hard=True, w_sup_teacher=0.0, w_mutual=0.0, w_teacher_distill=0.0)
+        return dataclasses.replace(jcfg, hard=True, w_sup_teacher=0.0, w_mutual=0.0)
     return jcfg
 
 

@@ -230,29 +230,6 @@ def test_mutual_term_trains_the_teacher_only():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in jedi.students.parameters())
 
 
-def test_teacher_distill_term_is_the_averages_target_into_the_live_teacher():
-    """w_teacher_distill: KL(average's target || live teacher) on unlabeled clips, the same loss the students
-    get from that target; it trains the teacher head and never the student heads."""
-    jedi, _ = make_jedi(w_distill=0.0, teacher_ema=0.5, w_teacher_distill=2.0)
-    with torch.no_grad():
-        jedi.teachers["a"].weight.add_(0.1)      # the live teacher moves away from the average
-    out = jedi({"a": clips()}, {"a": clips(3)})
-    out = type(out)(labeled={}, unlabeled=out.unlabeled)      # the unlabeled terms alone
-    loss, logs = jedi_losses(out, {}, jedi.config)
-    a = out.unlabeled["a"]
-    expected, _, _ = distill_loss(a.teacher, a.teacher_ema, jedi.config)
-    assert expected > 0
-    torch.testing.assert_close(logs["a/teacher_distill"], expected.detach())
-    torch.testing.assert_close(loss, 2.0 * expected)      # w_distill 0: nothing else
-    loss.backward()
-    assert jedi.teachers["a"].weight.grad.abs().sum() > 0
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in jedi.ema_teachers.parameters())
-    assert all(p.grad is None or p.grad.abs().sum() == 0
-               for n, p in jedi.students.named_parameters() if ".head." in n)
-    with pytest.raises(ValueError, match="w_teacher_distill: needs teacher_ema"):
-        JEDIConfig(w_teacher_distill=1.0)
-
-
 def test_mutual_term_with_live_features_reaches_every_backbone_but_no_student_head():
     # The trainer's setting: teacher features not detached, so the student -> teacher term trains the
     # teacher head and, through [f_1; f_2], both backbones; the student's prediction is only a target.
