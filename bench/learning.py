@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -202,6 +201,8 @@ def gaps(per_seed: list[dict]) -> str:
 
 
 def print_tables(per_seed: list[dict], overrides, test: bool = True) -> None:
+    if not test and "val" not in per_seed[0]:
+        raise SystemExit("--val-only: these runs have no val role (made with --val-per-class 0); nothing to print")
     if "val" in per_seed[0]:
         print(f"\nval top-1 (%), compare settings by this one; mean ± std over {len(per_seed)} seeds; "
               f"overrides: {overrides or 'none'}\n")
@@ -290,6 +291,9 @@ def main() -> None:
     if args.oracle_from and not args.report:
         ap.error("--oracle-from goes with --report")
     if args.report:
+        defaults, report_only = vars(ap.parse_args([])), {"report", "oracle_from", "val_only"}
+        if any(v != defaults[k] for k, v in vars(args).items() if k not in report_only):
+            ap.error("--report prints saved runs: the options that run training do not apply to it")
         return report(args.report, args.oracle_from, test=not args.val_only)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")

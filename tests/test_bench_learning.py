@@ -1,11 +1,16 @@
 """bench/learning.py --report: several --json runs on the same data and seeds merged into one table,
 the paired gaps computed within each run's tag, and --val-only printing nothing of test."""
+import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "learning.py"
+_spec = importlib.util.spec_from_file_location("bench_learning", SCRIPT)
+learning = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(learning)
 DATASETS = ("hmdb51", "ucf101")
 
 
@@ -14,33 +19,44 @@ def split_rows(rows: dict, shift: float) -> dict:
     return {r: {n: v + shift + 10 * i for i, n in enumerate(DATASETS)} for r, v in rows.items()}
 
 
-def write_run(out: Path, overrides: list[str], rows: list[dict], experts=(40.0, 42.0)) -> Path:
+def write_run(out: Path, overrides: list[str], rows: list[dict], experts=(40.0, 42.0), val=True) -> Path:
     """A learning.json of two seeds: rows[seed] holds the joint-phase rows; the experts per seed."""
     seeds = []
-    for seed, (joint, expert) in enumerate(zip(rows, experts, strict=True)):
+    for joint, expert in zip(rows, experts, strict=True):
         cells = {"expert": expert, **joint}
-        seeds.append({"test": split_rows(cells, 1.0), "val": split_rows(cells, 0.0),
-                      "early": split_rows({"expert": expert}, 0.0)})
+        seeds.append({"test": split_rows(cells, 1.0)})
+        if val:
+            seeds[-1].update(val=split_rows(cells, 0.0), early=split_rows({"expert": expert}, 0.0))
     out.mkdir(parents=True)
     (out / "learning.json").write_text(json.dumps({"overrides": overrides, "seeds": seeds}))
     return out
 
 
-def run_report(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--report", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    """bench/learning.py ARGS in this process: (exit code, stdout, stderr or the SystemExit message)."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, args)])
+    try:
+        learning.main()
+        code, message = 0, ""
+    except SystemExit as e:
+        code, message = (e.code, "") if isinstance(e.code, int) else (1, str(e.code))
+    out, err = capsys.readouterr()
+    return code, out, err + message
 
 
-def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path):
+def run_report(monkeypatch, capsys, *args):
+    return run_main(monkeypatch, capsys, "--report", *args)
+
+
+def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path, monkeypatch, capsys):
     base = write_run(tmp_path / "base", [], [{"fixmatch student": 50.0, "jedi+views student": 55.0},
                                              {"fixmatch student": 52.0, "jedi+views student": 60.0}])
     other = write_run(tmp_path / "thr", ["jedi.threshold=0.5"],
                       [{"jedi+views student": 58.0, "jedi+views teacher": 59.0},
                        {"jedi+views student": 61.0, "jedi+views teacher": 60.0}])
     oracle = write_run(tmp_path / "oracle", [], [{"oracle": 90.0}, {"oracle": 92.0}])
-    done = run_report(base, other, "--oracle-from", oracle)
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
+    code, out, err = run_report(monkeypatch, capsys, base, other, "--oracle-from", oracle)
+    assert code == 0, err
     assert "| jedi+views student [threshold=0.5] |" in out
     # the tagged students against the untagged baseline: seeds 58 - 50 = +8 and 61 - 52 = +9
     assert "jedi+views student [threshold=0.5] - fixmatch student: mean +8.5 ± 0.5 (seeds: +8.0, +9.0)" in out
@@ -53,25 +69,30 @@ def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path):
     assert out.count("top-1 (%), report this one") == 1
 
 
-def test_report_val_only_prints_no_test(tmp_path):
+def test_report_val_only_prints_no_test(tmp_path, monkeypatch, capsys):
     base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}])
-    done = run_report(base, "--val-only")
-    assert done.returncode == 0, done.stderr
-    assert "val top-1 (%), compare settings by this one" in done.stdout
-    assert "test top-1" not in done.stdout
+    code, out, err = run_report(monkeypatch, capsys, base, "--val-only")
+    assert code == 0, err
+    assert "val top-1 (%), compare settings by this one" in out and "test top-1" not in out
+    no_val = write_run(tmp_path / "no-val", [], [{"jedi+views student": 55.0}] * 2, val=False)
+    code, out, err = run_report(monkeypatch, capsys, no_val, "--val-only")
+    assert code != 0 and "no val role" in err and out == ""
 
 
-def test_report_refuses_runs_with_other_experts_and_rows_taken_twice(tmp_path):
+def test_report_refuses_runs_with_other_experts_and_rows_taken_twice(tmp_path, monkeypatch, capsys):
     base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}])
     moved = write_run(tmp_path / "moved", ["jedi.lr=0.02"], [{"jedi+views student": 1.0}] * 2, experts=(40.0, 43.0))
-    done = run_report(base, moved)
-    assert done.returncode != 0 and "experts differ" in done.stderr
+    code, _, err = run_report(monkeypatch, capsys, base, moved)
+    assert code != 0 and "experts differ" in err
     twice = write_run(tmp_path / "twice", [], [{"jedi+views student": 1.0}] * 2)
-    done = run_report(base, twice)
-    assert done.returncode != 0 and "come from two runs" in done.stderr
+    code, _, err = run_report(monkeypatch, capsys, base, twice)
+    assert code != 0 and "come from two runs" in err
 
 
-def test_oracle_from_needs_report():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--oracle-from", "x"], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 2 and "--oracle-from goes with --report" in done.stderr
+@pytest.mark.parametrize("args, error", [
+    (["--oracle-from", "x"], "--oracle-from goes with --report"),
+    (["--report", "x", "--set", "jedi.threshold=0.5"], "the options that run training do not apply"),
+])
+def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and error in err
