@@ -168,7 +168,8 @@ def table(per_seed: list[dict]) -> str:
 
 GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"),
         ("jedi student", "fixmatch student"), ("jedi+views student", "jedi student"),
-        ("jedi+views student", "fixmatch student"), ("jedi+views teacher", "jedi+views student"),
+        ("jedi+views student", "fixmatch student"), ("jedi+views student", "ema student"),
+        ("jedi+views teacher", "jedi+views student"),
         # jedi.student_avg: the students' weight averages, against each other and against the live students
         ("jedi+views student (slow avg)", "fixmatch student (slow avg)"),
         ("jedi+views student (slow avg)", "ema student (slow avg)"),
