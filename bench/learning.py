@@ -298,6 +298,8 @@ def main() -> None:
         return report(args.report, args.oracle_from, test=not args.val_only)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    if args.val_only and args.val_per_class == 0:   # refused before the runs, not after them
+        ap.error("--val-only needs a val role: --val-per-class must be above 0")
     runs = tuple(r for r in args.runs.split(",") if r)
     if not runs or any(r not in RUNS for r in runs):
         ap.error(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")

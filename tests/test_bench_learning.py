@@ -92,6 +92,7 @@ def test_report_refuses_runs_with_other_experts_and_rows_taken_twice(tmp_path, m
 @pytest.mark.parametrize("args, error", [
     (["--oracle-from", "x"], "--oracle-from goes with --report"),
     (["--report", "x", "--set", "jedi.threshold=0.5"], "the options that run training do not apply"),
+    (["--val-only", "--val-per-class", "0", "--out", "never-made"], "--val-only needs a val role"),
 ])
 def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, capsys):
     code, _, err = run_main(monkeypatch, capsys, *args)
