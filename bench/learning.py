@@ -225,7 +225,9 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True)
     a run without overrides, or with the first's, adds its rows as they are, and a name taken twice
     is refused).
     `oracle_from`: a run on the same data and seeds whose oracle rows to use (the oracle has no
-    joint phase, so any run's serves; its other rows are left out)."""
+    joint phase and epochs of its own, so any run's serves, whatever its experts; its other rows are
+    left out). Same data: both runs name the same data folder, or, where one does not say (runs
+    before the folder was recorded), both have the same experts."""
     def same_experts(mine: dict, theirs: dict, split: str, who) -> dict:
         if theirs.get(split, {}).get("expert") != mine[split].get("expert"):
             raise SystemExit(f"{who}: the runs' experts differ ({split}); not the same data and seeds")
@@ -234,10 +236,13 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True)
     first, *others = [json.loads((o / "learning.json").read_text()) for o in outs]
     per_seed = first["seeds"]
     if oracle_from is not None:
-        donor = json.loads((oracle_from / "learning.json").read_text())["seeds"]
-        for mine, theirs in zip(per_seed, donor, strict=True):
+        donor_run = json.loads((oracle_from / "learning.json").read_text())
+        by_folder = "data" in first and "data" in donor_run
+        if by_folder and first["data"] != donor_run["data"]:
+            raise SystemExit(f"{oracle_from}: data {donor_run['data']}, not {first['data']}")
+        for mine, theirs in zip(per_seed, donor_run["seeds"], strict=True):
             for split in set(mine) & {"test", "val"}:
-                rows = same_experts(mine, theirs, split, oracle_from)
+                rows = theirs.get(split, {}) if by_folder else same_experts(mine, theirs, split, oracle_from)
                 if "oracle" not in rows:
                     raise SystemExit(f"{oracle_from}: no oracle rows (run with --oracle-epochs > 0)")
                 mine[split]["oracle"] = rows["oracle"]
@@ -335,7 +340,8 @@ def main() -> None:
                                  args.oracle_epochs, log, runs))
     print_tables(per_seed, args.overrides, test=not args.val_only)
     if args.json:
-        (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "seeds": per_seed}, indent=1))
+        (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "data": str(data.resolve()),
+                                                            "seeds": per_seed}, indent=1))
     log("done")
 
 

@@ -79,6 +79,10 @@ class JediCfg(JEDIConfig):
     student_avg: float = 0.0      # > 0: a moving average of the students' weights at this decay per step (Polyak
     #                               averaging, as FixMatch evaluates its model), scored as `student_avg`: at its
     #                               experts early, where the live students dip (docs/method.md, Step 30). 0: none
+    precise_bn: int = 0           # > 0: each evaluation before the last scores the students with BatchNorm statistics
+    #                               recomputed at their current weights over this many training batches (PreciseBN);
+    #                               the run goes on from its own, and the checkpoints keep those. Why: early on the
+    #                               running statistics lag weights that move fast (docs/method.md, Step 30). 0: off
     micro_batch_size: int = 0     # labeled clips per dataset in one micro-batch (with unlabeled_ratio times as many
     #                               unlabeled ones): each GPU's step runs in equal parts of the step's mix of datasets
     #                               and roles, gradients accumulated: the same loss, a fraction of the activation
@@ -103,6 +107,8 @@ class JediCfg(JEDIConfig):
             raise ValueError(f"student_avg: a decay in [0, 1), got {self.student_avg}")
         if not 0.0 < self.student_lr_scale <= 1.0:
             raise ValueError(f"student_lr_scale: a fraction of lr in (0, 1], got {self.student_lr_scale}")
+        if self.precise_bn < 0:
+            raise ValueError(f"precise_bn: a number of batches >= 0 (0: off), got {self.precise_bn}")
         if self.micro_batch_size < 0:
             raise ValueError(f"micro_batch_size: 0 (the whole step) or more, got {self.micro_batch_size}")
 

@@ -663,6 +663,35 @@ def update_averages(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def precise_bn(model: nn.Module, batches) -> dict[str, Tensor]:
+    """PreciseBN (Wu & Johnson 2021; video codebases run it before each evaluation): the students'
+    BatchNorm running statistics recomputed at the current weights, each the mean of its batch
+    statistics over `batches`, tuples of the model's forward arguments run as a training step runs
+    them (train mode: the same rows, sources and views), without gradients.
+
+    Why: early in the joint phase the weights move faster than running statistics at momentum 0.1
+    follow, so students scored on statistics gathered under older weights read far under what their
+    weights do (docs/method.md, Step 30). Returns the students' buffers it replaced:
+    ``model.students.load_state_dict(them, strict=False)`` puts them back, so training goes on as
+    if nothing had run. The moving averages (teacher_ema, student_avg) are not touched.
+    """
+    before = {k: v.clone() for k, v in model.students.named_buffers()}
+    bns = [m for m in model.students.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta, was_training = [m.momentum for m in bns], model.training
+    model.train()
+    try:
+        for k, args in enumerate(batches):
+            for m in bns:
+                m.momentum = 1.0 / (k + 1)   # after batch k: the mean of batches 0..k (the first overwrites)
+            model(*args)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return before
+
+
+@torch.no_grad()
 def ema_update(teacher_model: nn.Module, student_model: nn.Module, decay: float) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, parameters and float buffers (BN
     running stats) alike; integer buffers (num_batches_tracked) are copied."""

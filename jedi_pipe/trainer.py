@@ -28,7 +28,7 @@ from . import shards as shardfmt
 from .config import Config, save_config, with_new_keys
 from .errors import InputError, MissingError, UnavailableError
 from .jedi import (JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, add_students_avg, fit_teacher_heads_probe,
-                   jedi_losses, update_averages)
+                   jedi_losses, precise_bn, update_averages)
 from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
@@ -326,13 +326,32 @@ def load_joint(cfg: Config, experts: dict, checkpoint, device):
     return jedi
 
 
-def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1) -> MultiDatasetLoader:
-    """The joint phase's batches: per step, labeled and unlabeled clips of every dataset."""
+def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1, seed: int | None = None) -> MultiDatasetLoader:
+    """The joint phase's batches: per step, labeled and unlabeled clips of every dataset (`seed`: the run's)."""
     return MultiDatasetLoader([(d.name, sets[d.name], d.flip) for d in cfg.datasets], clip_spec(cfg),
                               distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"),
                               cfg.jedi.unlabeled_ratio, role_loader_cls(cfg, sets.values()),
-                              seed=cfg.seed, rank=rank, world_size=world, threads=cfg.threads,
-                              strong=cfg.strong if cfg.jedi.views else None)
+                              seed=cfg.seed if seed is None else seed, rank=rank, world_size=world,
+                              threads=cfg.threads, strong=cfg.strong if cfg.jedi.views else None)
+
+
+def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
+    """jedi.precise_bn: the students' BatchNorm statistics recomputed over that many training steps' clips,
+    each step in the micro-batches a training step runs in, from a loader of their own seeded by the step
+    (the run's stream of batches and its RNG are untouched); returns the buffers replaced."""
+    rank, world = distributed.rank(), distributed.world_size()
+    k = micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
+    it = iter(joint_loader(cfg, sets, rank, world, seed=1_000_003 * (cfg.seed + 1) + step))
+    try:
+        def batches():
+            for _ in range(cfg.jedi.precise_bn):
+                labeled, unlabeled, weak, labels = step_inputs(next(it), cfg.jedi.views, device)
+                for lab, unl, _, wk in micro_batches(labeled, unlabeled, labels, k, weak):
+                    yield (lab, unl) if wk is None else (lab, unl, wk)
+        with autocast(device, cfg.bf16):
+            return precise_bn(model, batches())
+    finally:
+        it.close()
 
 
 @torch.no_grad()
@@ -543,8 +562,13 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         epoch_end = step % loader.steps_per_epoch == 0
         if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and epoch_end) or step == total \
                 or step == cfg.eval_first:
+            # precise_bn: mid-run, students scored on statistics of their current weights, then the run goes on
+            # from its own; at the end the weights have stood still under the decayed lr and its own are those
+            trained_stats = recompute_bn(jedi, cfg, sets, device, step) if cfg.jedi.precise_bn and step < total else None
             scores = evaluate_jedi(jedi, cfg, sets, device, eval_split)
             final = scores if step == total else None
+            if trained_stats is not None:
+                jedi.students.load_state_dict(trained_stats, strict=False)
             if distributed.is_main():
                 metrics_log.write([EvalRecord(step, summary(scores), eval_split)])
             jedi.train()

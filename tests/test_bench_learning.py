@@ -19,8 +19,9 @@ def split_rows(rows: dict, shift: float) -> dict:
     return {r: {n: v + shift + 10 * i for i, n in enumerate(DATASETS)} for r, v in rows.items()}
 
 
-def write_run(out: Path, overrides: list[str], rows: list[dict], experts=(40.0, 42.0), val=True) -> Path:
-    """A learning.json of two seeds: rows[seed] holds the joint-phase rows; the experts per seed."""
+def write_run(out: Path, overrides: list[str], rows: list[dict], experts=(40.0, 42.0), val=True, data=None) -> Path:
+    """A learning.json of two seeds: rows[seed] holds the joint-phase rows; the experts per seed;
+    `data`: the data folder it records (None: none, as runs before it was recorded)."""
     seeds = []
     for joint, expert in zip(rows, experts, strict=True):
         cells = {"expert": expert, **joint}
@@ -28,7 +29,8 @@ def write_run(out: Path, overrides: list[str], rows: list[dict], experts=(40.0, 
         if val:
             seeds[-1].update(val=split_rows(cells, 0.0), early=split_rows({"expert": expert}, 0.0))
     out.mkdir(parents=True)
-    (out / "learning.json").write_text(json.dumps({"overrides": overrides, "seeds": seeds}))
+    (out / "learning.json").write_text(json.dumps({"overrides": overrides, "seeds": seeds,
+                                                   **({"data": data} if data else {})}))
     return out
 
 
@@ -87,6 +89,25 @@ def test_report_refuses_runs_with_other_experts_and_rows_taken_twice(tmp_path, m
     twice = write_run(tmp_path / "twice", [], [{"jedi+views student": 1.0}] * 2)
     code, _, err = run_report(monkeypatch, capsys, base, twice)
     assert code != 0 and "come from two runs" in err
+
+
+def test_oracle_rows_come_from_a_run_on_the_same_data_whatever_its_experts(tmp_path, monkeypatch, capsys):
+    # the oracle has no joint phase and epochs of its own: a run with other experts (another
+    # pretrain.epochs) on the same data folder lends its oracle rows; another folder does not
+    base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}],
+                     data="/d/one")
+    donor = write_run(tmp_path / "donor", [], [{"oracle": 90.0}, {"oracle": 92.0}], experts=(30.0, 31.0),
+                      data="/d/one")
+    code, out, err = run_report(monkeypatch, capsys, base, "--oracle-from", donor)
+    assert code == 0, err
+    assert "jedi+views student 33 %" in out   # (57.5 - 41) / (91 - 41)
+    other = write_run(tmp_path / "other", [], [{"oracle": 90.0}, {"oracle": 92.0}], data="/d/two")
+    code, _, err = run_report(monkeypatch, capsys, base, "--oracle-from", other)
+    assert code != 0 and "data /d/two, not /d/one" in err
+    # a donor that does not say its folder: only with the same experts
+    unsaid = write_run(tmp_path / "unsaid", [], [{"oracle": 90.0}, {"oracle": 92.0}], experts=(30.0, 31.0))
+    code, _, err = run_report(monkeypatch, capsys, base, "--oracle-from", unsaid)
+    assert code != 0 and "experts differ" in err
 
 
 @pytest.mark.parametrize("args, error", [

@@ -1,6 +1,7 @@
 """torchrun: two CPU processes (gloo) train like one process with the same global batch."""
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -69,9 +70,13 @@ def _jedi_step_grads(rank, world, store, batch, out_path):
     loss.backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in jedi.named_parameters() if p.grad is not None}, out_path)
+    # The DDP wrapper holds the process group: while it lives, destroy_process_group leaves gloo's
+    # threads running, and their destructor at interpreter exit aborts the rank ("terminate called
+    # without an active exception"), now and then. So it goes first, as it does in the CLI, where
+    # train() has returned before shutdown; then both ranks meet, so neither leaves mid-collective.
+    del forward, out, loss
+    gc.collect()
     if world > 1:
-        # both ranks at the end before the group goes: a rank that tears gloo down while its peer is
-        # still in a collective aborts the peer ("terminate called without an active exception")
         dist.barrier()
     distributed.shutdown()
 

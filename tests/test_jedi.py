@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from jedi_pipe.jedi import (JEDI, EMABaseline, JEDIConfig, OwnStatsBatchNorm, SourceBatchNorm, distill_loss,
-                            ema_update,
-                            fit_teacher_heads_probe, jedi_losses)
+                            ema_update, fit_teacher_heads_probe, jedi_losses, precise_bn)
 from jedi_pipe.models import build
 
 CLIP = (3, 4, 16, 16)
@@ -439,3 +438,45 @@ def test_split_strong_stats_keep_strong_views_out_of_the_running_statistics():
         JEDIConfig(strong_stats="separate")
     with pytest.raises(ValueError, match="strong_stats: split"):
         JEDIConfig(strong_stats="split", bn_stats="batch")
+
+
+def test_precise_bn_is_torchs_cumulative_average_and_gives_the_trained_statistics_back():
+    # PreciseBN: every running statistic becomes the plain mean of its batch statistics over the
+    # batches, at the current weights. torch's BatchNorm with momentum None keeps exactly that (a
+    # cumulative average), so a copy run that way is the reference; the same sums in another
+    # order, so float32 rounding is all assert_close's default tolerance has to absorb.
+    jedi, _ = make_jedi(bn_stats="batch")
+    with torch.no_grad():   # weights the running statistics were not gathered under
+        for p in jedi.students.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    batches = [({"a": clips(3), "b": 2 * clips(3) + 1}, {"a": clips(2), "b": clips(2) - 1}) for _ in range(3)]
+    ref = copy.deepcopy(jedi)
+    for m in ref.students.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+            m.reset_running_stats()
+    with torch.no_grad():
+        for args in batches:
+            ref.train()(*args)
+    trained = {k: v.clone() for k, v in jedi.students.named_buffers()}
+    before = precise_bn(jedi.eval(), batches)
+    assert not jedi.training, "the mode it was in comes back"
+    now, want = dict(jedi.students.named_buffers()), dict(ref.students.named_buffers())
+    stats = [k for k in now if k.endswith(("running_mean", "running_var"))]
+    assert len(stats) > 4
+    for k in stats:
+        torch.testing.assert_close(now[k], want[k], msg=lambda m, k=k: f"{k}: {m}")
+    assert all(not torch.allclose(now[k], trained[k]) for k in stats)
+    assert all(m.momentum == 0.1 for m in jedi.students.modules() if isinstance(m, torch.nn.BatchNorm3d))
+    jedi.students.load_state_dict(before, strict=False)
+    assert all(torch.equal(v, trained[k]) for k, v in jedi.students.named_buffers())
+
+    # with views and per-dataset statistics: the students' own statistics move, the average's do not
+    jedi, _ = make_jedi(bn_stats="source", teacher_ema=0.9)
+    avg = {k: v.clone() for k, v in jedi.ema_students.named_buffers()}
+    own = {k: v.clone() for k, v in jedi.students.named_buffers() if k.endswith("running_mean")}
+    precise_bn(jedi, [({"a": clips(3) + 2, "b": clips(3)}, {"a": clips(2), "b": clips(2)},
+                       {"a": clips(2), "b": clips(2)})])
+    assert all(torch.equal(v, avg[k]) for k, v in jedi.ema_students.named_buffers())
+    moved = dict(jedi.students.named_buffers())
+    assert all(not torch.allclose(moved[k], v) for k, v in own.items())

@@ -254,3 +254,48 @@ def test_student_avg_is_the_students_moving_average(shard_dirs, tmp_path, monkey
     without = train(plain, log=lambda m: None)
     assert {n: {k: v for k, v in r.items() if k != "student_avg"} for n, r in results["datasets"].items()} \
         == without["datasets"]
+
+
+def test_precise_bn_rescores_mid_run_and_changes_no_training_step(shard_dirs, tmp_path, monkeypatch):
+    """jedi.precise_bn: each evaluation before the last scores students whose BatchNorm statistics
+    were recomputed at their weights; then the run goes on from its own statistics, so every step,
+    the final model and the results are those of the same run without it."""
+    from jedi_pipe import trainer as trainer_mod
+    seen = {}   # run -> per joint step its loss, per evaluation the students' running means
+
+    def recording(run):
+        step, evaluate_jedi = trainer_mod.joint_step, trainer_mod.evaluate_jedi
+
+        def recording_step(*args, **kw):
+            out, logs = step(*args, **kw)
+            seen[run]["loss"].append(logs["total"].item())
+            return out, logs
+
+        def recording_eval(jedi, *args, **kw):
+            seen[run]["stats"].append({k: v.clone() for k, v in jedi.students.named_buffers() if k.endswith("running_mean")})
+            return evaluate_jedi(jedi, *args, **kw)
+        seen[run] = {"loss": [], "stats": []}
+        monkeypatch.setattr(trainer_mod, "joint_step", recording_step)
+        monkeypatch.setattr(trainer_mod, "evaluate_jedi", recording_eval)
+
+    extra = ["jedi.steps=4", "eval_every=1", "eval_first=0", "checkpoint_every=1000", "jedi.views=true",
+             "jedi.teacher_ema=0.9", "jedi.bn_stats=source", "jedi.micro_batch_size=2"]
+    _, plain = tiny_config(shard_dirs, tmp_path / "plain", extra)
+    recording("plain")
+    without = train(plain, log=lambda m: None)
+    monkeypatch.undo()
+    _, cfg = tiny_config(shard_dirs, tmp_path / "precise", extra + ["jedi.precise_bn=2"])
+    (tmp_path / "precise").mkdir()
+    (tmp_path / "precise" / "experts").symlink_to(Path(plain.out) / "experts")
+    recording("precise")
+    results = train(cfg, log=lambda m: None)
+
+    a, b = seen["precise"], seen["plain"]
+    assert len(a["loss"]) == 4 and a["loss"] == b["loss"], "the same steps"
+    assert len(a["stats"]) == len(b["stats"]) >= 4     # steps 1, 2, 3, 4 (and test once more when 1-4 are on val)
+    for mid_a, mid_b in zip(a["stats"][:3], b["stats"][:3]):   # mid-run: recomputed
+        assert all(not torch.equal(mid_a[k], mid_b[k]) for k in mid_b)
+    for end_a, end_b in zip(a["stats"][3:], b["stats"][3:]):   # at the end: the run's own
+        assert all(torch.equal(end_a[k], end_b[k]) for k in end_b)
+    assert results == without
+    assert evaluate(cfg, log=lambda m: None) == results
