@@ -226,8 +226,8 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True)
     is refused).
     `oracle_from`: a run on the same data and seeds whose oracle rows to use (the oracle has no
     joint phase and epochs of its own, so any run's serves, whatever its experts; its other rows are
-    left out). Same data: both runs name the same data folder, or, where one does not say (runs
-    before the folder was recorded), both have the same experts."""
+    left out). Same data: both runs record the same data options (learning.json's "data"), or,
+    where one does not (runs from before it was recorded), both have the same experts."""
     def same_experts(mine: dict, theirs: dict, split: str, who) -> dict:
         if theirs.get(split, {}).get("expert") != mine[split].get("expert"):
             raise SystemExit(f"{who}: the runs' experts differ ({split}); not the same data and seeds")
@@ -239,7 +239,7 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True)
         donor_run = json.loads((oracle_from / "learning.json").read_text())
         by_folder = "data" in first and "data" in donor_run
         if by_folder and first["data"] != donor_run["data"]:
-            raise SystemExit(f"{oracle_from}: data {donor_run['data']}, not {first['data']}")
+            raise SystemExit(f"{oracle_from}: other data ({donor_run['data']}, not {first['data']})")
         for mine, theirs in zip(per_seed, donor_run["seeds"], strict=True):
             for split in set(mine) & {"test", "val"}:
                 rows = theirs.get(split, {}) if by_folder else same_experts(mine, theirs, split, oracle_from)
@@ -340,7 +340,9 @@ def main() -> None:
                                  args.oracle_epochs, log, runs))
     print_tables(per_seed, args.overrides, test=not args.val_only)
     if args.json:
-        (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "data": str(data.resolve()),
+        # the data's identity (what made it; the oracle rows aside): --report --oracle-from matches runs by it
+        identity = {k: v for k, v in made.items() if k != "oracle"}
+        (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "data": identity,
                                                             "seeds": per_seed}, indent=1))
     log("done")
 

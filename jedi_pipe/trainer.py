@@ -336,9 +336,10 @@ def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1, seed: int | N
 
 
 def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
-    """jedi.precise_bn: the students' BatchNorm statistics recomputed over that many training steps' clips,
-    each step in the micro-batches a training step runs in, from a loader of their own seeded by the step
-    (the run's stream of batches and its RNG are untouched); returns the buffers replaced."""
+    """jedi.precise_bn: the students' BatchNorm statistics recomputed over that many training steps' clips
+    (this rank's share; evaluate_jedi then gives every rank rank 0's), each step in the micro-batches a
+    training step runs in, from a loader of their own seeded by the step. The run's stream of batches and
+    its RNG are untouched (dropout in train mode draws from a forked RNG); returns the buffers replaced."""
     rank, world = distributed.rank(), distributed.world_size()
     k = micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
     it = iter(joint_loader(cfg, sets, rank, world, seed=1_000_003 * (cfg.seed + 1) + step))
@@ -348,7 +349,7 @@ def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
                 labeled, unlabeled, weak, labels = step_inputs(next(it), cfg.jedi.views, device)
                 for lab, unl, _, wk in micro_batches(labeled, unlabeled, labels, k, weak):
                     yield (lab, unl) if wk is None else (lab, unl, wk)
-        with autocast(device, cfg.bf16):
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []), autocast(device, cfg.bf16):
             return precise_bn(model, batches())
     finally:
         it.close()

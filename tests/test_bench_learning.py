@@ -21,7 +21,7 @@ def split_rows(rows: dict, shift: float) -> dict:
 
 def write_run(out: Path, overrides: list[str], rows: list[dict], experts=(40.0, 42.0), val=True, data=None) -> Path:
     """A learning.json of two seeds: rows[seed] holds the joint-phase rows; the experts per seed;
-    `data`: the data folder it records (None: none, as runs before it was recorded)."""
+    `data`: the data options it records (None: none, as runs before they were recorded)."""
     seeds = []
     for joint, expert in zip(rows, experts, strict=True):
         cells = {"expert": expert, **joint}
@@ -93,17 +93,18 @@ def test_report_refuses_runs_with_other_experts_and_rows_taken_twice(tmp_path, m
 
 def test_oracle_rows_come_from_a_run_on_the_same_data_whatever_its_experts(tmp_path, monkeypatch, capsys):
     # the oracle has no joint phase and epochs of its own: a run with other experts (another
-    # pretrain.epochs) on the same data folder lends its oracle rows; another folder does not
+    # pretrain.epochs) on data made with the same options lends its oracle rows; other data does not
     base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}],
-                     data="/d/one")
+                     data={"data_seed": 0, "look": "alike"})
     donor = write_run(tmp_path / "donor", [], [{"oracle": 90.0}, {"oracle": 92.0}], experts=(30.0, 31.0),
-                      data="/d/one")
+                      data={"data_seed": 0, "look": "alike"})
     code, out, err = run_report(monkeypatch, capsys, base, "--oracle-from", donor)
     assert code == 0, err
     assert "jedi+views student 33 %" in out   # (57.5 - 41) / (91 - 41)
-    other = write_run(tmp_path / "other", [], [{"oracle": 90.0}, {"oracle": 92.0}], data="/d/two")
+    other = write_run(tmp_path / "other", [], [{"oracle": 90.0}, {"oracle": 92.0}],
+                      data={"data_seed": 0, "look": "different"})
     code, _, err = run_report(monkeypatch, capsys, base, "--oracle-from", other)
-    assert code != 0 and "data /d/two, not /d/one" in err
+    assert code != 0 and "other data" in err
     # a donor that does not say its folder: only with the same experts
     unsaid = write_run(tmp_path / "unsaid", [], [{"oracle": 90.0}, {"oracle": 92.0}], experts=(30.0, 31.0))
     code, _, err = run_report(monkeypatch, capsys, base, "--oracle-from", unsaid)

@@ -1,6 +1,7 @@
 """synth -> shard -> pretrain -> train -> eval on tiny data on the CPU; kill -9 and --resume."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -260,6 +261,7 @@ def test_precise_bn_rescores_mid_run_and_changes_no_training_step(shard_dirs, tm
     """jedi.precise_bn: each evaluation before the last scores students whose BatchNorm statistics
     were recomputed at their weights; then the run goes on from its own statistics, so every step,
     the final model and the results are those of the same run without it."""
+    from jedi_pipe import jedi as jedi_mod
     from jedi_pipe import trainer as trainer_mod
     seen = {}   # run -> per joint step its loss, per evaluation the students' running means
 
@@ -269,12 +271,14 @@ def test_precise_bn_rescores_mid_run_and_changes_no_training_step(shard_dirs, tm
         def recording_step(*args, **kw):
             out, logs = step(*args, **kw)
             seen[run]["loss"].append(logs["total"].item())
+            seen[run]["rng"].append(torch.get_rng_state())   # what dropout, where a model has it, draws from
             return out, logs
 
         def recording_eval(jedi, *args, **kw):
             seen[run]["stats"].append({k: v.clone() for k, v in jedi.students.named_buffers() if k.endswith("running_mean")})
+            seen[run].setdefault("first model", copy.deepcopy(jedi))
             return evaluate_jedi(jedi, *args, **kw)
-        seen[run] = {"loss": [], "stats": []}
+        seen[run] = {"loss": [], "rng": [], "stats": []}
         monkeypatch.setattr(trainer_mod, "joint_step", recording_step)
         monkeypatch.setattr(trainer_mod, "evaluate_jedi", recording_eval)
 
@@ -288,11 +292,31 @@ def test_precise_bn_rescores_mid_run_and_changes_no_training_step(shard_dirs, tm
     (tmp_path / "precise").mkdir()
     (tmp_path / "precise" / "experts").symlink_to(Path(plain.out) / "experts")
     recording("precise")
+    precise_bn = trainer_mod.precise_bn
+
+    def drawing_precise_bn(*args):   # as a model with dropout would in train mode: tiny3d has none
+        torch.rand(3)
+        return precise_bn(*args)
+    monkeypatch.setattr(trainer_mod, "precise_bn", drawing_precise_bn)
     results = train(cfg, log=lambda m: None)
 
     a, b = seen["precise"], seen["plain"]
     assert len(a["loss"]) == 4 and a["loss"] == b["loss"], "the same steps"
+    assert all(torch.equal(x, y) for x, y in zip(a["rng"], b["rng"])), "the run's RNG untouched"
     assert len(a["stats"]) == len(b["stats"]) >= 4     # steps 1, 2, 3, 4 (and test once more when 1-4 are on val)
+    # step 1's, rebuilt: 2 training steps' clips of a loader seeded by the step, as the step runs them
+    # (strong views with their weak ones, in the 2 micro-batches of micro_batch_size 2), averaged
+    model, sets = b["first model"], trainer_mod.open_all(cfg)
+    it = iter(trainer_mod.joint_loader(cfg, sets, seed=1_000_003 * (cfg.seed + 1) + 1))
+    batches = []
+    for _ in range(2):
+        labeled, strong, weak, labels = trainer_mod.step_inputs(next(it), True, torch.device("cpu"))
+        batches += [(lab, unl, wk) for lab, unl, _, wk in trainer_mod.micro_batches(labeled, strong, labels, 2, weak)]
+    it.close()
+    jedi_mod.precise_bn(model, batches)
+    for k, v in model.students.named_buffers():
+        if k.endswith("running_mean"):
+            torch.testing.assert_close(a["stats"][0][k], v, msg=lambda m, k=k: f"{k}: {m}")
     for mid_a, mid_b in zip(a["stats"][:3], b["stats"][:3]):   # mid-run: recomputed
         assert all(not torch.equal(mid_a[k], mid_b[k]) for k in mid_b)
     for end_a, end_b in zip(a["stats"][3:], b["stats"][3:]):   # at the end: the run's own
