@@ -20,7 +20,7 @@ training seed, with `train/demo.yaml` and the given --set overrides:
     fixmatch each expert with FixMatch on its own unlabeled clips (weak -> strong view, hard, 0.95)
     jedi, jedi+views   JEDI students and teachers, one view / weak and strong views (the demo's):
              what the other datasets add on top
-    oracle   an expert trained on all training labels (oracle.epochs passes over them)
+    oracle   an expert trained on all training labels (--oracle-epochs passes over them)
 
 Prints mean ± std (population std over seeds) of top-1 per dataset and the mean over datasets,
 twice: on val, the table to compare settings and ablations by, and on test, the one to report
@@ -271,8 +271,9 @@ def main() -> None:
                     help="fraction of each dataset's training videos that keep their labels (a fresh --out per value)")
     ap.add_argument("--val-per-class", type=int, default=5,
                     help="training videos per class held out as the val role (a fresh --out per value; 0: none)")
-    ap.add_argument("--oracle-epochs", type=int, default=20,
-                    help="passes of the oracle over all training labels (0: no oracle, no all-labels shards)")
+    ap.add_argument("--oracle-epochs", type=int, default=40,
+                    help="passes of the oracle over all training labels (0: no oracle, no all-labels shards; 40 "
+                         "chosen on val over 20, docs/method.md)")
     ap.add_argument("--data-seed", type=int, default=0,
                     help="seed of the synthetic data: 0 is the demo's data; another seed draws the benchmark "
                          "afresh (same classes, other videos; a fresh --out per value)")
