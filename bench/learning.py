@@ -237,12 +237,12 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True)
     per_seed = first["seeds"]
     if oracle_from is not None:
         donor_run = json.loads((oracle_from / "learning.json").read_text())
-        by_folder = "data" in first and "data" in donor_run
-        if by_folder and first["data"] != donor_run["data"]:
+        by_data = "data" in first and "data" in donor_run
+        if by_data and first["data"] != donor_run["data"]:
             raise SystemExit(f"{oracle_from}: other data ({donor_run['data']}, not {first['data']})")
         for mine, theirs in zip(per_seed, donor_run["seeds"], strict=True):
             for split in set(mine) & {"test", "val"}:
-                rows = theirs.get(split, {}) if by_folder else same_experts(mine, theirs, split, oracle_from)
+                rows = theirs.get(split, {}) if by_data else same_experts(mine, theirs, split, oracle_from)
                 if "oracle" not in rows:
                     raise SystemExit(f"{oracle_from}: no oracle rows (run with --oracle-epochs > 0)")
                 mine[split]["oracle"] = rows["oracle"]

@@ -335,6 +335,11 @@ def joint_loader(cfg: Config, sets, rank: int = 0, world: int = 1, seed: int | N
                               threads=cfg.threads, strong=cfg.strong if cfg.jedi.views else None)
 
 
+def recompute_bn_seed(seed: int, step: int) -> int:
+    """The seed of recompute_bn's loader at `step`: its own stream, apart from the run's (seeded `seed`)."""
+    return 1_000_003 * (seed + 1) + step
+
+
 def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
     """jedi.precise_bn: the students' BatchNorm statistics recomputed over that many training steps' clips
     (this rank's share; evaluate_jedi then gives every rank rank 0's), each step in the micro-batches a
@@ -342,14 +347,15 @@ def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
     its RNG are untouched (dropout in train mode draws from a forked RNG); returns the buffers replaced."""
     rank, world = distributed.rank(), distributed.world_size()
     k = micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
-    it = iter(joint_loader(cfg, sets, rank, world, seed=1_000_003 * (cfg.seed + 1) + step))
+    it = iter(joint_loader(cfg, sets, rank, world, seed=recompute_bn_seed(cfg.seed, step)))
     try:
         def batches():
             for _ in range(cfg.jedi.precise_bn):
                 labeled, unlabeled, weak, labels = step_inputs(next(it), cfg.jedi.views, device)
                 for lab, unl, _, wk in micro_batches(labeled, unlabeled, labels, k, weak):
                     yield (lab, unl) if wk is None else (lab, unl, wk)
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []), autocast(device, cfg.bf16):
+        cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), autocast(device, cfg.bf16):
             return precise_bn(model, batches())
     finally:
         it.close()

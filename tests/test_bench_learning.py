@@ -105,7 +105,7 @@ def test_oracle_rows_come_from_a_run_on_the_same_data_whatever_its_experts(tmp_p
                       data={"data_seed": 0, "look": "different"})
     code, _, err = run_report(monkeypatch, capsys, base, "--oracle-from", other)
     assert code != 0 and "other data" in err
-    # a donor that does not say its folder: only with the same experts
+    # a donor that does not record its data options: only with the same experts
     unsaid = write_run(tmp_path / "unsaid", [], [{"oracle": 90.0}, {"oracle": 92.0}], experts=(30.0, 31.0))
     code, _, err = run_report(monkeypatch, capsys, base, "--oracle-from", unsaid)
     assert code != 0 and "experts differ" in err

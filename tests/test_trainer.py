@@ -307,7 +307,7 @@ def test_precise_bn_rescores_mid_run_and_changes_no_training_step(shard_dirs, tm
     # step 1's, rebuilt: 2 training steps' clips of a loader seeded by the step, as the step runs them
     # (strong views with their weak ones, in the 2 micro-batches of micro_batch_size 2), averaged
     model, sets = b["first model"], trainer_mod.open_all(cfg)
-    it = iter(trainer_mod.joint_loader(cfg, sets, seed=1_000_003 * (cfg.seed + 1) + 1))
+    it = iter(trainer_mod.joint_loader(cfg, sets, seed=trainer_mod.recompute_bn_seed(cfg.seed, 1)))
     batches = []
     for _ in range(2):
         labeled, strong, weak, labels = trainer_mod.step_inputs(next(it), True, torch.device("cpu"))
