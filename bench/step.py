@@ -20,8 +20,9 @@ step is the trainer's step cut at its seams, computing the same things in the sa
 
 The first step's loss is checked against the trainer's path (`jedi(labeled, unlabeled)` then
 `jedi_losses`), so the cut cannot drift from what the trainer runs. Wall and CPU time of the
-main thread are reported per part (torch runs its one intra-op thread there on the CPU:
-`trainer.pick_device`), and the loader's CPU (the rest of the process: DALI's threads).
+main thread are reported per part, and the CPU of the rest of the process (DALI's threads, and
+torch's other intra-op threads: `trainer.cpu_threads`; `--set torch_threads=1` keeps torch on the
+main thread alone, where the per-part CPU column is then the whole of each part).
 
 `demo` runs `jedi-pipe demo` (the same library function) and splits its wall and CPU time into
 synth, shard, inspect, pretraining, joint steps, evaluation (every test pass, experts' included)
@@ -88,7 +89,7 @@ def profile(shards: Path, steps: int, overrides: list[str]) -> str:
         lines.append(f"| {name} | {1e3 * clock.wall[name] / steps:.1f} | {1e3 * clock.cpu[name] / steps:.1f} | "
                      f"{clock.wall[name] / wall:.0%} |")
     lines.append(f"| **step** | **{1e3 * wall / steps:.1f}** | **{1e3 * main_cpu / steps:.1f}** | 100% |")
-    lines.append(f"| loader threads (CPU, overlapping the step) | | {1e3 * loader_cpu / steps:.1f} | |")
+    lines.append(f"| other threads: loader, torch beyond the main (CPU, overlapping the step) | | {1e3 * loader_cpu / steps:.1f} | |")
     return "\n".join(lines)
 
 

@@ -54,6 +54,8 @@ class PretrainCfg:
     batch_size: int = 16          # labeled clips per step
     weight_decay: float = 5e-4
     warmup_steps: int = 20        # linear warm-up at the start
+    workers: int = 0              # experts trained at once on the CPU, each in its own process with torch_threads / workers
+    #                               threads (outside torchrun; trainer.pretrain). 0: one per core. 1: one after another
 
 
 @dataclass
@@ -127,6 +129,8 @@ class Config:
     loader: str = "auto"                        # auto | dali | torch
     device: str = "auto"                        # auto | cpu | cuda
     threads: int = 2                            # loader threads per dataset pipeline
+    torch_threads: int = 0                      # torch's intra-op threads on the CPU (0: every core, shared among
+    #                                             torchrun's local processes; trainer.cpu_threads)
     eval_batch_size: int = 32
     eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
     eval_first: int = 0                         # one more evaluation at this step (0: none): how far the joint step

@@ -10,9 +10,11 @@ Run folder (`cfg.out`):
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import math
+import multiprocessing
 import os
 import random
 import time
@@ -46,10 +48,16 @@ def pick_device(cfg: Config) -> torch.device:
         if not torch.cuda.is_available():
             raise UnavailableError("device: cuda was asked for but no GPU is visible")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    # On the CPU the loader's decode threads share the cores with the step: half for each.
-    # (torch's intra-op threads spin-wait; oversubscribed they run ~10x slower, not 2x.)
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(cpu_threads(cfg))
     return torch.device("cpu")
+
+
+def cpu_threads(cfg: Config) -> int:
+    """torch's intra-op threads on the CPU: cfg.torch_threads, or (0) the cores shared among torchrun's
+    processes on this machine. The loader's threads run beside them: in the demo's joint step they
+    use ~15 % of a core, and two torch threads make the step 1.5x faster on 2 cores (bench/README.md)."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return cfg.torch_threads or max(1, (os.cpu_count() or 1) // local)
 
 
 def role_loader_cls(cfg: Config, sets=()):
@@ -212,8 +220,9 @@ def expert_signature(config: dict, name: str) -> dict:
     # evaluation settings do not change an expert's weights
     config = with_new_keys(config)     # an expert saved before a key existed ran with that key's default
     clip = {k: v for k, v in config["clip"].items() if not k.startswith("eval_")}
+    pretrain = {k: v for k, v in config["pretrain"].items() if k != "workers"}   # where it ran, not what it learned
     return {"dataset": next(d for d in config["datasets"] if d["name"] == name), "clip": clip,
-            "pretrain": config["pretrain"], "seed": config["seed"]}
+            "pretrain": pretrain, "seed": config["seed"]}
 
 
 def _check_same(saved: dict, now: dict, what: str) -> None:
@@ -231,67 +240,110 @@ def load_expert(cfg: Config, name: str, device) -> torch.nn.Module:
 
 
 def pretrain(cfg: Config, log=print) -> dict:
-    """Train one expert per dataset on its labeled clips only; skip experts already written."""
+    """Train one expert per dataset on its labeled clips only; skip experts already written.
+
+    On the CPU, outside torchrun, experts train side by side in `pretrain.workers` processes that
+    share the torch threads: small batches use one thread poorly and two worse (on 2 cores the demo's
+    experts take 67 s this way, 74 s in turn on one thread, 89 s on two). Each expert depends on its
+    seed, data and thread count only, so the same threads give the same experts either way. On a GPU
+    or under torchrun, one after another. The processes are spawned: a script that calls this needs
+    the `if __name__ == "__main__":` guard."""
     rank, world = distributed.init()
     log = quiet_unless_main(log)
-    out = prepare_run(cfg)
+    prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
     for d in cfg.datasets:      # before any training: a refused init should not cost an hour of experts
         check_init(d.name, {sets[d.name].card.get("dataset", d.name)}, d.init, d.init_trained_on_ok)
-    RoleLoader = role_loader_cls(cfg, sets.values())
-    metrics = {}
+    metrics, todo = {}, []
     for i, d in enumerate(cfg.datasets):
         path = expert_path(cfg, d.name)
-        if path.is_file():
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-            _check_same(expert_signature(ck["config"], d.name), expert_signature(cfg.to_dict(), d.name),
-                        f"expert {path}")
-            metrics[d.name] = ck["test"]
-            log(f"expert {d.name}: exists ({path}), test top-1 {metrics[d.name]['top1']:.1f}")
+        if not path.is_file():
+            todo.append(i)
             continue
-        seed_everything(cfg.seed * 1000 + i)
-        ss = sets[d.name]
-        model = build(d.model, len(ss.classes), weights=d.init or None).to(device)
-        loader = MultiDatasetLoader([(d.name, ss, d.flip)], clip_spec(cfg),
-                                    distributed.per_rank(cfg.pretrain.batch_size, "pretrain.batch_size"), 0,
-                                    RoleLoader, seed=cfg.seed * 1000 + i, rank=rank, world_size=world,
-                                    threads=cfg.threads)
-        total = cfg.pretrain.epochs * loader.steps_per_epoch
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain.lr, momentum=0.9,
-                              weight_decay=cfg.pretrain.weight_decay)
-        model.train()
-        forward = distributed.wrap(model)
-        t0 = time.time()
-        for step, batch in zip(range(total), loader):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
-            b = batch[d.name]
-            with autocast(device, cfg.bf16):
-                loss = F.cross_entropy(forward(to_device(b["x"], device)), b["y"].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if step % LOG_EVERY == 0 or step == total - 1:
-                mean = distributed.mean_over_ranks({"loss": loss.item()})
-                if distributed.is_main():
-                    append_jsonl(out / "pretrain.jsonl", [{"dataset": d.name, "step": step, "loss": mean["loss"],
-                                                          "lr": opt.param_groups[0]["lr"]}])
-        model.eval()
-        distributed.sync_buffers(model)
-        test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
-        # val, when the folder has one, is the score to choose by; test is only reported
-        val = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device, "val")["expert"] if ss.count("val") else None
-        if distributed.is_main():
-            tmp = path.with_suffix(".pt.partial")
-            torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
-                        "model": model.state_dict(), "test": test, "val": val, "config": cfg.to_dict()}, tmp)
-            os.replace(tmp, path)
-        distributed.barrier()   # every rank finds the expert before it goes on
-        metrics[d.name] = test
-        log(f"expert {d.name}: {total} steps in {time.time() - t0:.0f}s, test top-1 {test['top1']:.1f} "
-            f"top-5 {test['top5']:.1f}")
-    return metrics
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        _check_same(expert_signature(ck["config"], d.name), expert_signature(cfg.to_dict(), d.name),
+                    f"expert {path}")
+        metrics[d.name] = ck["test"]
+        log(f"expert {d.name}: exists ({path}), test top-1 {metrics[d.name]['top1']:.1f}")
+    workers = expert_workers(cfg, device, world, len(todo))
+    if workers > 1:
+        # longest first: the largest labeled set would otherwise start last and finish alone
+        todo.sort(key=lambda i: -sets[cfg.datasets[i].name].count("labeled"))
+        log(f"experts: {len(todo)} to train, {workers} at a time (pretrain.workers)")
+        ctx = multiprocessing.get_context("spawn")   # DALI and torch's thread pools do not survive a fork
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            threads = max(1, cpu_threads(cfg) // workers)
+            jobs = [pool.submit(_expert_in_process, cfg.to_dict(), i, threads) for i in todo]
+            for job in concurrent.futures.as_completed(jobs):
+                name, test, note = job.result()
+                metrics[name] = test
+                log(note)
+    else:
+        for i in todo:
+            name, test, note = train_expert(cfg, i, sets, device, rank, world)
+            metrics[name] = test
+            log(note)
+    return {d.name: metrics[d.name] for d in cfg.datasets}
+
+
+def expert_workers(cfg: Config, device, world: int, todo: int) -> int:
+    """How many experts train at once: pretrain.workers (0: one per core), on the CPU outside torchrun."""
+    if device.type != "cpu" or world > 1 or todo < 2:
+        return 1
+    return min(todo, cfg.pretrain.workers or os.cpu_count() or 1)
+
+
+def _expert_in_process(config: dict, i: int, threads: int) -> tuple:
+    from .config import load_config
+    torch.set_num_threads(threads)
+    cfg = load_config(data=config)
+    return train_expert(cfg, i, open_all(cfg), torch.device("cpu"))
+
+
+def train_expert(cfg: Config, i: int, sets: dict, device, rank: int = 0, world: int = 1) -> tuple:
+    """Train, score and write the expert of cfg.datasets[i]: (name, test scores, a line for the log)."""
+    d, ss = cfg.datasets[i], sets[cfg.datasets[i].name]
+    path, out = expert_path(cfg, d.name), Path(cfg.out)
+    seed_everything(cfg.seed * 1000 + i)
+    model = build(d.model, len(ss.classes), weights=d.init or None).to(device)
+    loader = MultiDatasetLoader([(d.name, ss, d.flip)], clip_spec(cfg),
+                                distributed.per_rank(cfg.pretrain.batch_size, "pretrain.batch_size"), 0,
+                                role_loader_cls(cfg, [ss]), seed=cfg.seed * 1000 + i, rank=rank, world_size=world,
+                                threads=cfg.threads)
+    total = cfg.pretrain.epochs * loader.steps_per_epoch
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain.lr, momentum=0.9,
+                          weight_decay=cfg.pretrain.weight_decay)
+    model.train()
+    forward = distributed.wrap(model)
+    t0 = time.time()
+    for step, batch in zip(range(total), loader):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
+        b = batch[d.name]
+        with autocast(device, cfg.bf16):
+            loss = F.cross_entropy(forward(to_device(b["x"], device)), b["y"].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % LOG_EVERY == 0 or step == total - 1:
+            mean = distributed.mean_over_ranks({"loss": loss.item()})
+            if distributed.is_main():
+                append_jsonl(out / "pretrain.jsonl", [{"dataset": d.name, "step": step, "loss": mean["loss"],
+                                                      "lr": opt.param_groups[0]["lr"]}])
+    model.eval()
+    distributed.sync_buffers(model)
+    test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
+    # val, when the folder has one, is the score to choose by; test is only reported
+    val = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device, "val")["expert"] if ss.count("val") else None
+    if distributed.is_main():
+        tmp = path.with_suffix(".pt.partial")
+        torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
+                    "model": model.state_dict(), "test": test, "val": val, "config": cfg.to_dict()}, tmp)
+        os.replace(tmp, path)
+    distributed.barrier()   # every rank finds the expert before it goes on
+    return d.name, test, (f"expert {d.name}: {total} steps in {time.time() - t0:.0f}s, test top-1 {test['top1']:.1f} "
+                          f"top-5 {test['top5']:.1f}")
 
 
 # ---------------------------------------------------------------------------- JEDI

@@ -84,6 +84,24 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path):
     assert again == results
 
 
+def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path):
+    # two worker processes of one torch thread each against one after another on one thread: each
+    # expert depends on its seed, data and threads only, so the weights must be equal bit for bit
+    _, par = tiny_config(shard_dirs, tmp_path / "par", ["pretrain.workers=2", "torch_threads=2"])
+    _, seq = tiny_config(shard_dirs, tmp_path / "seq", ["pretrain.workers=1", "torch_threads=1"])
+    lines = []
+    assert pretrain(par, log=lines.append) == pretrain(seq, log=lambda m: None)
+    assert any("2 at a time" in m for m in lines), lines
+    for name in ("hmdb51", "ssv2"):
+        a, b = (torch.load(Path(c.out) / "experts" / f"{name}.pt", weights_only=False) for c in (par, seq))
+        assert a["model"].keys() == b["model"].keys()
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (name, k)
+    # pretrain.jsonl: both experts' lines, whichever process wrote them
+    logged = {json.loads(line)["dataset"] for line in (Path(par.out) / "pretrain.jsonl").read_text().splitlines()}
+    assert logged == {"hmdb51", "ssv2"}
+
+
 def test_jedi_steps_fixes_the_joint_length(shard_dirs, tmp_path):
     """jedi.steps: that many joint steps whatever the epochs and data sizes say; 0: epochs decide."""
     _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.steps=3", "jedi.epochs=50", "checkpoint_every=1000"])
