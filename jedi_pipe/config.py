@@ -55,7 +55,7 @@ class PretrainCfg:
     weight_decay: float = 5e-4
     warmup_steps: int = 20        # linear warm-up at the start
     workers: int = 0              # experts trained at once on the CPU, each in its own process with torch_threads / workers
-    #                               threads (outside torchrun; trainer.pretrain). 0: one per core. 1: one after another
+    #                               threads (outside torchrun; trainer.pretrain). 0: one per torch thread. 1: in turn
 
 
 @dataclass
@@ -129,8 +129,8 @@ class Config:
     loader: str = "auto"                        # auto | dali | torch
     device: str = "auto"                        # auto | cpu | cuda
     threads: int = 2                            # loader threads per dataset pipeline
-    torch_threads: int = 0                      # torch's intra-op threads on the CPU (0: every core, shared among
-    #                                             torchrun's local processes; trainer.cpu_threads)
+    torch_threads: int = 0                      # torch's intra-op threads on the CPU (0: every core this process may
+    #                                             use, shared among torchrun's local processes; trainer.cpu_threads)
     eval_batch_size: int = 32
     eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
     eval_first: int = 0                         # one more evaluation at this step (0: none): how far the joint step

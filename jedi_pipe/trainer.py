@@ -35,6 +35,7 @@ from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
 from .models import build
+from .shard_jobs import default_workers
 from .records import EvalRecord, MetricsLog, StepRecord, headline, parse_line, summary, write_results
 from .weights_guard import check_init
 
@@ -57,7 +58,7 @@ def cpu_threads(cfg: Config) -> int:
     processes on this machine. The loader's threads run beside them: in the demo's joint step they
     use ~15 % of a core, and two torch threads make the step 1.5x faster on 2 cores (bench/README.md)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    return cfg.torch_threads or max(1, (os.cpu_count() or 1) // local)
+    return cfg.torch_threads or max(1, default_workers() // local)
 
 
 def role_loader_cls(cfg: Config, sets=()):
@@ -220,9 +221,16 @@ def expert_signature(config: dict, name: str) -> dict:
     # evaluation settings do not change an expert's weights
     config = with_new_keys(config)     # an expert saved before a key existed ran with that key's default
     clip = {k: v for k, v in config["clip"].items() if not k.startswith("eval_")}
-    pretrain = {k: v for k, v in config["pretrain"].items() if k != "workers"}   # where it ran, not what it learned
+    config = without_placement(config)
     return {"dataset": next(d for d in config["datasets"] if d["name"] == name), "clip": clip,
-            "pretrain": pretrain, "seed": config["seed"]}
+            "pretrain": config["pretrain"], "seed": config["seed"]}
+
+
+def without_placement(config: dict) -> dict:
+    """A saved config without the keys that say where a run's work ran, not what it learned (torch_threads,
+    pretrain.workers): a resume or an expert check need not match them."""
+    config = {k: v for k, v in config.items() if k != "torch_threads"}
+    return {**config, "pretrain": {k: v for k, v in config["pretrain"].items() if k != "workers"}}
 
 
 def _check_same(saved: dict, now: dict, what: str) -> None:
@@ -275,10 +283,14 @@ def pretrain(cfg: Config, log=print) -> dict:
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
             threads = max(1, cpu_threads(cfg) // workers)
             jobs = [pool.submit(_expert_in_process, cfg.to_dict(), i, threads) for i in todo]
-            for job in concurrent.futures.as_completed(jobs):
-                name, test, note = job.result()
-                metrics[name] = test
-                log(note)
+            try:
+                for job in concurrent.futures.as_completed(jobs):
+                    name, test, note = job.result()
+                    metrics[name] = test
+                    log(note)
+            except BaseException:    # one expert failed (or Ctrl-C): do not train the queued ones first
+                pool.shutdown(cancel_futures=True)
+                raise
     else:
         for i in todo:
             name, test, note = train_expert(cfg, i, sets, device, rank, world)
@@ -288,17 +300,18 @@ def pretrain(cfg: Config, log=print) -> dict:
 
 
 def expert_workers(cfg: Config, device, world: int, todo: int) -> int:
-    """How many experts train at once: pretrain.workers (0: one per core), on the CPU outside torchrun."""
+    """How many experts train at once: pretrain.workers (0: one per torch thread), on the CPU outside torchrun."""
     if device.type != "cpu" or world > 1 or todo < 2:
         return 1
-    return min(todo, cfg.pretrain.workers or os.cpu_count() or 1)
+    return min(todo, cfg.pretrain.workers or cpu_threads(cfg))
 
 
 def _expert_in_process(config: dict, i: int, threads: int) -> tuple:
     from .config import load_config
     torch.set_num_threads(threads)
     cfg = load_config(data=config)
-    return train_expert(cfg, i, open_all(cfg), torch.device("cpu"))
+    d = cfg.datasets[i]
+    return train_expert(cfg, i, {d.name: shardfmt.open_shards(d.shards)}, torch.device("cpu"))
 
 
 def train_expert(cfg: Config, i: int, sets: dict, device, rank: int = 0, world: int = 1) -> tuple:
@@ -547,7 +560,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     ckpt_path, step = out / "checkpoint.pt", 0
     if resume and ckpt_path.is_file():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_same(with_new_keys(ck["config"]), cfg.to_dict(), f"checkpoint {ckpt_path}")
+        _check_same(without_placement(with_new_keys(ck["config"])), without_placement(cfg.to_dict()),
+                    f"checkpoint {ckpt_path}")
         jedi.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         loader.load_state_dict(ck["loader"])

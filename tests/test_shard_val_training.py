@@ -12,7 +12,7 @@ from jedi_pipe import shards, trainer
 from jedi_pipe.config import load_config
 from jedi_pipe.resplit import split_shards
 
-TINY = ["pretrain.epochs=2", "jedi.epochs=3", "pretrain.batch_size=4", "jedi.batch_size=4",
+TINY = ["pretrain.workers=1", "pretrain.epochs=2", "jedi.epochs=3", "pretrain.batch_size=4", "jedi.batch_size=4",
         "jedi.unlabeled_ratio=1", "checkpoint_every=100", "eval_batch_size=16"]
 
 

@@ -21,7 +21,7 @@ from jedi_pipe.models import build
 from jedi_pipe.shards import open_shards
 from jedi_pipe.trainer import evaluate, pretrain, train
 
-TINY = ["pretrain.epochs=2", "jedi.epochs=2", "pretrain.batch_size=4", "jedi.batch_size=4",
+TINY = ["pretrain.workers=1", "pretrain.epochs=2", "jedi.epochs=2", "pretrain.batch_size=4", "jedi.batch_size=4",
         "jedi.unlabeled_ratio=1", "checkpoint_every=2", "eval_batch_size=16"]
 
 
@@ -100,6 +100,17 @@ def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path):
     # pretrain.jsonl: both experts' lines, whichever process wrote them
     logged = {json.loads(line)["dataset"] for line in (Path(par.out) / "pretrain.jsonl").read_text().splitlines()}
     assert logged == {"hmdb51", "ssv2"}
+
+
+def test_an_expert_failing_in_its_worker_fails_pretrain_with_its_error(shard_dirs, tmp_path):
+    init = tmp_path / "gone.pt"      # the guard's record says ImageNet, but the weights file is missing
+    (tmp_path / "gone.pt.json").write_text(json.dumps({"trained_on": ["imagenet"]}))
+    data, _ = tiny_config(shard_dirs, tmp_path / "run")
+    data["datasets"][0]["init"] = str(init)
+    cfg = load_config(data=data, overrides=TINY + ["pretrain.workers=2"])
+    with pytest.raises(FileNotFoundError, match="gone.pt"):
+        pretrain(cfg, log=lambda m: None)
+    assert not (Path(cfg.out) / "experts" / "hmdb51.pt").exists()
 
 
 def test_jedi_steps_fixes_the_joint_length(shard_dirs, tmp_path):
