@@ -16,7 +16,8 @@ training seed, with `train/demo.yaml` and the given --set overrides:
 
     expert   the demo's experts, trained on each dataset's labeled clips only
     ema      each expert fine-tuned with its own EMA teacher on its own unlabeled clips (same
-             steps, batches, losses and weights as JEDI; the lr val chose for it, BASELINE_LR):
+             steps, batches, losses and weights as JEDI; the lr val chose for it, BASELINE_LR,
+             unless --set jedi.lr moves every run):
              what semi-supervision alone gives
     fixmatch each expert with FixMatch on its own unlabeled clips (weak -> strong view, hard, 0.95)
     jedi, jedi+views   JEDI students and teachers, one view / weak and strong views (the demo's):

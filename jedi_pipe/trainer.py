@@ -274,13 +274,15 @@ def pretrain(cfg: Config, log=print) -> dict:
                     f"expert {path}")
         metrics[d.name] = ck["test"]
         log(f"expert {d.name}: exists ({path}), test top-1 {metrics[d.name]['top1']:.1f}")
-    workers = expert_workers(cfg, device, world, len(todo))
-    if workers > 1:
+    # from the config alone, not from how many experts are left: an expert's threads (and so its
+    # weights) must not depend on which others a crash or a deleted file left to retrain
+    workers = expert_workers(cfg, device, world)
+    if workers > 1 and todo:
         # longest first: the largest labeled set would otherwise start last and finish alone
         todo.sort(key=lambda i: -sets[cfg.datasets[i].name].count("labeled"))
-        log(f"experts: {len(todo)} to train, {workers} at a time (pretrain.workers)")
+        log(f"experts: {len(todo)} to train, up to {workers} at a time (pretrain.workers)")
         ctx = multiprocessing.get_context("spawn")   # DALI and torch's thread pools do not survive a fork
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
             threads = max(1, cpu_threads(cfg) // workers)
             jobs = [pool.submit(_expert_in_process, cfg.to_dict(), i, threads) for i in todo]
             try:
@@ -288,7 +290,7 @@ def pretrain(cfg: Config, log=print) -> dict:
                     name, test, note = job.result()
                     metrics[name] = test
                     log(note)
-            except BaseException:    # one expert failed (or Ctrl-C): do not train the queued ones first
+            except BaseException:    # one expert failed (or Ctrl-C): cancel those no worker has taken yet
                 pool.shutdown(cancel_futures=True)
                 raise
     else:
@@ -299,11 +301,11 @@ def pretrain(cfg: Config, log=print) -> dict:
     return {d.name: metrics[d.name] for d in cfg.datasets}
 
 
-def expert_workers(cfg: Config, device, world: int, todo: int) -> int:
+def expert_workers(cfg: Config, device, world: int) -> int:
     """How many experts train at once: pretrain.workers (0: one per torch thread), on the CPU outside torchrun."""
-    if device.type != "cpu" or world > 1 or todo < 2:
+    if device.type != "cpu" or world > 1:
         return 1
-    return min(todo, cfg.pretrain.workers or cpu_threads(cfg))
+    return min(len(cfg.datasets), cfg.pretrain.workers or cpu_threads(cfg))
 
 
 def _expert_in_process(config: dict, i: int, threads: int) -> tuple:
