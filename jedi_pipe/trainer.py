@@ -14,9 +14,12 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import multiprocessing
 import os
+import pickle
 import random
+import subprocess
+import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -254,8 +257,7 @@ def pretrain(cfg: Config, log=print) -> dict:
     share the torch threads: small batches use one thread poorly and two worse (on 2 cores the demo's
     experts take 67 s this way, 74 s in turn on one thread, 89 s on two). Each expert depends on its
     seed, data and thread count only, so the same threads give the same experts either way. On a GPU
-    or under torchrun, one after another. The processes are spawned: a script that calls this needs
-    the `if __name__ == "__main__":` guard."""
+    or under torchrun, one after another. Each worker is a fresh interpreter (expert_worker.py)."""
     rank, world = distributed.init()
     log = quiet_unless_main(log)
     prepare_run(cfg)
@@ -281,10 +283,9 @@ def pretrain(cfg: Config, log=print) -> dict:
         # longest first: the largest labeled set would otherwise start last and finish alone
         todo.sort(key=lambda i: -sets[cfg.datasets[i].name].count("labeled"))
         log(f"experts: {len(todo)} to train, up to {workers} at a time (pretrain.workers)")
-        ctx = multiprocessing.get_context("spawn")   # DALI and torch's thread pools do not survive a fork
-        with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-            threads = max(1, cpu_threads(cfg) // workers)
-            jobs = [pool.submit(_expert_in_process, cfg.to_dict(), i, threads) for i in todo]
+        threads = max(1, cpu_threads(cfg) // workers)
+        with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:   # each thread waits on a child
+            jobs = [pool.submit(expert_in_child, cfg, i, threads) for i in todo]
             try:
                 for job in concurrent.futures.as_completed(jobs):
                     name, test, note = job.result()
@@ -308,12 +309,26 @@ def expert_workers(cfg: Config, device, world: int) -> int:
     return min(len(cfg.datasets), cfg.pretrain.workers or cpu_threads(cfg))
 
 
-def _expert_in_process(config: dict, i: int, threads: int) -> tuple:
-    from .config import load_config
-    torch.set_num_threads(threads)
-    cfg = load_config(data=config)
-    d = cfg.datasets[i]
-    return train_expert(cfg, i, {d.name: shardfmt.open_shards(d.shards)}, torch.device("cpu"))
+def expert_in_child(cfg: Config, i: int, threads: int) -> tuple:
+    """train_expert(cfg, i) in a child Python process on `threads` torch threads (jedi_pipe/expert_worker.py);
+    its exception, if it raised one, is raised here."""
+    name = cfg.datasets[i].name
+    package_root = str(Path(__file__).resolve().parents[1])    # the child runs this very jedi_pipe
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix=f"expert-{name}-") as tmp:
+        job = os.path.join(tmp, "job.pkl")
+        with open(job, "wb") as f:
+            pickle.dump((cfg.to_dict(), i, threads), f)
+        proc = subprocess.run([sys.executable, "-m", "jedi_pipe.expert_worker", job], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if not os.path.exists(job + ".out"):     # killed (out of memory, a signal) before it could say why
+            raise RuntimeError(f"the worker process of expert {name} died (exit {proc.returncode}): "
+                               f"{proc.stderr[-2000:]}")
+        with open(job + ".out", "rb") as f:
+            status, value = pickle.load(f)
+    if status == "error":
+        raise value
+    return value
 
 
 def train_expert(cfg: Config, i: int, sets: dict, device, rank: int = 0, world: int = 1) -> tuple:

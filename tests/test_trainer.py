@@ -114,6 +114,18 @@ def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path):
     assert logged == {"hmdb51", "ssv2"}
 
 
+def test_a_script_without_a_main_guard_trains_experts_side_by_side(shard_dirs, tmp_path):
+    # the workers are fresh interpreters: nothing re-runs the calling script (multiprocessing's spawn would)
+    data, _ = tiny_config(shard_dirs, tmp_path / "run")
+    script = tmp_path / "plain.py"
+    script.write_text("from jedi_pipe.config import load_config\nfrom jedi_pipe.trainer import pretrain\n"
+                      f"cfg = load_config(data={data!r}, overrides={TINY + ['device=cpu', 'pretrain.workers=2']!r})\n"
+                      "print('TRAINED', sorted(pretrain(cfg, log=print)))\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("TRAINED") == 1 and "up to 2 at a time" in p.stdout, p.stdout
+
+
 def test_an_expert_failing_in_its_worker_fails_pretrain_with_its_error(shard_dirs, tmp_path):
     init = tmp_path / "gone.pt"      # the guard's record says ImageNet, but the weights file is missing
     (tmp_path / "gone.pt.json").write_text(json.dumps({"trained_on": ["imagenet"]}))
