@@ -1,6 +1,6 @@
-"""One expert in a fresh Python process: `python -m jedi_pipe.expert_worker JOB`.
+"""One expert in a fresh Python process (trainer.expert_in_child starts it with `main(JOB)`).
 
-JOB is a pickle of (config dict, dataset index, torch threads); the result of
+JOB is a pickle of (config dict, dataset index, torch threads, loader backend); the result of
 trainer.train_expert, or the exception it raised, is pickled to JOB + ".out". trainer.pretrain
 starts these to train experts side by side on the CPU. A fresh interpreter, not a fork (the
 parent's OpenMP and DALI threads do not survive one) and not multiprocessing's spawn, which
@@ -9,14 +9,28 @@ re-runs the caller's main script in every child: a script without the
 """
 from __future__ import annotations
 
+import os
 import pickle
-import sys
+import threading
+import time
 import traceback
 
 
+def exit_with_parent() -> None:
+    """Stop when the parent goes (killed, or gone without a word): an orphan would keep writing its run folder."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main(job: str) -> None:
+    exit_with_parent()
     with open(job, "rb") as f:
-        config, i, threads = pickle.load(f)
+        config, i, threads, backend = pickle.load(f)
     try:
         import torch
 
@@ -26,17 +40,16 @@ def main(job: str) -> None:
         torch.set_num_threads(threads)
         cfg = load_config(data=config)
         d = cfg.datasets[i]
-        result = ("ok", train_expert(cfg, i, {d.name: shards.open_shards(d.shards)}, torch.device("cpu")))
+        result = ("ok", train_expert(cfg, i, {d.name: shards.open_shards(d.shards)}, torch.device("cpu"), backend))
     except BaseException as e:   # handed to the parent, which raises it
-        e.add_note(f"(in the worker process of expert {config['datasets'][i]['name']}:\n{traceback.format_exc()})")
+        where = f"in the worker process of expert {config['datasets'][i]['name']}"
+        if hasattr(e, "add_note"):   # Python 3.11+
+            e.add_note(f"({where}:\n{traceback.format_exc()})")
         try:
-            pickle.dumps(e)
+            pickle.loads(pickle.dumps(e))     # both ways: an __init__ unlike its args fails only on loading
             result = ("error", e)
-        except Exception:        # an exception that does not pickle: its text
-            result = ("error", RuntimeError("".join(traceback.format_exception(e))))
-    with open(job + ".out", "wb") as f:
+        except Exception:        # an exception that does not make the trip: its text
+            result = ("error", RuntimeError(f"{where}: {traceback.format_exc()}"))
+    with open(job + ".out.partial", "wb") as f:
         pickle.dump(result, f)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
+    os.replace(job + ".out.partial", job + ".out")   # a worker killed mid-write leaves no half result

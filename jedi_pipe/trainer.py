@@ -279,24 +279,27 @@ def pretrain(cfg: Config, log=print) -> dict:
     # from the config alone, not from how many experts are left: an expert's threads (and so its
     # weights) must not depend on which others a crash or a deleted file left to retrain
     workers = expert_workers(cfg, device, world)
+    backend = resolve_backend(cfg.loader, list(sets.values()))   # one loader for every expert, as in one process
     if workers > 1 and todo:
         # longest first: the largest labeled set would otherwise start last and finish alone
         todo.sort(key=lambda i: -sets[cfg.datasets[i].name].count("labeled"))
         log(f"experts: {len(todo)} to train, up to {workers} at a time (pretrain.workers)")
-        threads = max(1, cpu_threads(cfg) // workers)
+        threads, children = max(1, cpu_threads(cfg) // workers), []
         with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:   # each thread waits on a child
-            jobs = [pool.submit(expert_in_child, cfg, i, threads) for i in todo]
+            jobs = [pool.submit(expert_in_child, cfg, i, threads, backend, children) for i in todo]
             try:
                 for job in concurrent.futures.as_completed(jobs):
                     name, test, note = job.result()
                     metrics[name] = test
                     log(note)
-            except BaseException:    # one expert failed (or Ctrl-C): cancel those no worker has taken yet
-                pool.shutdown(cancel_futures=True)
+            except BaseException:    # one expert failed, or an interrupt: stop the others, start none
+                pool.shutdown(wait=False, cancel_futures=True)
+                for child in children:
+                    child.terminate()
                 raise
     else:
         for i in todo:
-            name, test, note = train_expert(cfg, i, sets, device, rank, world)
+            name, test, note = train_expert(cfg, i, sets, device, backend, rank, world)
             metrics[name] = test
             log(note)
     return {d.name: metrics[d.name] for d in cfg.datasets}
@@ -309,21 +312,28 @@ def expert_workers(cfg: Config, device, world: int) -> int:
     return min(len(cfg.datasets), cfg.pretrain.workers or cpu_threads(cfg))
 
 
-def expert_in_child(cfg: Config, i: int, threads: int) -> tuple:
+def expert_in_child(cfg: Config, i: int, threads: int, backend: str, children: list) -> tuple:
     """train_expert(cfg, i) in a child Python process on `threads` torch threads (jedi_pipe/expert_worker.py);
-    its exception, if it raised one, is raised here."""
+    its exception, if it raised one, is raised here. The child is appended to `children` while it runs."""
     name = cfg.datasets[i].name
-    package_root = str(Path(__file__).resolve().parents[1])    # the child runs this very jedi_pipe
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    package_root = str(Path(__file__).resolve().parents[1])    # first on the child's path: this very jedi_pipe
+    run = "import sys; sys.path.insert(0, sys.argv[1]); from jedi_pipe.expert_worker import main; main(sys.argv[2])"
     with tempfile.TemporaryDirectory(prefix=f"expert-{name}-") as tmp:
         job = os.path.join(tmp, "job.pkl")
         with open(job, "wb") as f:
-            pickle.dump((cfg.to_dict(), i, threads), f)
-        proc = subprocess.run([sys.executable, "-m", "jedi_pipe.expert_worker", job], env=env,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            pickle.dump((cfg.to_dict(), i, threads, backend), f)
+        # its warnings and log lines go to this process's stderr
+        proc = subprocess.Popen([sys.executable, "-c", run, package_root, job], stdin=subprocess.DEVNULL)
+        children.append(proc)
+        try:
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         if not os.path.exists(job + ".out"):     # killed (out of memory, a signal) before it could say why
-            raise RuntimeError(f"the worker process of expert {name} died (exit {proc.returncode}): "
-                               f"{proc.stderr[-2000:]}")
+            raise RuntimeError(f"the worker process of expert {name} stopped (exit {proc.returncode}) without a "
+                               "result; its messages, if any, are above")
         with open(job + ".out", "rb") as f:
             status, value = pickle.load(f)
     if status == "error":
@@ -331,7 +341,7 @@ def expert_in_child(cfg: Config, i: int, threads: int) -> tuple:
     return value
 
 
-def train_expert(cfg: Config, i: int, sets: dict, device, rank: int = 0, world: int = 1) -> tuple:
+def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: int = 0, world: int = 1) -> tuple:
     """Train, score and write the expert of cfg.datasets[i]: (name, test scores, a line for the log)."""
     d, ss = cfg.datasets[i], sets[cfg.datasets[i].name]
     path, out = expert_path(cfg, d.name), Path(cfg.out)
@@ -339,7 +349,7 @@ def train_expert(cfg: Config, i: int, sets: dict, device, rank: int = 0, world: 
     model = build(d.model, len(ss.classes), weights=d.init or None).to(device)
     loader = MultiDatasetLoader([(d.name, ss, d.flip)], clip_spec(cfg),
                                 distributed.per_rank(cfg.pretrain.batch_size, "pretrain.batch_size"), 0,
-                                role_loader_cls(cfg, [ss]), seed=cfg.seed * 1000 + i, rank=rank, world_size=world,
+                                role_loader(backend), seed=cfg.seed * 1000 + i, rank=rank, world_size=world,
                                 threads=cfg.threads)
     total = cfg.pretrain.epochs * loader.steps_per_epoch
     opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain.lr, momentum=0.9,

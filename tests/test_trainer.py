@@ -132,8 +132,10 @@ def test_an_expert_failing_in_its_worker_fails_pretrain_with_its_error(shard_dir
     data, _ = tiny_config(shard_dirs, tmp_path / "run")
     data["datasets"][0]["init"] = str(init)
     cfg = load_config(data=data, overrides=TINY + ["device=cpu", "pretrain.workers=2"])
-    with pytest.raises(FileNotFoundError, match="gone.pt"):
+    with pytest.raises(FileNotFoundError, match="gone.pt") as raised:
         pretrain(cfg, log=lambda m: None)
+    if sys.version_info >= (3, 11):   # the worker's traceback rides along as a note
+        assert any("in the worker process of expert hmdb51" in n for n in raised.value.__notes__)
 
 
 def test_jedi_steps_fixes_the_joint_length(shard_dirs, tmp_path):
