@@ -26,7 +26,8 @@ main thread alone, where the per-part CPU column is then the whole of each part)
 
 `demo` runs `jedi-pipe demo` (the same library function) and splits its wall and CPU time into
 synth, shard, inspect, pretraining, joint steps, evaluation (the test passes of this process: the
-experts' count in pretraining when they train in worker processes, `pretrain.workers`) and pictures (the results table's printing counts in the joint steps).
+experts' count in pretraining when they train in worker processes, `pretrain.workers`) and
+pictures (the results table's printing counts in the joint steps).
 """
 from __future__ import annotations
 

@@ -57,9 +57,9 @@ def pick_device(cfg: Config) -> torch.device:
 
 
 def cpu_threads(cfg: Config) -> int:
-    """torch's intra-op threads on the CPU: cfg.torch_threads, or (0) the cores shared among torchrun's
-    processes on this machine. The loader's threads run beside them: in the demo's joint step they
-    use ~15 % of a core, and two torch threads make the step 1.5x faster on 2 cores (bench/README.md)."""
+    """torch's intra-op threads on the CPU: cfg.torch_threads, or (0) the cores this process may use,
+    shared among torchrun's processes on this machine. The loader's threads run beside them: they use
+    little of a core in a joint step, which every core makes faster (bench/README.md)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     return cfg.torch_threads or max(1, default_workers() // local)
 
@@ -254,10 +254,10 @@ def pretrain(cfg: Config, log=print) -> dict:
     """Train one expert per dataset on its labeled clips only; skip experts already written.
 
     On the CPU, outside torchrun, experts train side by side in `pretrain.workers` processes that
-    share the torch threads: small batches use one thread poorly and two worse (on 2 cores the demo's
-    experts take 67 s this way, 74 s in turn on one thread, 89 s on two). Each expert depends on its
-    seed, data and thread count only, so the same threads give the same experts either way. On a GPU
-    or under torchrun, one after another. Each worker is a fresh interpreter (expert_worker.py)."""
+    share the torch threads: small batches split poorly over threads (measured: bench/README.md,
+    "Back under 5 minutes"). Each expert depends on its seed, data and thread count only, so the same
+    threads give the same experts either way. On a GPU or under torchrun, one after another. Each
+    worker is a fresh interpreter (expert_worker.py)."""
     rank, world = distributed.init()
     log = quiet_unless_main(log)
     prepare_run(cfg)
@@ -324,13 +324,8 @@ def expert_in_child(cfg: Config, i: int, threads: int, backend: str, children: l
             pickle.dump((cfg.to_dict(), i, threads, backend), f)
         # its warnings and log lines go to this process's stderr
         proc = subprocess.Popen([sys.executable, "-c", run, package_root, job], stdin=subprocess.DEVNULL)
-        children.append(proc)
-        try:
-            proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        children.append(proc)    # pretrain terminates it on an interrupt or another expert's failure
+        proc.wait()
         if not os.path.exists(job + ".out"):     # killed (out of memory, a signal) before it could say why
             raise RuntimeError(f"the worker process of expert {name} stopped (exit {proc.returncode}) without a "
                                "result; its messages, if any, are above")
