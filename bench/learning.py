@@ -7,6 +7,8 @@
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
     python bench/learning.py --data-seed 1 --oracle-epochs 0 --out /tmp/lbval   # validation: choose here
     python bench/learning.py --report OUT1 OUT2 ... [--oracle-from OUT] [--val-only]   # --json runs of one data, one table
+    python bench/learning.py --data-only --data-seed 11 --videos-per-class 80 --val-per-class 40 --oracle-epochs 0 --out /tmp/draw
+    python bench/learning.py --report OUT1 OUT2 ... --val-only --rescore-on /tmp/draw/data   # a larger validation set
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
 15 % labels (DEMO_SHARD) and a val role of --val-per-class training videos per class, and re-split (no
@@ -29,7 +31,10 @@ twice: on val, the table to compare settings and ablations by, and on test, the 
 (evaluated once per run, at its end), then the paired gaps by seed. --json also writes every
 number. Runs that exist are reused (delete --out to redo). --val-per-class 0 drops the val role
 (then there is only test). --data-seed N draws the benchmark afresh (same classes and motions,
-other videos): a second check that a choice holds beyond one draw of the data.
+other videos): a second check that a choice holds beyond one draw of the data. --rescore-on DATA
+scores every run's final checkpoint again on such a draw (its val and test roles pooled: clips no
+run has seen), a validation set several times the val role's size, to choose by where val's 5
+videos per class cannot tell settings apart (the step-30 table stays on the val role).
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ from pathlib import Path
 
 import yaml
 
+from jedi_pipe import shards as shardfmt
 from jedi_pipe import synth, trainer
 from jedi_pipe.config import load_config
 from jedi_pipe.demo import DEMO_CONFIG, DEMO_DATASETS, DEMO_SHARD, DEMO_VIDEOS_PER_CLASS
@@ -157,6 +163,60 @@ def _expert_val(cfg, name: str) -> dict:
     return torch.load(trainer.expert_path(cfg, name), map_location="cpu", weights_only=False)["val"]
 
 
+def rescore_seed(seed_dir: Path, draw: Path) -> dict:
+    """{row: {dataset: top1}} of every finished run in `seed_dir` (and their experts) on `draw`, a
+    data folder of another data seed: its val and test roles pooled, by clip (a role only where
+    every dataset has one). Rows are named as in run_seed. Cached per run folder in rescore.json,
+    keyed by the draw's path."""
+    rows = {}
+    for run in RUNS:
+        run_dir = seed_dir / run
+        if not (run_dir / "checkpoint.pt").is_file():
+            continue
+        cache = run_dir / "rescore.json"
+        stored = json.loads(cache.read_text()) if cache.is_file() else {}
+        key = str(draw.resolve())
+        if key not in stored:
+            stored[key] = _rescore_run(run_dir, draw)
+            cache.write_text(json.dumps(stored, indent=1))
+        scores = stored[key]
+        rows.setdefault("expert", scores["expert"])
+        for who in RUNS[run][1]:
+            rows[f"{run} {who}"] = scores[who]
+        for kind, label in (("student_ema", "student (avg)"), ("student_avg", "student (slow avg)")):
+            if kind in scores:
+                rows[f"{run} {label}"] = scores[kind]
+    return rows
+
+
+def _rescore_run(run_dir: Path, draw: Path) -> dict:
+    """{kind: {dataset: top1}} of one run's final checkpoint and experts on the draw's val + test clips."""
+    import torch
+    d = yaml.safe_load((run_dir / "config.yaml").read_text())
+    trained_on = {ds["name"]: ds["shards"] for ds in d["datasets"]}
+    for ds in d["datasets"]:
+        ds["shards"] = str(draw / "shards" / ds["name"])
+    cfg = load_config(data=d)
+    device = trainer.pick_device(cfg)
+    sets = trainer.open_all(cfg)
+    for n, ss in sets.items():   # the same classes in the same order, or the scores mean nothing
+        if ss.classes != shardfmt.open_shards(trained_on[n]).classes:
+            raise SystemExit(f"{draw}: {n}'s classes differ from those {run_dir} was trained on")
+    experts = {n: trainer.load_expert(cfg, n, device).eval() for n in sets}
+    model = trainer.load_joint(cfg, experts, run_dir / "checkpoint.pt", device)
+    pooled: dict = {}
+    for role in [r for r in ("val", "test") if all(ss.count(r) for ss in sets.values())]:
+        joint = trainer.evaluate_jedi(model, cfg, sets, device, role)
+        for n in sets:
+            with torch.no_grad():
+                expert = trainer.evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device, role)
+            for kind, r in {**joint[n], **expert}.items():
+                hits, clips = pooled.setdefault(kind, {}).get(n, (0.0, 0))
+                pooled[kind][n] = (hits + r["top1"] * r["n"] / 100, clips + r["n"])
+    return {kind: {n: round(100 * hits / clips, 2) for n, (hits, clips) in per_ds.items()}
+            for kind, per_ds in pooled.items()}
+
+
 def table(per_seed: list[dict]) -> str:
     names = list(per_seed[0]["expert"])
 
@@ -225,7 +285,14 @@ def print_tables(per_seed: list[dict], overrides, test: bool = True) -> None:
     print(gaps([s["test"] for s in per_seed]))
 
 
-def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True) -> None:
+def _tag(other: dict, first: dict) -> str:
+    """The suffix of another run's rows in a merged table: its overrides, unless they are the first's."""
+    if not other["overrides"] or other["overrides"] == first["overrides"]:
+        return ""
+    return " [" + ", ".join(k.rsplit(".", 1)[-1] + "=" + v for k, v in (o.split("=", 1) for o in other["overrides"])) + "]"
+
+
+def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True, rescore_on: Path | None = None) -> None:
     """The tables of several --json runs on the same data and seeds as one: the first run's rows as
     they are, the others' joint-phase rows named with their overrides (their experts are the same;
     a run without overrides, or with the first's, adds its rows as they are, and a name taken twice
@@ -253,9 +320,7 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True)
                     raise SystemExit(f"{oracle_from}: no oracle rows (run with --oracle-epochs > 0)")
                 mine[split]["oracle"] = rows["oracle"]
     for other in others:
-        same = not other["overrides"] or other["overrides"] == first["overrides"]
-        tag = "" if same else " [" + ", ".join(k.rsplit(".", 1)[-1] + "=" + v for k, v in
-                                               (o.split("=", 1) for o in other["overrides"])) + "]"
+        tag = _tag(other, first)
         for mine, theirs in zip(per_seed, other["seeds"], strict=True):
             for split in theirs:
                 rows = same_experts(mine, theirs, split, outs)
@@ -264,6 +329,27 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True)
                     raise SystemExit(f"{outs}: rows {sorted(set(new) & set(mine[split]))} come from two runs")
                 mine[split].update(new)
     print_tables(per_seed, [first["overrides"], *[o["overrides"] for o in others]], test)
+    if rescore_on is not None:
+        print_rescored(outs, rescore_on)
+
+
+def print_rescored(outs: list[Path], draw: Path) -> None:
+    """The val table again, every run scored on `draw` (rescore_seed), rows merged as report does."""
+    made = json.loads((draw / "data.json").read_text())
+    runs = [json.loads((o / "learning.json").read_text()) for o in outs]
+    per_seed = []
+    for k in range(len(runs[0]["seeds"])):
+        merged = {}
+        for out, run in zip(outs, runs):
+            rows = rescore_seed(out / f"seed{k}", draw)
+            if merged and rows.get("expert") != merged["expert"]:
+                raise SystemExit(f"{outs}: the runs' experts differ on {draw}; not the same experts")
+            merged.update({r + ("" if r == "expert" else _tag(run, runs[0])): v for r, v in rows.items()})
+        per_seed.append(merged)
+    print(f"\nval top-1 (%) on a fresh draw ({draw}: data seed {made['data_seed']}, its val and test roles "
+          f"pooled, clips no run has seen); mean ± std over {len(per_seed)} seeds\n")
+    print(table(per_seed))
+    print(gaps(per_seed))
 
 
 def main() -> None:
@@ -300,14 +386,22 @@ def main() -> None:
                     help="with --report: a --json run on the same data and seeds whose oracle rows to use")
     ap.add_argument("--val-only", action="store_true",
                     help="print the val tables only: to choose a setting without reading test")
+    ap.add_argument("--rescore-on", type=Path, metavar="DATA",
+                    help="with --report: also score every run's final checkpoint on DATA, a data folder of "
+                         "another --data-seed (made with --data-only), its val and test roles pooled: a larger "
+                         "validation set (cached in each run folder's rescore.json)")
+    ap.add_argument("--data-only", action="store_true",
+                    help="make the data folder (OUT/data) and stop: e.g. a fresh draw for --rescore-on")
     args = ap.parse_args()
-    if args.oracle_from and not args.report:
-        ap.error("--oracle-from goes with --report")
+    if (args.oracle_from or args.rescore_on) and not args.report:
+        ap.error("--oracle-from and --rescore-on go with --report")
     if args.report:
-        defaults, report_only = vars(ap.parse_args([])), {"report", "oracle_from", "val_only"}
+        defaults, report_only = vars(ap.parse_args([])), {"report", "oracle_from", "val_only", "rescore_on"}
         if any(v != defaults[k] for k, v in vars(args).items() if k not in report_only):
             ap.error("--report prints saved runs: the options that run training do not apply to it")
-        return report(args.report, args.oracle_from, test=not args.val_only)
+        if args.rescore_on is not None and not (args.rescore_on / "data.json").is_file():
+            ap.error(f"--rescore-on {args.rescore_on}: not a data folder of bench/learning.py (no data.json)")
+        return report(args.report, args.oracle_from, test=not args.val_only, rescore_on=args.rescore_on)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
     if args.val_only and args.val_per_class == 0:   # refused before the runs, not after them
@@ -340,6 +434,8 @@ def main() -> None:
         make_data(data, vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
                   oracle=args.oracle_epochs > 0, look=args.look)
         mark.write_text(json.dumps(made))
+    if args.data_only:
+        return log("done: data only")
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")

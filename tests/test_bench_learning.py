@@ -119,3 +119,30 @@ def test_oracle_rows_come_from_a_run_on_the_same_data_whatever_its_experts(tmp_p
 def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, capsys):
     code, _, err = run_main(monkeypatch, capsys, *args)
     assert code == 2 and error in err
+
+
+def test_rescore_scores_a_real_checkpoint_as_its_own_evaluation_did(shard_dirs, tmp_path, monkeypatch, capsys):
+    # a tiny run, rescored on a "draw" that is its own data: the pooled scores must be the run's own
+    # test scores (the draw has no val role, so test alone), for experts, students and teachers alike
+    from jedi_pipe.trainer import pretrain, train
+    from test_trainer import tiny_config
+    _, cfg = tiny_config(shard_dirs, tmp_path / "out" / "seed0" / "jedi+views", ["jedi.steps=2", "jedi.views=false"])
+    pretrain(cfg, log=lambda m: None)
+    results = train(cfg, log=lambda m: None)
+    draw = tmp_path / "draw"
+    (draw / "shards").mkdir(parents=True)
+    for name in ("hmdb51", "ssv2"):
+        (draw / "shards" / name).symlink_to(shard_dirs[name])
+    rows = learning.rescore_seed(tmp_path / "out" / "seed0", draw)
+    for name, kinds in results["datasets"].items():
+        assert rows["expert"][name] == kinds["expert"]["top1"]
+        assert rows["jedi+views student"][name] == kinds["student"]["top1"]
+        assert rows["jedi+views teacher"][name] == kinds["teacher"]["top1"]
+    cached = json.loads((tmp_path / "out" / "seed0" / "jedi+views" / "rescore.json").read_text())
+    assert cached[str(draw.resolve())]["student"] == rows["jedi+views student"]
+    # a draw whose classes are not the run's is refused, not scored
+    (draw / "shards" / "ssv2").unlink()
+    (draw / "shards" / "ssv2").symlink_to(shard_dirs["ucf101"])
+    (tmp_path / "out" / "seed0" / "jedi+views" / "rescore.json").unlink()
+    with pytest.raises(SystemExit, match="ssv2's classes differ"):
+        learning.rescore_seed(tmp_path / "out" / "seed0", draw)
