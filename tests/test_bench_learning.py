@@ -112,7 +112,9 @@ def test_oracle_rows_come_from_a_run_on_the_same_data_whatever_its_experts(tmp_p
 
 
 @pytest.mark.parametrize("args, error", [
-    (["--oracle-from", "x"], "--oracle-from goes with --report"),
+    (["--oracle-from", "x"], "--oracle-from and --rescore-on go with --report"),
+    (["--rescore-on", "x"], "--oracle-from and --rescore-on go with --report"),
+    (["--report", "x", "--rescore-on", "nowhere"], "not a data folder of bench/learning.py"),
     (["--report", "x", "--set", "jedi.threshold=0.5"], "the options that run training do not apply"),
     (["--val-only", "--val-per-class", "0", "--out", "never-made"], "--val-only needs a val role"),
 ])
@@ -121,7 +123,7 @@ def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, c
     assert code == 2 and error in err
 
 
-def test_rescore_scores_a_real_checkpoint_as_its_own_evaluation_did(shard_dirs, tmp_path, monkeypatch, capsys):
+def test_rescore_scores_a_real_checkpoint_as_its_own_evaluation_did(shard_dirs, tmp_path):
     # a tiny run, rescored on a "draw" that is its own data: the pooled scores must be the run's own
     # test scores (the draw has no val role, so test alone), for experts, students and teachers alike
     from jedi_pipe.trainer import pretrain, train
