@@ -7,7 +7,7 @@
     python bench/learning.py --labeled-fraction 0.3 --set pretrain.epochs=35 --out /tmp/lb30
     python bench/learning.py --data-seed 1 --oracle-epochs 0 --out /tmp/lbval   # validation: choose here
     python bench/learning.py --report OUT1 OUT2 ... [--oracle-from OUT] [--val-only]   # --json runs of one data, one table
-    python bench/learning.py --data-only --data-seed 11 --videos-per-class 80 --val-per-class 40 --oracle-epochs 0 --out /tmp/draw
+    python bench/learning.py --data-only --videos-seed 11 --videos-per-class 80 --val-per-class 40 --oracle-epochs 0 --out /tmp/draw
     python bench/learning.py --report OUT1 OUT2 ... --val-only --rescore-on /tmp/draw/data   # a larger validation set
 
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
@@ -31,10 +31,11 @@ twice: on val, the table to compare settings and ablations by, and on test, the 
 (evaluated once per run, at its end), then the paired gaps by seed. --json also writes every
 number. Runs that exist are reused (delete --out to redo). --val-per-class 0 drops the val role
 (then there is only test). --data-seed N draws the benchmark afresh (same classes and motions,
-other videos): a second check that a choice holds beyond one draw of the data. --rescore-on DATA
-scores every run's final checkpoint again on such a draw (its val and test roles pooled: clips no
-run has seen), a validation set several times the val role's size, to choose by where val's 5
-videos per class cannot tell settings apart (the step-30 table stays on the val role).
+other looks and videos): a second check that a choice holds beyond one draw of the data.
+--videos-seed N draws other videos of the same-looking datasets, and --rescore-on DATA scores
+every run's final checkpoint again on such a draw (its val and test roles pooled: clips no run has
+seen), a validation set several times the val role's size, to choose by where val's 5 videos per
+class cannot tell settings apart (the step-30 table stays on the val role).
 """
 from __future__ import annotations
 
@@ -56,11 +57,11 @@ from jedi_pipe.resplit import split_shards
 
 
 def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_per_class: int,
-              data_seed: int = 0, oracle: bool = True, look: str = "alike") -> None:
+              data_seed: int = 0, oracle: bool = True, look: str = "alike", videos_seed: int | None = None) -> None:
     """videos_per_class: {dataset: number} (synth draws each dataset from a random stream of its
-    own, so a dataset's videos are the same whatever the others' numbers). look: synth's."""
+    own, so a dataset's videos are the same whatever the others' numbers). look, videos_seed: synth's."""
     sources = synth.generate(root / "sources", datasets=DEMO_DATASETS, seed=data_seed,
-                             videos_per_class=videos_per_class, look=look)
+                             videos_per_class=videos_per_class, look=look, videos_seed=videos_seed)
     for name in DEMO_DATASETS:
         make_shards(name, sources[name], root / "shards" / name, seed=data_seed,
                     **{**DEMO_SHARD, "labeled_fraction": labeled_fraction, "val_per_class": val_per_class})
@@ -337,6 +338,12 @@ def print_rescored(outs: list[Path], draw: Path) -> None:
     """The val table again, every run scored on `draw` (rescore_seed), rows merged as report does."""
     made = json.loads((draw / "data.json").read_text())
     runs = [json.loads((o / "learning.json").read_text()) for o in outs]
+    trained = runs[0].get("data", {})
+    # another data seed or look redraws the datasets' looks, where the runs read near chance
+    if made.get("videos_seed") is None or any(made.get(k, "alike") != trained.get(k, made.get(k, "alike"))
+                                              for k in ("data_seed", "look")):
+        raise SystemExit(f"--rescore-on {draw}: not other videos of the runs' datasets (made with "
+                         f"--videos-seed and the runs' --data-seed and --look; it holds {made})")
     per_seed = []
     for k in range(len(runs[0]["seeds"])):
         merged = {}
@@ -346,8 +353,8 @@ def print_rescored(outs: list[Path], draw: Path) -> None:
                 raise SystemExit(f"{outs}: the runs' experts differ on {draw}; not the same experts")
             merged.update({r + ("" if r == "expert" else _tag(run, runs[0])): v for r, v in rows.items()})
         per_seed.append(merged)
-    print(f"\nval top-1 (%) on a fresh draw ({draw}: data seed {made['data_seed']}, its val and test roles "
-          f"pooled, clips no run has seen); mean ± std over {len(per_seed)} seeds\n")
+    print(f"\nval top-1 (%) on a fresh draw ({draw}: videos seed {made.get('videos_seed')}, its val and test "
+          f"roles pooled, clips no run has seen); mean ± std over {len(per_seed)} seeds\n")
     print(table(per_seed))
     print(gaps(per_seed))
 
@@ -368,7 +375,10 @@ def main() -> None:
                          "chosen on val over 20, docs/method.md)")
     ap.add_argument("--data-seed", type=int, default=0,
                     help="seed of the synthetic data: 0 is the demo's data; another seed draws the benchmark "
-                         "afresh (same classes, other videos; a fresh --out per value)")
+                         "afresh (same classes and motions, other looks and videos; a fresh --out per value)")
+    ap.add_argument("--videos-seed", type=int, default=None,
+                    help="other videos of the same-looking datasets (the looks stay --data-seed's): a fresh "
+                         "draw to score runs on with --rescore-on (a fresh --out per value)")
     ap.add_argument("--look", choices=synth.LOOKS, default="alike",
                     help="synth's datasets: alike (shared motions, the demo's data) or different (far-apart "
                          "looks, motions mostly their own: `jedi-pipe synth --help`; a fresh --out per value)")
@@ -420,10 +430,13 @@ def main() -> None:
                      f"{', '.join(DEMO_DATASETS)}")
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
-        f"data seed {args.data_seed}, look {args.look}, into {args.data or args.out / 'data'}")
+        f"data seed {args.data_seed}, look {args.look}"
+        + (f", videos seed {args.videos_seed}" if args.videos_seed is not None else "")
+        + f", into {args.data or args.out / 'data'}")
     data = args.data or args.out / "data"
     made = {"videos_per_class": vpc, "labeled_fraction": args.labeled_fraction, "val_per_class": args.val_per_class,
-            "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0, "look": args.look}
+            "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0, "look": args.look,
+            **({"videos_seed": args.videos_seed} if args.videos_seed is not None else {})}
     mark = data / "data.json"
     stored = {"look": "alike", **json.loads(mark.read_text())} if mark.is_file() else None
     if stored is not None and stored in (made, {**made, "oracle": True}):
@@ -432,7 +445,7 @@ def main() -> None:
         ap.error(f"{data} holds other data ({stored or 'none made here'}); this run needs {made}")
     else:
         make_data(data, vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
-                  oracle=args.oracle_epochs > 0, look=args.look)
+                  oracle=args.oracle_epochs > 0, look=args.look, videos_seed=args.videos_seed)
         mark.write_text(json.dumps(made))
     if args.data_only:
         return log("done: data only")

@@ -40,7 +40,11 @@ def main():
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write the datasets into (one sub-folder each).")
 @click.option("--datasets", default="hmdb51,ucf101,kinetics400,ssv2", show_default=True, help="Comma-separated subset of hmdb51,ucf101,kinetics400,ssv2.")
 @click.option("--videos-per-class", default=30, show_default=True, type=click.IntRange(2, None), help="Videos generated per class.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Same seed, same videos.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Same seed, same videos. The seed also draws each dataset's look (palette, places).")
+@click.option("--videos-seed", default=None, type=int,
+              help="Other videos of the same-looking datasets: the looks stay --seed's, the videos and files "
+                   "come from this seed (a fresh validation set for models trained on --seed's videos).")
 @click.option("--workers", default=None, type=click.IntRange(1, None), help="Processes (default: all cores).")
 @click.option("--kinetics-layout", type=click.Choice(["flat", "per_class"]), default="flat", show_default=True,
               help="Kinetics videos flat in train/ val/ (CVDF copy) or in per-class folders (MMAction2).")
@@ -50,7 +54,7 @@ def main():
                    "ucf101 with big actors, green textured kinetics400 with tiny ones, sepia close-up ssv2; "
                    "other frame sizes and fps) and motions mostly each dataset's own (at most 2 classes of a "
                    "dataset share a primitive with another dataset); same layouts, codecs and class names.")
-def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout, look):
+def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_layout, look):
     """Generate synthetic videos in the real on-disk layouts and codecs of the four datasets.
 
     The datasets differ in label space and look (background, colour, size, speed, camera
@@ -67,7 +71,7 @@ def synth(out, datasets, videos_per_class, seed, workers, kinetics_layout, look)
     with _bar("synth", None) as bar:
         roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
                                    workers=workers, kinetics_layout=kinetics_layout, progress=bar.update,
-                                   look=look)
+                                   look=look, videos_seed=videos_seed)
     for name, root in roots.items():
         click.echo(f"{name:12s} {root}")
     click.echo(f"synth: {len(roots)} datasets in {time.time() - t0:.1f}s")

@@ -361,7 +361,7 @@ def _sprite(canvas, x, y, half, draw):
     canvas[idx] = box + alpha[..., None] * (colour - box)
 
 
-def render(dataset, label, seed=0, scene=0, index=0, look="alike"):
+def render(dataset, label, seed=0, scene=0, index=0, look="alike", videos_seed=None):
     """Video `index` of `dataset`, of class `label`, shot in `scene` -> (frames uint8 [T, H, W, 3], fps).
 
     Static looks vary little inside a dataset: its place(s) and actor palette are shared by all
@@ -376,10 +376,15 @@ def render(dataset, label, seed=0, scene=0, index=0, look="alike"):
     grayscale hmdb51, bright large-actor ucf101, green textured tiny-actor kinetics400, sepia
     close-up ssv2: _DOMAIN_DIFFERENT) and gives them motions mostly their own (_MOTIONS_DIFFERENT),
     so whatever one dataset teaches another has to be found, not built in. Both looks are drawn
-    by this one function, so they differ only where the tables say."""
+    by this one function, so they differ only where the tables say.
+
+    seed draws the dataset (its palette and places, and its videos); videos_seed, when given, draws
+    the scenes and videos instead: other videos of the same dataset, as a fresh validation set needs."""
     dom, d = _DOMAINS[look][dataset], DATASETS.index(dataset)
     rng_of = lambda *key: np.random.default_rng(np.random.SeedSequence([seed, d, *key]))
-    srng, rng = rng_of(1, scene), rng_of(2, index)
+    video_rng = lambda *key: np.random.default_rng(np.random.SeedSequence(   # noqa: E731
+        [seed if videos_seed is None else videos_seed, d, *key]))
+    srng, rng = video_rng(1, scene), video_rng(2, index)
     palette = [_colour(rng_of(3, i), dom["sat"]) for i in range(dom["palette"])]
     extras = 0.6 * (255 - palette[0]) + 0.4 * 128  # distractors: a muted complement of the actor
     # scene: frame size, fps, place, actor look
@@ -473,8 +478,8 @@ def _encode(path, frames, fps, codec):
 
 
 def _make_video(job):
-    seed, ds, index, label, scene, path, look = job
-    frames, fps = render(ds, label, seed, scene, index, look)
+    seed, ds, index, label, scene, path, look, videos_seed = job
+    frames, fps = render(ds, label, seed, scene, index, look, videos_seed)
     _encode(Path(path), frames, fps, _CODEC[ds])
     return 1
 
@@ -641,14 +646,17 @@ def _ssv2(root, n, rng):
 # -----------------------------------------------------------------------------
 
 def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, kinetics_layout="flat",
-             top_dirs=None, progress=None, look="alike"):
+             top_dirs=None, progress=None, look="alike", videos_seed=None):
     """Write synthetic copies of `datasets` under `out` (one folder each, named by `top_dirs` or the
     dataset). kinetics_layout: "flat" (CVDF: train/, val/) or "per_class" (MMAction2: videos_train/
     <label>/). progress(n) is called as videos finish. The same seed gives the same files for any
     number of workers, and each dataset the same files whatever else is generated with it.
     videos_per_class: one number for all, or {dataset: number}. look: "alike" (datasets that share
     motion primitives, moderately different looks) or "different" (far-apart looks, motions mostly
-    their own; same layouts, codecs and class names): see render(). Returns {dataset: root folder}."""
+    their own; same layouts, codecs and class names): see render(). videos_seed: other videos of
+    the same datasets (their looks stay those of `seed`; the videos and file layouts come from
+    videos_seed), e.g. a validation set for models trained on `seed`'s; another `seed` redraws the
+    looks too, and models trained on one look read near chance on another. Returns {dataset: root folder}."""
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
@@ -668,14 +676,15 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
     roots, jobs = {}, []
     for ds in datasets:
         root = roots[ds] = out / top_dirs.get(ds, ds)
-        rng = np.random.default_rng(np.random.SeedSequence([seed, DATASETS.index(ds), 0]))
+        layout_seed = seed if videos_seed is None else videos_seed
+        rng = np.random.default_rng(np.random.SeedSequence([layout_seed, DATASETS.index(ds), 0]))
         if ds == "kinetics400":
             found = _kinetics400(root, per_dataset[ds], rng, kinetics_layout)
         else:
             found = {"hmdb51": _hmdb51, "ucf101": _ucf101, "ssv2": _ssv2}[ds](root, per_dataset[ds], rng)
         for index, (label, scene, path) in enumerate(found):
             path.parent.mkdir(parents=True, exist_ok=True)
-            jobs.append((seed, ds, index, label, scene, str(path), look))
+            jobs.append((seed, ds, index, label, scene, str(path), look, videos_seed))
     workers = os.cpu_count() if workers is None else workers
     if workers <= 1:
         done = map(_make_video, jobs)

@@ -148,3 +148,16 @@ def test_rescore_scores_a_real_checkpoint_as_its_own_evaluation_did(shard_dirs, 
     (tmp_path / "out" / "seed0" / "jedi+views" / "rescore.json").unlink()
     with pytest.raises(SystemExit, match="ssv2's classes differ"):
         learning.rescore_seed(tmp_path / "out" / "seed0", draw)
+
+
+def test_rescore_refuses_a_draw_of_other_looks(tmp_path, monkeypatch, capsys):
+    # another --data-seed redraws the datasets' looks, where models read at chance: not a validation set
+    base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}],
+                     data={"data_seed": 0, "look": "alike"})
+    for name, made in (("redrawn", {"data_seed": 11, "look": "alike"}),
+                       ("other-look", {"data_seed": 0, "look": "different", "videos_seed": 11}),
+                       ("other-seed", {"data_seed": 1, "look": "alike", "videos_seed": 11})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.json").write_text(json.dumps(made))
+        code, _, err = run_report(monkeypatch, capsys, base, "--val-only", "--rescore-on", tmp_path / name)
+        assert code == 1 and "not other videos of the runs' datasets" in err, name
