@@ -50,10 +50,6 @@ class JEDIConfig:
     w_mutual: float = 0.0  # weight of the reverse term: the student's prediction (stop-gradient) distilled
     #                        into the teacher on the same unlabeled clips (deep mutual learning); 0, the
     #                        abstract's formulation, won on val with views (0.5 had won on test before; docs/method.md)
-    w_distill_teacher: float = 0.0  # weight of the same distillation into the live teacher heads: the teacher's
-    #                                 target (the moving average's, from the weak view) taught to the live teacher
-    #                                 on the strong view, so the teachers learn from unlabeled clips as the students
-    #                                 do (needs teacher_ema: without it the target is the live teacher itself)
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE (and the mutual term, when on). 0: the live heads
@@ -88,9 +84,6 @@ class JEDIConfig:
             raise ValueError(f"teacher_warmup: a number of steps >= 0, got {self.teacher_warmup}")
         if not 0.0 <= self.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema: a decay in [0, 1), got {self.teacher_ema}")
-        if self.w_distill_teacher and not self.teacher_ema:
-            raise ValueError("w_distill_teacher: needs teacher_ema > 0 (the target must come from the moving "
-                             "average; a teacher distilled from itself gets no gradient)")
 
 
 class Logits(NamedTuple):
@@ -461,10 +454,6 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
         terms.append(cfg.w_distill * loss)
         logs[f"{name}/distill"], logs[f"{name}/mask_rate"], logs[f"{name}/teacher_conf"] = (
             loss.detach(), mask_rate, conf)
-        if cfg.w_distill_teacher:   # the same target teaches the live teacher, on the same (strong) clips
-            own, _, _ = distill_loss(t, logits.target, cfg)
-            terms.append(cfg.w_distill_teacher * own)
-            logs[f"{name}/distill_teacher"] = own.detach()
         if cfg.w_mutual:   # the same loss the other way round: the student's prediction teaches the teacher
             back, _, _ = distill_loss(t, s, dataclasses.replace(cfg, threshold=0.0))
             terms.append(cfg.w_mutual * back)

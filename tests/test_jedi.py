@@ -229,33 +229,6 @@ def test_mutual_term_trains_the_teacher_only():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in jedi.students.parameters())
 
 
-def test_teacher_distillation_trains_the_live_teachers_from_the_average_on_the_strong_view():
-    # w_distill_teacher: the average's weak-view target, the live teacher's strong-view prediction;
-    # with every other term off, it trains the teacher heads and (through [f_1; f_2]) the backbones,
-    # never a student head nor the average
-    with pytest.raises(ValueError, match="w_distill_teacher.*teacher_ema"):
-        JEDIConfig(w_distill_teacher=1.0)
-    jedi, _ = make_jedi(teacher_ema=0.9, w_distill=0.0, w_distill_teacher=1.0, temperature=2.0)
-    with torch.no_grad():
-        jedi.teachers["a"].weight.add_(0.1)      # live != average, and a non-zero weight on b's block
-    strong, weak = clips(3), clips(3)
-    out = jedi({"a": clips()}, {"a": strong}, unlabeled_weak={"a": weak})
-    out = type(out)(labeled={}, unlabeled=out.unlabeled)      # the unlabeled terms alone
-    u = out.unlabeled["a"]
-    loss, logs = jedi_losses(out, {}, jedi.config)
-    torch.testing.assert_close(loss, distill_loss(u.teacher, u.teacher_ema, jedi.config)[0])
-    assert torch.equal(loss, logs["a/distill_teacher"]) and loss > 0
-    loss.backward()
-    grad = {n: p.grad for n, p in jedi.named_parameters()}
-    assert grad["teachers.a.weight"].abs().sum() > 0
-    for name in ("a", "b"):
-        backbone = [g for n, g in grad.items() if n.startswith(f"students.{name}.") and ".head." not in n]
-        assert any(g is not None and g.abs().sum() > 0 for g in backbone), name
-        head = [g for n, g in grad.items() if n.startswith(f"students.{name}.head.")]
-        assert head and all(g is None or g.abs().sum() == 0 for g in head), name
-    assert all(p.grad is None for p in [*jedi.ema_students.parameters(), *jedi.ema_teachers.parameters()])
-
-
 def test_mutual_term_with_live_features_reaches_every_backbone_but_no_student_head():
     # The trainer's setting: teacher features not detached, so the student -> teacher term trains the
     # teacher head and, through [f_1; f_2], both backbones; the student's prediction is only a target.
