@@ -168,21 +168,24 @@ def _expert_val(cfg, name: str) -> dict:
 
 def rescore_seed(seed_dir: Path, draw: Path) -> dict:
     """{row: {dataset: top1}} of every finished run in `seed_dir` (and their experts) on `draw`, a
-    data folder of another data seed: its val and test roles pooled, by clip (a role only where
-    every dataset has one). Rows are named as in run_seed. Cached per run folder in rescore.json,
-    keyed by the draw's path."""
+    data folder of other videos of the runs' datasets: its val and test roles pooled, by clip (a
+    role only where every dataset has one). Rows are named as in run_seed. Cached per run folder in
+    rescore.json, by the draw's path, and reused while the draw's data.json and the checkpoint are
+    the ones scored."""
+    made = json.loads((draw / "data.json").read_text())
     rows = {}
     for run in RUNS:
         run_dir = seed_dir / run
-        if not (run_dir / "checkpoint.pt").is_file():
+        if not (run_dir / "results.json").is_file():   # finished: a mid-run checkpoint.pt is not the run's end
             continue
         cache = run_dir / "rescore.json"
         stored = json.loads(cache.read_text()) if cache.is_file() else {}
+        entry = {"data": made, "checkpoint_mtime_ns": (run_dir / "checkpoint.pt").stat().st_mtime_ns}
         key = str(draw.resolve())
-        if key not in stored:
-            stored[key] = _rescore_run(run_dir, draw)
+        if {k: stored.get(key, {}).get(k) for k in entry} != entry:
+            stored[key] = {**entry, "scores": _rescore_run(run_dir, draw)}
             cache.write_text(json.dumps(stored, indent=1))
-        scores = stored[key]
+        scores = stored[key]["scores"]
         rows.setdefault("expert", scores["expert"])
         for who in RUNS[run][1]:
             rows[f"{run} {who}"] = scores[who]
@@ -194,7 +197,6 @@ def rescore_seed(seed_dir: Path, draw: Path) -> dict:
 
 def _rescore_run(run_dir: Path, draw: Path) -> dict:
     """{kind: {dataset: top1}} of one run's final checkpoint and experts on the draw's val + test clips."""
-    import torch
     d = yaml.safe_load((run_dir / "config.yaml").read_text())
     trained_on = {ds["name"]: ds["shards"] for ds in d["datasets"]}
     for ds in d["datasets"]:
@@ -207,17 +209,14 @@ def _rescore_run(run_dir: Path, draw: Path) -> dict:
             raise SystemExit(f"{draw}: {n}'s classes differ from those {run_dir} was trained on")
     experts = {n: trainer.load_expert(cfg, n, device).eval() for n in sets}
     model = trainer.load_joint(cfg, experts, run_dir / "checkpoint.pt", device)
-    pooled: dict = {}
+    hits: dict = {}   # {kind: {dataset: (clips right, clips)}}
     for role in [r for r in ("val", "test") if all(ss.count(r) for ss in sets.values())]:
-        joint = trainer.evaluate_jedi(model, cfg, sets, device, role)
-        for n in sets:
-            with torch.no_grad():
-                expert = trainer.evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device, role)
-            for kind, r in {**joint[n], **expert}.items():
-                hits, clips = pooled.setdefault(kind, {}).get(n, (0.0, 0))
-                pooled[kind][n] = (hits + r["top1"] * r["n"] / 100, clips + r["n"])
-    return {kind: {n: round(100 * hits / clips, 2) for n, (hits, clips) in per_ds.items()}
-            for kind, per_ds in pooled.items()}
+        for n, kinds in trainer.evaluate_jedi(model, cfg, sets, device, role, experts=experts).items():
+            for kind, r in kinds.items():
+                right, clips = hits.setdefault(kind, {}).get(n, (0, 0))
+                hits[kind][n] = (right + round(r["top1"] * r["n"] / 100), clips + r["n"])
+    return {kind: {n: round(100 * right / clips, 2) for n, (right, clips) in per_ds.items()}
+            for kind, per_ds in hits.items()}
 
 
 def table(per_seed: list[dict]) -> str:
@@ -340,20 +339,31 @@ def print_rescored(outs: list[Path], draw: Path) -> None:
     """The val table again, every run scored on `draw` (rescore_seed), rows merged as report does."""
     made = json.loads((draw / "data.json").read_text())
     runs = [json.loads((o / "learning.json").read_text()) for o in outs]
-    trained = runs[0].get("data", {})
-    # another data seed or look redraws the datasets' looks, where the runs read near chance
-    if made.get("videos_seed") is None or any(made.get(k, "alike") != trained.get(k, made.get(k, "alike"))
-                                              for k in ("data_seed", "look")):
-        raise SystemExit(f"--rescore-on {draw}: not other videos of the runs' datasets (made with "
-                         f"--videos-seed and the runs' --data-seed and --look; it holds {made})")
+    for out, run in zip(outs, runs):
+        trained = run.get("data")
+        if trained is None:
+            raise SystemExit(f"{out}: its learning.json records no data options; --rescore-on cannot check the draw")
+        # another data seed or look redraws the datasets' looks (the runs read at chance there); the
+        # runs' own videos seed draws their own videos again
+        own_videos = trained.get("videos_seed", trained["data_seed"])
+        if (made.get("videos_seed") in (None, own_videos)
+                or any(made.get(k, "alike") != trained.get(k, "alike") for k in ("data_seed", "look"))):
+            raise SystemExit(f"--rescore-on {draw}: not other videos of {out}'s datasets (make it with "
+                             f"--videos-seed other than {own_videos}, --data-seed {trained['data_seed']} and "
+                             f"--look {trained.get('look', 'alike')}; it holds {made})")
     per_seed = []
     for k in range(len(runs[0]["seeds"])):
         merged = {}
         for out, run in zip(outs, runs):
             rows = rescore_seed(out / f"seed{k}", draw)
+            if not rows:
+                raise SystemExit(f"{out / f'seed{k}'}: no finished run (results.json) to score on {draw}")
             if merged and rows.get("expert") != merged["expert"]:
                 raise SystemExit(f"{outs}: the runs' experts differ on {draw}; not the same experts")
-            merged.update({r + ("" if r == "expert" else _tag(run, runs[0])): v for r, v in rows.items()})
+            new = {r + _tag(run, runs[0]): v for r, v in rows.items() if r != "expert"}
+            if set(new) & set(merged):
+                raise SystemExit(f"{outs}: rows {sorted(set(new) & set(merged))} come from two runs")
+            merged.update({"expert": rows["expert"], **new} if not merged else new)
         per_seed.append(merged)
     print(f"\nval top-1 (%) on a fresh draw ({draw}: videos seed {made.get('videos_seed')}, its val and test "
           f"roles pooled, clips no run has seen); mean ± std over {len(per_seed)} seeds\n")

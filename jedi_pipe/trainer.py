@@ -717,8 +717,9 @@ def run_results(cfg: Config, sets, experts: dict, joint: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test") -> dict:
-    """Student and teacher top-1/top-5 on every dataset's `role` (test or val)."""
+def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test", experts=None) -> dict:
+    """Student and teacher top-1/top-5 on every dataset's `role` (test or val); `experts` ({name:
+    model}, optional): scored as "expert" in the same pass, so the clips are decoded once."""
     distributed.sync_buffers(jedi)
     jedi.eval()
     res = {}
@@ -730,7 +731,8 @@ def evaluate_jedi(jedi, cfg: Config, sets, device, role: str = "test") -> dict:
             # with teacher_ema the teachers are scored from the moving average: so are its students, for a fair pair
             return {"student": o.student, "teacher": o.target,
                     **({"student_ema": ema_students[n](x)} if ema_students is not None else {}),
-                    **({"student_avg": avg[n](x)} if avg is not None else {})}
+                    **({"student_avg": avg[n](x)} if avg is not None else {}),
+                    **({"expert": experts[n](x)} if experts is not None else {})}
         res[n] = evaluate_logits(forward, sets[n], cfg, device, role)
     return res
 
@@ -765,14 +767,15 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
         if not expert_path(cfg, n).is_file():
             raise MissingError(f"no expert for {n} in {out / 'experts'}: run `jedi-pipe pretrain` first")
         experts[n] = load_expert(cfg, n, device).eval()
-    expert_scores = {n: evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device)["expert"]
-                     for n in names}
     joint = {}
     ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
-    if ckpt.is_file():
-        joint = evaluate_jedi(load_joint(cfg, experts, ckpt, device), cfg, sets, device)
+    if ckpt.is_file():   # the experts in the joint model's pass: each clip decoded once
+        joint = evaluate_jedi(load_joint(cfg, experts, ckpt, device), cfg, sets, device, experts=experts)
+        expert_scores = {n: joint[n].pop("expert") for n in names}
     elif checkpoint:
         raise MissingError(f"checkpoint {ckpt} does not exist")
     else:
         log(f"no JEDI checkpoint in {out}: evaluating the experts only")
+        expert_scores = {n: evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device)["expert"]
+                         for n in names}
     return run_results(cfg, sets, expert_scores, joint)

@@ -363,3 +363,15 @@ def test_videos_seed_draws_other_videos_of_the_same_looking_datasets():
         np.testing.assert_array_equal(mean_colours(ds, seed=0, videos_seed=0), base)  # its own seed: the same
         moved = lambda other: np.abs(base.mean(0) - other.mean(0)).mean()           # noqa: E731
         assert moved(same_look) < moved(other_seed) / 4, (ds, moved(same_look), moved(other_seed))
+
+
+def test_generate_with_videos_seed_writes_other_files_of_the_same_layout(tmp_path):
+    roots = {k: synth.generate(tmp_path / k, datasets=["ucf101"], videos_per_class=2, workers=1, **seeds)["ucf101"]
+             for k, seeds in (("base", {}), ("own", {"videos_seed": 0}), ("other", {"videos_seed": 7}))}
+    def files(root):
+        return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    base, other = files(roots["base"]), files(roots["other"])
+    assert files(roots["own"]) == base                       # its own seed: the same files
+    videos = [p for p in base if p.suffix == ".avi"]
+    assert videos and len([p for p in other if p.suffix == ".avi"]) == len(videos)
+    assert not set(base[p] for p in videos) & set(other[p] for p in other if p.suffix == ".avi")   # all new
