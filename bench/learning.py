@@ -253,6 +253,8 @@ def gaps(per_seed: list[dict]) -> str:
     baselines = ("expert", "ema student", "fixmatch student", "ema student (slow avg)", "fixmatch student (slow avg)")
     pairs = [(a + tag, b if b in baselines else b + tag)
              for tag in tags for a, b in GAPS]
+    # and what a --report is for: each tagged row against the same row of the first run (untagged)
+    pairs += [(r, r[:r.index(" [")]) for r in per_seed[0] if " [" in r]
     for a, b in [(a, b) for a, b in pairs if a in per_seed[0] and b in per_seed[0]]:
         by_seed = [statistics.fmean(s[a][n] - s[b][n] for n in names) for s in per_seed]
         per_ds = ", ".join(f"{n} {statistics.fmean(s[a][n] - s[b][n] for s in per_seed):+.1f}" for n in names)

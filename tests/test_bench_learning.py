@@ -64,6 +64,8 @@ def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path, monk
     assert "jedi+views student [threshold=0.5] - fixmatch student: mean +8.5 ± 0.5 (seeds: +8.0, +9.0)" in out
     # teachers against their own run's students, not the first run's: +1 and -1
     assert "jedi+views teacher [threshold=0.5] - jedi+views student [threshold=0.5]: mean +0.0 ± 1.0" in out
+    # the setting itself: the tagged row against the same row of the first run, seeds 58 - 55 and 61 - 60
+    assert "jedi+views student [threshold=0.5] - jedi+views student: mean +2.0 ± 1.0 (seeds: +3.0, +1.0)" in out
     # the untagged run's own gap, seeds +5 and +8
     assert "jedi+views student - fixmatch student: mean +6.5 ± 1.5" in out
     # share of the expert -> oracle gap (mean over seeds: expert 41, oracle 91, gap 50): students (55+60)/2 - 41
