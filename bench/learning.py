@@ -209,9 +209,15 @@ def _rescore_run(run_dir: Path, draw: Path) -> dict:
             raise SystemExit(f"{draw}: {n}'s classes differ from those {run_dir} was trained on")
     experts = {n: trainer.load_expert(cfg, n, device).eval() for n in sets}
     model = trainer.load_joint(cfg, experts, run_dir / "checkpoint.pt", device)
+    roles = [r for r in ("val", "test") if all(ss.count(r) for ss in sets.values())]
+    return pool_roles([trainer.evaluate_jedi(model, cfg, sets, device, role, experts=experts) for role in roles])
+
+
+def pool_roles(per_role: list[dict]) -> dict:
+    """{kind: {dataset: top1}} over several roles' {dataset: {kind: score record}}, clip by clip."""
     hits: dict = {}   # {kind: {dataset: (clips right, clips)}}
-    for role in [r for r in ("val", "test") if all(ss.count(r) for ss in sets.values())]:
-        for n, kinds in trainer.evaluate_jedi(model, cfg, sets, device, role, experts=experts).items():
+    for scores in per_role:
+        for n, kinds in scores.items():
             for kind, r in kinds.items():
                 right, clips = hits.setdefault(kind, {}).get(n, (0, 0))
                 hits[kind][n] = (right + round(r["top1"] * r["n"] / 100), clips + r["n"])

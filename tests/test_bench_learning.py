@@ -170,6 +170,16 @@ def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs,
         learning.rescore_seed(tmp_path / "out" / "seed0", draw)
 
 
+def test_pool_roles_counts_clips_not_roles():
+    # val 2 of 4 clips right, test 3 of 12: 5 of 16 = 31.25 %, not the roles' mean (37.5 %)
+    val = {"a": {"student": {"top1": 50.0, "n": 4}}}
+    test = {"a": {"student": {"top1": 25.0, "n": 12}}}
+    assert learning.pool_roles([val, test]) == {"student": {"a": 31.25}}
+    # a rounded percentage of 7 clips (3 of 7 = 42.86 %) counts back to whole clips
+    assert learning.pool_roles([{"a": {"t": {"top1": 42.86, "n": 7}}}, {"a": {"t": {"top1": 0.0, "n": 3}}}]) \
+        == {"t": {"a": 30.0}}
+
+
 def test_rescore_prints_the_runs_merged_and_paired(tmp_path, monkeypatch, capsys):
     base = write_run(tmp_path / "base", [], [{"fixmatch student": 50.0}, {"fixmatch student": 52.0}],
                      data={"data_seed": 0, "look": "alike"})
