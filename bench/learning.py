@@ -348,17 +348,17 @@ def print_rescored(outs: list[Path], draw: Path) -> None:
     made = json.loads((draw / "data.json").read_text())
     runs = [json.loads((o / "learning.json").read_text()) for o in outs]
     for out, run in zip(outs, runs):
-        trained = run.get("data")
-        if trained is None:
+        if "data" not in run:
             raise SystemExit(f"{out}: its learning.json records no data options; --rescore-on cannot check the draw")
+        trained = {"look": "alike", **run["data"]}    # data folders made before --look are alike
         # another data seed or look redraws the datasets' looks (the runs read at chance there); the
         # runs' own videos seed draws their own videos again
         own_videos = trained.get("videos_seed", trained["data_seed"])
         if (made.get("videos_seed") in (None, own_videos)
-                or any(made.get(k, "alike") != trained.get(k, "alike") for k in ("data_seed", "look"))):
+                or any({"look": "alike", **made}[k] != trained[k] for k in ("data_seed", "look"))):
             raise SystemExit(f"--rescore-on {draw}: not other videos of {out}'s datasets (make it with "
                              f"--videos-seed other than {own_videos}, --data-seed {trained['data_seed']} and "
-                             f"--look {trained.get('look', 'alike')}; it holds {made})")
+                             f"--look {trained['look']}; it holds {made})")
     per_seed = []
     for k in range(len(runs[0]["seeds"])):
         merged = {}
@@ -366,12 +366,12 @@ def print_rescored(outs: list[Path], draw: Path) -> None:
             rows = rescore_seed(out / f"seed{k}", draw)
             if not rows:
                 raise SystemExit(f"{out / f'seed{k}'}: no finished run (results.json) to score on {draw}")
-            if merged and rows.get("expert") != merged["expert"]:
+            if merged.setdefault("expert", rows["expert"]) != rows["expert"]:
                 raise SystemExit(f"{outs}: the runs' experts differ on {draw}; not the same experts")
             new = {r + _tag(run, runs[0]): v for r, v in rows.items() if r != "expert"}
             if set(new) & set(merged):
                 raise SystemExit(f"{outs}: rows {sorted(set(new) & set(merged))} come from two runs")
-            merged.update({"expert": rows["expert"], **new} if not merged else new)
+            merged.update(new)
         per_seed.append(merged)
     print(f"\nval top-1 (%) on a fresh draw ({draw}: videos seed {made.get('videos_seed')}, its val and test "
           f"roles pooled, clips no run has seen); mean ± std over {len(per_seed)} seeds\n")
@@ -418,8 +418,8 @@ def main() -> None:
                     help="print the val tables only: to choose a setting without reading test")
     ap.add_argument("--rescore-on", type=Path, metavar="DATA",
                     help="with --report: also score every run's final checkpoint on DATA, a data folder of "
-                         "another --data-seed (made with --data-only), its val and test roles pooled: a larger "
-                         "validation set (cached in each run folder's rescore.json)")
+                         "other videos of the runs' datasets (made with --data-only --videos-seed), its val and "
+                         "test roles pooled: a larger validation set (cached in each run folder's rescore.json)")
     ap.add_argument("--data-only", action="store_true",
                     help="make the data folder (OUT/data) and stop: e.g. a fresh draw for --rescore-on")
     args = ap.parse_args()

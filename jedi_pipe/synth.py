@@ -673,11 +673,11 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
         raise ValueError("videos_per_class must be at least 2 (one train and one test clip per class), "
                          f"got {videos_per_class}")
     out, top_dirs = Path(out), top_dirs or {}
+    videos_seed = seed if videos_seed is None else videos_seed
     roots, jobs = {}, []
     for ds in datasets:
         root = roots[ds] = out / top_dirs.get(ds, ds)
-        layout_seed = seed if videos_seed is None else videos_seed
-        rng = np.random.default_rng(np.random.SeedSequence([layout_seed, DATASETS.index(ds), 0]))
+        rng = np.random.default_rng(np.random.SeedSequence([videos_seed, DATASETS.index(ds), 0]))
         if ds == "kinetics400":
             found = _kinetics400(root, per_dataset[ds], rng, kinetics_layout)
         else:

@@ -127,8 +127,10 @@ def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, c
 
 def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs, tmp_path):
     # a tiny run, rescored on a "draw" made of its own clips re-split with a val role (same test
-    # role): the pooled scores must be the val and test scores together, clip by clip, the test
-    # part being the run's own results.json, for experts, students and teachers alike
+    # role): the pooled scores must be the val and test scores together, the test part being the
+    # run's own results.json, for experts, students and teachers alike. The plumbing: roles, kinds,
+    # classes, cache. (Its tiny models score alike on both roles, so the clip-weighted arithmetic is
+    # test_pool_roles_counts_clips_not_roles's.)
     import torch
     from jedi_pipe import trainer
     from jedi_pipe.config import load_config
