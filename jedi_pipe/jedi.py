@@ -50,6 +50,11 @@ class JEDIConfig:
     w_mutual: float = 0.0  # weight of the reverse term: the student's prediction (stop-gradient) distilled
     #                        into the teacher on the same unlabeled clips (deep mutual learning); 0, the
     #                        abstract's formulation, won on val with views (0.5 had won on test before; docs/method.md)
+    w_distill_heads: float = 0.0  # weight of the same distillation into the live teacher heads alone: the teacher's
+    #                               target (the moving average's, from the weak view) taught to the heads on the
+    #                               unlabeled clips' features, detached, so the heads learn from the unlabeled clips as
+    #                               the students' heads do and no backbone is pulled twice (needs teacher_ema; chosen
+    #                               on a fresh draw of the benchmark, docs/method.md)
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
     #                           the live teacher heads still train on CE (and the mutual term, when on). 0: the live heads
@@ -84,6 +89,12 @@ class JEDIConfig:
             raise ValueError(f"teacher_warmup: a number of steps >= 0, got {self.teacher_warmup}")
         if not 0.0 <= self.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema: a decay in [0, 1), got {self.teacher_ema}")
+        if self.w_distill_heads and not self.teacher_ema:
+            raise ValueError("w_distill_heads: needs teacher_ema > 0 (the target must come from the moving average; "
+                             "a head distilled from itself gets no gradient)")
+        if self.w_distill_heads and self.w_mutual:
+            raise ValueError("w_distill_heads: not with w_mutual, which reads the same live teacher logits of the "
+                             "unlabeled clips and would then train the teacher heads only too; use one of them")
 
 
 class Logits(NamedTuple):
@@ -273,8 +284,15 @@ class JEDI(nn.Module):
             if rows.start >= ema_from:
                 with torch.no_grad():
                     teacher_ema = self.ema_teachers[name](ema_in[rows.start - ema_from:rows.stop - ema_from])
-            getattr(out, role)[name] = Logits(student, self.teachers[name](teacher_in[rows]), teacher_ema)
+            getattr(out, role)[name] = Logits(student, self.teacher_head(name, role, teacher_in[rows]), teacher_ema)
         return out
+
+    def teacher_head(self, name: str, role: str, teacher_in: Tensor) -> Tensor:
+        """The live teacher T_name on rows of [f_1; ...; f_N]; on unlabeled rows with w_distill_heads, on the
+        features detached: that term then trains the head alone."""
+        if role == "unlabeled" and self.config.w_distill_heads:
+            teacher_in = teacher_in.detach()
+        return self.teachers[name](teacher_in)
 
     @torch.no_grad()
     def ema_features(self, x: Tensor, parts: list, ema_from: int, unlabeled_weak=None) -> Tensor:
@@ -454,6 +472,10 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
         terms.append(cfg.w_distill * loss)
         logs[f"{name}/distill"], logs[f"{name}/mask_rate"], logs[f"{name}/teacher_conf"] = (
             loss.detach(), mask_rate, conf)
+        if cfg.w_distill_heads:   # the same target teaches the live teacher head (its features detached in forward)
+            heads, _, _ = distill_loss(t, logits.target, cfg)
+            terms.append(cfg.w_distill_heads * heads)
+            logs[f"{name}/distill_heads"] = heads.detach()
         if cfg.w_mutual:   # the same loss the other way round: the student's prediction teaches the teacher
             back, _, _ = distill_loss(t, s, dataclasses.replace(cfg, threshold=0.0))
             terms.append(cfg.w_mutual * back)

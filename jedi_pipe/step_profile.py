@@ -60,7 +60,7 @@ def cut_step(jedi, labeled, unlabeled, labels, jcfg, opt, clock: Clock, weak=Non
         start = rows.stop
         with clock.part("heads"):
             student = jedi.students[name].head(leaves[name][rows])
-            teacher = jedi.teachers[name](teacher_in[rows])
+            teacher = jedi.teacher_head(name, role, teacher_in[rows])
         ema = None
         if ema_in is not None and role == "unlabeled":
             with clock.part("mean teacher"), torch.no_grad():

@@ -399,10 +399,13 @@ def joint_model(experts: dict, cfg: Config):
 
 
 def loss_config(jcfg):
-    """The loss settings of the joint phase: the config's, and for the FixMatch baseline its rule:
-    hard pseudo-labels, no teacher terms (its teacher is the student itself, detached)."""
+    """The loss settings of the joint phase: the config's; for the baselines no term that trains a
+    teacher head (theirs are copies without gradient); and for FixMatch its rule: hard pseudo-labels,
+    no teacher terms (its teacher is the student itself, detached)."""
     if jcfg.teachers == "fixmatch":
-        return dataclasses.replace(jcfg, hard=True, w_sup_teacher=0.0, w_mutual=0.0)
+        return dataclasses.replace(jcfg, hard=True, w_sup_teacher=0.0, w_mutual=0.0, w_distill_heads=0.0)
+    if jcfg.teachers == "ema":
+        return dataclasses.replace(jcfg, w_distill_heads=0.0)
     return jcfg
 
 

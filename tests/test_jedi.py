@@ -229,6 +229,33 @@ def test_mutual_term_trains_the_teacher_only():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in jedi.students.parameters())
 
 
+def test_head_distillation_trains_the_teacher_heads_alone_from_the_average_on_the_strong_view():
+    # w_distill_heads: the average's weak-view target, the live teacher's strong-view prediction on
+    # detached features; with every other term off it trains the teacher head and nothing else
+    with pytest.raises(ValueError, match="w_distill_heads.*teacher_ema"):
+        JEDIConfig(w_distill_heads=1.0)
+    with pytest.raises(ValueError, match="w_distill_heads.*w_mutual"):
+        JEDIConfig(teacher_ema=0.9, w_distill_heads=1.0, w_mutual=0.5)
+    jedi, _ = make_jedi(teacher_ema=0.9, w_distill=0.0, w_distill_heads=1.0, temperature=2.0)
+    with torch.no_grad():
+        jedi.teachers["a"].weight.add_(0.1)      # live != average, and a non-zero weight on b's block
+    out = jedi({"a": clips()}, {"a": clips(3)}, unlabeled_weak={"a": clips(3)})
+    u = out.unlabeled["a"]
+    loss, logs = jedi_losses(type(out)(labeled={}, unlabeled=out.unlabeled), {}, jedi.config)
+    torch.testing.assert_close(loss, distill_loss(u.teacher, u.teacher_ema, jedi.config)[0])
+    assert torch.equal(loss, logs["a/distill_heads"]) and loss > 0
+    loss.backward()
+    grad = {n: p.grad for n, p in jedi.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert set(grad) == {"teachers.a.weight", "teachers.a.bias"}
+    # the labeled rows' teacher still reaches every backbone (the CE term is unchanged)
+    jedi.zero_grad(set_to_none=True)
+    out = jedi({"a": clips()}, {"a": clips(3)}, unlabeled_weak={"a": clips(3)})
+    F.cross_entropy(out.labeled["a"].teacher, torch.tensor([0, 1])).backward()
+    for name in ("a", "b"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for n, p in jedi.students[name].named_parameters() if not n.startswith("head.")), name
+
+
 def test_mutual_term_with_live_features_reaches_every_backbone_but_no_student_head():
     # The trainer's setting: teacher features not detached, so the student -> teacher term trains the
     # teacher head and, through [f_1; f_2], both backbones; the student's prediction is only a target.

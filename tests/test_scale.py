@@ -106,6 +106,17 @@ def test_library_and_yaml_config_build_the_same_method(tmp_path):
         == JEDIConfig().w_mutual
 
 
+@pytest.mark.parametrize("teachers", ["ema", "fixmatch"])
+def test_baselines_drop_the_terms_that_train_a_teacher_head(teachers):
+    # a baseline's teacher is a copy without gradient (or the student itself): a term into it would only cost time
+    cfg = load_config(data={"name": "t", "out": "o", "datasets": [{"name": "a", "shards": "x"}],
+                            "jedi": {"teachers": teachers, "teacher_ema": 0.9, "w_distill_heads": 1.0}})
+    assert loss_config(cfg.jedi).w_distill_heads == 0.0
+    joint = load_config(data={"name": "t", "out": "o", "datasets": [{"name": "a", "shards": "x"}],
+                              "jedi": {"teacher_ema": 0.9, "w_distill_heads": 1.0}})
+    assert loss_config(joint.jedi).w_distill_heads == 1.0
+
+
 @pytest.mark.slow
 def test_four_r2plus1d_students_one_step_with_and_without_memory_settings():
     # One optimizer step of the real model (four R(2+1)D-18 students and their teachers, mean teacher on) at a
