@@ -244,6 +244,8 @@ GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi stu
         ("jedi student", "fixmatch student"), ("jedi+views student", "jedi student"),
         ("jedi+views student", "fixmatch student"), ("jedi+views student", "ema student"),
         ("jedi+views teacher", "jedi+views student"),
+        # teachers scored from the moving average (teacher_ema): against that average's students, the fair pair
+        ("jedi+views teacher", "jedi+views student (avg)"),
         # jedi.student_avg: the students' weight averages, against each other and against the live students
         ("jedi+views student (slow avg)", "fixmatch student (slow avg)"),
         ("jedi+views student (slow avg)", "ema student (slow avg)"),

@@ -54,8 +54,8 @@ def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path, monk
     base = write_run(tmp_path / "base", [], [{"fixmatch student": 50.0, "jedi+views student": 55.0},
                                              {"fixmatch student": 52.0, "jedi+views student": 60.0}])
     other = write_run(tmp_path / "thr", ["jedi.threshold=0.5"],
-                      [{"jedi+views student": 58.0, "jedi+views teacher": 59.0},
-                       {"jedi+views student": 61.0, "jedi+views teacher": 60.0}])
+                      [{"jedi+views student": 58.0, "jedi+views teacher": 59.0, "jedi+views student (avg)": 58.0},
+                       {"jedi+views student": 61.0, "jedi+views teacher": 60.0, "jedi+views student (avg)": 59.0}])
     oracle = write_run(tmp_path / "oracle", [], [{"oracle": 90.0}, {"oracle": 92.0}])
     code, out, err = run_report(monkeypatch, capsys, base, other, "--oracle-from", oracle)
     assert code == 0, err
@@ -64,6 +64,8 @@ def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path, monk
     assert "jedi+views student [threshold=0.5] - fixmatch student: mean +8.5 ± 0.5 (seeds: +8.0, +9.0)" in out
     # teachers against their own run's students, not the first run's: +1 and -1
     assert "jedi+views teacher [threshold=0.5] - jedi+views student [threshold=0.5]: mean +0.0 ± 1.0" in out
+    # and against the students of the moving average they are scored from (the fair pair): +1 and +1
+    assert "jedi+views teacher [threshold=0.5] - jedi+views student (avg) [threshold=0.5]: mean +1.0 ± 0.0" in out
     # the setting itself: the tagged row against the same row of the first run, seeds 58 - 55 and 61 - 60
     assert "jedi+views student [threshold=0.5] - jedi+views student: mean +2.0 ± 1.0 (seeds: +3.0, +1.0)" in out
     # the untagged run's own gap, seeds +5 and +8
