@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -99,6 +100,14 @@ RUNS = {
     "jedi": (["jedi.views=false"], ("student", "teacher")),
     "jedi+views": (["jedi.views=true"], ("student", "teacher")),     # train/demo.yaml's setting
 }
+
+
+def without_test_scores(line: str) -> str:
+    """A log line with its test scores taken out, for --val-only (choose a setting without reading test):
+    the joint run's final test line, and the experts' and the oracle's test top-1."""
+    if line.startswith("test evaluation"):
+        return line.split(":", 1)[0] + ": not shown (--val-only)"
+    return re.sub(r"test top-1 [0-9.]+( top-5 [0-9.]+)?", "test: not shown (--val-only)", line)
 
 
 def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log, runs=tuple(RUNS)) -> dict:
@@ -240,7 +249,7 @@ def table(per_seed: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"),
+GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi teacher", "jedi student (avg)"), ("jedi student", "ema student"),
         ("jedi student", "fixmatch student"), ("jedi+views student", "jedi student"),
         ("jedi+views student", "fixmatch student"), ("jedi+views student", "ema student"),
         ("jedi+views teacher", "jedi+views student"),
@@ -417,7 +426,8 @@ def main() -> None:
     ap.add_argument("--oracle-from", type=Path, metavar="OUT",
                     help="with --report: a --json run on the same data and seeds whose oracle rows to use")
     ap.add_argument("--val-only", action="store_true",
-                    help="print the val tables only: to choose a setting without reading test")
+                    help="print the val tables only, and no test score in the log either: to choose a "
+                         "setting without reading test (the run folders still keep test, for the report after)")
     ap.add_argument("--rescore-on", type=Path, metavar="DATA",
                     help="with --report: also score every run's final checkpoint on DATA, a data folder of "
                          "other videos of the runs' datasets (made with --data-only --videos-seed), its val and "
@@ -443,7 +453,10 @@ def main() -> None:
         ap.error(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")
 
     t0 = time.time()
-    log = lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True)
+
+    def log(m):
+        print(f"[{time.time() - t0:6.0f}s] {without_test_scores(m) if args.val_only else m}", flush=True)
+
     vpc = dict(DEMO_VIDEOS_PER_CLASS)
     for item in args.videos_per_class:
         name, _, n = item.rpartition("=")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .jedi import JEDIConfig
+from .jedi import JEDIConfig, check_joint_options
 from .loaders.clip import TRAIN_INTERP, StrongAug
 
 
@@ -103,6 +103,8 @@ class JediCfg(JEDIConfig):
         if self.strong_stats == "split" and not (self.views and self.teachers == "joint"):
             raise ValueError("strong_stats: split is about the students' strong views in JEDI; it needs views: true "
                              "and teachers: joint")
+        if self.teachers == "joint":
+            check_joint_options(self)
         if self.views and self.teachers == "joint" and not self.teacher_ema:
             raise ValueError("views: the teachers' weak-view targets come from their moving average; set teacher_ema > 0")
         if not 0.0 <= self.student_avg < 1.0:

@@ -57,7 +57,7 @@ class JEDIConfig:
     #                               on a fresh draw of the benchmark, docs/method.md)
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
-    #                           the live teacher heads still train on CE (and the mutual term, when on). 0: the live heads
+    #                           the live teacher heads still train on CE (and w_mutual, w_distill_heads when on). 0: the live heads
     bn_stats: str = "source"  # BatchNorm statistics of each backbone: "batch", over all clips of the step (every
     #                          dataset's); "own", over its own dataset's clips only, applied to all, as its expert
     #                          saw them; "source", each dataset's clips normalised with that dataset's statistics
@@ -89,17 +89,22 @@ class JEDIConfig:
             raise ValueError(f"teacher_warmup: a number of steps >= 0, got {self.teacher_warmup}")
         if not 0.0 <= self.teacher_ema < 1.0:
             raise ValueError(f"teacher_ema: a decay in [0, 1), got {self.teacher_ema}")
-        if self.w_distill_heads and not self.teacher_ema:
-            raise ValueError("w_distill_heads: needs teacher_ema > 0 (the target must come from the moving average; "
-                             "a head distilled from itself gets no gradient)")
-        if self.w_distill_heads and self.w_mutual:
-            raise ValueError("w_distill_heads: not with w_mutual, which reads the same live teacher logits of the "
-                             "unlabeled clips and would then train the teacher heads only too; use one of them")
+
+
+def check_joint_options(cfg: JEDIConfig) -> None:
+    """The rules of the options that only JEDI's own teacher heads read (the baselines drop them,
+    trainer.loss_config): checked by JEDI and by the config for `teachers: joint`."""
+    if cfg.w_distill_heads and not cfg.teacher_ema:
+        raise ValueError("w_distill_heads: needs teacher_ema > 0 (the target must come from the moving average; "
+                         "a head distilled from itself gets no gradient), or set w_distill_heads: 0")
+    if cfg.w_distill_heads and cfg.w_mutual:
+        raise ValueError("w_distill_heads: not with w_mutual, which reads the same live teacher logits of the "
+                         "unlabeled clips and would then train the teacher heads only too; set one of them to 0")
 
 
 class Logits(NamedTuple):
     student: Tensor  # [B, C_i]  S_i(x)
-    teacher: Tensor  # [B, C_i]  T_i(x), the live teacher head (trained by CE, and the mutual term when on)
+    teacher: Tensor  # [B, C_i]  T_i(x), the live teacher head (trained by CE, and w_mutual or w_distill_heads when on)
     teacher_ema: Tensor | None = None  # [B, C_i]  T_i of the moving average (teacher_ema > 0), no gradient
 
     @property
@@ -132,6 +137,7 @@ class JEDI(nn.Module):
                 raise TypeError(f"student {name!r} must follow the model contract "
                                 "(features(x), a linear `head`, `num_features`); build it with jedi_pipe.models.build")
         self.config = config or JEDIConfig()
+        check_joint_options(self.config)
         self.names = names
         self.heads_only = False     # teacher losses stop at the features (teacher_warmup; the trainer sets it per step)
         self.students = nn.ModuleDict(students)
@@ -452,7 +458,7 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
     ``labels``: dataset name -> class indices ``[B]`` for exactly the datasets in ``out.labeled``.
     Log keys: ``{name}/sup_student``, ``{name}/sup_teacher``, ``{name}/distill``,
     ``{name}/mask_rate`` (fraction of unlabeled clips masked out), ``{name}/teacher_conf``,
-    and ``total``. Values are 0-dim tensors on the logits' device: no host sync here.
+    ``{name}/distill_heads`` and ``{name}/mutual`` (when on), and ``total``. Values are 0-dim tensors on the logits' device: no host sync here.
     """
     if set(labels) != set(out.labeled):
         raise ValueError(f"labels given for {sorted(labels)} but labeled clips for {sorted(out.labeled)}")

@@ -19,9 +19,10 @@ MISSING_MATPLOTLIB = 'pictures need matplotlib: pip install "jedi-pipe[plots]"'
 COLORS = {"expert": "black", "student": "tab:blue", "teacher": "tab:orange", "student_avg": "tab:cyan"}
 CURVE_KINDS = ("student", "teacher", "student_avg")   # student_avg: jedi.student_avg, when the run keeps it
 LOSS_COLORS = {"sup_student": "tab:blue", "sup_teacher": "tab:orange", "distill": "tab:purple",
-               "mutual": "tab:pink"}
+               "mutual": "tab:pink", "distill_heads": "tab:brown"}
 LOSS_LABELS = {"sup_student": "student CE (labeled)", "sup_teacher": "teacher CE (labeled)",
-               "distill": "distillation T->S (unlabeled)", "mutual": "distillation S->T (unlabeled)"}
+               "distill": "distillation T->S (unlabeled)", "mutual": "distillation S->T (unlabeled)",
+               "distill_heads": "distillation avg T->T heads (unlabeled)"}
 # metrics.jsonl fields that are fractions of the teacher's behaviour on unlabeled training clips
 PSEUDO = {"pseudo_label_acc": ("pseudo-label accuracy", "tab:green"),
           "teacher_conf": ("teacher confidence", "tab:olive"),

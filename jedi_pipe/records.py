@@ -7,7 +7,7 @@ metrics.jsonl, one JSON object a line:
     StepRecord  every LOG_EVERY joint steps, one per dataset: step, dataset, lr, loss (the weighted
                 total of all datasets), clips_per_s, input_wait (fraction of step time spent waiting
                 for data), and the method's terms for that dataset (`terms`: sup_student,
-                sup_teacher, distill, mutual, pseudo_label_acc, teacher_conf, mask_rate, ...)
+                sup_teacher, distill, mutual, distill_heads, pseudo_label_acc, teacher_conf, mask_rate, ...)
     EvalRecord  at every evaluation: step, split (val or test), and {dataset: {kind: {top1, top5, n}}} (kind: student, teacher)
 
 results.json (`run_results` in trainer.py):

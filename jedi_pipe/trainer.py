@@ -399,13 +399,15 @@ def joint_model(experts: dict, cfg: Config):
 
 
 def loss_config(jcfg):
-    """The loss settings of the joint phase: the config's; for the baselines no term that trains a
-    teacher head (theirs are copies without gradient); and for FixMatch its rule: hard pseudo-labels,
-    no teacher terms (its teacher is the student itself, detached)."""
+    """The loss settings of the joint phase: the config's; for the baselines without the terms into a
+    teacher head (w_mutual, w_distill_heads: their teacher is a copy without gradient or the student
+    itself, detached, so those terms are zero and only cost time); for FixMatch also its rule: hard
+    pseudo-labels, no teacher CE."""
+    if jcfg.teachers == "joint":
+        return jcfg
+    jcfg = dataclasses.replace(jcfg, w_mutual=0.0, w_distill_heads=0.0)
     if jcfg.teachers == "fixmatch":
-        return dataclasses.replace(jcfg, hard=True, w_sup_teacher=0.0, w_mutual=0.0, w_distill_heads=0.0)
-    if jcfg.teachers == "ema":
-        return dataclasses.replace(jcfg, w_distill_heads=0.0)
+        jcfg = dataclasses.replace(jcfg, hard=True, w_sup_teacher=0.0)
     return jcfg
 
 

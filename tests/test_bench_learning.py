@@ -217,3 +217,15 @@ def test_rescore_refuses_a_draw_of_other_looks(tmp_path, monkeypatch, capsys):
         (tmp_path / name / "data.json").write_text(json.dumps(made))
         code, _, err = run_report(monkeypatch, capsys, base, "--val-only", "--rescore-on", tmp_path / name)
         assert code == 1 and "not other videos of" in err, name
+
+
+def test_val_only_keeps_test_scores_out_of_the_log():
+    # the trainer's and pretraining's own lines, as they log them (trainer.train, trainer.pretrain)
+    hide = learning.without_test_scores
+    final = "test evaluation (once, at the end): hmdb51 student 45.8, ucf101 student 80.1"
+    assert hide(final) == "test evaluation (once, at the end): not shown (--val-only)"
+    assert hide("expert hmdb51: exists (/x/experts/hmdb51.pt), test top-1 37.4") == \
+        "expert hmdb51: exists (/x/experts/hmdb51.pt), test: not shown (--val-only)"
+    assert hide("expert ucf101: 400 steps in 61s, test top-1 59.7 top-5 93.1") == \
+        "expert ucf101: 400 steps in 61s, test: not shown (--val-only)"
+    assert hide("JEDI: 4 datasets, 300 steps (jedi.steps)") == "JEDI: 4 datasets, 300 steps (jedi.steps)"

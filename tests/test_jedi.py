@@ -229,13 +229,13 @@ def test_mutual_term_trains_the_teacher_only():
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in jedi.students.parameters())
 
 
-def test_head_distillation_trains_the_teacher_heads_alone_from_the_average_on_the_strong_view():
-    # w_distill_heads: the average's weak-view target, the live teacher's strong-view prediction on
-    # detached features; with every other term off it trains the teacher head and nothing else
+def test_head_distillation_trains_the_teacher_heads_alone_from_the_average():
+    # w_distill_heads: the average's target (weak view), the live teacher's prediction on detached
+    # features (strong view); with every other term off it trains the teacher head and nothing else
     with pytest.raises(ValueError, match="w_distill_heads.*teacher_ema"):
-        JEDIConfig(w_distill_heads=1.0)
+        make_jedi(w_distill_heads=1.0)
     with pytest.raises(ValueError, match="w_distill_heads.*w_mutual"):
-        JEDIConfig(teacher_ema=0.9, w_distill_heads=1.0, w_mutual=0.5)
+        make_jedi(teacher_ema=0.9, w_distill_heads=1.0, w_mutual=0.5)
     jedi, _ = make_jedi(teacher_ema=0.9, w_distill=0.0, w_distill_heads=1.0, temperature=2.0)
     with torch.no_grad():
         jedi.teachers["a"].weight.add_(0.1)      # live != average, and a non-zero weight on b's block
