@@ -110,6 +110,16 @@ def without_test_scores(line: str) -> str:
     return re.sub(r"test top-1 [0-9.]+( top-5 [0-9.]+)?", "test: not shown (--val-only)", line)
 
 
+def run_rows(run: str, kinds) -> dict[str, str]:
+    """{row name: score kind} of one run's scores: its students (and teachers), the students of the
+    moving average the teachers are scored from (student_ema, the fair pair) and the students' slow
+    weight average (student_avg, jedi.student_avg), where `kinds` holds them."""
+    rows = {f"{run} {who}": who for who in RUNS[run][1]}
+    rows.update({f"{run} {label}": kind for kind, label in (("student_ema", "student (avg)"),
+                                                            ("student_avg", "student (slow avg)")) if kind in kinds})
+    return rows
+
+
 def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, log, runs=tuple(RUNS)) -> dict:
     """{"test": {row: {dataset: top1}}, "val": ...} for one training seed ("val" when there is one)."""
     expert_cfg = config(data, "shards", out / "experts", seed, overrides)
@@ -133,12 +143,8 @@ def run_seed(data: Path, out: Path, seed: int, overrides, oracle_epochs: int, lo
         for n in per_ds(any_run):
             cells.setdefault("expert", {})[n] = per_ds(any_run)[n]["expert"]["top1"]
             for run, r in results.items():
-                for who in RUNS[run][1]:
-                    cells.setdefault(f"{run} {who}", {})[n] = per_ds(r)[n][who]["top1"]
-                if "student_ema" in per_ds(r)[n]:   # teachers scored from a moving average: its students too
-                    cells.setdefault(f"{run} student (avg)", {})[n] = per_ds(r)[n]["student_ema"]["top1"]
-                if "student_avg" in per_ds(r)[n]:   # jedi.student_avg: the students' slow weight average
-                    cells.setdefault(f"{run} student (slow avg)", {})[n] = per_ds(r)[n]["student_avg"]["top1"]
+                for name, kind in run_rows(run, per_ds(r)[n]).items():
+                    cells.setdefault(name, {})[n] = per_ds(r)[n][kind]["top1"]
             if oracle is not None:
                 cells.setdefault("oracle", {})[n] = (oracle[n] if split == "test" else _expert_val(oracle_cfg, n))["top1"]
     early = {}   # val top-1 at step EARLY_STEP, next to the experts' val
@@ -196,11 +202,7 @@ def rescore_seed(seed_dir: Path, draw: Path) -> dict:
             cache.write_text(json.dumps(stored, indent=1))
         scores = stored[key]["scores"]
         rows.setdefault("expert", scores["expert"])
-        for who in RUNS[run][1]:
-            rows[f"{run} {who}"] = scores[who]
-        for kind, label in (("student_ema", "student (avg)"), ("student_avg", "student (slow avg)")):
-            if kind in scores:
-                rows[f"{run} {label}"] = scores[kind]
+        rows.update({name: scores[kind] for name, kind in run_rows(run, scores).items()})
     return rows
 
 
@@ -249,12 +251,12 @@ def table(per_seed: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi teacher", "jedi student (avg)"), ("jedi student", "ema student"),
+GAPS = (("jedi student", "expert"), ("jedi teacher", "jedi student"), ("jedi student", "ema student"),
         ("jedi student", "fixmatch student"), ("jedi+views student", "jedi student"),
         ("jedi+views student", "fixmatch student"), ("jedi+views student", "ema student"),
         ("jedi+views teacher", "jedi+views student"),
         # teachers scored from the moving average (teacher_ema): against that average's students, the fair pair
-        ("jedi+views teacher", "jedi+views student (avg)"),
+        ("jedi teacher", "jedi student (avg)"), ("jedi+views teacher", "jedi+views student (avg)"),
         # jedi.student_avg: the students' weight averages, against each other and against the live students
         ("jedi+views student (slow avg)", "fixmatch student (slow avg)"),
         ("jedi+views student (slow avg)", "ema student (slow avg)"),
@@ -356,17 +358,17 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True,
 
 def print_rescored(outs: list[Path], draw: Path) -> None:
     """The val table again, every run scored on `draw` (rescore_seed), rows merged as report does."""
-    made = json.loads((draw / "data.json").read_text())
+    made = {"look": "alike", **json.loads((draw / "data.json").read_text())}   # data folders made before --look are alike
     runs = [json.loads((o / "learning.json").read_text()) for o in outs]
     for out, run in zip(outs, runs):
         if "data" not in run:
             raise SystemExit(f"{out}: its learning.json records no data options; --rescore-on cannot check the draw")
-        trained = {"look": "alike", **run["data"]}    # data folders made before --look are alike
+        trained = {"look": "alike", **run["data"]}
         # another data seed or look redraws the datasets' looks (the runs read at chance there); the
         # runs' own videos seed draws their own videos again
         own_videos = trained.get("videos_seed", trained["data_seed"])
         if (made.get("videos_seed") in (None, own_videos)
-                or any({"look": "alike", **made}[k] != trained[k] for k in ("data_seed", "look"))):
+                or any(made[k] != trained[k] for k in ("data_seed", "look"))):
             raise SystemExit(f"--rescore-on {draw}: not other videos of {out}'s datasets (make it with "
                              f"--videos-seed other than {own_videos}, --data-seed {trained['data_seed']} and "
                              f"--look {trained['look']}; it holds {made})")

@@ -57,7 +57,8 @@ class JEDIConfig:
     #                               on a fresh draw of the benchmark, docs/method.md)
     teacher_ema: float = 0.0  # > 0: the teachers' predictions (distillation targets and test scores) come from an
     #                           exponential moving average of the joint model, this decay per step (mean teacher);
-    #                           the live teacher heads still train on CE (and w_mutual, w_distill_heads when on). 0: the live heads
+    #                           the live teacher heads still train on CE (and w_mutual, w_distill_heads when on).
+    #                           0: the live heads
     bn_stats: str = "source"  # BatchNorm statistics of each backbone: "batch", over all clips of the step (every
     #                          dataset's); "own", over its own dataset's clips only, applied to all, as its expert
     #                          saw them; "source", each dataset's clips normalised with that dataset's statistics
@@ -458,7 +459,8 @@ def jedi_losses(out: StepOutput, labels: Mapping[str, Tensor], cfg: JEDIConfig) 
     ``labels``: dataset name -> class indices ``[B]`` for exactly the datasets in ``out.labeled``.
     Log keys: ``{name}/sup_student``, ``{name}/sup_teacher``, ``{name}/distill``,
     ``{name}/mask_rate`` (fraction of unlabeled clips masked out), ``{name}/teacher_conf``,
-    ``{name}/distill_heads`` and ``{name}/mutual`` (when on), and ``total``. Values are 0-dim tensors on the logits' device: no host sync here.
+    ``{name}/distill_heads`` and ``{name}/mutual`` (when on), and ``total``. Values are 0-dim tensors
+    on the logits' device: no host sync here.
     """
     if set(labels) != set(out.labeled):
         raise ValueError(f"labels given for {sorted(labels)} but labeled clips for {sorted(out.labeled)}")

@@ -381,11 +381,10 @@ def render(dataset, label, seed=0, scene=0, index=0, look="alike", videos_seed=N
     seed draws the dataset (its palette and places, and its videos); videos_seed, when given, draws
     the scenes and videos instead: other videos of the same dataset, as a fresh validation set needs."""
     dom, d = _DOMAINS[look][dataset], DATASETS.index(dataset)
-    rng_of = lambda *key: np.random.default_rng(np.random.SeedSequence([seed, d, *key]))
-    video_rng = lambda *key: np.random.default_rng(np.random.SeedSequence(   # noqa: E731
-        [seed if videos_seed is None else videos_seed, d, *key]))
-    srng, rng = video_rng(1, scene), video_rng(2, index)
-    palette = [_colour(rng_of(3, i), dom["sat"]) for i in range(dom["palette"])]
+    rng_of = lambda s, *key: np.random.default_rng(np.random.SeedSequence([s, d, *key]))   # noqa: E731
+    videos = seed if videos_seed is None else videos_seed
+    srng, rng = rng_of(videos, 1, scene), rng_of(videos, 2, index)
+    palette = [_colour(rng_of(seed, 3, i), dom["sat"]) for i in range(dom["palette"])]
     extras = 0.6 * (255 - palette[0]) + 0.4 * 128  # distractors: a muted complement of the actor
     # scene: frame size, fps, place, actor look
     H = int(srng.choice(dom["heights"]))
@@ -394,7 +393,7 @@ def render(dataset, label, seed=0, scene=0, index=0, look="alike", videos_seed=N
     S = min(H, W)
     # the place is drawn larger than the frame: each video frames it differently, kinetics pans over it
     room = int(math.ceil(0.1 * S + dom["pan"] * S * dom["dur"][1] / 2 + (0.03 * S if dom["pan"] else 0))) + 1
-    place = rng_of(4, int(srng.integers(dom["places"])))
+    place = rng_of(seed, 4, int(srng.integers(dom["places"])))
     bg = _background(dom["bg"], H + 2 * room, W + 2 * room, dom, place).astype(np.float32)
     bg *= srng.uniform(0.9, 1.1, 3).astype(np.float32)  # white balance differs between cameras
     shape = srng.choice(dom["shapes"])
