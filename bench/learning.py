@@ -356,14 +356,20 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True,
         print_rescored(outs, rescore_on)
 
 
+def data_options(recorded: dict) -> dict:
+    """A data folder's options as data.json (or a run's learning.json) records them; folders made
+    before --look existed are alike."""
+    return {"look": "alike", **recorded}
+
+
 def print_rescored(outs: list[Path], draw: Path) -> None:
     """The val table again, every run scored on `draw` (rescore_seed), rows merged as report does."""
-    made = {"look": "alike", **json.loads((draw / "data.json").read_text())}   # data folders made before --look are alike
+    made = data_options(json.loads((draw / "data.json").read_text()))
     runs = [json.loads((o / "learning.json").read_text()) for o in outs]
     for out, run in zip(outs, runs):
         if "data" not in run:
             raise SystemExit(f"{out}: its learning.json records no data options; --rescore-on cannot check the draw")
-        trained = {"look": "alike", **run["data"]}
+        trained = data_options(run["data"])
         # another data seed or look redraws the datasets' looks (the runs read at chance there); the
         # runs' own videos seed draws their own videos again
         own_videos = trained.get("videos_seed", trained["data_seed"])
@@ -475,7 +481,7 @@ def main() -> None:
             "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0, "look": args.look,
             **({"videos_seed": args.videos_seed} if args.videos_seed is not None else {})}
     mark = data / "data.json"
-    stored = {"look": "alike", **json.loads(mark.read_text())} if mark.is_file() else None
+    stored = data_options(json.loads(mark.read_text())) if mark.is_file() else None
     if stored is not None and stored in (made, {**made, "oracle": True}):
         log(f"data: reusing {data}")
     elif stored is not None or args.data:

@@ -229,3 +229,19 @@ def test_val_only_keeps_test_scores_out_of_the_log():
     assert hide("expert ucf101: 400 steps in 61s, test top-1 59.7 top-5 93.1") == \
         "expert ucf101: 400 steps in 61s, test: not shown (--val-only)"
     assert hide("JEDI: 4 datasets, 300 steps (jedi.steps)") == "JEDI: 4 datasets, 300 steps (jedi.steps)"
+
+
+def test_data_recorded_before_look_existed_counts_as_alike(tmp_path, monkeypatch, capsys):
+    # runs and draws made before --look existed record no look: they are alike, so such a run is
+    # rescored on an alike draw of other videos and refused on a look-different one
+    old = write_run(tmp_path / "old", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}],
+                    data={"data_seed": 0})
+    monkeypatch.setattr(learning, "rescore_seed",
+                        lambda seed_dir, d: {"expert": {"hmdb51": 40.0}, "jedi+views student": {"hmdb51": 57.0}})
+    for name, made, ok in (("old-draw", {"data_seed": 0, "videos_seed": 11}, True),
+                           ("alike", {"data_seed": 0, "look": "alike", "videos_seed": 11}, True),
+                           ("different", {"data_seed": 0, "look": "different", "videos_seed": 11}, False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.json").write_text(json.dumps(made))
+        code, _, err = run_report(monkeypatch, capsys, old, "--val-only", "--rescore-on", tmp_path / name)
+        assert (code == 0) == ok and (ok or "not other videos of" in err), (name, err)
