@@ -69,6 +69,9 @@ class JediCfg(JEDIConfig):
     lr: float = 0.005             # peak learning rate (the students': x student_lr_scale)
     student_lr_scale: float = 1.0  # the students (backbones and heads), started from trained experts, learn at
     #                                lr x this; the teacher heads, new, at lr (baselines: every weight is a student's)
+    teacher_lr_from: int = 0      # with student_lr_scale < 1: before this step the teacher heads learn at the students'
+    #                               lr too, from it on at lr; faster heads from step 0 knock the students below their
+    #                               experts early on look-different data (docs/method.md). 0: at lr from the start
     batch_size: int = 16          # labeled clips per dataset per step
     unlabeled_ratio: int = 2      # unlabeled clips per labeled clip, per dataset and step
     teachers: str = "joint"       # joint: JEDI; baselines, each dataset alone: ema (each student's own moving
@@ -111,6 +114,11 @@ class JediCfg(JEDIConfig):
             raise ValueError(f"student_avg: a decay in [0, 1), got {self.student_avg}")
         if not 0.0 < self.student_lr_scale <= 1.0:
             raise ValueError(f"student_lr_scale: a fraction of lr in (0, 1], got {self.student_lr_scale}")
+        if self.teacher_lr_from < 0:
+            raise ValueError(f"teacher_lr_from: a step >= 0, got {self.teacher_lr_from}")
+        if self.teacher_lr_from and self.student_lr_scale == 1.0:
+            raise ValueError("teacher_lr_from: the teacher heads already learn at the students' lr with "
+                             "student_lr_scale 1; set student_lr_scale < 1 or teacher_lr_from: 0")
         if self.precise_bn < 0:
             raise ValueError(f"precise_bn: a number of batches >= 0 (0: off), got {self.precise_bn}")
         if self.micro_batch_size < 0:

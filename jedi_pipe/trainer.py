@@ -625,8 +625,10 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     final = None          # the evaluation at the last step, which is also the result
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
+        heads_slow = step < cfg.jedi.teacher_lr_from     # the teacher heads at the students' pace until then
         for g in opt.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)     # a checkpoint from before the scale has no lr_scale
+            # a checkpoint from before the scale has no lr_scale
+            g["lr"] = lr * (cfg.jedi.student_lr_scale if heads_slow else g.get("lr_scale", 1.0))
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()

@@ -249,9 +249,11 @@ def test_views_runs(shard_dirs, tmp_path, extra, monkeypatch):
         assert all("mutual" not in r for r in steps)
 
 
-def test_student_lr_scale_slows_the_students_only(shard_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("heads_from", [0, 2])
+def test_student_lr_scale_slows_the_students_only(shard_dirs, tmp_path, monkeypatch, heads_from):
     """jedi.student_lr_scale: every student weight (backbone and head) steps at lr x scale, the
-    teacher heads at lr, at every step of the schedule."""
+    teacher heads at lr, at every step of the schedule; with jedi.teacher_lr_from the heads step at
+    the students' lr before that step."""
     from jedi_pipe import trainer as trainer_mod
     seen, joint_step = [], trainer_mod.joint_step
 
@@ -261,12 +263,14 @@ def test_student_lr_scale_slows_the_students_only(shard_dirs, tmp_path, monkeypa
         return joint_step(jedi, forward, opt, *args, **kw)
     monkeypatch.setattr(trainer_mod, "joint_step", recording_step)
     _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["jedi.steps=3", "jedi.student_lr_scale=0.25",
-                                                       "jedi.warmup_steps=2", "checkpoint_every=1000"])
+                                                       "jedi.warmup_steps=2", "checkpoint_every=1000",
+                                                       f"jedi.teacher_lr_from={heads_from}"])
     train(cfg, log=lambda m: None)
     assert len(seen) == 3
     for step, lrs in enumerate(seen):
         peak = trainer_mod.lr_at(step, 3, cfg.jedi.lr, 2)
-        assert {lr for n, lr in lrs.items() if n.startswith("teachers.")} == {peak}
+        heads = 0.25 * peak if step < heads_from else peak
+        assert {lr for n, lr in lrs.items() if n.startswith("teachers.")} == {heads}
         assert {lr for n, lr in lrs.items() if n.startswith("students.")} == {0.25 * peak}
         assert any(n.startswith("students.") and ".head." in n for n in lrs)   # heads are the students' too
 
