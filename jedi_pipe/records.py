@@ -4,7 +4,8 @@ Data flows one way: trainer -> these records -> pictures (plots.py) and tables (
 Nothing here imports torch, but for the optional TensorBoard logger.
 
 metrics.jsonl, one JSON object a line:
-    StepRecord  every LOG_EVERY joint steps, one per dataset: step, dataset, lr, loss (the weighted
+    StepRecord  every LOG_EVERY joint steps, one per dataset: step, dataset, lr (the students'; the
+                teacher heads' is lr / jedi.student_lr_scale from jedi.teacher_lr_from on), loss (the weighted
                 total of all datasets), clips_per_s, input_wait (fraction of step time spent waiting
                 for data), and the method's terms for that dataset (`terms`: sup_student,
                 sup_teacher, distill, mutual, distill_heads, pseudo_label_acc, teacher_conf, mask_rate, ...)

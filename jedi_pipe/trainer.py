@@ -504,9 +504,9 @@ def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int, weak: di
 
 def param_groups(model, student_lr_scale: float = 1.0) -> list[dict]:
     """The joint model's trained weights (not the moving averages) as optimizer groups, each with the
-    `lr_scale` the loop multiplies the scheduled lr by: the students' at `student_lr_scale`, the
-    rest (JEDI's teacher heads) at 1. One group when nothing is scaled, as checkpoints before the
-    scale have it."""
+    `lr_scale` the loop multiplies the scheduled lr by: the students' at `student_lr_scale` (first:
+    the logged lr is theirs), the rest (JEDI's teacher heads) at 1. One group when nothing is
+    scaled, as checkpoints before the scale have it."""
     trained = [p for p in model.parameters() if p.requires_grad]
     if student_lr_scale == 1.0:
         return [{"params": trained, "lr_scale": 1.0}]
@@ -656,7 +656,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             flat = distributed.mean_over_ranks(flat)
             if distributed.is_main():
                 metrics_log.write([
-                    StepRecord(step, n, lr, flat["loss"], flat["clips_per_s"], flat["input_wait"],
+                    StepRecord(step, n, opt.param_groups[0]["lr"], flat["loss"], flat["clips_per_s"], flat["input_wait"],
                                terms={k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(n + "/")})
                     for n in batch])
             t_wait = t_step = 0.0

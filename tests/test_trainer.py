@@ -273,6 +273,8 @@ def test_student_lr_scale_slows_the_students_only(shard_dirs, tmp_path, monkeypa
         assert {lr for n, lr in lrs.items() if n.startswith("teachers.")} == {heads}
         assert {lr for n, lr in lrs.items() if n.startswith("students.")} == {0.25 * peak}
         assert any(n.startswith("students.") and ".head." in n for n in lrs)   # heads are the students' too
+    logged = [r for r in map(json.loads, (Path(cfg.out) / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    assert logged and all(r["lr"] == 0.25 * trainer_mod.lr_at(r["step"] - 1, 3, cfg.jedi.lr, 2) for r in logged)
 
 
 def test_student_avg_is_the_students_moving_average(shard_dirs, tmp_path, monkeypatch):
