@@ -19,8 +19,9 @@ training seed, with `train/demo.yaml` and the given --set overrides:
     expert   the demo's experts, trained on each dataset's labeled clips only
     ema      each expert fine-tuned with its own EMA teacher on its own unlabeled clips (same
              steps, batches, losses and weights as JEDI; the lr and warm-up validation chose for
-             it, BASELINE_LR and BASELINE_WARMUP, unless --set moves every run):
-             what semi-supervision alone gives
+             it, BASELINE_LR and BASELINE_WARMUP, every weight at that lr, unless --set moves
+             every run; note that on JEDI's runs jedi.lr is the teacher heads' lr and the
+             students' is jedi.lr x jedi.student_lr_scale): what semi-supervision alone gives
     fixmatch each expert with FixMatch on its own unlabeled clips (weak -> strong view, hard, 0.95)
     jedi, jedi+views   JEDI students and teachers, one view / weak and strong views (the demo's):
              what the other datasets add on top
@@ -94,8 +95,7 @@ FIXMATCH_THRESHOLD = 0.95    # FixMatch's own default
 # FixMatch, lower for EMA)
 BASELINE_LR, BASELINE_WARMUP = 0.01, 20
 # every baseline weight is a student's: one lr for all, not the demo's faster teacher heads
-_BASELINE_SCHEDULE = [f"jedi.lr={BASELINE_LR}", f"jedi.warmup_steps={BASELINE_WARMUP}", "jedi.student_lr_scale=1",
-                      "jedi.teacher_lr_from=0"]
+_BASELINE_SCHEDULE = [f"jedi.lr={BASELINE_LR}", f"jedi.warmup_steps={BASELINE_WARMUP}", "jedi.student_lr_scale=1"]
 RUNS = {
     "ema": (["jedi.teachers=ema", "jedi.views=false", *_BASELINE_SCHEDULE], ("student",)),
     "fixmatch": (["jedi.teachers=fixmatch", "jedi.views=true", f"jedi.threshold={FIXMATCH_THRESHOLD}",

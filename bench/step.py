@@ -60,7 +60,9 @@ def profile(shards: Path, steps: int, overrides: list[str]) -> str:
     jedi = trainer.joint_model(experts, cfg).to(device).train()
     jcfg = cfg.jedi      # a jedi.JEDIConfig (config.JediCfg extends it)
     opt = torch.optim.SGD(trainer.param_groups(jedi, cfg.jedi.student_lr_scale), lr=cfg.jedi.lr, momentum=0.9,
-                          weight_decay=cfg.jedi.weight_decay)     # the trainer's groups
+                          weight_decay=cfg.jedi.weight_decay)     # the trainer's groups, at their peak lrs
+    for g in opt.param_groups:
+        g["lr"] *= g["lr_scale"]
     it = iter(trainer.joint_loader(cfg, sets))
     clock, warm = Clock(), 3
     for step in range(warm + steps):

@@ -116,9 +116,6 @@ class JediCfg(JEDIConfig):
             raise ValueError(f"student_lr_scale: a fraction of lr in (0, 1], got {self.student_lr_scale}")
         if self.teacher_lr_from < 0:
             raise ValueError(f"teacher_lr_from: a step >= 0, got {self.teacher_lr_from}")
-        if self.teacher_lr_from and self.student_lr_scale == 1.0:
-            raise ValueError("teacher_lr_from: the teacher heads already learn at the students' lr with "
-                             "student_lr_scale 1; set student_lr_scale < 1 or teacher_lr_from: 0")
         if self.precise_bn < 0:
             raise ValueError(f"precise_bn: a number of batches >= 0 (0: off), got {self.precise_bn}")
         if self.micro_batch_size < 0:

@@ -224,7 +224,7 @@ def test_config_check_names_the_method_key():
                           ({"micro_batch_size": -1}, "jedi.micro_batch_size"),
                           ({"student_lr_scale": 0}, r"jedi.student_lr_scale: a fraction of lr in \(0, 1\]"),
                           ({"student_avg": 1.0}, r"jedi.student_avg: a decay in \[0, 1\)"),
-                          ({"teacher_lr_from": 60}, "jedi.teacher_lr_from: the teacher heads already learn at"),
+                          ({"teacher_lr_from": -1}, "jedi.teacher_lr_from: a step >= 0"),
                           ({"teacher_dropout": 0.5}, "jedi.teacher_dropout: unknown key")):
         with pytest.raises(ConfigError, match=message):
             load_config(data={**base, "jedi": jedi})

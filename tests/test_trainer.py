@@ -149,8 +149,9 @@ def test_jedi_steps_fixes_the_joint_length(shard_dirs, tmp_path):
 
 def test_kill_and_resume_gives_the_same_results(shard_dirs, tmp_path):
     import yaml
-    # with the students' weight average and a scaled student lr: both must come back from the checkpoint
-    extra = ["jedi.epochs=4", "jedi.student_avg=0.8", "jedi.student_lr_scale=0.5"]
+    # with the students' weight average and a scaled student lr: both must come back from the checkpoint,
+    # and the teacher heads' lr switch (step 5) falls after the first checkpoint (step 2)
+    extra = ["jedi.epochs=4", "jedi.student_avg=0.8", "jedi.student_lr_scale=0.5", "jedi.teacher_lr_from=5"]
     data, cfg = tiny_config(shard_dirs, tmp_path / "ref", extra)
     pretrain(cfg, log=lambda m: None)
     ref = train(cfg, log=lambda m: None)
