@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 # Small but real: every adapter, codec and role is exercised; ~1 min on 2 cores.
 SHARD_OPTS = dict(fps=8.0, short_side=32, max_seconds=3.0, labeled_fraction=0.25, shard_max_count=7, workers=2)
@@ -52,3 +53,11 @@ def dali_decoded_clips(tars: list[str], total: int, frames: int):
             if sample_id not in seen:
                 seen.add(sample_id)
                 yield np.array(batch[i]), sample_id
+
+
+def perturb_(head, scale: float = 0.1, seed: int = 0):
+    """Make a teacher head differ from its student (or the moving average): a seeded random change of
+    its weights, in place. Adding one constant to every weight would not do: it shifts every class's
+    logit by the same amount, which softmax ignores, so every distillation term stays zero to rounding."""
+    g = torch.Generator().manual_seed(seed)
+    head.weight.add_(scale * torch.randn(head.weight.shape, generator=g))

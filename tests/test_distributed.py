@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import perturb_
 from test_trainer import TINY, tiny_config
 
 
@@ -59,7 +60,7 @@ def _jedi_step_grads(rank, world, store, batch, out_path):
                              JEDIConfig(w_mutual=0.5, threshold=0.3))
     with torch.no_grad():
         for t in jedi.teachers.values():
-            t.weight.add_(0.05)    # teachers that differ from their students and read every block
+            perturb_(t, 0.05)    # teachers that differ from their students and read every block
     # BatchNorm on its running statistics: each clip's outputs then do not depend on the other clips
     # of its batch, which is what lets one rank's half stand for its part of the whole batch
     jedi.train().apply(lambda m: m.eval() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) else None)

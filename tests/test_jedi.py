@@ -10,6 +10,8 @@ from jedi_pipe.jedi import (JEDI, EMABaseline, JEDIConfig, OwnStatsBatchNorm, So
                             ema_update, fit_teacher_heads_probe, jedi_losses, precise_bn)
 from jedi_pipe.models import build
 
+from .conftest import perturb_
+
 CLIP = (3, 4, 16, 16)
 
 
@@ -219,7 +221,7 @@ def test_ema_baseline_uses_its_own_dataset_only():
 def test_mutual_term_trains_the_teacher_only():
     jedi, _ = make_jedi(detach_teacher_features=True, w_distill=0.0, w_mutual=1.0)
     with torch.no_grad():
-        jedi.teachers["a"].weight.add_(0.1)      # T != S, or the term is zero
+        perturb_(jedi.teachers["a"])      # T != S, or the term is zero
     out = jedi({"a": clips()}, {"a": clips(3)})
     out = type(out)(labeled={}, unlabeled=out.unlabeled)      # the unlabeled terms alone
     loss, logs = jedi_losses(out, {}, jedi.config)
@@ -238,7 +240,7 @@ def test_head_distillation_trains_the_teacher_heads_alone_from_the_average():
         make_jedi(teacher_ema=0.9, w_distill_heads=1.0, w_mutual=0.5)
     jedi, _ = make_jedi(teacher_ema=0.9, w_distill=0.0, w_distill_heads=1.0, temperature=2.0)
     with torch.no_grad():
-        jedi.teachers["a"].weight.add_(0.1)      # live != average, and a non-zero weight on b's block
+        perturb_(jedi.teachers["a"])      # live != average, and a non-zero weight on b's block
     out = jedi({"a": clips()}, {"a": clips(3)}, unlabeled_weak={"a": clips(3)})
     u = out.unlabeled["a"]
     loss, logs = jedi_losses(type(out)(labeled={}, unlabeled=out.unlabeled), {}, jedi.config)
@@ -261,7 +263,7 @@ def test_mutual_term_with_live_features_reaches_every_backbone_but_no_student_he
     # teacher head and, through [f_1; f_2], both backbones; the student's prediction is only a target.
     jedi, _ = make_jedi(w_distill=0.0, w_mutual=1.0)
     with torch.no_grad():
-        jedi.teachers["a"].weight.add_(0.1)      # T != S, and a non-zero weight on b's block
+        perturb_(jedi.teachers["a"])      # T != S, and a non-zero weight on b's block
     out = jedi({"a": clips()}, {"a": clips(3)})
     out = type(out)(labeled={}, unlabeled=out.unlabeled)      # the unlabeled terms alone
     loss, logs = jedi_losses(out, {}, jedi.config)

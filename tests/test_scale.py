@@ -12,6 +12,8 @@ from jedi_pipe.plan import ModelCost, format_plan, measure_model, plan
 from jedi_pipe.trainer import (joint_model, joint_step, loss_config, micro_batch_count, micro_batches,
                                step_inputs)
 
+from .conftest import perturb_
+
 
 def batch(names, n_lab, n_unl, shape=(3, 8, 32, 32), classes=(3, 5, 4, 6), seed=1):
     g = torch.Generator().manual_seed(seed)
@@ -95,7 +97,7 @@ def test_library_and_yaml_config_build_the_same_method(tmp_path):
     losses = []
     for model in (by_lib, by_yaml):
         with torch.no_grad():
-            model.teachers["a"].weight.add_(0.05)   # T != S, so distillation and mutual terms are not zero
+            perturb_(model.teachers["a"], 0.05)   # T != S, so distillation and mutual terms are not zero
         model.train()
         losses.append(jedi_losses(model(lab, unl), y, model.config)[1])
     assert set(losses[0]) == set(losses[1]) and "a/mutual" in losses[0]

@@ -11,6 +11,8 @@ from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
 from jedi_pipe.models import build
 from jedi_pipe.step_profile import Clock, cut_step
 
+from .conftest import perturb_
+
 
 @pytest.mark.parametrize("cfg", [JEDIConfig(teacher_ema=0.9, w_mutual=0.5), JEDIConfig(teacher_ema=0.9, w_distill_heads=1.0),
                                  JEDIConfig(), JEDIConfig(bn_stats="own")])
@@ -19,7 +21,7 @@ def test_cut_step_is_the_trainers_step(cfg):
     classes = {"a": 3, "b": 4}
     ref = JEDI({n: build("tiny3d_s", c) for n, c in classes.items()}, cfg).train()
     with torch.no_grad():
-        ref.teachers["a"].weight.add_(0.05)   # T != S and live != average: the teacher terms are not zero
+        perturb_(ref.teachers["a"], 0.05)   # T != S and live != average: the teacher terms are not zero
     cut = copy.deepcopy(ref)
     labeled = {n: torch.randn(4, 3, 4, 16, 16) for n in classes}
     unlabeled = {n: torch.randn(4, 3, 4, 16, 16) for n in classes}
