@@ -54,5 +54,5 @@ def test_readme_python_blocks_are_whole_programs():
     """The fast half of the check above: each block compiles and imports what it uses."""
     for code in readme_python_blocks():
         compile(code, "README.md", "exec")
-        for name in set(re.findall(r"\b(jedi_pipe|torch|Path)\.", code)):
+        for name in set(re.findall(r"\b(jedi_pipe|torch|Path)[.(]", code)):
             assert re.search(rf"^(import {name}|from \S+ import .*\b{name}\b)", code, re.M), name

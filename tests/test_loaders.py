@@ -41,9 +41,12 @@ def torch_backend_without_dali(request, monkeypatch):
     if callspec and callspec.params.get("backend") == "torch":
         hide_dali(monkeypatch)
 # (lavfi pattern, size, seconds): landscape, portrait and square frames; 0.3 s is 4 frames at
-# 12 fps, shorter than the 15-frame window of CLIP
+# 12 fps, shorter than the 15-frame window of CLIP; testsrc2's 3 s (36 frames) is the one clip that
+# moves and holds two windows apart (the window-placement checks need it: rgbtestsrc and smptebars
+# are long but still)
 VIDEOS = [("testsrc", "64x48", 0.3), ("mandelbrot", "48x64", 1.0), ("rgbtestsrc", "64x64", 2.0),
-          ("smptebars", "80x60", 1.5), ("testsrc2", "64x64", 1.2), ("testsrc", "64x64", 0.3)]
+          ("smptebars", "80x60", 1.5), ("testsrc2", "64x64", 3.0), ("testsrc", "64x64", 0.3)]
+MOVING_LONG = 30    # frames: only testsrc2's clips have more
 
 
 @pytest.fixture(scope="session")
@@ -137,6 +140,13 @@ def test_backends_agree(folder, role):
         assert ya == yb
         # The decoders' YUV->RGB conversions differ in chroma only: compare luma, in grey levels.
         assert (luma(xa) - luma(xb)).abs().mean() < 3, f"sample {i}: DALI and torch pixels differ"
+    # the two windows of a long moving clip lie apart, by more than twice the tolerance above: a
+    # backend that put both at one start would fail the comparison
+    long = [r["sample_id"] for r in manifest(folder["shards"], role) if r["frames"] > MOVING_LONG]
+    assert long or role == "test"     # the folder's split puts every testsrc2 clip in the other roles
+    for i in long:
+        for x, _ in (a[i], b[i]):
+            assert (luma(x[0]) - luma(x[1])).abs().mean() > 6, f"sample {i}: its two windows look alike"
 
 
 @needs_dali
@@ -376,7 +386,7 @@ def test_ssv2_flips_take_the_mirror_class(ssv2, ssv2_other_map, backend, card_ma
 
 # Full-frame crops of square clips with the window at frame 0: training output == evaluation
 # output exactly when flip is off, and == it or its mirror image when flip is on.
-SQUARE = dict(frames=26, stride=1, size=40, area=(1.0, 1.0), ratio=(1.0, 1.0))
+SQUARE = dict(frames=36, stride=1, size=40, area=(1.0, 1.0), ratio=(1.0, 1.0))
 
 
 @needs_dali
@@ -472,7 +482,7 @@ def test_without_dali_auto_falls_back_to_the_torch_loader(folder, monkeypatch, c
 
 # ---------------------------------------------------------------------------- weak and strong views
 
-# Short windows at stride 2 on 40x40 (square) clips of up to 24 frames: window starts vary, and a
+# Short windows at stride 2 on 40x40 (square) clips of up to 36 frames: window starts vary, and a
 # whole-frame square crop is the frame itself, so a strong view with every augmentation off is
 # the weak view pixel for pixel exactly when both come from the same window of the same decode.
 VIEW = dict(frames=4, stride=2, size=40, area=(1.0, 1.0), ratio=(1.0, 1.0))
@@ -541,6 +551,55 @@ def test_strong_view_augmentations_are_drawn_per_clip(folder, backend):
     assert max(factors) - min(factors) > 0.2
 
 
+def to255(x: torch.Tensor) -> torch.Tensor:
+    """Normalised [C, T, H, W] -> 0-255 RGB."""
+    c = ClipSpec()
+    return x * torch.tensor(c.std).view(3, 1, 1, 1) * 255 + torch.tensor(c.mean).view(3, 1, 1, 1) * 255
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strong_view_contrast_saturation_and_crop_are_drawn_per_clip(folder, backend):
+    T = VIEW["frames"]
+    grey_of = lambda x: (x * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1, 1)).sum(0, keepdim=True)
+    # contrast: (x - 128) f + 128, one f per clip in [0.6, 1.4], the same in every frame
+    factors = []
+    for _, x, s in view_pairs(folder["shards"], backend, dict(OFF, contrast=0.4)):
+        w, st = to255(x), to255(s)
+        ok = ((w - 128).abs() > 40) & (st > 3) & (st < 252)              # away from the centre and from clipping
+        per_frame = [((st[:, t] - 128)[ok[:, t]] / (w[:, t] - 128)[ok[:, t]]).median().item() for t in range(T)]
+        assert max(per_frame) - min(per_frame) < 0.03 and 0.58 < per_frame[0] < 1.42, per_frame
+        factors.append(per_frame[0])
+    assert max(factors) - min(factors) > 0.2
+    # saturation: grey + (x - grey) f around each pixel's own grey, which stays; one f per clip in [0.6, 1.4]
+    factors = []
+    for _, x, s in view_pairs(folder["shards"], backend, dict(OFF, saturation=0.4)):
+        w, st = to255(x), to255(s)
+        grey = grey_of(w)
+        inside = ((st > 3) & (st < 252)).all(0, keepdim=True)             # no channel clipped
+        assert (grey_of(st) - grey)[inside].abs().mean() < 1.5, "saturation moved the grey"
+        ok = ((w - grey).abs() > 30) & inside
+        per_frame = [((st[:, t] - grey[:, t])[ok[:, t]] / (w[:, t] - grey[:, t])[ok[:, t]]).median().item()
+                     for t in range(T)]
+        assert max(per_frame) - min(per_frame) < 0.05 and 0.55 < per_frame[0] < 1.45, per_frame
+        factors.append(per_frame[0])
+    assert max(factors) - min(factors) > 0.2
+    # crop: a quarter of the frame's area, so the strong view is a 20 x 20 window of the (whole-frame)
+    # weak view at twice the size; its 2 x 2 means match that window far better than the whole frame
+    half = VIEW["size"] // 2
+    best, whole = [], []
+    for _, x, s in view_pairs(folder["shards"], backend, dict(OFF, area=(0.25, 0.25))):
+        if x.std() < 0.1:                                                  # a still, flat frame: no window to find
+            continue
+        small = torch.nn.functional.avg_pool2d(luma(s), 2)                 # [T, 20, 20]
+        lx = luma(x)
+        errors = [(small - lx[:, i:i + half, j:j + half]).abs().mean().item()
+                  for i in range(half + 1) for j in range(half + 1)]
+        best.append(min(errors))
+        whole.append((small - torch.nn.functional.avg_pool2d(lx, 2)).abs().mean().item())
+    assert len(best) >= 5
+    assert max(best) < 8 and sum(best) < 0.5 * sum(whole), (best, whole)   # measured: best <= 4.3, whole ~55
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_multi_dataset_loader_gives_strong_views_of_unlabeled_clips_only(folder, ssv2, backend):
     datasets = [{"shards": folder["shards"]}, {"shards": ssv2}]
@@ -588,12 +647,12 @@ def test_dali_training_crops_resample_as_clip_interp_says(folder):
     from .conftest import dali_decoded_clips
     role = "unlabeled"
     ss, rows = open_shards(folder["shards"]), manifest(folder["shards"], role)
-    # a window longer than every clip starts at frame 0 (clip.max_start), so it holds the frames
-    # 0, 4, ..., 28 (edge-padded) that a plain decode of 29 frames holds
-    window = dict(frames=8, stride=4, area=(1.0, 1.0), ratio=(1.0, 1.0))
-    assert max(r["frames"] for r in rows) <= ClipSpec(**window).span
-    source = {i: f[::4].transpose(3, 0, 1, 2)     # [T, H, W, C] -> CFHW, as the pipeline gives
-              for f, i in dali_decoded_clips([str(t) for t in ss.tars(role)], len(rows), frames=29)}
+    # a window as long as every clip starts at frame 0 (clip.max_start), so it holds the frames
+    # 0, 5, ..., 35 (edge-padded) that a plain decode of 36 frames holds
+    window = dict(frames=8, stride=5, area=(1.0, 1.0), ratio=(1.0, 1.0))
+    assert max(r["frames"] for r in rows) <= ClipSpec(**window).span == 36
+    source = {i: f[::5].transpose(3, 0, 1, 2)     # [T, H, W, C] -> CFHW, as the pipeline gives
+              for f, i in dali_decoded_clips([str(t) for t in ss.tars(role)], len(rows), frames=36)}
 
     def crops(**clip):   # sample_id -> uint8 CFHW training crop, no flip
         pipe = D.build_pipeline(ss, role, ClipSpec(**window, **clip), 4, train=True, flip=False)

@@ -192,6 +192,9 @@ def test_seed_changes_content(tmp_path):
     one = synth.generate(tmp_path / "a", datasets=("ssv2",), videos_per_class=2, seed=1, workers=1)["ssv2"]
     two = synth.generate(tmp_path / "b", datasets=("ssv2",), videos_per_class=2, seed=2, workers=1)["ssv2"]
     assert (one / "labels" / "train.json").read_text() != (two / "labels" / "train.json").read_text()
+    # and the pixels: the seed reaches the renderer, not only the listing
+    videos = lambda root: {f.read_bytes() for f in sorted(root.rglob("*.webm"))}
+    assert videos(one) and not videos(one) & videos(two)
 
 
 def test_per_class_layout_and_top_dirs(tmp_path):
