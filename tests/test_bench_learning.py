@@ -127,12 +127,13 @@ def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, c
     assert code == 2 and error in err
 
 
-def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs, tmp_path):
+def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs, tmp_path, monkeypatch):
     # a tiny run, rescored on a "draw" made of its own clips re-split with a val role (same test
     # role): the pooled scores must be the val and test scores together, the test part being the
     # run's own results.json, for experts, students and teachers alike. The plumbing: roles, kinds,
-    # classes, cache. (Its tiny models score alike on both roles, so the clip-weighted arithmetic is
-    # test_pool_roles_counts_clips_not_roles's.)
+    # classes, cache. Its tiny models score alike on both roles (chance), so every val clip is scored
+    # right here, by a wrapper around the real evaluation: a pool that dropped val would then show.
+    # (The clip-weighted arithmetic is test_pool_roles_counts_clips_not_roles's.)
     import torch
     from jedi_pipe import trainer
     from jedi_pipe.config import load_config
@@ -142,6 +143,17 @@ def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs,
     data, cfg = tiny_config(shard_dirs, run_dir, ["jedi.steps=2", "jedi.views=false"])
     trainer.pretrain(cfg, log=lambda m: None)
     results = trainer.train(cfg, log=lambda m: None)
+    real_evaluate = trainer.evaluate_jedi
+
+    def val_all_right(*args, **kw):
+        scores = real_evaluate(*args, **kw)
+        if (args[4] if len(args) > 4 else kw.get("role")) == "val":
+            for kinds in scores.values():
+                for record in kinds.values():
+                    record["top1"] = 100.0
+        return scores
+
+    monkeypatch.setattr(trainer, "evaluate_jedi", val_all_right)
     draw = tmp_path / "draw"
     for name in ("hmdb51", "ssv2"):
         split_shards(shard_dirs[name], draw / "shards" / name, labeled_fraction=0.5, val_per_class=1)
@@ -158,7 +170,8 @@ def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs,
         for kind, row in (("expert", "expert"), ("student", "jedi+views student"), ("teacher", "jedi+views teacher")):
             v, t = val[name][kind], test[kind]
             right = round(v["top1"] * v["n"] / 100) + round(t["top1"] * t["n"] / 100)
-            assert v["n"] > 0 and rows[row][name] == round(100 * right / (v["n"] + t["n"]), 2), (name, kind)
+            assert v["n"] > 0 and v["top1"] == 100.0 and t["top1"] < 100.0
+            assert rows[row][name] == round(100 * right / (v["n"] + t["n"]), 2), (name, kind)
     cache = run_dir / "rescore.json"
     assert json.loads(cache.read_text())[str(draw.resolve())]["scores"]["student"] == rows["jedi+views student"]
     # cached while draw and checkpoint stay; a new draw.json (another draw in the same folder) scores again

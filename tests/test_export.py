@@ -13,7 +13,7 @@ from jedi_pipe.config import load_config
 from jedi_pipe.export import export_model, inference_module, load_model
 from jedi_pipe.predict import predict_shards, predict_videos
 from jedi_pipe.shards import open_shards
-from jedi_pipe.trainer import evaluate, train
+from jedi_pipe.trainer import evaluate, load_expert, load_joint, train
 
 TINY = ["pretrain.epochs=3", "jedi.epochs=2", "pretrain.batch_size=4", "jedi.batch_size=4",
         "jedi.unlabeled_ratio=1", "checkpoint_every=100", "eval_batch_size=16", "jedi.teacher_ema=0.9"]
@@ -52,10 +52,17 @@ def test_predict_on_raw_videos_agrees_with_eval(tiny_run, scored, synth_root, sh
     assert model.card["which"] == which and model.classes == open_shards(shard_dirs["hmdb51"]).classes
     assert model.card["encoding"]["fps"] == 8.0 and (model.views, model.crops) == (2, 3)
 
-    # the file computes what the run's module computes (the teacher: over every backbone, the average's)
+    # the file computes what `eval` computes for `which` (trainer.evaluate_jedi's forward on the joint model:
+    # the teacher over every backbone, the average's), and what the run's module computes
     x = torch.randn(3, 3, 4, 24, 24)
+    names = [d.name for d in tiny_run.datasets]
+    experts = {n: load_expert(tiny_run, n, "cpu") for n in names}
     with torch.no_grad():
+        o = load_joint(tiny_run, experts, Path(tiny_run.out) / "checkpoint.pt", "cpu").eval()({"hmdb51": x}).labeled["hmdb51"]
+        want = {"student": o.student, "teacher": o.target, "expert": experts["hmdb51"].eval()(x)}[which]
+        assert torch.allclose(model.module(x), want, atol=1e-5)
         assert torch.allclose(model.module(x), inference_module(tiny_run.out, "hmdb51", which)(x), atol=1e-5)
+    assert not torch.allclose(o.student, o.target, atol=1e-3)     # the three are apart, so a swap would show
 
     videos, labels = _test_videos(shard_dirs["hmdb51"], synth_root / "hmdb51")
     raw = list(predict_videos(model, videos, k=3))

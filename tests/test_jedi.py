@@ -125,8 +125,12 @@ def test_clip_shapes_must_match():
 
 def test_losses_logs_and_label_routing():
     jedi, _ = make_jedi(w_sup_teacher=0.5, w_distill=2.0, w_mutual=0.25)
+    with torch.no_grad():      # T != S: else every distillation and mutual term is 0 and S's CE is T's
+        perturb_(jedi.teachers["a"], 0.3, seed=1), perturb_(jedi.teachers["b"], 0.3, seed=2)
     out = jedi({"a": clips()}, {"a": clips(3), "b": clips(3)})
     total, logs = jedi_losses(out, {"a": torch.tensor([1, 2])}, jedi.config)
+    assert all(logs[f"{n}/{k}"] > 1e-3 for n in "ab" for k in ("distill", "mutual"))
+    assert (logs["a/sup_student"] - logs["a/sup_teacher"]).abs() > 1e-3
     expected = (logs["a/sup_student"] + 0.5 * logs["a/sup_teacher"] + 2.0 * (logs["a/distill"] + logs["b/distill"])
                 + 0.25 * (logs["a/mutual"] + logs["b/mutual"]))
     torch.testing.assert_close(total.detach(), expected)
@@ -364,6 +368,14 @@ def test_teacher_ema_is_the_target_and_the_score():
     jedi.eval()                                    # at the start the average is the model: T_i == S_i
     o = jedi({"a": clips()}).labeled["a"]
     torch.testing.assert_close(o.target, o.student, rtol=1e-5, atol=1e-6)
+    shift = torch.tensor([1.0, -1.0, 0.5])           # the average moved away from the live model: the score is its
+    with torch.no_grad():
+        jedi.ema_teachers["a"].bias.add_(shift)
+    o = jedi({"a": clips()}).labeled["a"]
+    assert o.target is o.teacher_ema
+    torch.testing.assert_close(o.target - o.teacher, shift.expand_as(o.teacher), rtol=0, atol=1e-5)
+    with torch.no_grad():
+        jedi.ema_teachers["a"].bias.sub_(shift)
 
     jedi.train()
     assert not jedi.ema_students.training          # the average always runs on its running BN statistics
