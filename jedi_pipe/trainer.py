@@ -623,6 +623,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     t_wait = t_step = 0.0
     clips_done = 0
     final = None          # the evaluation at the last step, which is also the result
+    t_run, step_run = time.perf_counter(), step
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         heads_slow = step < cfg.jedi.teacher_lr_from     # the teacher heads at the students' pace until then
@@ -673,6 +674,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                 jedi.students.load_state_dict(trained_stats, strict=False)
             if distributed.is_main():
                 metrics_log.write([EvalRecord(step, summary(scores), eval_split)])
+            log(progress_line(step, total, summary(scores), eval_split, time.perf_counter() - t_run, step - step_run))
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
             save_checkpoint()
@@ -694,6 +696,15 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     if distributed.is_main():
         write_results(out, results)
     return results
+
+
+def progress_line(step: int, total: int, scores: dict, split: str, seconds: float, steps_run: int) -> str:
+    """One console line per evaluation of the joint phase: the mean top-1 of students and teachers, time left."""
+    kinds = [k for k in ("student", "teacher") if all(k in s for s in scores.values())]
+    means = ", ".join(f"{k}s {sum(s[k]['top1'] for s in scores.values()) / len(scores):.1f}" for k in kinds)
+    left = seconds / max(steps_run, 1) * (total - step)
+    return (f"step {step}/{total}: {split} top-1, mean of {len(scores)}: {means}; {seconds:.0f} s"
+            + (f", about {left:.0f} s to go" if step < total else ""))
 
 
 class _NoLog:

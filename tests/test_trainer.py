@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,8 +38,16 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path):
     _, cfg = tiny_config(shard_dirs, tmp_path / "run")
     experts = pretrain(cfg, log=lambda m: None)
     assert set(experts) == {"hmdb51", "ssv2"}
-    results = train(cfg, log=lambda m: None)
+    lines = []
+    results = train(cfg, log=lines.append)
     out = Path(cfg.out)
+    # the console: one line per evaluation, the last at the final step with the results' means (test here:
+    # these shards have no val role)
+    evals = [m for m in lines if m.startswith("step ")]
+    mean = lambda kind: sum(k[kind]["top1"] for k in results["datasets"].values()) / 2   # noqa: E731
+    assert len(evals) >= 2 and re.match(rf"step (\d+)/\1: test top-1, mean of 2: students {mean('student'):.1f}, "
+                                         rf"teachers {mean('teacher'):.1f}; \d+ s$", evals[-1]), evals
+    assert "to go" in evals[0] and "to go" not in evals[-1]
     for f in ("config.yaml", "metrics.jsonl", "results.json", "results.md", "checkpoint.pt",
               "experts/hmdb51.pt", "experts/ssv2.pt"):
         assert (out / f).is_file(), f
@@ -189,6 +198,16 @@ def test_mean_teacher_run(shard_dirs, tmp_path):
     state = torch.load(Path(cfg.out) / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     assert any(k.startswith("ema_teachers.") for k in state) and any(k.startswith("ema_students.") for k in state)
     assert not torch.equal(state["ema_teachers.hmdb51.weight"], state["teachers.hmdb51.weight"]), "the average is not the live head"
+    # the teachers' score is the average's: an average made to call every clip class c is scored so
+    # (confusion rows are [true, predicted, clips]; c is a class the teachers did not always call)
+    before = results["datasets"]["hmdb51"]
+    c = (max(before["teacher"]["confusion"], key=lambda r: r[2])[1] + 1) % len(before["teacher"]["per_class"])
+    ckpt = torch.load(Path(cfg.out) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ckpt["model"]["ema_teachers.hmdb51.bias"][c] += 1e4
+    torch.save(ckpt, Path(cfg.out) / "checkpoint.pt")
+    again = evaluate(cfg, log=lambda m: None)["datasets"]["hmdb51"]
+    assert {p for _, p, _ in again["teacher"]["confusion"]} == {c} != {p for _, p, _ in before["teacher"]["confusion"]}
+    assert again["student"] == before["student"]
 
 
 @pytest.mark.parametrize("extra", [["jedi.views=true", "jedi.teacher_ema=0.9", "jedi.bn_stats=source",
