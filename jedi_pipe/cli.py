@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,11 @@ from .flips import read_rule as read_flip_rule
 SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_class", "val_fraction", "seed",
                      "codec", "fps", "short_side", "max_seconds", "shard_max_count", "max_failures",
                      "max_missing", "workers", "min_frames", "timeout_s")
+
+
+# Options of which a shard takes one: a flag for one drops the recipe's value for the other.
+ALTERNATIVE = {"labeled_fraction": "labeled_per_class", "labeled_per_class": "labeled_fraction",
+               "val_fraction": "val_per_class", "val_per_class": "val_fraction"}
 
 
 def fail(msg: str):
@@ -54,7 +60,8 @@ def main():
                    "ucf101 with big actors, green textured kinetics400 with tiny ones, sepia close-up ssv2; "
                    "other frame sizes and fps) and motions mostly each dataset's own (at most 2 classes of a "
                    "dataset share a primitive with another dataset); same layouts, codecs and class names.")
-def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_layout, look):
+@click.option("--overwrite", is_flag=True, help="Replace datasets already generated under --out.")
+def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_layout, look, overwrite):
     """Generate synthetic videos in the real on-disk layouts and codecs of the four datasets.
 
     The datasets differ in label space and look (background, colour, size, speed, camera
@@ -67,6 +74,14 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     unknown = sorted(set(names) - set(synth_mod.DATASETS))
     if unknown:
         fail(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(synth_mod.DATASETS)}")
+    # a second synth into the same folders would leave the first one's files beside its own, listed nowhere
+    # (a `--dataset folder` shard would take them all)
+    taken = [Path(out) / n for n in names if (Path(out) / n).is_dir() and any((Path(out) / n).iterdir())]
+    if taken and not overwrite:
+        fail(f"{', '.join(map(str, taken))} already hold(s) generated videos: --overwrite replaces them, "
+             "or choose another --out")
+    for folder in taken:
+        shutil.rmtree(folder)
     t0 = time.time()
     with _bar("synth", None) as bar:
         roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
@@ -119,10 +134,11 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     _log_to_stderr()   # the ssv2 adapter's flip pairs, found in labels.json
     if recipe:
         params = {p.name: p for p in ctx.command.params}
+        given = lambda key: ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT  # noqa: E731
         for key, value in _read_recipe(recipe).items():
             if key in FLIP_RECIPE_KEYS:
                 opts[key] = value
-            elif ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+            elif not (given(key) or given(ALTERNATIVE.get(key, key))):   # a flag wins, over its alternative too
                 try:   # recipe values pass the same type checks as flags
                     opts[key] = params[key].type_cast_value(ctx, value)
                 except click.BadParameter as e:
@@ -266,13 +282,29 @@ def pretrain(config_path, overrides, resume):
 @main.command()
 @config_options
 @click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoint.pt (model, optimizer, step, RNG, loader position).")
-def train(config_path, overrides, resume):
-    """Joint JEDI training from the experts (pretrained first when missing); writes results.json/.md."""
+@click.option("--overwrite", is_flag=True, help="Start again in a run folder that holds a checkpoint.pt, replacing the run.")
+def train(config_path, overrides, resume, overwrite):
+    """Joint JEDI training from the experts (pretrained first when missing); writes results.json/.md.
+
+    A run folder that holds a checkpoint is not started again unless asked: --resume goes on from it
+    (a finished run is scored again), --overwrite replaces it. Example:
+    jedi-pipe train --config train/jedi.yaml --set jedi.steps=600
+    """
     from .plots import draw
     from .records import results_table
     from .trainer import train as run
     cfg = _config(config_path, overrides)
-    results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
+    ckpt = Path(cfg.out) / "checkpoint.pt"
+    if resume and overwrite:
+        fail("--resume or --overwrite, not both")
+    if ckpt.is_file() and not (resume or overwrite):
+        fail(f"{ckpt} exists: a run was started in {cfg.out}. --resume goes on from it (a finished run is "
+             f"scored again); --overwrite starts again and replaces it")
+    try:
+        results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
+    except KeyboardInterrupt:
+        fail(f"interrupted. The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
+             f"one was written: rerun with --resume to go on from it")
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
         draw(cfg.out, click.echo)
         click.echo(results_table(results))

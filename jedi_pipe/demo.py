@@ -44,6 +44,7 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
     from .trainer import train
 
     out = Path(out)
+    cfg = demo_config(out, quick, seed, overrides)   # a bad --set fails here, not after minutes of synth and shard
     echo(f"jedi-pipe demo: writing into {out.resolve()} (--out to change)")
     vpc = {n: QUICK["videos_per_class"] for n in DEMO_DATASETS} if quick else DEMO_VIDEOS_PER_CLASS
     t0 = time.time()
@@ -66,7 +67,6 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
             raise RuntimeError(f"{name} shards are inconsistent: {'; '.join(report['problems'][:3])}")
     echo("      ok")
 
-    cfg = demo_config(out, quick, seed, overrides)
     echo(f"[4/5] pretrain + [5/5] JEDI: {', '.join(d.model for d in cfg.datasets[:1])} students, "
          f"{cfg.pretrain.epochs} expert epochs, "
          + (f"{cfg.jedi.steps} joint steps" if cfg.jedi.steps else f"{cfg.jedi.epochs} joint epochs"))

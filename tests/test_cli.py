@@ -110,3 +110,56 @@ def test_an_unexpected_error_prints_its_traceback_from_the_command_line(tmp_path
     assert p.returncode == 1, p.stderr
     assert "Traceback (most recent call last)" in p.stderr and "in pretrain" in p.stderr
     assert p.stderr.strip().splitlines()[-1] == "RuntimeError: CUDA out of memory"
+
+
+# ---- nothing lost, nothing mixed
+
+def test_train_does_not_start_again_over_a_run_unless_told(shard_dirs, tmp_path, monkeypatch):
+    import jedi_pipe.trainer
+    conf = _config(tmp_path, shard_dirs["ssv2"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"a run's checkpoint")
+    calls = []
+    monkeypatch.setattr(jedi_pipe.trainer, "train", lambda cfg, resume, log: calls.append(resume) or {"datasets": {}})
+    monkeypatch.setattr("jedi_pipe.plots.draw", lambda out, echo: None)
+    monkeypatch.setattr("jedi_pipe.records.results_table", lambda results: "")
+    _one_sentence(CliRunner().invoke(main, ["train", "--config", str(conf)]), "checkpoint.pt exists", "--resume",
+                  "--overwrite")
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == b"a run's checkpoint" and calls == []
+    _one_sentence(CliRunner().invoke(main, ["train", "--config", str(conf), "--resume", "--overwrite"]), "not both")
+    for flag, resume in (("--resume", True), ("--overwrite", False)):
+        assert CliRunner().invoke(main, ["train", "--config", str(conf), flag]).exit_code == 0
+        assert calls.pop() is resume
+
+
+def test_train_interrupted_says_how_to_go_on(shard_dirs, tmp_path, monkeypatch):
+    import jedi_pipe.trainer
+
+    def interrupted(cfg, resume, log):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(jedi_pipe.trainer, "train", interrupted)
+    _one_sentence(CliRunner().invoke(main, ["train", "--config", str(_config(tmp_path, shard_dirs["ssv2"]))]),
+                  "interrupted", "--resume")
+
+
+def test_synth_into_a_folder_it_filled_before_needs_overwrite(tmp_path):
+    args = ["synth", "--out", str(tmp_path), "--datasets", "ssv2", "--videos-per-class", "2", "--workers", "1"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    first = sorted(p.name for p in (tmp_path / "ssv2").rglob("*.webm"))
+    _one_sentence(CliRunner().invoke(main, args + ["--seed", "1"]), "already hold", "--overwrite")
+    assert sorted(p.name for p in (tmp_path / "ssv2").rglob("*.webm")) == first
+    assert CliRunner().invoke(main, args + ["--seed", "1", "--overwrite"]).exit_code == 0
+    second = sorted(p.name for p in (tmp_path / "ssv2").rglob("*.webm"))
+    assert second and second != first and len(second) == len(first)    # replaced, not added to
+
+
+def test_a_labeled_flag_wins_over_the_recipes_other_labeled_option(synth_root, tmp_path):
+    import json
+    # preprocess/hmdb51.yaml sets labeled_fraction; --labeled-per-class must replace it, not clash with it
+    r = CliRunner().invoke(main, ["shard", "--dataset", "hmdb51", "--root", str(synth_root / "hmdb51"),
+                                  "--out", str(tmp_path / "s"), "--recipe", "preprocess/hmdb51.yaml",
+                                  "--labeled-per-class", "1", "--short-side", "32", "--max-seconds", "1",
+                                  "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    selection = json.loads((tmp_path / "s" / "dataset.json").read_text())["selection"]
+    assert (selection["rule"], selection["value"]) == ("per_class", 1)

@@ -16,6 +16,7 @@ def test_demo_quick(tmp_path):
                            "--set", "pretrain.epochs=30"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| mean |" in proc.stdout and "Outputs:" in proc.stdout
+    assert "step 4/4: test top-1, mean of 4: students" in proc.stdout      # the joint phase's progress line
     run = out / "run"
     results = json.loads((run / "results.json").read_text())
     assert set(results["datasets"]) == {"hmdb51", "ucf101", "kinetics400", "ssv2"}
@@ -45,3 +46,13 @@ def test_demo_quick(tmp_path):
     for name in results["datasets"]:
         classes = json.loads((out / "shards" / name / "dataset.json").read_text())["num_classes"]
         assert last[name] < 0.75 * math.log(classes), (name, last[name], classes)
+
+
+def test_demo_refuses_a_bad_setting_before_any_work(tmp_path):
+    import pytest
+
+    from jedi_pipe.config import ConfigError
+    from jedi_pipe.demo import run_demo
+    with pytest.raises(ConfigError, match="jedi.nope: unknown key"):
+        run_demo(tmp_path / "demo", quick=True, overrides=["jedi.nope=1"], echo=lambda m: None)
+    assert not (tmp_path / "demo").exists()     # no synth, no shard: a typo costs nothing

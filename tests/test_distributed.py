@@ -208,7 +208,8 @@ def test_a_failed_rank_ends_the_run(shard_dirs, tmp_path):
     assert re.search(r"Root Cause.*?rank\s*:\s*1\b", err, re.S), err[-2000:]
 
     # a rank's own error is one line that names the rank
-    bad = subprocess.run(torchrun(2, "train", "--config", str(conf), *overrides(extra + ["jedi.batch_size=3"])),
+    # (--overwrite: the killed run may have left a checkpoint in the folder)
+    bad = subprocess.run(torchrun(2, "train", "--config", str(conf), "--overwrite", *overrides(extra + ["jedi.batch_size=3"])),
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     assert re.search(r"error: rank [01]/2: jedi.batch_size=3 does not split over 2 processes", bad.stderr), \
