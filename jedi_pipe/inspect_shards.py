@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tarfile
 from collections import Counter
 from pathlib import Path
+
+import pyarrow as pa
 
 from . import shards
 from .errors import UnavailableError
@@ -17,7 +20,11 @@ def verify_shards(root) -> dict:
     Returns {"ok": bool, "problems": [str], "counts": {role: n}, "samples_checked": n}.
     """
     ss = shards.open_shards(root)
-    manifest = ss.manifest().to_pylist()
+    try:
+        manifest = ss.manifest().to_pylist()
+    except (OSError, pa.ArrowException) as e:    # missing or damaged: nothing to check the tars against
+        reason = getattr(e, "strerror", None) or str(e)
+        return {"ok": False, "problems": [f"{shards.MANIFEST}: unreadable ({reason})"], "counts": {}, "samples_checked": 0}
     by_key = {r["key"]: r for r in manifest}
     problems, seen = [], Counter()
     for role in shards.ROLES:
@@ -27,7 +34,7 @@ def verify_shards(root) -> dict:
                 continue
             if not Path(shards.index_name(str(tar))).is_file():
                 problems.append(f"{tar.name}: its DALI index {tar.name}.idx is missing")
-            for sample in shards.iter_tar_samples(tar):
+            for sample in _readable_samples(tar, problems):
                 key = sample["__key__"]
                 row = by_key.get(key)
                 seen[key] += 1
@@ -62,6 +69,15 @@ def verify_shards(root) -> dict:
         if counts[role] != ss.count(role):
             problems.append(f"{role}: manifest has {counts[role]} rows, dataset.json says {ss.count(role)}")
     return {"ok": not problems, "problems": problems, "counts": dict(counts), "samples_checked": sum(seen.values())}
+
+
+def _readable_samples(tar: Path, problems: list):
+    """The samples of `tar` up to any damage (a cut or overwritten file); the damage goes into
+    `problems`, and the samples past it count as rows in no tar."""
+    try:
+        yield from shards.iter_tar_samples(tar)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        problems.append(f"{tar.name}: truncated or damaged ({e}); the samples past the damage are lost")
 
 
 UNLABELED_JSON = set(shards.sample_json("k", "unlabeled", "d", 1, 1.0, 1, 1, "v", "train", 0, "c"))

@@ -38,6 +38,20 @@ def test_inspect_reports_a_tampered_tar(shard_dirs, tmp_path):
     assert r.exit_code != 0 and "problem" in r.output
 
 
+def test_inspect_reports_a_cut_tar_and_a_missing_manifest(shard_dirs, tmp_path):
+    import shutil
+    d = tmp_path / "copy"
+    shutil.copytree(shard_dirs["hmdb51"], d)
+    tar = sorted(d.glob("test-*.tar"))[0]
+    tar.write_bytes(tar.read_bytes()[:1000])               # a copy cut short
+    r = CliRunner().invoke(main, ["inspect", str(d)])
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), r.output     # a report, not a crash
+    assert f"{tar.name}: truncated or damaged" in r.output and "is in no tar" in r.output, r.output
+    (d / "manifest.parquet").unlink()
+    r = CliRunner().invoke(main, ["inspect", str(d)])
+    assert isinstance(r.exception, SystemExit) and r.exit_code != 0 and "manifest.parquet: unreadable" in r.output, r.output
+
+
 def test_train_with_a_bad_config_is_one_sentence(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("name: x\nout: o\ndatasets: [{name: a, shards: s}]\njedi: {lrate: 1}\n")
