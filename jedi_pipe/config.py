@@ -22,6 +22,19 @@ class ConfigError(InputError):
     """A config that cannot be used; the message names the key."""
 
 
+def check_at_least(cfg, **least) -> None:
+    """ValueError naming the first field of `cfg` under its least allowed value (a count, a size, a step)."""
+    for key, low in least.items():
+        if getattr(cfg, key) < low:
+            raise ValueError(f"{key}: at least {low}, got {getattr(cfg, key)!r}")
+
+
+def check_positive(cfg, *keys) -> None:
+    for key in keys:
+        if not getattr(cfg, key) > 0:
+            raise ValueError(f"{key}: a positive number, got {getattr(cfg, key)!r}")
+
+
 @dataclass
 class DatasetCfg:
     name: str                     # dataset name (results, checkpoints and logs use it)
@@ -45,6 +58,7 @@ class ClipCfg:
     def __post_init__(self):
         if self.interp not in TRAIN_INTERP:
             raise ValueError(f"interp: one of {', '.join(TRAIN_INTERP)}, got {self.interp!r}")
+        check_at_least(self, frames=1, stride=1, size=1, eval_views=1, eval_crops=1)
 
 
 @dataclass
@@ -56,6 +70,10 @@ class PretrainCfg:
     warmup_steps: int = 20        # linear warm-up at the start
     workers: int = 0              # experts trained at once on the CPU, each in its own process with torch_threads / workers
     #                               threads (outside torchrun; trainer.pretrain). 0: one per torch thread. 1: in turn
+
+    def __post_init__(self):
+        check_at_least(self, epochs=0, batch_size=1, weight_decay=0, warmup_steps=0, workers=0)
+        check_positive(self, "lr")
 
 
 @dataclass
@@ -97,6 +115,8 @@ class JediCfg(JEDIConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        check_at_least(self, epochs=0, batch_size=1, unlabeled_ratio=0, weight_decay=0, warmup_steps=0)
+        check_positive(self, "lr")
         if self.steps < 0:
             raise ValueError(f"steps: a number of joint steps >= 0 (0: epochs decide), got {self.steps}")
         if self.teachers not in ("joint", "ema", "fixmatch"):
@@ -152,6 +172,10 @@ class Config:
                              ("logger", ("jsonl", "tensorboard"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
+        try:
+            check_at_least(self, eval_batch_size=1, checkpoint_every=1, eval_every=0, eval_first=0, torch_threads=0)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if not self.datasets:
             raise ConfigError("datasets: at least one dataset is needed")
         names = [d.name for d in self.datasets]
@@ -242,17 +266,28 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: {raw!r} is not a YAML value (quote strings with : or [ in them)") from None
         node, parts = data, key.split(".")
-        for p in parts[:-1]:
-            if isinstance(node, list) and p.isdigit():
-                node = node[int(p)]
+        for depth, p in enumerate(parts):
+            last = depth == len(parts) - 1
+            where = ".".join(parts[:depth + 1])
+            if isinstance(node, list):     # datasets.N: an index into the list
+                if not (p.isdigit() and int(p) < len(node)):
+                    raise ConfigError(f"--set {item}: {where}: an index from 0 to {len(node) - 1} is needed")
+                if last:
+                    node[int(p)] = value
+                else:
+                    node = node[int(p)]
+            elif isinstance(node, dict):
+                if last:
+                    node[p] = value
+                else:
+                    node = node.setdefault(p, {})
             else:
-                node = node.setdefault(p, {})
-        value = yaml.safe_load(raw)
-        if isinstance(node, list):
-            node[int(parts[-1])] = value
-        else:
-            node[parts[-1]] = value
+                raise ConfigError(f"--set {item}: {'.'.join(parts[:depth])} is a value, not a section")
     return data
 
 

@@ -24,6 +24,15 @@ def test_defaults_fill_everything_not_required():
     ({**BASE, "jedi": {"steps": -1}}, "jedi.steps"),
     ({**BASE, "jedi": {"strong_stats": "apart"}}, "jedi.strong_stats"),
     ({**BASE, "jedi": {"distill_rampup": -5}}, "jedi.distill_rampup"),
+    # values that passed the type check and crashed later (a ZeroDivisionError, a DALI ValueError)
+    ({**BASE, "clip": {"size": -3}}, "clip.size: at least 1"),
+    ({**BASE, "clip": {"frames": 0}}, "clip.frames: at least 1"),
+    ({**BASE, "pretrain": {"batch_size": 0}}, "pretrain.batch_size: at least 1"),
+    ({**BASE, "pretrain": {"lr": -1}}, "pretrain.lr: a positive number"),
+    ({**BASE, "jedi": {"lr": 0}}, "jedi.lr: a positive number"),
+    ({**BASE, "jedi": {"batch_size": 0}}, "jedi.batch_size: at least 1"),
+    ({**BASE, "eval_batch_size": 0}, "eval_batch_size: at least 1"),
+    ({**BASE, "checkpoint_every": 0}, "checkpoint_every: at least 1"),
 ])
 def test_bad_keys_and_types_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
@@ -78,3 +87,17 @@ def test_an_older_saved_config_gets_the_new_keys_at_their_old_behaviour():
     from jedi_pipe.trainer import expert_signature    # reusing an older expert compares the same way
     assert expert_signature(saved, "hmdb51") == expert_signature(now, "hmdb51")
     assert with_new_keys(saved) != load_config("train/demo.yaml").to_dict()   # the demo now has views: true
+
+
+@pytest.mark.parametrize("override, words", [
+    ("datasets.3.model=x", "datasets.3: an index from 0 to 0"),
+    ("datasets.x.model=x", "datasets.x: an index from 0 to 0"),
+    ("jedi.lr=[1", "not a YAML value"),
+    ("name.x=1", "name is a value, not a section"),
+])
+def test_a_bad_set_is_one_sentence_naming_it(override, words):
+    import copy
+    import re
+    with pytest.raises(ConfigError, match=re.escape(f"--set {override}: ") + ".*" + re.escape(words)):
+        load_config(data=copy.deepcopy(BASE), overrides=[override])
+    assert load_config(data=copy.deepcopy(BASE), overrides=["datasets.0.model=r3d_18"]).datasets[0].model == "r3d_18"
