@@ -43,6 +43,7 @@ from .records import EvalRecord, MetricsLog, StepRecord, headline, parse_line, s
 from .weights_guard import check_init
 
 LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host sync on GPU)
+PROGRESS_EVERY_S = 60  # the joint phase says where it is at least this often (seconds), besides each evaluation
 
 
 # ---------------------------------------------------------------------------- plumbing
@@ -624,6 +625,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     clips_done = 0
     final = None          # the evaluation at the last step, which is also the result
     t_run, step_run = time.perf_counter(), step
+    t_said = t_run      # the last console line: between evaluations, one at least every PROGRESS_EVERY_S
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         heads_slow = step < cfg.jedi.teacher_lr_from     # the teacher heads at the students' pace until then
@@ -655,6 +657,10 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                     pl = outputs.unlabeled[n].target.argmax(-1).cpu()
                     flat[f"{n}/pseudo_label_acc"] = (pl == label_true[n][b["id_u"]]).float().mean().item()
             flat = distributed.mean_over_ranks(flat)
+            if time.perf_counter() - t_said > PROGRESS_EVERY_S and step < total:
+                log(progress_line(step, total, f"loss {flat['loss']:.3f}, {flat['clips_per_s']:.0f} clips/s",
+                                  time.perf_counter() - t_run, step - step_run))
+                t_said = time.perf_counter()
             if distributed.is_main():
                 metrics_log.write([
                     StepRecord(step, n, opt.param_groups[0]["lr"], flat["loss"], flat["clips_per_s"], flat["input_wait"],
@@ -674,7 +680,9 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                 jedi.students.load_state_dict(trained_stats, strict=False)
             if distributed.is_main():
                 metrics_log.write([EvalRecord(step, summary(scores), eval_split)])
-            log(progress_line(step, total, summary(scores), eval_split, time.perf_counter() - t_run, step - step_run))
+            log(progress_line(step, total, scores_said(summary(scores), eval_split), time.perf_counter() - t_run,
+                              step - step_run))
+            t_said = time.perf_counter()
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
             save_checkpoint()
@@ -698,13 +706,17 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     return results
 
 
-def progress_line(step: int, total: int, scores: dict, split: str, seconds: float, steps_run: int) -> str:
-    """One console line per evaluation of the joint phase: the mean top-1 of students and teachers, time left."""
+def progress_line(step: int, total: int, what: str, seconds: float, steps_run: int) -> str:
+    """A console line of the joint phase: the step, `what` (scores or the loss), the time so far and left."""
+    left = seconds / max(steps_run, 1) * (total - step)
+    return f"step {step}/{total}: {what}; {seconds:.0f} s" + (f", about {left:.0f} s to go" if step < total else "")
+
+
+def scores_said(scores: dict, split: str) -> str:
+    """The mean top-1 of students and teachers of an evaluation, for the console."""
     kinds = [k for k in ("student", "teacher") if all(k in s for s in scores.values())]
     means = ", ".join(f"{k}s {sum(s[k]['top1'] for s in scores.values()) / len(scores):.1f}" for k in kinds)
-    left = seconds / max(steps_run, 1) * (total - step)
-    return (f"step {step}/{total}: {split} top-1, mean of {len(scores)}: {means}; {seconds:.0f} s"
-            + (f", about {left:.0f} s to go" if step < total else ""))
+    return f"{split} top-1, mean of {len(scores)}: {means}"
 
 
 class _NoLog:

@@ -34,16 +34,22 @@ def tiny_config(shard_dirs, out, extra=()):
     return data, load_config(data=data, overrides=TINY + list(extra))
 
 
-def test_pipeline_writes_every_output(shard_dirs, tmp_path):
+def test_pipeline_writes_every_output(shard_dirs, tmp_path, monkeypatch):
+    from jedi_pipe import trainer
     _, cfg = tiny_config(shard_dirs, tmp_path / "run")
     experts = pretrain(cfg, log=lambda m: None)
     assert set(experts) == {"hmdb51", "ssv2"}
     lines = []
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", -1)    # a loss line at every logged step
+    monkeypatch.setattr(trainer, "LOG_EVERY", 1)
     results = train(cfg, log=lines.append)
     out = Path(cfg.out)
-    # the console: one line per evaluation, the last at the final step with the results' means (test here:
-    # these shards have no val role)
-    evals = [m for m in lines if m.startswith("step ")]
+    # the console: a line per logged step between evaluations (every PROGRESS_EVERY_S), one per evaluation,
+    # the last at the final step with the results' means (test here: these shards have no val role)
+    losses = [m for m in lines if "clips/s" in m]
+    assert losses and all(re.match(r"step \d+/\d+: loss \d+\.\d{3}, \d+ clips/s; \d+ s, about \d+ s to go$", m)
+                          for m in losses), losses
+    evals = [m for m in lines if m.startswith("step ") and "top-1" in m]
     mean = lambda kind: sum(k[kind]["top1"] for k in results["datasets"].values()) / 2   # noqa: E731
     assert len(evals) >= 2 and re.match(rf"step (\d+)/\1: test top-1, mean of 2: students {mean('student'):.1f}, "
                                          rf"teachers {mean('teacher'):.1f}; \d+ s$", evals[-1]), evals
