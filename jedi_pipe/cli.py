@@ -273,7 +273,10 @@ def config_options(f):
 @config_options
 @click.option("--resume", is_flag=True, help="Keep experts already trained (always on: finished experts are never retrained).")
 def pretrain(config_path, overrides, resume):
-    """Train one expert per dataset on its labeled shards only (runs/<name>/experts/<dataset>.pt)."""
+    """Train one expert per dataset on its labeled shards only (<out>/experts/<dataset>.pt).
+
+    Example: jedi-pipe pretrain --config train/demo.yaml --set pretrain.epochs=50
+    """
     from .trainer import pretrain as run
     cfg = _config(config_path, overrides)
     _run_guarded(lambda: run(cfg, log=click.echo))
