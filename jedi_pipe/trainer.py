@@ -415,7 +415,18 @@ def loss_config(jcfg):
 def load_joint(cfg: Config, experts: dict, checkpoint, device):
     """The joint model (students and teachers) of a checkpoint written by `train`."""
     jedi = joint_model(experts, cfg).to(device)
-    jedi.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False)["model"])
+    not_one = f"{checkpoint} is not a checkpoint written by `jedi-pipe train`"
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as e:   # torch and pickle raise several kinds for a file that is not one
+        raise InputError(f"{not_one} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty'})") from None
+    if not (isinstance(state, dict) and "model" in state and "step" in state):
+        raise InputError(f"{not_one} (an expert's file? those are experts/<dataset>.pt, read by pretrain and eval)")
+    try:
+        jedi.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise InputError(f"{checkpoint} does not fit this config's datasets and models: "
+                         f"{str(e).splitlines()[0]}") from None
     return jedi
 
 

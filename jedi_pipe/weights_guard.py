@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, MissingError
 
 OVERRIDE = "init_trained_on_ok"     # DatasetCfg key that lets a dataset's expert start from its own weights
 # torchvision.models.video weight files: <arch>-<8 hex digits>.pth, every one trained on Kinetics-400
@@ -54,7 +54,11 @@ def trained_on(weights) -> set[str] | None:
 def check_init(dataset: str, aliases: set[str], weights, allowed: bool = False) -> None:
     """Refuse `weights` as the init of `dataset`'s expert when they were trained on it (or when
     nothing says what they were trained on). `aliases`: the dataset's other names (its shard card's)."""
-    if not weights or allowed:
+    if not weights:
+        return
+    if not Path(weights).is_file():
+        raise MissingError(f"init {weights} of {dataset}: no such file")
+    if allowed:
         return
     seen = trained_on(weights)
     if seen is None:

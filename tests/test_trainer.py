@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from jedi_pipe.config import load_config
+from jedi_pipe.errors import InputError
 from jedi_pipe.loaders import make_eval_loader
 from jedi_pipe.models import build
 from jedi_pipe.shards import open_shards
@@ -142,12 +143,13 @@ def test_a_script_without_a_main_guard_trains_experts_side_by_side(shard_dirs, t
 
 
 def test_an_expert_failing_in_its_worker_fails_pretrain_with_its_error(shard_dirs, tmp_path):
-    init = tmp_path / "gone.pt"      # the guard's record says ImageNet, but the weights file is missing
-    (tmp_path / "gone.pt.json").write_text(json.dumps({"trained_on": ["imagenet"]}))
+    init = tmp_path / "bad.pt"      # the guard's record says ImageNet, but the file holds no weights
+    init.write_bytes(b"not weights")
+    (tmp_path / "bad.pt.json").write_text(json.dumps({"trained_on": ["imagenet"]}))
     data, _ = tiny_config(shard_dirs, tmp_path / "run")
     data["datasets"][0]["init"] = str(init)
     cfg = load_config(data=data, overrides=TINY + ["device=cpu", "pretrain.workers=2"])
-    with pytest.raises(FileNotFoundError, match="gone.pt") as raised:
+    with pytest.raises(InputError, match=r"bad\.pt: not a weights file torch can load \(UnpicklingError") as raised:
         pretrain(cfg, log=lambda m: None)
     if sys.version_info >= (3, 11):   # the worker's traceback rides along as a note
         assert any("in the worker process of expert hmdb51" in n for n in raised.value.__notes__)
@@ -409,3 +411,20 @@ def test_precise_bn_rescores_mid_run_and_changes_no_training_step(shard_dirs, tm
         assert all(torch.equal(end_a[k], end_b[k]) for k in end_b)
     assert results == without
     assert evaluate(cfg, log=lambda m: None) == results
+
+
+def test_a_file_that_is_not_a_runs_checkpoint_is_one_sentence(tmp_path):
+    from jedi_pipe.trainer import load_joint
+    cfg = load_config(data={"name": "t", "out": str(tmp_path), "datasets": [{"name": "a", "shards": "x"}]})
+    experts = {"a": build("tiny3d", 3)}
+    f = tmp_path / "c.pt"
+    for content, words in ((b"", "EOFError"), (b"not a pickle", "is not a checkpoint written by `jedi-pipe train`")):
+        f.write_bytes(content)
+        with pytest.raises(InputError, match=re.escape(words)):
+            load_joint(cfg, experts, f, "cpu")
+    torch.save({"arch": "tiny3d", "model": experts["a"].state_dict()}, f)      # an expert's file
+    with pytest.raises(InputError, match="an expert's file"):
+        load_joint(cfg, experts, f, "cpu")
+    torch.save({"model": {}, "step": 3}, f)                                   # another config's run
+    with pytest.raises(InputError, match="does not fit this config's datasets and models"):
+        load_joint(cfg, experts, f, "cpu")

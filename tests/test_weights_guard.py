@@ -21,7 +21,8 @@ def config(shard_dirs, out, datasets):
 
 
 def test_torchvision_kinetics_weights_cannot_start_the_kinetics_expert(shard_dirs, tmp_path):
-    weights = tmp_path / "r2plus1d_18-91a641e6.pth"     # torchvision's file name; never opened
+    weights = tmp_path / "r2plus1d_18-91a641e6.pth"     # torchvision's file name; never opened, only there
+    weights.write_bytes(b"")
     cfg = config(shard_dirs, tmp_path / "run", [("kinetics400", {"init": str(weights)})])
     with pytest.raises(ValueError) as e:
         pretrain(cfg, log=lambda m: None)
@@ -47,6 +48,8 @@ def test_cards_checkpoints_and_the_override(shard_dirs, tmp_path):
     with pytest.raises(ValueError, match="was trained on ucf101"):
         check_init("ucf101", {"ucf101"}, w)
     check_init("ucf101", {"ucf101"}, w, allowed=True)                  # the named override
+    with pytest.raises(FileNotFoundError, match=r"init .*nope\.pth of hmdb51: no such file"):   # not 'write a card'
+        check_init("hmdb51", set(), tmp_path / "nope.pth")
 
     # an expert of another run carries its datasets in its saved config; the override trains
     cfg = config(shard_dirs, tmp_path / "a", [("hmdb51", {})])

@@ -122,7 +122,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike | Mapping) -> LoadRes
     A classifier whose shape differs (other class count) is skipped and its keys come back in
     ``missing``. Any other shape mismatch is an error: it means a different architecture.
     """
-    sd = path if isinstance(path, Mapping) else torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(path, Mapping):
+        sd = path
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:   # torch and pickle raise several kinds, with pages of advice, for a file that is not one
+            raise InputError(f"{path}: not a weights file torch can load ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or ['empty'])[0][:200]})") from None
     for wrapper in ("state_dict", "model"):
         if wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = sd[wrapper]
