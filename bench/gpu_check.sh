@@ -33,7 +33,7 @@ echo "step checks done at $((SECONDS - T0)) s"
 # -- 2. 128 px VP9 shards (12 videos per class; half the training videos labeled, so every dataset has
 #       at least 16 labeled clips for a step of train/jedi.yaml); decode on the GPU vs the CPU (~1.5 min)
 S=$OUT/shards
-timeout 120 $JP synth --out "$OUT/synth" --videos-per-class 12 --seed 0
+timeout 120 $JP synth --out "$OUT/synth" --videos-per-class 12 --seed 0 --overwrite   # --overwrite: a rerun
 for ds in hmdb51 ucf101 kinetics400 ssv2; do
   timeout 120 $JP shard --dataset $ds --root "$OUT/synth/$ds" --out "$S/$ds" --recipe preprocess/$ds.yaml \
       --labeled-fraction 0.5 --workers "$(nproc)"
@@ -52,7 +52,7 @@ echo "shards and decode done at $((SECONDS - T0)) s"
 # -- 3. the real config on the shards: 1 expert epoch, 8 joint epochs (~4 steps each here, Kinetics-400's
 #       ~50 labeled clips / 16), evaluation only at the end; compile off (step 1 measured it) (~2 min)
 sed -e "s#shards: shards/#shards: $S/#; s#^out: .*#out: $OUT/run#" train/jedi.yaml > "$OUT/jedi.yaml"
-timeout 240 $JP train --config "$OUT/jedi.yaml" --set pretrain.epochs=1 --set pretrain.warmup_steps=1 \
+timeout 240 $JP train --config "$OUT/jedi.yaml" --overwrite --set pretrain.epochs=1 --set pretrain.warmup_steps=1 \
     --set jedi.epochs=8 --set jedi.warmup_steps=5 --set eval_every=100000 --set checkpoint_every=100000 \
     --set compile=false
 python3 -c "

@@ -20,6 +20,8 @@ SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_
                      "max_missing", "workers", "min_frames", "timeout_s")
 
 
+SYNTH_RECORD = ".jedi-pipe-synth.json"   # in synth's --out: the datasets it generated there (what --overwrite may remove)
+
 # Options of which a shard takes one: a flag for one drops the recipe's value for the other.
 ALTERNATIVE = {"labeled_fraction": "labeled_per_class", "labeled_per_class": "labeled_fraction",
                "val_fraction": "val_per_class", "val_per_class": "val_fraction"}
@@ -75,18 +77,25 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     if unknown:
         fail(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(synth_mod.DATASETS)}")
     # a second synth into the same folders would leave the first one's files beside its own, listed nowhere
-    # (a `--dataset folder` shard would take them all)
-    taken = [Path(out) / n for n in names if (Path(out) / n).is_dir() and any((Path(out) / n).iterdir())]
+    # (a `--dataset folder` shard would take them all); --overwrite removes only what synth made (its record)
+    record = Path(out) / SYNTH_RECORD
+    made = json.loads(record.read_text()) if record.is_file() else []
+    taken = [n for n in names if (Path(out) / n).is_dir() and any((Path(out) / n).iterdir())]
+    foreign = [n for n in taken if n not in made]
+    if foreign:
+        fail(f"{', '.join(str(Path(out) / n) for n in foreign)}: not empty, and not made by jedi-pipe synth; "
+             "choose another --out")
     if taken and not overwrite:
-        fail(f"{', '.join(map(str, taken))} already hold(s) generated videos: --overwrite replaces them, "
-             "or choose another --out")
-    for folder in taken:
-        shutil.rmtree(folder)
+        fail(f"{', '.join(str(Path(out) / n) for n in taken)}: made by an earlier synth; --overwrite replaces "
+             "them, or choose another --out")
+    for n in taken:
+        shutil.rmtree(Path(out) / n)
     t0 = time.time()
     with _bar("synth", None) as bar:
         roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
                                    workers=workers, kinetics_layout=kinetics_layout, progress=bar.update,
                                    look=look, videos_seed=videos_seed)
+    record.write_text(json.dumps(sorted(set(made) | set(names))))
     for name, root in roots.items():
         click.echo(f"{name:12s} {root}")
     click.echo(f"synth: {len(roots)} datasets in {time.time() - t0:.1f}s")
@@ -275,7 +284,10 @@ def config_options(f):
 def pretrain(config_path, overrides, resume):
     """Train one expert per dataset on its labeled shards only (<out>/experts/<dataset>.pt).
 
-    Example: jedi-pipe pretrain --config train/demo.yaml --set pretrain.epochs=50
+    Example:
+
+    \b
+    jedi-pipe pretrain --config train/demo.yaml --set pretrain.epochs=50
     """
     from .trainer import pretrain as run
     cfg = _config(config_path, overrides)
@@ -285,12 +297,15 @@ def pretrain(config_path, overrides, resume):
 @main.command()
 @config_options
 @click.option("--resume", is_flag=True, help="Continue from the run folder's checkpoint.pt (model, optimizer, step, RNG, loader position).")
-@click.option("--overwrite", is_flag=True, help="Start again in a run folder that holds a checkpoint.pt, replacing the run.")
+@click.option("--overwrite", is_flag=True, help="Start again in a run folder that holds a checkpoint.pt, replacing the run "
+              "(its experts/ stay: delete them to train new ones).")
 def train(config_path, overrides, resume, overwrite):
     """Joint JEDI training from the experts (pretrained first when missing); writes results.json/.md.
 
     A run folder that holds a checkpoint is not started again unless asked: --resume goes on from it
     (a finished run is scored again), --overwrite replaces it. Example:
+
+    \b
     jedi-pipe train --config train/jedi.yaml --set jedi.steps=600
     """
     from .plots import draw
@@ -306,8 +321,9 @@ def train(config_path, overrides, resume, overwrite):
     try:
         results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
     except KeyboardInterrupt:
-        fail(f"interrupted. The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
-             f"one was written: rerun with --resume to go on from it")
+        click.echo(f"interrupted. The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
+                   f"one was written: rerun with --resume to go on from it", err=True)
+        sys.exit(130)
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
         draw(cfg.out, click.echo)
         click.echo(results_table(results))

@@ -23,3 +23,8 @@ class MissingError(JediPipeError, FileNotFoundError):
 
 class UnavailableError(JediPipeError, RuntimeError):
     """This machine lacks what the step needs (a GPU, an optional package)."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (torch's come with pages of advice), cut at `limit`."""
+    return (str(e).splitlines() or ["empty"])[0][:limit]

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config, with_new_keys
-from .errors import InputError, MissingError, UnavailableError
+from .errors import InputError, MissingError, UnavailableError, first_line
 from .jedi import (JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, add_students_avg, fit_teacher_heads_probe,
                    jedi_losses, precise_bn, update_averages)
 from .loaders import make_eval_loader, resolve_backend, role_loader
@@ -43,7 +43,7 @@ from .records import EvalRecord, MetricsLog, StepRecord, headline, parse_line, s
 from .weights_guard import check_init
 
 LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host sync on GPU)
-PROGRESS_EVERY_S = 60  # the joint phase says where it is at least this often (seconds), besides each evaluation
+PROGRESS_EVERY_S = 60  # the joint phase says where it is at the first logged step this long after its last line (s)
 
 
 # ---------------------------------------------------------------------------- plumbing
@@ -265,7 +265,8 @@ def pretrain(cfg: Config, log=print) -> dict:
     device = pick_device(cfg)
     sets = open_all(cfg)
     for d in cfg.datasets:      # before any training: a refused init should not cost an hour of experts
-        check_init(d.name, {sets[d.name].card.get("dataset", d.name)}, d.init, d.init_trained_on_ok)
+        if not expert_path(cfg, d.name).is_file():   # (a finished expert's init may have moved since)
+            check_init(d.name, {sets[d.name].card.get("dataset", d.name)}, d.init, d.init_trained_on_ok)
     metrics, todo = {}, []
     for i, d in enumerate(cfg.datasets):
         path = expert_path(cfg, d.name)
@@ -415,18 +416,17 @@ def loss_config(jcfg):
 def load_joint(cfg: Config, experts: dict, checkpoint, device):
     """The joint model (students and teachers) of a checkpoint written by `train`."""
     jedi = joint_model(experts, cfg).to(device)
-    not_one = f"{checkpoint} is not a checkpoint written by `jedi-pipe train`"
+    not_a_checkpoint = f"{checkpoint} is not a checkpoint written by `jedi-pipe train`"
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except Exception as e:   # torch and pickle raise several kinds for a file that is not one
-        raise InputError(f"{not_one} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'empty'})") from None
+        raise InputError(f"{not_a_checkpoint} ({type(e).__name__}: {first_line(e)})") from None
     if not (isinstance(state, dict) and "model" in state and "step" in state):
-        raise InputError(f"{not_one} (an expert's file? those are experts/<dataset>.pt, read by pretrain and eval)")
+        raise InputError(f"{not_a_checkpoint} (an expert's file? those are experts/<dataset>.pt, read by pretrain and eval)")
     try:
         jedi.load_state_dict(state["model"])
     except RuntimeError as e:
-        raise InputError(f"{checkpoint} does not fit this config's datasets and models: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise InputError(f"{checkpoint} does not fit this config's datasets and models: {first_line(e)}") from None
     return jedi
 
 
@@ -610,8 +610,9 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
             _truncate_metrics(out / "metrics.jsonl", step)
         log(f"resumed from {ckpt_path} at step {step}/{total}")
     else:
-        if distributed.is_main():
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+        if distributed.is_main():   # a fresh run: nothing of an earlier one in this folder stays to be resumed or read
+            for name in ("metrics.jsonl", "checkpoint.pt", "results.json", "results.md"):
+                (out / name).unlink(missing_ok=True)
         if jcfg.teacher_init == "probe" and cfg.jedi.teachers == "joint":
             probe_teachers(jedi, cfg, sets, device)
             jedi.reset_ema()
@@ -636,7 +637,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     clips_done = 0
     final = None          # the evaluation at the last step, which is also the result
     t_run, step_run = time.perf_counter(), step
-    t_said = t_run      # the last console line: between evaluations, one at least every PROGRESS_EVERY_S
+    t_said = t_run      # the last console line: between evaluations, another once PROGRESS_EVERY_S have passed
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         heads_slow = step < cfg.jedi.teacher_lr_from     # the teacher heads at the students' pace until then
@@ -691,8 +692,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                 jedi.students.load_state_dict(trained_stats, strict=False)
             if distributed.is_main():
                 metrics_log.write([EvalRecord(step, summary(scores), eval_split)])
-            log(progress_line(step, total, scores_said(summary(scores), eval_split), time.perf_counter() - t_run,
-                              step - step_run))
+            log(progress_line(step, total, scores_said(scores, eval_split), time.perf_counter() - t_run, step - step_run))
             t_said = time.perf_counter()
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:

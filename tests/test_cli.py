@@ -152,19 +152,25 @@ def test_train_interrupted_says_how_to_go_on(shard_dirs, tmp_path, monkeypatch):
     def interrupted(cfg, resume, log):
         raise KeyboardInterrupt
     monkeypatch.setattr(jedi_pipe.trainer, "train", interrupted)
-    _one_sentence(CliRunner().invoke(main, ["train", "--config", str(_config(tmp_path, shard_dirs["ssv2"]))]),
-                  "interrupted", "--resume")
+    r = CliRunner().invoke(main, ["train", "--config", str(_config(tmp_path, shard_dirs["ssv2"]))])
+    assert r.exit_code == 130 and "interrupted" in r.output and "--resume" in r.output, r.output   # as shard's
 
 
 def test_synth_into_a_folder_it_filled_before_needs_overwrite(tmp_path):
     args = ["synth", "--out", str(tmp_path), "--datasets", "ssv2", "--videos-per-class", "2", "--workers", "1"]
     assert CliRunner().invoke(main, args).exit_code == 0
     first = sorted(p.name for p in (tmp_path / "ssv2").rglob("*.webm"))
-    _one_sentence(CliRunner().invoke(main, args + ["--seed", "1"]), "already hold", "--overwrite")
+    _one_sentence(CliRunner().invoke(main, args + ["--seed", "1"]), "made by an earlier synth", "--overwrite")
     assert sorted(p.name for p in (tmp_path / "ssv2").rglob("*.webm")) == first
     assert CliRunner().invoke(main, args + ["--seed", "1", "--overwrite"]).exit_code == 0
     second = sorted(p.name for p in (tmp_path / "ssv2").rglob("*.webm"))
     assert second and second != first and len(second) == len(first)    # replaced, not added to
+    # a folder synth did not make is never removed
+    (tmp_path / "hmdb51").mkdir()
+    (tmp_path / "hmdb51" / "mine.avi").write_bytes(b"a real video")
+    _one_sentence(CliRunner().invoke(main, ["synth", "--out", str(tmp_path), "--datasets", "hmdb51", "--overwrite"]),
+                  "not made by jedi-pipe synth")
+    assert (tmp_path / "hmdb51" / "mine.avi").read_bytes() == b"a real video"
 
 
 def test_a_labeled_flag_wins_over_the_recipes_other_labeled_option(synth_root, tmp_path):

@@ -63,6 +63,7 @@ def test_predict_on_raw_videos_agrees_with_eval(tiny_run, scored, synth_root, sh
         assert torch.allclose(model.module(x), want, atol=1e-5)
         assert torch.allclose(model.module(x), inference_module(tiny_run.out, "hmdb51", which)(x), atol=1e-5)
     assert not torch.allclose(o.student, o.target, atol=1e-3)     # the three are apart, so a swap would show
+    assert not torch.allclose(o.student, experts["hmdb51"](x), atol=1e-3)
 
     videos, labels = _test_videos(shard_dirs["hmdb51"], synth_root / "hmdb51")
     raw = list(predict_videos(model, videos, k=3))

@@ -126,7 +126,8 @@ def test_clip_shapes_must_match():
 def test_losses_logs_and_label_routing():
     jedi, _ = make_jedi(w_sup_teacher=0.5, w_distill=2.0, w_mutual=0.25)
     with torch.no_grad():      # T != S: else every distillation and mutual term is 0 and S's CE is T's
-        perturb_(jedi.teachers["a"], 0.3, seed=1), perturb_(jedi.teachers["b"], 0.3, seed=2)
+        perturb_(jedi.teachers["a"], 0.3, seed=1)
+        perturb_(jedi.teachers["b"], 0.3, seed=2)
     out = jedi({"a": clips()}, {"a": clips(3), "b": clips(3)})
     total, logs = jedi_losses(out, {"a": torch.tensor([1, 2])}, jedi.config)
     assert all(logs[f"{n}/{k}"] > 1e-3 for n in "ab" for k in ("distill", "mutual"))

@@ -38,7 +38,7 @@ def one_step(jedi, data, k, checkpointing):
     return jedi.state_dict(), logs
 
 
-def settle_for_eval(jedi, data):
+def settle_for_eval(jedi, data, scale=0.3):
     """In place: BatchNorm running statistics from one training forward over `data` (momentum 1: that
     batch's), the moving average reset to the model, then teachers, live and average, moved apart from
     the students, and eval mode. With fresh statistics (mean 0, variance 1) the tiny backbones' features
@@ -53,15 +53,15 @@ def settle_for_eval(jedi, data):
             m.momentum = 0.1
         jedi.reset_ema()
         for k, name in enumerate(jedi.names):
-            perturb_(jedi.teachers[name], 0.3, seed=k)
-            perturb_(jedi.ema_teachers[name], 0.3, seed=10 + k)
+            perturb_(jedi.teachers[name], scale, seed=k)
+            perturb_(jedi.ema_teachers[name], scale, seed=10 + k)
     jedi.eval()
 
 
-def assert_same_state(a, b, atol):
+def assert_same_state(a, b, atol, rtol=0.0):
     assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=lambda m, key=key: f"{key}: {m}")
+        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=lambda m, key=key: f"{key}: {m}")
 
 
 @pytest.mark.parametrize("bn_stats", ["batch", "own", "source"])
@@ -151,18 +151,20 @@ def test_four_r2plus1d_students_one_step_with_and_without_memory_settings():
     # tiny batch on CPU: micro-batches + checkpointing against one pass. BatchNorm in eval mode, since
     # micro-batches change its statistics by design. Tolerance: the two runs sum the same fp32 gradients in a
     # different order (two halves, recomputed convolutions), relative error ~1e-6 per sum; after one SGD step
-    # at lr 0.1 a parameter differs by lr x that, far under 1e-5; a wrong micro-batch scale (1/k) or a
-    # recompute with other BatchNorm rows would move them by 1e-3 or more.
+    # at lr 0.1 a parameter differs by lr x that x its gradient, which with every loss term on (four full-size
+    # heads' CE and distillation) reaches ~1e2 on the stem: measured up to 2.7e-5, 7e-6 of the weight; so
+    # 1e-5 plus 2e-5 of the weight. A wrong micro-batch scale (1/k) or a recompute with other BatchNorm rows
+    # would move them by 1e-3 or more.
     torch.set_num_threads(2)
     names = ["hmdb51", "ucf101", "kinetics400", "ssv2"]
     jedi = JEDI.from_experts(experts("r2plus1d_18", names, classes=(51, 101, 400, 174)),
                              JEDIConfig(teacher_ema=0.999), copy_experts=False)
     data = batch(names, 2, 2, shape=(3, 4, 32, 32), classes=(51, 101, 400, 174))   # the model at full size, small clips
-    settle_for_eval(jedi, data)
+    settle_for_eval(jedi, data, scale=0.02)   # four 512-wide blocks: logits of order 1, not saturated softmaxes
     whole, logs1 = one_step(jedi, data, 1, False)
     assert all(logs1[f"{n}/distill"] > 1e-3 for n in names)
     parts, logs2 = one_step(jedi, data, 2, True)
-    assert_same_state(whole, parts, atol=1e-5)
+    assert_same_state(whole, parts, atol=1e-5, rtol=2e-5)
     torch.testing.assert_close(logs1["total"], logs2["total"], rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(whole[k], v) for k, v in jedi.state_dict().items())
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike | Mapping) -> LoadRes
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:   # torch and pickle raise several kinds, with pages of advice, for a file that is not one
-            raise InputError(f"{path}: not a weights file torch can load ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or ['empty'])[0][:200]})") from None
+            raise InputError(f"{path}: not a weights file torch can load ({type(e).__name__}: {first_line(e)})") from None
     for wrapper in ("state_dict", "model"):
         if wrapper in sd and isinstance(sd[wrapper], Mapping):
             sd = sd[wrapper]
