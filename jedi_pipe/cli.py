@@ -72,6 +72,7 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     between them is not built in.
     """
     from . import synth as synth_mod
+    can_be_folder(out, "--out")
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     unknown = sorted(set(names) - set(synth_mod.DATASETS))
     if unknown:
@@ -235,6 +236,7 @@ def inspect(shard_dir, preview, as_json):
         for p in report["problems"][:20]:
             click.echo(f"    {p}")
     if preview:
+        can_be_folder(Path(preview).parent, "--preview's folder")
         try:
             click.echo(f"  preview: {contact_sheet(shard_dir, preview)}")
         except JediPipeError as e:
@@ -261,9 +263,20 @@ def _echo_flips(ss):
 def _config(path, overrides):
     from .config import ConfigError, load_config
     try:
-        return load_config(path, overrides)
+        cfg = load_config(path, overrides)
     except ConfigError as e:
         fail(f"{path}: {e}")
+    can_be_folder(cfg.out, "out")
+    return cfg
+
+
+def can_be_folder(path, what: str) -> None:
+    """Fail, naming `what`, when `path` cannot become a folder: it, or a folder above it, is a file."""
+    for p in (Path(path).absolute(), *Path(path).absolute().parents):
+        if p.exists():
+            if not p.is_dir():
+                fail(f"{what} {path}: {p} is a file, not a folder")
+            return
 
 
 _config_options = [
@@ -425,6 +438,7 @@ def export(run_dir, dataset, which, out):
     jedi-pipe: jedi_pipe.load_model("model.pt2"), or `jedi-pipe predict --model model.pt2 VIDEO...`.
     """
     from .export import export_model
+    can_be_folder(Path(out).parent, "--out's folder")
     path = _run_guarded(lambda: export_model(run_dir, dataset, which, out))
     click.echo(f"{path}: {which} of {dataset} ({Path(path).stat().st_size / 1e6:.1f} MB)")
 

@@ -183,3 +183,18 @@ def test_a_labeled_flag_wins_over_the_recipes_other_labeled_option(synth_root, t
     assert r.exit_code == 0, r.output
     selection = json.loads((tmp_path / "s" / "dataset.json").read_text())["selection"]
     assert (selection["rule"], selection["value"]) == ("per_class", 1)
+
+
+def test_an_output_path_through_a_file_is_one_sentence(shard_dirs, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    _one_sentence(CliRunner().invoke(main, ["synth", "--out", str(afile / "x"), "--datasets", "ssv2"]),
+                  "--out", f"{afile} is a file, not a folder")
+    _one_sentence(CliRunner().invoke(main, ["inspect", str(shard_dirs["ssv2"]), "--preview", str(afile / "x.png")]),
+                  "--preview's folder", "is a file")
+    _one_sentence(CliRunner().invoke(main, ["export", str(tmp_path), "--dataset", "a", "--out", str(afile / "m.pt2")]),
+                  "--out's folder", "is a file")
+    conf = tmp_path / "c.yaml"
+    conf.write_text(f"name: x\nout: {afile}\ndatasets: [{{name: a, shards: s}}]\n")
+    _one_sentence(CliRunner().invoke(main, ["train", "--config", str(conf)]), f"out {afile}: {afile} is a file")
+    assert afile.read_text() == "not a folder"
