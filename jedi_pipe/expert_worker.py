@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import threading
 import time
 import traceback
@@ -40,7 +41,9 @@ def main(job: str) -> None:
         torch.set_num_threads(threads)
         cfg = load_config(data=config)
         d = cfg.datasets[i]
-        result = ("ok", train_expert(cfg, i, {d.name: shards.open_shards(d.shards)}, torch.device("cpu"), backend))
+        say = lambda m: print(m, file=sys.stderr, flush=True)   # noqa: E731  (progress: to the parent's stderr)
+        result = ("ok", train_expert(cfg, i, {d.name: shards.open_shards(d.shards)}, torch.device("cpu"), backend,
+                                     say=say))
     except BaseException as e:   # handed to the parent, which raises it
         where = f"in the worker process of expert {config['datasets'][i]['name']}"
         if hasattr(e, "add_note"):   # Python 3.11+

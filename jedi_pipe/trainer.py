@@ -43,7 +43,8 @@ from .records import EvalRecord, MetricsLog, StepRecord, headline, parse_line, s
 from .weights_guard import check_init
 
 LOG_EVERY = 10        # steps between metrics.jsonl lines (each costs a host sync on GPU)
-PROGRESS_EVERY_S = 60  # the joint phase says where it is at the first logged step this long after its last line (s)
+PROGRESS_EVERY_S = 60  # an expert or the joint phase says where it is at the first logged step this long after its
+#                        last line (s)
 
 
 # ---------------------------------------------------------------------------- plumbing
@@ -301,7 +302,7 @@ def pretrain(cfg: Config, log=print) -> dict:
                 raise
     else:
         for i in todo:
-            name, test, note = train_expert(cfg, i, sets, device, backend, rank, world)
+            name, test, note = train_expert(cfg, i, sets, device, backend, rank, world, say=log)
             metrics[name] = test
             log(note)
     return {d.name: metrics[d.name] for d in cfg.datasets}
@@ -338,8 +339,10 @@ def expert_in_child(cfg: Config, i: int, threads: int, backend: str, children: l
     return value
 
 
-def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: int = 0, world: int = 1) -> tuple:
-    """Train, score and write the expert of cfg.datasets[i]: (name, test scores, a line for the log)."""
+def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: int = 0, world: int = 1,
+                 say=None) -> tuple:
+    """Train, score and write the expert of cfg.datasets[i]: (name, test scores, a line for the log).
+    `say`: where a progress line goes once PROGRESS_EVERY_S have passed since the last (None: nowhere)."""
     d, ss = cfg.datasets[i], sets[cfg.datasets[i].name]
     path, out = expert_path(cfg, d.name), Path(cfg.out)
     seed_everything(cfg.seed * 1000 + i)
@@ -353,7 +356,7 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
                           weight_decay=cfg.pretrain.weight_decay)
     model.train()
     forward = distributed.wrap(model)
-    t0 = time.time()
+    t0 = t_said = time.time()
     for step, batch in zip(range(total), loader):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
@@ -368,6 +371,10 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
             if distributed.is_main():
                 append_jsonl(out / "pretrain.jsonl", [{"dataset": d.name, "step": step, "loss": mean["loss"],
                                                       "lr": opt.param_groups[0]["lr"]}])
+                if say is not None and time.time() - t_said > PROGRESS_EVERY_S and step < total - 1:
+                    say(progress_line(step + 1, total, f"expert {d.name}, loss {mean['loss']:.3f}",
+                                      time.time() - t0, step + 1))
+                    t_said = time.time()
     model.eval()
     distributed.sync_buffers(model)
     test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]

@@ -38,11 +38,16 @@ def tiny_config(shard_dirs, out, extra=()):
 def test_pipeline_writes_every_output(shard_dirs, tmp_path, monkeypatch):
     from jedi_pipe import trainer
     _, cfg = tiny_config(shard_dirs, tmp_path / "run")
-    experts = pretrain(cfg, log=lambda m: None)
-    assert set(experts) == {"hmdb51", "ssv2"}
-    lines = []
-    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", -1)    # a loss line at every logged step
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", -1)    # a progress line at every logged step
     monkeypatch.setattr(trainer, "LOG_EVERY", 1)
+    said = []
+    experts = pretrain(cfg, log=said.append)                # TINY: pretrain.workers=1, the experts in this process
+    assert set(experts) == {"hmdb51", "ssv2"}
+    for name in experts:
+        progress = [m for m in said if f": expert {name}, loss" in m]
+        assert progress and all(re.match(rf"step \d+/\d+: expert {name}, loss \d+\.\d{{3}}; \d+ s, about \d+ s to go$", m)
+                                for m in progress), said
+    lines = []
     results = train(cfg, log=lines.append)
     out = Path(cfg.out)
     # the console: a line per logged step between evaluations (every PROGRESS_EVERY_S), one per evaluation,
