@@ -81,16 +81,14 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     # (a `--dataset folder` shard would take them all); --overwrite removes only what synth made (its record)
     record = Path(out) / SYNTH_RECORD
     made = json.loads(record.read_text()) if record.is_file() else []
-    taken = [n for n in names if (Path(out) / n).is_dir() and any((Path(out) / n).iterdir())]
-    foreign = [n for n in taken if n not in made]
+    taken = [Path(out) / n for n in names if (Path(out) / n).is_dir() and any((Path(out) / n).iterdir())]
+    foreign = [str(f) for f in taken if f.name not in made]
     if foreign:
-        fail(f"{', '.join(str(Path(out) / n) for n in foreign)}: not empty, and not made by jedi-pipe synth; "
-             "choose another --out")
+        fail(f"{', '.join(foreign)}: not empty, and not made by jedi-pipe synth; choose another --out")
     if taken and not overwrite:
-        fail(f"{', '.join(str(Path(out) / n) for n in taken)}: made by an earlier synth; --overwrite replaces "
-             "them, or choose another --out")
-    for n in taken:
-        shutil.rmtree(Path(out) / n)
+        fail(f"{', '.join(map(str, taken))}: made by an earlier synth; --overwrite replaces them, or choose another --out")
+    for folder in taken:
+        shutil.rmtree(folder)
     t0 = time.time()
     with _bar("synth", None) as bar:
         roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,

@@ -30,6 +30,7 @@ def check_at_least(cfg, **least) -> None:
 
 
 def check_positive(cfg, *keys) -> None:
+    """ValueError naming the first of `keys` of `cfg` that is not above 0 (a learning rate)."""
     for key in keys:
         if not getattr(cfg, key) > 0:
             raise ValueError(f"{key}: a positive number, got {getattr(cfg, key)!r}")

@@ -356,7 +356,8 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
                           weight_decay=cfg.pretrain.weight_decay)
     model.train()
     forward = distributed.wrap(model)
-    t0 = t_said = time.time()
+    t0 = time.time()
+    progress = Progress(total)
     for step, batch in zip(range(total), loader):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
@@ -371,10 +372,8 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
             if distributed.is_main():
                 append_jsonl(out / "pretrain.jsonl", [{"dataset": d.name, "step": step, "loss": mean["loss"],
                                                       "lr": opt.param_groups[0]["lr"]}])
-                if say is not None and time.time() - t_said > PROGRESS_EVERY_S and step < total - 1:
-                    say(progress_line(step + 1, total, f"expert {d.name}, loss {mean['loss']:.3f}",
-                                      time.time() - t0, step + 1))
-                    t_said = time.time()
+                if say is not None and progress.due() and step < total - 1:
+                    say(progress.line(step + 1, f"expert {d.name}, loss {mean['loss']:.3f}"))
     model.eval()
     distributed.sync_buffers(model)
     test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
@@ -643,8 +642,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     t_wait = t_step = 0.0
     clips_done = 0
     final = None          # the evaluation at the last step, which is also the result
-    t_run, step_run = time.perf_counter(), step
-    t_said = t_run      # the last console line: between evaluations, another once PROGRESS_EVERY_S have passed
+    progress = Progress(total, step)   # the console: a line per evaluation, and between them once a minute
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         heads_slow = step < cfg.jedi.teacher_lr_from     # the teacher heads at the students' pace until then
@@ -676,10 +674,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                     pl = outputs.unlabeled[n].target.argmax(-1).cpu()
                     flat[f"{n}/pseudo_label_acc"] = (pl == label_true[n][b["id_u"]]).float().mean().item()
             flat = distributed.mean_over_ranks(flat)
-            if time.perf_counter() - t_said > PROGRESS_EVERY_S and step < total:
-                log(progress_line(step, total, f"loss {flat['loss']:.3f}, {flat['clips_per_s']:.0f} clips/s",
-                                  time.perf_counter() - t_run, step - step_run))
-                t_said = time.perf_counter()
+            if progress.due() and step < total:
+                log(progress.line(step, f"loss {flat['loss']:.3f}, {flat['clips_per_s']:.0f} clips/s"))
             if distributed.is_main():
                 metrics_log.write([
                     StepRecord(step, n, opt.param_groups[0]["lr"], flat["loss"], flat["clips_per_s"], flat["input_wait"],
@@ -699,8 +695,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
                 jedi.students.load_state_dict(trained_stats, strict=False)
             if distributed.is_main():
                 metrics_log.write([EvalRecord(step, summary(scores), eval_split)])
-            log(progress_line(step, total, scores_said(scores, eval_split), time.perf_counter() - t_run, step - step_run))
-            t_said = time.perf_counter()
+            log(progress.line(step, scores_said(scores, eval_split)))
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
             save_checkpoint()
@@ -724,10 +719,24 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     return results
 
 
-def progress_line(step: int, total: int, what: str, seconds: float, steps_run: int) -> str:
-    """A console line of the joint phase: the step, `what` (scores or the loss), the time so far and left."""
-    left = seconds / max(steps_run, 1) * (total - step)
-    return f"step {step}/{total}: {what}; {seconds:.0f} s" + (f", about {left:.0f} s to go" if step < total else "")
+class Progress:
+    """Console lines of a loop of `total` steps (an expert's, the joint phase's) started at step `start`:
+    `line(step, what)` says the step, `what`, the time so far and the time left; `due()`: PROGRESS_EVERY_S
+    have passed since the last line."""
+
+    def __init__(self, total: int, start: int = 0):
+        self.total, self.start = total, start
+        self.t0 = self.said = time.perf_counter()
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.said > PROGRESS_EVERY_S
+
+    def line(self, step: int, what: str) -> str:
+        self.said = time.perf_counter()
+        seconds = self.said - self.t0
+        left = seconds / max(step - self.start, 1) * (self.total - step)
+        return (f"step {step}/{self.total}: {what}; {seconds:.0f} s"
+                + (f", about {left:.0f} s to go" if step < self.total else ""))
 
 
 def scores_said(scores: dict, split: str) -> str:
