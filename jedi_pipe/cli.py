@@ -538,10 +538,14 @@ def plan(config_path, overrides, gpus, gpu_mem, tflops, utilisation):
     Activations and FLOPs per clip are measured here on the CPU (a few seconds per model);
     the rest is arithmetic, written out in jedi_pipe/plan.py and docs/scale.md.
     """
-    from .plan import format_plan, plan as make_plan
+    from .plan import format_plan, plan as make_plan, shard_counts
     cfg = _config(config_path, overrides)
-    click.echo(format_plan(_run_guarded(lambda: make_plan(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, tflops=tflops,
-                                                          utilisation=utilisation))))
+
+    def run():
+        labeled, classes = shard_counts(cfg)
+        return make_plan(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, tflops=tflops, utilisation=utilisation,
+                         labeled_counts=labeled, class_counts=classes)
+    click.echo(format_plan(_run_guarded(run)))
 
 
 def _attach_bench():

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from . import shards as shardfmt
 from .config import Config
 from .errors import InputError
 from .models import build
@@ -27,7 +29,7 @@ GiB = 2**30
 CONTEXT_GIB = 3.0       # CUDA context + cuDNN workspaces, a round allowance (not measured here)
 FRAGMENTATION = 0.10    # caching-allocator slack on top of the live tensors, an allowance (not measured here)
 # Labeled clips per dataset at labeled_fraction 0.1, from the published split sizes (docs/scale.md, "Shard
-# counts"); used for the epoch length only when a config's shard folder is not there to count.
+# counts"), and classes per dataset: used only when a config's shard folder is not there to count (shard_counts).
 PUBLISHED_LABELED = {"hmdb51": 357, "ucf101": 954, "kinetics400": 24_000, "ssv2": 16_900}
 PUBLISHED_CLASSES = {"hmdb51": 51, "ucf101": 101, "kinetics400": 400, "ssv2": 174}   # other names: 400 assumed
 
@@ -145,13 +147,26 @@ class Settings:
     grad_checkpointing: bool
 
 
+def shard_counts(cfg: Config) -> tuple[dict[str, int], dict[str, int]]:
+    """Labeled clips and classes of each config dataset whose shard folder is there (others left out)."""
+    labeled, classes = {}, {}
+    for d in cfg.datasets:
+        if (Path(d.shards) / shardfmt.CARD).is_file():
+            ss = shardfmt.open_shards(d.shards)
+            labeled[d.name], classes[d.name] = ss.count("labeled"), len(ss.classes)
+    return labeled, classes
+
+
 def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 989.0, utilisation: float = 0.3,
-         costs: dict[str, ModelCost] | None = None, labeled_counts: dict[str, int] | None = None) -> dict:
+         costs: dict[str, ModelCost] | None = None, labeled_counts: dict[str, int] | None = None,
+         class_counts: dict[str, int] | None = None) -> dict:
     """The memory and time model of cfg's joint step on `gpus` GPUs of `gpu_mem_gb` GB each.
 
     ``tflops``: the GPU's dense bf16 peak (989 for an H100/H200 SXM, 312 for an A100), of which
     ``utilisation`` is assumed reached. ``costs``: measured ModelCost per arch (measured here
-    when missing). ``labeled_counts``: labeled clips per dataset, for the epoch length.
+    when missing). ``labeled_counts`` and ``class_counts``: labeled clips and classes per dataset
+    (shard_counts), for the epoch length and the teachers' heads; the published sizes stand in
+    for a dataset left out.
     """
     j = cfg.jedi
     names = [d.name for d in cfg.datasets]
@@ -170,7 +185,8 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
     # -- weights and their state (fp32 master weights; autocast keeps them fp32); JEDI's teacher i: a linear
     #    head over all students' features, [C_i, sum of widths]; a moving average copies all it averages
     width = sum(c.num_features for c in archs)
-    heads = sum((width + 1) * PUBLISHED_CLASSES.get(n, 400) for n in names) if j.teachers == "joint" else 0
+    classes = {n: (class_counts or {}).get(n, PUBLISHED_CLASSES.get(n, 400)) for n in names}
+    heads = sum((width + 1) * classes[n] for n in names) if j.teachers == "joint" else 0
     params = sum(c.params for c in archs) + heads
     weights = 4.0 * params
     state = {"weights": weights, "gradients": weights, "SGD momentum": weights,
@@ -219,7 +235,10 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
     step_s = flops_step / gpus / (tflops * 1e12 * utilisation)
     counts = labeled_counts or {}
     labeled = {n: counts.get(n, PUBLISHED_LABELED.get(n)) for n in names}
+    counted = [n for n in names if n in counts]
+    # as the trainer counts them (loaders/mixing.py, trainer.train_jedi): one epoch = one pass over the largest labeled set
     steps_epoch = math.ceil(max(v for v in labeled.values() if v) / j.batch_size) if any(labeled.values()) else None
+    joint_steps = j.steps or (j.epochs * steps_epoch if steps_epoch else None)
     return {
         "gpus": gpus, "gpu_mem_gb": gpu_mem_gb, "bf16": bf16, "clip": (cfg.clip.frames, cfg.clip.size),
         "models": {c.arch: c for c in archs}, "clips_per_step": clips_step, "clips_per_gpu": clips.decoded,
@@ -230,13 +249,16 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
         "budget": budget, "fits": fits, "settings": chosen, "suggestion": suggestion,
         "suggestion_peak": peak(suggestion) if suggestion else None,
         "flops_per_step": flops_step, "tflops": tflops, "utilisation": utilisation, "step_s": step_s,
-        "labeled": labeled, "steps_per_epoch": steps_epoch,
+        "labeled": labeled, "counted": counted, "steps_per_epoch": steps_epoch,
         "epoch_s": steps_epoch * step_s if steps_epoch else None, "loader_clips_per_s": clips_step / step_s,
+        "joint_steps": joint_steps, "steps_from": "jedi.steps" if j.steps else f"{j.epochs} jedi.epochs",
+        "joint_s": joint_steps * step_s if joint_steps else None,
     }
 
 
 def format_plan(p: dict) -> str:
     g = lambda b: f"{b / GiB:.1f} GiB" if b >= 10 * GiB else f"{b / GiB:.3f} GiB"  # noqa: E731
+    dur = lambda s: f"{s / 3600:.2f} h" if s >= 360 else f"{s:.1f} s"  # noqa: E731
     s = p["settings"]
     lines = [f"joint step on {p['gpus']} GPU(s) of {p['gpu_mem_gb']:g} GB, clips {p['clip'][0]}x{p['clip'][1]}^2, "
              f"{'bf16 autocast' if p['bf16'] else 'fp32'}; jedi.micro_batch_size={s.micro_batch_size}, "
@@ -267,8 +289,12 @@ def format_plan(p: dict) -> str:
     lines.append(f"compute per step {p['flops_per_step'] / 1e12:.1f} TFLOP; at {p['utilisation']:.0%} of "
                  f"{p['tflops']:g} TFLOP/s per GPU: {p['step_s']:.2f} s per step")
     if p["steps_per_epoch"]:
-        lines.append(f"epoch: {p['steps_per_epoch']} steps (labeled clips {p['labeled']}), "
-                     f"{p['epoch_s'] / 3600:.2f} h")
+        source = ("counted in the shard folders" if len(p["counted"]) == len(p["labeled"]) else
+                  "published split sizes" + (f"; counted for {', '.join(p['counted'])}" if p["counted"] else ""))
+        lines.append(f"epoch: {p['steps_per_epoch']} steps (labeled clips {p['labeled']}: {source}), "
+                     f"{dur(p['epoch_s'])}")
+    if p["joint_steps"]:
+        lines.append(f"joint phase: {p['joint_steps']} steps ({p['steps_from']}), {p['joint_s'] / 3600:.2f} h")
     lines.append(f"the loaders must deliver {p['loader_clips_per_s']:.0f} clips/s (all GPUs) to keep up")
     lines.append("(predictions: not measured on a GPU here; docs/scale.md)")
     return "\n".join(lines)

@@ -337,3 +337,30 @@ def test_plan_counts_the_students_weight_average():
     off, on = (plan(plan_config(student_avg=a), costs={"r2plus1d_18": R2P1D}) for a in (0.0, 0.999))
     assert off["state"]["students' average"] == 0
     assert on["state"]["students' average"] == 4 * 4 * R2P1D.params
+
+
+def test_plan_counts_the_config_shards_and_the_joint_phase(shard_dirs, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+    from jedi_pipe.cli import main
+    from jedi_pipe.shards import open_shards
+    cfg = {"name": "p", "out": str(tmp_path / "o"), "clip": {"frames": 4, "size": 16},
+           "datasets": [{"name": "hmdb51", "shards": str(shard_dirs["hmdb51"])},
+                        {"name": "ucf101", "shards": str(tmp_path / "not-sharded-yet")}],
+           "jedi": {"batch_size": 2, "epochs": 3}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ss = open_shards(shard_dirs["hmdb51"])
+    r = CliRunner().invoke(main, ["plan", "--config", str(path)])
+    assert r.exit_code == 0, r.output
+    # hmdb51 counted in its folder (it has fewer labeled clips than the published 357), ucf101 from the published 954
+    assert f"'hmdb51': {ss.count('labeled')}, 'ucf101': 954" in r.output and "counted for hmdb51" in r.output
+    assert "epoch: 477 steps" in r.output and "joint phase: 1431 steps (3 jedi.epochs)" in r.output
+    r = CliRunner().invoke(main, ["plan", "--config", str(path), "--set", "jedi.steps=450"])
+    assert "joint phase: 450 steps (jedi.steps)" in r.output
+    # the teachers' heads are sized by the folder's classes, not the published 51
+    p = plan(load_config(path), labeled_counts={}, class_counts={"hmdb51": len(ss.classes)},
+             costs={"tiny3d": measure_model("tiny3d", 5, 4, 16, bf16=False)})
+    q = plan(load_config(path), costs=p["models"])
+    width = 2 * p["models"]["tiny3d"].num_features
+    assert q["params"] - p["params"] == (width + 1) * (51 - len(ss.classes))
