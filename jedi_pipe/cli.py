@@ -75,12 +75,16 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     can_be_folder(out, "--out")
     names = [d.strip() for d in datasets.split(",") if d.strip()]
     unknown = sorted(set(names) - set(synth_mod.DATASETS))
-    if unknown:
-        fail(f"unknown dataset(s) {', '.join(unknown)}; choose from {', '.join(synth_mod.DATASETS)}")
+    if unknown or not names:
+        fail(f"unknown dataset(s) {', '.join(unknown) or repr(datasets)}; choose from {', '.join(synth_mod.DATASETS)}")
     # a second synth into the same folders would leave the first one's files beside its own, listed nowhere
     # (a `--dataset folder` shard would take them all); --overwrite removes only what synth made (its record)
     record = Path(out) / SYNTH_RECORD
-    made = json.loads(record.read_text()) if record.is_file() else []
+    try:
+        made = json.loads(record.read_text()) if record.is_file() else []
+    except ValueError:   # a damaged record: nothing in the folder counts as synth's, so nothing is removed
+        made = []
+    made = made if isinstance(made, list) else []
     taken = [Path(out) / n for n in names if (Path(out) / n).is_dir() and any((Path(out) / n).iterdir())]
     foreign = [str(f) for f in taken if f.name not in made]
     if foreign:
@@ -143,10 +147,13 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     if recipe:
         params = {p.name: p for p in ctx.command.params}
         given = lambda key: ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT  # noqa: E731
-        for key, value in _read_recipe(recipe).items():
+        for key, value in _read_recipe(recipe, dataset).items():
             if key in FLIP_RECIPE_KEYS:
                 opts[key] = value
             elif not (given(key) or given(ALTERNATIVE.get(key, key))):   # a flag wins, over its alternative too
+                whole = isinstance(params[key].type, click.types.IntParamType)
+                if whole and isinstance(value, float) and not value.is_integer():   # click's int() would cut it
+                    fail(f"recipe {recipe}: {key}: {value} is not an integer")
                 try:   # recipe values pass the same type checks as flags
                     opts[key] = params[key].type_cast_value(ctx, value)
                 except click.BadParameter as e:
@@ -159,14 +166,22 @@ def shard(ctx, dataset, root, out, recipe, **opts):
         click.echo("interrupted; rerun the same command to resume", err=True)
         sys.exit(130)
     if s.already_complete:
-        click.echo(f"{s.out}: already complete with these settings; nothing to do")
+        click.echo(f"{s.out}: already complete with these settings (the same videos, labels and roles); "
+                   f"nothing to do (--overwrite writes it again)")
     counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
-    click.echo(f"{s.out} (from {s.root}): {counts}; failures {s.failures} (errors.jsonl); "
+    click.echo(f"{s.out}{'' if s.already_complete else f' (from {s.root})'}: {counts}; "
+               f"failures {s.failures} (errors.jsonl); "
                f"missing {s.missing} (missing.jsonl); "
                f"{s.bytes / 1e6:.1f} MB; {s.transcoded} clips in {s.seconds:.1f}s ({s.clips_per_s:.1f} clips/s)")
+    _warn(s.warnings)
 
 
-def _read_recipe(path) -> dict:
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+def _read_recipe(path, dataset: str) -> dict:
     import yaml
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -178,7 +193,9 @@ def _read_recipe(path) -> dict:
         fail(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}")
     if not isinstance(data, dict):
         fail(f"recipe {path} must be a YAML mapping of option: value")
-    data.pop("dataset", None)
+    meant_for = data.pop("dataset", dataset)
+    if meant_for != dataset:   # e.g. ssv2's flip pairs and sizes applied to hmdb51 by a slip
+        fail(f"recipe {path} is for --dataset {meant_for}, not {dataset}; remove its `dataset:` line to use it anyway")
     known = SHARD_RECIPE_KEYS + FLIP_RECIPE_KEYS
     bad = sorted(set(data) - set(known))
     if bad:
@@ -508,6 +525,7 @@ def split(src, out, **opts):
         click.echo(f"{s.out}: already complete with these settings; nothing to do")
     counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
     click.echo(f"{s.out}: {counts}; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s (clip bytes copied, nothing transcoded)")
+    _warn(s.warnings)
 
 
 class _bar:

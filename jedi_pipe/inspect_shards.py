@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from . import shards
-from .errors import UnavailableError
+from .errors import InputError, UnavailableError
 
 
 def verify_shards(root) -> dict:
@@ -94,7 +94,9 @@ def contact_sheet(root, out_png, clips: int = 6, frames: int = 8, role: str = "t
     import numpy as np
     from .loaders.torch import read_frames
     ss = shards.open_shards(root)
-    role = role if ss.count(role) else next(r for r in shards.ROLES if ss.count(r))
+    role = role if ss.count(role) else next((r for r in shards.ROLES if ss.count(r)), None)
+    if role is None:
+        raise InputError(f"{root} holds no clips to preview")
     samples = []
     for tar in ss.tars(role):
         for s in shards.iter_tar_samples(tar):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -44,6 +45,7 @@ class ShardSummary:
     transcoded: int = 0                            # clips encoded in this run (0 when resumed complete)
     already_complete: bool = False
     root: str = ""                                 # the dataset root that was read
+    warnings: list = field(default_factory=list)   # what the folder lacks for training (role_gaps)
 
     @property
     def clips_per_s(self) -> float:
@@ -124,6 +126,25 @@ def _first_dup(values):
         seen.add(v)
 
 
+def role_gaps(labels_roles, classes: list[str]) -> list[str]:
+    """What a shard folder lacks for `jedi-pipe train`, one sentence each: no test role, classes
+    with no labeled or no test clip, a single class. `labels_roles`: (class index, role) per clip."""
+    have = {(label, role) for label, role in labels_roles}
+    def missing(role):
+        names = [c for i, c in enumerate(classes) if (i, role) not in have]
+        return f"{len(names)} class(es) without a {role} clip: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+    gaps = []
+    if len(classes) < 2:
+        gaps.append(f"{len(classes)} class: nothing to tell apart")
+    if not any(role == "test" for _, role in have):
+        gaps.append("no test clips: `jedi-pipe pretrain`, `train` and `eval` score every dataset on test and refuse it")
+    elif any((i, "test") not in have for i in range(len(classes))):
+        gaps.append(missing("test"))
+    if any((i, "labeled") not in have for i in range(len(classes))):
+        gaps.append(missing("labeled"))
+    return gaps
+
+
 def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 labeled_fraction: float | None = None, labeled_per_class: int | None = None,
                 val_per_class: int | None = None, val_fraction: float | None = None,
@@ -171,16 +192,22 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         packaged = flips.packaged_rule(dataset)
         flip_rule = flips.read_rule(given, f"the {' and '.join(given)} given", base=packaged)
         settings = EncodeSettings(codec=codec, fps=fps, short_side=short_side, max_seconds=max_seconds)
+        for flag, folder in (("--videos", videos), ("--annotations", annotations)):
+            if folder is not None and not Path(folder).is_dir():
+                raise ShardError(f"{flag} {folder}: no such folder")
         if root is None and videos is None:
             root = default_root(dataset)
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
     except (DatasetError, ValueError) as e:
         raise ShardError(str(e)) from None
+    if dataset == "folder" and out.resolve().is_relative_to(Path(listing.root).resolve()):
+        # its clips (and a killed run's temporary ones) would be listed as videos of the next run
+        raise ShardError(f"--out {out} is inside the folder dataset's root {listing.root}; write the shards elsewhere")
     # the pairs the label names hold, of the map in use; after listing, so that a malformed split file is one error line
     flips.log_report(listing.classes, flip_rule, f"{dataset} ({listing.root})")
     card_flips = flips.card_flips(listing.classes, flip_rule)
     if not listing.items:
-        raise ShardError(f"{dataset}: no usable videos under {root} ({len(listing.missing)} listed videos missing)")
+        raise ShardError(f"{dataset}: no usable videos under {videos or root} ({len(listing.missing)} listed videos missing)")
     listed = len(listing.items) + len(listing.missing)
     if len(listing.missing) > max_missing * listed:   # before any transcode: likely the wrong folder
         raise ShardError(f"{len(listing.missing)} of the {listed} videos that the split files of {listing.root} name "
@@ -244,15 +271,15 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
 
 
 def _flag(k: str) -> str:
-    return "--" + k.replace("_", "-")
+    return "--timeout" if k == "timeout_s" else "--" + k.replace("_", "-")
 
 
 def _is_number(k: str, v, integer=False, optional=False) -> bool:
     """False for an optional option left out; True for a number; a ShardError otherwise."""
     if v is None and optional:
         return False
-    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)):
-        raise ShardError(f"{_flag(k)} must be {'an integer' if integer else 'a number'}, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not math.isfinite(v):
+        raise ShardError(f"{_flag(k)} must be {'an integer' if integer else 'a finite number'}, got {v!r}")
     return True
 
 
@@ -313,10 +340,19 @@ def _check_options(**opts) -> None:
 
 
 def _check_failures(summary: ShardSummary, max_failures: float) -> None:
+    """Fill summary.warnings from what was written (failed videos are no clips), then fail the
+    run when no clip, or more than `max_failures` of the videos, failed."""
+    ss = shards.open_shards(summary.out)
+    t = ss.manifest(columns=["label", "role"]).to_pydict()
+    summary.warnings = role_gaps(zip(t["label"], t["role"]), ss.classes)
+    errors = Path(summary.out) / shards.ERRORS
+    retry = "to retry them once the sources are mended, rerun with --overwrite (a rerun without it keeps this folder)"
+    if not sum(summary.counts.values()):
+        raise ShardError(f"none of the {summary.planned} videos became a clip; see {errors} for why; {retry}")
     if summary.failures > max_failures * summary.planned:
         raise ShardError(f"{summary.failures} of {summary.planned} videos failed "
                          f"({summary.failures / summary.planned:.1%} > --max-failures {max_failures:.1%}); "
-                         f"the rest is written, see {Path(summary.out) / shards.ERRORS}")
+                         f"the rest is written, see {errors}; {retry}")
 
 
 _OURS = ("*.tar", "*.tar.idx", "*.partial", shards.MANIFEST, shards.WITHHELD, shards.CARD, shards.ERRORS,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__, shards
 from .make_shards import (ShardError, TableWriter, check_selection, claim_folder, locked_folder, place_samples,
-                          select_roles, selection_record, write_failed, write_json_atomic)
+                          role_gaps, select_roles, selection_record, write_failed, write_json_atomic)
 
 
 @dataclass
@@ -27,6 +27,7 @@ class SplitSummary:
     bytes: int = 0
     seconds: float = 0.0
     already_complete: bool = False
+    warnings: list = field(default_factory=list)   # what the folder lacks for training (make_shards.role_gaps)
 
 
 def read_labeled_list(path, rows: list[dict]) -> set[str]:
@@ -102,7 +103,15 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
                          + (f" (got {', '.join(given)})" if given else ""))
     check_selection(labeled_fraction, labeled_per_class, val_fraction, val_per_class)
 
-    rows = ss.full_rows()
+    try:
+        rows = ss.full_rows()
+    except (OSError, ValueError) as e:   # withheld.parquet or the manifest gone or cut
+        raise ShardError(f"{src} is damaged: {getattr(e, 'strerror', None) or e}; `jedi-pipe inspect {src}` "
+                         f"checks it") from None
+    lost = [t.name for r in ss.card["counts"] for t in ss.tars(r) if not t.is_file()]
+    if lost:   # checked before writing: a rerun could not mend the source
+        raise ShardError(f"{src} is damaged: {len(lost)} tar(s) it lists are gone ({lost[0]}); "
+                         f"`jedi-pipe inspect {src}` checks it")
     train = sorted((r for r in rows if r["role"] in shards.TRAIN_ROLES), key=lambda r: r["sample_id"])
     test = sorted((r for r in rows if r["role"] == "test"), key=lambda r: r["sample_id"])
     listed = read_labeled_list(labeled_list, rows) if labeled_list is not None else None
@@ -114,6 +123,7 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
         raise ShardError(f"{src}: test sample ids start at {test[0]['sample_id']}, below the "
                          f"{len(plan)} training samples; the folder is not one `jedi-pipe shard` wrote")
 
+    gaps = role_gaps([(r["label"], r["role"]) for r in plan + test], ss.classes)
     plan_hash = hashlib.sha256("".join(f"{r['key']} {r['role']} {r['shard']}\n" for r in plan).encode())
     job = {"format_version": shards.FORMAT_VERSION, "split_from": str(src.resolve()),
            "source_card": hashlib.sha256((src / shards.CARD).read_bytes()).hexdigest(),
@@ -126,7 +136,7 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
         claim_folder(out, job, overwrite)
         if (out / shards.CARD).is_file():
             card = json.loads((out / shards.CARD).read_text())
-            return SplitSummary(str(out), card["counts"], card["bytes"], 0.0, already_complete=True)
+            return SplitSummary(str(out), card["counts"], card["bytes"], 0.0, already_complete=True, warnings=gaps)
         t0 = time.time()
         try:
             for leftover in out.glob("*.partial"):
@@ -152,7 +162,7 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
             write_json_atomic(out / shards.CARD, card, indent=1)   # last: the card marks a complete folder
         except OSError as e:
             raise write_failed(out, e, "redo it") from None
-    return SplitSummary(str(out), counts, card["bytes"], time.time() - t0)
+    return SplitSummary(str(out), counts, card["bytes"], time.time() - t0, warnings=gaps)
 
 
 def _plan(ss: shards.ShardSet, train: list[dict], roles_of: dict[str, str], seed: int) -> list[dict]:

@@ -218,9 +218,14 @@ def open_shards(root: str | Path) -> ShardSet:
     card_path = root / CARD
     if not card_path.is_file():
         raise MissingError(f"{root} is not a shard folder: no {CARD} (run `jedi-pipe shard` first)")
-    card = json.loads(card_path.read_text())
-    if card.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{card_path}: shard format {card.get('format_version')}, this jedi-pipe reads "
+    try:
+        card = json.loads(card_path.read_text())
+    except ValueError as e:
+        raise InputError(f"{card_path} is not valid JSON ({e}); write the folder again with "
+                         f"`jedi-pipe shard --overwrite`") from None
+    if not isinstance(card, dict) or card.get("format_version") != FORMAT_VERSION:
+        version = card.get("format_version") if isinstance(card, dict) else None
+        raise InputError(f"{card_path}: shard format {version}, this jedi-pipe reads "
                          f"{FORMAT_VERSION}; write the folder again with `jedi-pipe shard --overwrite`")
     return ShardSet(root, card)
 

@@ -138,7 +138,13 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def open_all(cfg: Config) -> dict[str, shardfmt.ShardSet]:
-    return {d.name: shardfmt.open_shards(d.shards) for d in cfg.datasets}
+    """Every dataset's shard folder; refused before any training when one cannot be scored (no test clips)."""
+    sets = {d.name: shardfmt.open_shards(d.shards) for d in cfg.datasets}
+    for name, ss in sets.items():
+        if not ss.count("test"):
+            raise InputError(f"{name}: {ss.root} has no test clips, and every dataset is scored on test; "
+                             f"shard it from a source with test videos")
+    return sets
 
 
 def prepare_run(cfg: Config) -> Path:

@@ -6,6 +6,7 @@ by DALI; the output codec is one that the loaders can decode (VP9 on both DALI p
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import subprocess
@@ -44,8 +45,11 @@ class EncodeSettings:
         # a recipe's `fps: 15` and the CLI's 15.0 are the same setting (and the same fingerprint)
         object.__setattr__(self, "fps", float(self.fps))
         object.__setattr__(self, "max_seconds", float(self.max_seconds))
-        if self.fps <= 0 or self.short_side < 8 or self.max_seconds <= 0:
-            raise ValueError(f"bad encode settings {self}: need fps > 0, short_side >= 8, max_seconds > 0")
+        for name, ok, need in (("fps", 0 < self.fps < math.inf, "a finite number > 0"),
+                               ("short_side", self.short_side >= 8, "an integer >= 8"),
+                               ("max_seconds", 0 < self.max_seconds < math.inf, "a finite number > 0")):
+            if not ok:   # nan fails both comparisons
+                raise ValueError(f"--{name.replace('_', '-')} must be {need}, got {getattr(self, name)}")
         if self.codec == "h264" and self.short_side % 2:
             # libx264 refuses odd sizes in 4:2:0; VP9 and MJPEG take them
             raise ValueError(f"--short-side {self.short_side} is odd; h264 (yuv420p) needs an even size")

@@ -389,11 +389,60 @@ def _case_odd_short_side_h264(tmp):
             "h264 (yuv420p) needs an even size")
 
 
+def _folder_stub(root: Path, *names: str) -> Path:
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"x")
+    return root
+
+
+def _case_half_split_layout(tmp):   # train/ alone: 'train' would pass for the only class
+    return ["--dataset", "folder", "--root", _folder_stub(tmp / "f", "train/a/1.avi", "train/b/2.avi")], \
+        "has train/ but no test/val/validation folder beside it"
+
+
+def _case_fps_nan(tmp):   # nan passed `<= 0`; every video then failed as if broken
+    return ["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--fps", "nan"], "--fps must be a finite number > 0"
+
+
+def _case_timeout_inf(tmp):
+    return ["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--timeout", "inf"], "--timeout must be a finite"
+
+
+def _case_recipe_of_another_dataset(tmp):
+    (tmp / "r.yaml").write_text("dataset: ssv2\nfps: 8\n")
+    return (["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--recipe", tmp / "r.yaml"],
+            "is for --dataset ssv2, not hmdb51")
+
+
+def _case_recipe_fraction_for_an_integer(tmp):   # click's int() would make 1.5 a silent 1
+    (tmp / "r.yaml").write_text("labeled_per_class: 1.5\n")
+    return (["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--recipe", tmp / "r.yaml"],
+            "labeled_per_class: 1.5 is not an integer")
+
+
+def _case_out_inside_the_folder_root(tmp):
+    root = _folder_stub(tmp / "f", "a/1.avi", "b/2.avi")
+    return ["--dataset", "folder", "--root", root, "--out", root / "shards"], "is inside the folder dataset's root"
+
+
+def _case_annotations_not_there(tmp):
+    return (["--dataset", "hmdb51", "--root", _hmdb_stub(tmp / "h"), "--annotations", tmp / "nowhere"],
+            "--annotations " + str(tmp / "nowhere") + ": no such folder")
+
+
+def _case_no_video_becomes_a_clip(tmp):   # even with every failure allowed, an empty folder is no success
+    root = _folder_stub(tmp / "f", "a/1.avi", "b/2.avi")
+    return ["--dataset", "folder", "--root", root, "--max-failures", "1"], "none of the 2 videos became a clip"
+
+
 UNUSABLE = {f.__name__[len("_case_"):]: f for f in (
     _case_missing_root, _case_missing_split_folder, _case_missing_split_file, _case_malformed_split_line,
     _case_split_file_not_text, _case_malformed_json, _case_malformed_csv, _case_unknown_dataset, _case_split_7,
     _case_unwritable_out, _case_no_usable_video, _case_bad_recipe_key, _case_bad_recipe_value,
-    _case_bad_recipe_yaml, _case_odd_short_side_h264)}
+    _case_bad_recipe_yaml, _case_odd_short_side_h264, _case_half_split_layout, _case_fps_nan, _case_timeout_inf,
+    _case_recipe_of_another_dataset, _case_recipe_fraction_for_an_integer, _case_out_inside_the_folder_root,
+    _case_annotations_not_there, _case_no_video_becomes_a_clip)}
 
 
 @pytest.mark.parametrize("case", list(UNUSABLE))

@@ -2,12 +2,13 @@
 
 Split folders are `train` and one of `test`/`val`/`validation`. Without them, a fixed 20% of
 each class (by a hash of the path, so it never changes between runs) becomes the test split.
-Class order: sorted folder names. A video's id is its path under the root without the
-extension (`a/clip`, or `train/a/clip` in the split layout).
+Class order: sorted folder names (a folder without videos is no class). A video's id is its
+path under the root without the extension (`a/clip`, or `train/a/clip` in the split layout).
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from .common import VIDEO_EXTS, DatasetError, Listing, VideoItem, check_root, rel
 
 TEST_NAMES = ("test", "val", "validation")
+log = logging.getLogger(__name__)
 
 
 def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
@@ -22,28 +24,37 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     if split != 1:
         raise DatasetError(f"--split {split} does not exist; a folder dataset has one split")
     test_dir = next((root / n for n in TEST_NAMES if (root / n).is_dir()), None)
-    if (root / "train").is_dir() and test_dir is not None:
-        parts = {"train": root / "train", "test": test_dir}
-    else:
-        parts = {None: root}
+    has_train = (root / "train").is_dir()
+    if has_train != (test_dir is not None):   # half a split layout: its folder would pass for a class
+        raise DatasetError(f"{root} has {'train/' if has_train else test_dir.name + '/'} but no "
+                           f"{'/'.join(TEST_NAMES) if has_train else 'train'} folder beside it; give both "
+                           f"(<root>/train/<class>/..., <root>/test/<class>/...) or neither (<root>/<class>/...)")
+    parts = {"train": root / "train", "test": test_dir} if has_train else {None: root}
     # hidden entries (.ipynb_checkpoints/, macOS ._clip.avi) are never classes or videos
-    classes = sorted({d.name for p in parts.values() for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")})
-    if not classes:
+    folders = sorted({d.name for p in parts.values() for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    if not folders:
         raise DatasetError(f"{root} has no class folders (<root>/<class>/<video> or <root>/<split>/<class>/<video>)")
-    index = {c: i for i, c in enumerate(classes)}
-    items = []
+    found = []   # (split, class folder name, file)
     for split_name, base in parts.items():
-        for cls in classes:
+        for cls in folders:
             if not (base / cls).is_dir():
                 continue
             for f in sorted((base / cls).rglob("*")):
-                if not f.is_file() or not f.name.lower().endswith(VIDEO_EXTS) or f.name.startswith("."):
-                    continue
-                source = rel(f, root)
-                s = split_name or ("test" if int(hashlib.sha1(source.encode()).hexdigest(), 16) % 5 == 0 else "train")
-                items.append(VideoItem(str(Path(source).with_suffix("")), str(f), source, index[cls], s))
-    if not items:
+                if f.is_file() and f.name.lower().endswith(VIDEO_EXTS) and not f.name.startswith("."):
+                    found.append((split_name, cls, f))
+    if not found:
         raise DatasetError(f"no video files ({', '.join(VIDEO_EXTS)}) under {root}")
+    # a folder without videos is no class (an empty download, or an output folder put under the root)
+    classes = sorted({cls for _, cls, _ in found})
+    empty = sorted(set(folders) - set(classes))
+    if empty:
+        log.info("%s: %d folder(s) without videos are not classes: %s", root, len(empty), ", ".join(empty[:10]))
+    index = {c: i for i, c in enumerate(classes)}
+    items = []
+    for split_name, cls, f in found:
+        source = rel(f, root)
+        s = split_name or ("test" if int(hashlib.sha1(source.encode()).hexdigest(), 16) % 5 == 0 else "train")
+        items.append(VideoItem(str(Path(source).with_suffix("")), str(f), source, index[cls], s))
     # The id is the path without its extension (train/a/x and test/a/x, a/sub/x and a/x are
     # different videos); a.avi next to a.mp4 keep their extensions to stay apart.
     ids = Counter(it.video_id for it in items)

@@ -132,6 +132,9 @@ def make_eval_loader(shards_dir: str | ShardSet, clip: ClipSpec | dict | None = 
     shards = shards_dir if isinstance(shards_dir, ShardSet) else open_shards(shards_dir)
     if views < 1 or crops < 1:
         raise ValueError(f"views and crops must be >= 1, got views={views}, crops={crops}")
+    if not shards.count(role):   # both backends would fail deep inside on no tars
+        raise InputError(f"{shards.root} has no {role} clips (its roles: "
+                         f"{', '.join(f'{r} {n}' for r, n in shards.card['counts'].items())})")
     loader = role_loader(resolve_backend(backend, [shards]))
     return loader(shards, role, as_clip(clip), batch_size, train=False, views=views, crops=crops, rank=rank,
                   world_size=world_size, threads=threads)
