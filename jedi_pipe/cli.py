@@ -408,7 +408,7 @@ def _run_as_rank(fn):
 
 @main.command()
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: ./jedi-demo, or ./jedi-demo-quick with --quick].")
-@click.option("--quick", is_flag=True, help="Fewer videos and epochs: a smoke run of every stage (about 30 CPU seconds, against about 6 CPU minutes for the full demo).")
+@click.option("--quick", is_flag=True, help="Fewer videos and epochs: a smoke run of every stage (about 1 CPU minute, against 8-14 for the full demo; bench/README.md).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value of the demo's training config (train/demo.yaml).")
 def demo(out, quick, seed, overrides):

@@ -631,8 +631,16 @@ def test_strong_settings_are_checked():
     assert as_strong(None) is None and as_strong({"area": [0.2, 1.0]}) == StrongAug(area=(0.2, 1.0))
     with pytest.raises(ValueError, match="unknown strong augmentation settings"):
         as_strong({"hue": 0.1})
-    with pytest.raises(ValueError, match="bad strong augmentation"):
+    with pytest.raises(ValueError, match=r"^brightness: in \[0, 1\]"):
         StrongAug(brightness=1.5)
+    with pytest.raises(ValueError, match=r"^erase_area: a range"):
+        StrongAug(erase_area=(0.3, 0.2))
+    with pytest.raises(ValueError, match=r"^temporal_jitter: "):
+        StrongAug(temporal_jitter=-1)
+    # through a config, the error names the key in full
+    from jedi_pipe.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=r"^strong\.contrast: in \[0, 1\] \(0: off\), got 2\.0$"):
+        load_config("train/demo.yaml", ["strong.contrast=2"])
     for loader in (TL.TorchRoleLoader, D.DaliRoleLoader):
         with pytest.raises(ValueError, match="training loaders only"):
             loader(None, "test", ClipSpec(), 2, train=False, strong=StrongAug())

@@ -72,12 +72,17 @@ class StrongAug:
     erase_area: tuple = (0.02, 0.2)      # its area fraction range (aspect log-uniform in ERASE_RATIO)
 
     def __post_init__(self):
-        ok = (0 < self.area[0] <= self.area[1] <= 1 and 0 < self.erase_area[0] <= self.erase_area[1] <= 1
-              and all(0 <= v <= 1 for v in (self.brightness, self.contrast, self.saturation, self.erase))
-              and isinstance(self.temporal_jitter, int) and self.temporal_jitter >= 0)
-        if not ok:
-            raise ValueError(f"bad strong augmentation {self}: need 0 < area <= 1, 0 < erase_area <= 1, colour "
-                             f"strengths and erase in [0, 1], temporal_jitter a whole number >= 0")
+        # each message starts with the key, as config.py's checks do (strong.brightness: ...)
+        for name in ("area", "erase_area"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name}: a range [low, high] with 0 < low <= high <= 1, got {[lo, hi]}")
+        for name in ("brightness", "contrast", "saturation", "erase"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name}: in [0, 1] (0: off), got {getattr(self, name)}")
+        if isinstance(self.temporal_jitter, bool) or not isinstance(self.temporal_jitter, int) \
+                or self.temporal_jitter < 0:
+            raise ValueError(f"temporal_jitter: a whole number of frames >= 0, got {self.temporal_jitter!r}")
 
 
 ERASE_RATIO = (0.3, 3.3)                 # cutout box aspect range (width / height), torchvision's
