@@ -425,11 +425,9 @@ def _shard_done(out: Path, parts: Path, shard: str) -> bool:
 def write_shards_local(jobs: list[ShardJob], *, workers: int | None = None, progress: bool | None = None) -> int:
     """The local executor: `write_shard` over the jobs in order, fed by encodes in worker
     threads (each drives one ffmpeg process); returns the videos done."""
-    from tqdm import tqdm
     todo = [(job, p) for job in jobs for p in job.samples]
     workers = workers or default_workers()
-    bar = tqdm(total=len(todo), unit="video", desc=f"shard {jobs[0].dataset if jobs else ''}",
-               disable=(None if progress is None else not progress), leave=False)
+    bar = shard_jobs.VideoBar(len(todo), f"shard {jobs[0].dataset if jobs else ''}", progress)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="transcode")
     # A window of in-flight encodes keeps every worker busy across shard boundaries (and while a
     # tar is closed) and lets fast videos overtake a slow one, while bounding the clip bytes held

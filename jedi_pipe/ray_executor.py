@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 
-from .shard_jobs import JOB, ShardError, ShardJob, default_workers, write_shard
+from .shard_jobs import JOB, ShardError, ShardJob, VideoBar, default_workers, write_shard
 
 INSTALL_HINT = 'pip install "jedi-pipe[ray]"'
 
@@ -39,7 +39,6 @@ def write_shards_ray(jobs: list[ShardJob], *, workers: int | None = None, progre
     without, use the Ray this process already initialised, or start a local one of `workers` CPUs.
     """
     ray = require_ray()
-    from tqdm import tqdm
     if not jobs:   # every shard written by an earlier run: no need to start Ray for the merge
         return 0
     started = False
@@ -56,8 +55,7 @@ def write_shards_ray(jobs: list[ShardJob], *, workers: int | None = None, progre
             raise ShardError(f"cannot start or reach {where}: {e}") from None
         started = True
     task = ray.remote(num_cpus=1)(_shard_task)
-    bar = tqdm(total=sum(len(j.samples) for j in jobs), unit="video", desc=f"shard {jobs[0].dataset} (ray)",
-               disable=(None if progress is None else not progress), leave=False)
+    bar = VideoBar(sum(len(j.samples) for j in jobs), f"shard {jobs[0].dataset} (ray)", progress)
     done, refs, left = 0, {}, []
     try:
         for job in jobs:   # absolute paths: a task's working directory is not ours

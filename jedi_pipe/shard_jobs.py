@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,42 @@ from pathlib import Path
 from . import shards
 from .datasets import VideoItem
 from .errors import JediPipeError
+from .progress import Progress
 from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings, TranscodeError, encode_clip
 
 PARTS = ".parts"          # per-shard manifest rows and errors, merged at the end
 JOB = ".job.json"         # the settings fingerprint the folder was started with
 TMP = ".tmp"              # ffmpeg's output files while they are written
+LINE_EVERY_S = 60.0       # seconds between progress lines where no terminal shows a bar (VideoBar)
 
 
 class ShardError(JediPipeError):
     """The shard stage cannot go on; the message is one sentence for the user."""
+
+
+class VideoBar:
+    """An executor's progress over `total` videos: tqdm's bar on a terminal; where no terminal
+    shows one (a log file, a batch job: hours for Kinetics-400), a log line every LINE_EVERY_S.
+    `progress`: None decides by the terminal, False says nothing, True always draws the bar."""
+
+    def __init__(self, total: int, desc: str, progress: bool | None):
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, unit="video", desc=desc, disable=None if progress is None else not progress,
+                        leave=False)
+        self.desc, self.done = desc, 0
+        self.lines = Progress(total, every=LINE_EVERY_S, unit="video") if self.bar.disable and progress is None else None
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.lines is not None and self.lines.due():
+            logging.getLogger(__name__).info("%s: %s", self.desc, self.lines.line(self.done))
+
+    def set_postfix_str(self, text: str) -> None:
+        self.bar.set_postfix_str(text)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 @dataclass(slots=True)   # one per video for the whole run: keep them small

@@ -38,6 +38,7 @@ from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
 from .models import build
+from .progress import Progress
 from .shard_jobs import default_workers
 from .records import EvalRecord, MetricsLog, StepRecord, headline, parse_line, summary, write_results
 from .weights_guard import check_init
@@ -363,7 +364,7 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
     model.train()
     forward = distributed.wrap(model)
     t0 = time.time()
-    progress = Progress(total)
+    progress = Progress(total, every=PROGRESS_EVERY_S)
     for step, batch in zip(range(total), loader):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
@@ -648,7 +649,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     t_wait = t_step = 0.0
     clips_done = 0
     final = None          # the evaluation at the last step, which is also the result
-    progress = Progress(total, step)   # the console: a line per evaluation, and between them once a minute
+    progress = Progress(total, step, every=PROGRESS_EVERY_S)   # the console: a line per evaluation, and between them once a minute
     while step < total:
         lr = lr_at(step, total, cfg.jedi.lr, cfg.jedi.warmup_steps)
         heads_slow = step < cfg.jedi.teacher_lr_from     # the teacher heads at the students' pace until then
@@ -723,26 +724,6 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     if distributed.is_main():
         write_results(out, results)
     return results
-
-
-class Progress:
-    """Console lines of a loop of `total` steps (an expert's, the joint phase's) started at step `start`:
-    `line(step, what)` says the step, `what`, the time so far and the time left; `due()`: PROGRESS_EVERY_S
-    have passed since the last line."""
-
-    def __init__(self, total: int, start: int = 0):
-        self.total, self.start = total, start
-        self.t0 = self.said = time.perf_counter()
-
-    def due(self) -> bool:
-        return time.perf_counter() - self.said > PROGRESS_EVERY_S
-
-    def line(self, step: int, what: str) -> str:
-        self.said = time.perf_counter()
-        seconds = self.said - self.t0
-        left = seconds / max(step - self.start, 1) * (self.total - step)
-        return (f"step {step}/{self.total}: {what}; {seconds:.0f} s"
-                + (f", about {left:.0f} s to go" if step < self.total else ""))
 
 
 def scores_said(scores: dict, split: str) -> str:

@@ -624,3 +624,17 @@ def test_changed_settings_are_refused_unless_overwrite(resume_src, tmp_path):
     assert result.exit_code == 0, result.output
     assert {min(r["width"], r["height"]) for r in manifest(out)} == {40} and (out / JOB).is_file()
     assert not {n for n in tree(out) if n.startswith((".parts", ".tmp")) or n.endswith(".partial")}
+
+
+def test_progress_lines_where_no_terminal_shows_a_bar(tmp_path, monkeypatch):
+    """CliRunner's stderr is no terminal, as a batch job's log file: tqdm draws nothing there, so
+    the shard stage says where it is in lines (here at every video, normally once a minute)."""
+    from jedi_pipe import shard_jobs
+    monkeypatch.setattr(shard_jobs, "LINE_EVERY_S", -1.0)
+    for i, cls in enumerate("aabb"):
+        make_video(tmp_path / "src" / cls / f"{i}.avi", seconds=1.0 + i / 10)
+    result = cli("shard", "--dataset", "folder", "--root", tmp_path / "src", "--out", tmp_path / "o", *SMALL_FLAGS)
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("shard folder: video ")]
+    assert [ln.split()[3].rstrip(";") for ln in lines] == ["1/4", "2/4", "3/4", "4/4"], result.output
+    assert "to go" in lines[0] and "to go" not in lines[-1]
