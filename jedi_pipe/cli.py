@@ -70,6 +70,11 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     motion). With --look alike (the default) they share motion primitives, so what one teaches
     helps the others; with --look different they look far apart and share few, so transfer
     between them is not built in.
+
+    Example:
+
+    \b
+    jedi-pipe synth --out data/synth --videos-per-class 10
     """
     from . import synth as synth_mod
     can_be_folder(out, "--out")
@@ -141,6 +146,11 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     manifest.parquet, withheld.parquet (the unlabeled samples' ids and labels, for measuring
     pseudo-labels only), dataset.json, errors.jsonl and missing.jsonl. Interrupted runs resume;
     a finished run is a no-op.
+
+    Example:
+
+    \b
+    jedi-pipe shard --dataset hmdb51 --root /data/hmdb51 --recipe preprocess/hmdb51.yaml
     """
     from .make_shards import ShardError, make_shards
     _log_to_stderr()   # the ssv2 adapter's flip pairs, found in labels.json
@@ -227,7 +237,13 @@ def _log_to_stderr():
 @click.option("--preview", default=None, type=click.Path(dir_okay=False), help="Also write a contact-sheet PNG of a few decoded clips here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check as one JSON object.")
 def inspect(shard_dir, preview, as_json):
-    """Show a shard folder's card and check every tar against manifest.parquet (counts, sha256)."""
+    """Show a shard folder's card and check every tar against manifest.parquet (counts, sha256).
+
+    Example:
+
+    \b
+    jedi-pipe inspect shards/hmdb51 --preview hmdb51.png
+    """
     from . import shards
     from .errors import JediPipeError
     from .inspect_shards import contact_sheet, verify_shards
@@ -362,7 +378,13 @@ def train(config_path, overrides, resume, overwrite):
 @config_options
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="JEDI checkpoint [default: <out>/checkpoint.pt].")
 def evaluate(config_path, overrides, checkpoint):
-    """Evaluate experts, and the students and teachers of a JEDI checkpoint, on the test shards."""
+    """Evaluate experts, and the students and teachers of a JEDI checkpoint, on the test shards.
+
+    Example:
+
+    \b
+    jedi-pipe eval --config train/jedi.yaml --checkpoint runs/jedi-4/checkpoint.pt
+    """
     from .trainer import evaluate as run
     cfg = _config(config_path, overrides)
     results = _run_guarded(lambda: run(cfg, checkpoint=checkpoint, log=click.echo))
@@ -416,6 +438,11 @@ def demo(out, quick, seed, overrides):
 
     synth -> shard -> inspect -> pretrain experts -> JEDI -> results table (expert vs student vs
     teacher per dataset). Rerunning reuses what is already done.
+
+    Example:
+
+    \b
+    jedi-pipe demo --quick
     """
     from .demo import run_demo
     out = out or ("jedi-demo-quick" if quick else "jedi-demo")
@@ -429,6 +456,11 @@ def plot(run_dir):
 
     Works while training runs (experts/*.pt and metrics.jsonl) and after (results.json).
     Needs matplotlib: pip install "jedi-pipe[plots]".
+
+    Example:
+
+    \b
+    jedi-pipe plot jedi-demo/run
     """
     from .plots import write_plots
     for path in _run_guarded(lambda: write_plots(run_dir)):
@@ -451,6 +483,11 @@ def export(run_dir, dataset, which, out):
         import torch
         model = torch.export.load("model.pt2").module()   # clips [B,3,T,S,S] -> logits
     jedi-pipe: jedi_pipe.load_model("model.pt2"), or `jedi-pipe predict --model model.pt2 VIDEO...`.
+
+    Example:
+
+    \b
+    jedi-pipe export jedi-demo/run --dataset hmdb51 --out hmdb51.pt2
     """
     from .export import export_model
     can_be_folder(Path(out).parent, "--out's folder")
@@ -470,6 +507,11 @@ def predict(model_path, inputs, role, k, as_json):
     Videos are transcoded and sampled exactly as the model's shards were (fps, short side,
     frames, stride, views). A video that cannot be decoded is named on stderr and the others are
     still predicted; the exit is non-zero only when none could be.
+
+    Example:
+
+    \b
+    jedi-pipe predict --model hmdb51.pt2 clip.mp4 other.avi -k 3
     """
     from .export import load_model
     from .predict import predict_shards, predict_videos
@@ -514,6 +556,11 @@ def split(src, out, **opts):
 
     Copies clip bytes (checked by sha256) and reuses the test tars: nothing is decoded or
     encoded, so it takes seconds where a second transcode takes hours (bench/README.md).
+
+    Example:
+
+    \b
+    jedi-pipe split shards/hmdb51 --out shards/hmdb51-val --labeled-fraction 0.1 --val-per-class 2
     """
     from .make_shards import ShardError
     from .resplit import split_shards
@@ -555,6 +602,11 @@ def plan(config_path, overrides, gpus, gpu_mem, tflops, utilisation):
 
     Activations and FLOPs per clip are measured here on the CPU (a few seconds per model);
     the rest is arithmetic, written out in jedi_pipe/plan.py and docs/scale.md.
+
+    Example:
+
+    \b
+    jedi-pipe plan --config train/jedi.yaml --gpus 8
     """
     from .plan import format_plan, plan as make_plan, shard_counts
     cfg = _config(config_path, overrides)

@@ -463,6 +463,14 @@ def test_bench_cli_json(folder):
     assert set(r["decode_clips_per_s"]) == {"pyav", "dali"}
 
 
+def test_bench_cli_bad_input_is_one_sentence(tmp_path):
+    from click.testing import CliRunner
+    from jedi_pipe.cli import main
+    res = CliRunner().invoke(main, ["bench", "loader", "--shards", str(tmp_path)])
+    assert res.exit_code == 2 and res.output.strip() == f"error: {tmp_path} is not a shard folder: no dataset.json " \
+        "(run `jedi-pipe shard` first)", res.output
+
+
 
 def test_without_dali_auto_falls_back_to_the_torch_loader(folder, monkeypatch, caplog):
     hide_dali(monkeypatch)

@@ -190,3 +190,32 @@ def test_export_and_predict_block_runs_as_written(shard_dirs, synth_root, tmp_pa
     assert "video1.avi" in videos and "video2.mp4" in videos, videos
     assert sum(c in videos for c in classes) >= 2, videos   # top classes named
     assert len([ln for ln in shard.splitlines() if ln.strip()]) >= open_shards(demo / "shards" / "hmdb51").count("test")
+
+
+def every_command(group=main, prefix=()):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from every_command(cmd, prefix + (name,))
+        else:
+            yield prefix + (name,), cmd
+
+
+def test_every_command_help_has_an_example_that_parses(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # paths the examples name as inputs (a run folder, a video) made here
+    for name, cmd in every_command():
+        text = cmd.help or ""
+        assert "Example:" in text, f"`jedi-pipe {' '.join(name)} --help` has no example"
+        lines = [ln.strip() for ln in text.split("Example:", 1)[1].splitlines() if ln.strip().startswith("jedi-pipe ")]
+        assert lines, name
+        for line in lines:
+            words = shlex.split(line)
+            assert tuple(words[1:1 + len(name)]) == name, line
+            for w in words[1 + len(name):]:
+                if not w.startswith("-") and "/" in w or w.endswith((".mp4", ".avi", ".pt2")):
+                    target = tmp_path / w
+                    if not (ROOT / w).exists():   # repository files (configs, recipes) are read from ROOT
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.mkdir(exist_ok=True) if "." not in target.name else target.write_bytes(b"")
+            rest = words[1 + len(name):]
+            args = list(name) + [str(ROOT / w) if "/" in w and (ROOT / w).exists() else w for w in rest]
+            parse_cli(args)   # UsageError: an unknown option, a missing required one, a bad value

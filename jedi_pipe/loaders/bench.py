@@ -236,11 +236,18 @@ bench_cli = click.Group("bench", help="Throughput benchmarks (numbers for bench/
 @click.option("--json", "as_json", is_flag=True, help="End with one JSON line of the results.")
 def loader_command(shards_dir, loader, batch_size, frames, stride, size, threads, clips, interp, rounds, vs_raw,
                    as_json):
-    """Clips/s and frames/s of the loader on a shard folder (training role, augmentation on)."""
+    """Clips/s and frames/s of the loader on a shard folder (training role, augmentation on).
+
+    Example:
+
+    \b
+    jedi-pipe bench loader --shards shards/hmdb51 --loader dali --rounds 3
+    """
     try:
         r = bench_loader(shards_dir, loader, batch_size, frames, stride, size, threads, clips, vs_raw, rounds, interp)
     except (ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from None
+        from ..cli import fail   # the other commands' one sentence and exit 2 (cli imports this module)
+        fail(str(e))
     click.echo(f"{r['loader']}{' (' + r['device'] + ')' if 'device' in r else ''}: {r['clips_per_s']:.1f} clips/s, "
                f"{r['frames_per_s']:.0f} frames/s ({r['clips']} clips, {frames}x{size}px, {threads} threads)")
     if vs_raw:
