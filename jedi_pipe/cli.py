@@ -295,8 +295,8 @@ def _config(path, overrides):
     from .config import ConfigError, load_config
     try:
         cfg = load_config(path, overrides)
-    except ConfigError as e:
-        fail(f"{path}: {e}")
+    except ConfigError as e:   # it names the file or the --set at fault
+        fail(str(e))
     can_be_folder(cfg.out, "out")
     return cfg
 

@@ -8,6 +8,7 @@ and checked the same way. The resolved config is saved in the run folder and in 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -302,12 +303,24 @@ def load_config(path=None, overrides: list[str] = (), data: dict | None = None) 
             raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    overrides = list(overrides)
-    keys = {o.split("=", 1)[0].strip() for o in overrides}
-    if "jedi.epochs" in keys and "jedi.steps" not in keys:
-        overrides.append("jedi.steps=0")    # an epochs override decides the length, even over a config's steps
-    data = apply_overrides(data, overrides)
-    return _build(Config, data, "")
+    given = list(overrides)
+    keys = {o.split("=", 1)[0].strip() for o in given}
+    extra = ["jedi.steps=0"] if "jedi.epochs" in keys and "jedi.steps" not in keys else []
+    # (an epochs override decides the length, even over a config's steps)
+    merged = apply_overrides(copy.deepcopy(data), given + extra)
+    try:
+        return _build(Config, merged, "")
+    except ConfigError as e:   # blame the file, or the --set that broke a file that builds alone
+        if path is not None and not given:
+            raise ConfigError(f"{path}: {e}") from None
+        if not given:
+            raise
+        try:
+            _build(Config, data, "")
+        except ConfigError:
+            raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+        culprit = next((o for o in given if str(e).startswith(o.split("=", 1)[0].strip())), None)
+        raise ConfigError(f"--set {culprit}: {e}" if culprit else f"{e} (after --set {' '.join(given)})") from None
 
 
 def save_config(cfg: Config, path) -> None:

@@ -101,3 +101,22 @@ def test_a_bad_set_is_one_sentence_naming_it(override, words):
     with pytest.raises(ConfigError, match=re.escape(f"--set {override}: ") + ".*" + re.escape(words)):
         load_config(data=copy.deepcopy(BASE), overrides=[override])
     assert load_config(data=copy.deepcopy(BASE), overrides=["datasets.0.model=r3d_18"]).datasets[0].model == "r3d_18"
+
+
+def test_an_error_names_the_file_or_the_set_at_fault(tmp_path):
+    import yaml
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "jedi": {"lr": -1.0}}))
+    with pytest.raises(ConfigError, match=r"^" + str(path) + r": jedi\.lr: a positive number"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"^" + str(path) + r": jedi\.lr: "):   # a --set elsewhere is not at fault
+        load_config(path, ["clip.size=16"])
+    assert load_config(path, ["jedi.lr=0.1"]).jedi.lr == 0.1                  # a --set may mend the file
+    path.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(ConfigError, match=r"^--set jedi\.nope=1: jedi\.nope: unknown key"):
+        load_config(path, ["clip.size=16", "jedi.nope=1"])
+    with pytest.raises(ConfigError, match=r"^cannot read config " + str(tmp_path / "none.yaml") + r": No such file"):
+        load_config(tmp_path / "none.yaml")
+    data = dict(BASE)
+    load_config(data=data, overrides=["jedi.lr=0.5"])
+    assert "jedi" not in data                                                 # the caller's mapping is not changed
