@@ -1,8 +1,8 @@
 """One expert in a fresh Python process (trainer.expert_in_child starts it with `main(JOB)`).
 
-JOB is a pickle of (config dict, dataset index, torch threads, loader backend); the result of
-trainer.train_expert, or the exception it raised, is pickled to JOB + ".out". trainer.pretrain
-starts these to train experts side by side on the CPU. A fresh interpreter, not a fork (the
+JOB is a pickle of (config dict, dataset index, torch threads, loader backend, seconds between
+progress lines); the result of trainer.train_expert, or the exception it raised, is pickled to
+JOB + ".out"; progress lines go to stdout, which the parent logs. trainer.pretrain starts these to train experts side by side on the CPU. A fresh interpreter, not a fork (the
 parent's OpenMP and DALI threads do not survive one) and not multiprocessing's spawn, which
 re-runs the caller's main script in every child: a script without the
 `if __name__ == "__main__":` guard would start over there.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 import threading
 import time
 import traceback
@@ -31,17 +30,19 @@ def exit_with_parent() -> None:
 def main(job: str) -> None:
     exit_with_parent()
     with open(job, "rb") as f:
-        config, i, threads, backend = pickle.load(f)
+        config, i, threads, backend, every = pickle.load(f)
     try:
         import torch
 
         from . import shards
         from .config import load_config
+        from . import trainer
         from .trainer import train_expert
+        trainer.PROGRESS_EVERY_S = every   # the parent's setting (a test's, or the default)
         torch.set_num_threads(threads)
         cfg = load_config(data=config)
         d = cfg.datasets[i]
-        say = lambda m: print(m, file=sys.stderr, flush=True)   # noqa: E731  (progress: to the parent's stderr)
+        say = lambda m: print(m, flush=True)   # noqa: E731  (progress: the parent logs our stdout as its own lines)
         result = ("ok", train_expert(cfg, i, {d.name: shards.open_shards(d.shards)}, torch.device("cpu"), backend,
                                      say=say))
     except BaseException as e:   # handed to the parent, which raises it

@@ -296,7 +296,7 @@ def pretrain(cfg: Config, log=print) -> dict:
         log(f"experts: {len(todo)} to train, up to {workers} at a time (pretrain.workers)")
         threads, children = max(1, cpu_threads(cfg) // workers), []
         with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:   # each thread waits on a child
-            jobs = [pool.submit(expert_in_child, cfg, i, threads, backend, children) for i in todo]
+            jobs = [pool.submit(expert_in_child, cfg, i, threads, backend, children, log) for i in todo]
             try:
                 for job in concurrent.futures.as_completed(jobs):
                     name, test, note = job.result()
@@ -322,19 +322,23 @@ def expert_workers(cfg: Config, device, world: int) -> int:
     return min(len(cfg.datasets), cfg.pretrain.workers or cpu_threads(cfg))
 
 
-def expert_in_child(cfg: Config, i: int, threads: int, backend: str, children: list) -> tuple:
+def expert_in_child(cfg: Config, i: int, threads: int, backend: str, children: list, log=print) -> tuple:
     """train_expert(cfg, i) in a child Python process on `threads` torch threads (jedi_pipe/expert_worker.py);
-    its exception, if it raised one, is raised here. The child is appended to `children` while it runs."""
+    its exception, if it raised one, is raised here. The child is appended to `children` while it runs.
+    Its progress lines (its stdout) go through `log`, as the experts trained in this process say theirs."""
     name = cfg.datasets[i].name
     package_root = str(Path(__file__).resolve().parents[1])    # first on the child's path: this very jedi_pipe
     run = "import sys; sys.path.insert(0, sys.argv[1]); from jedi_pipe.expert_worker import main; main(sys.argv[2])"
     with tempfile.TemporaryDirectory(prefix=f"expert-{name}-") as tmp:
         job = os.path.join(tmp, "job.pkl")
         with open(job, "wb") as f:
-            pickle.dump((cfg.to_dict(), i, threads, backend), f)
-        # its warnings and log lines go to this process's stderr
-        proc = subprocess.Popen([sys.executable, "-c", run, package_root, job], stdin=subprocess.DEVNULL)
+            pickle.dump((cfg.to_dict(), i, threads, backend, PROGRESS_EVERY_S), f)
+        # its warnings and tracebacks go to this process's stderr
+        proc = subprocess.Popen([sys.executable, "-c", run, package_root, job], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, text=True)
         children.append(proc)    # pretrain terminates it on an interrupt or another expert's failure
+        for line in proc.stdout:
+            log(line.rstrip("\n"))
         proc.wait()
         if not os.path.exists(job + ".out"):     # killed (out of memory, a signal) before it could say why
             raise RuntimeError(f"the worker process of expert {name} stopped (exit {proc.returncode}) without a "

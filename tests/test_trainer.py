@@ -110,14 +110,18 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path, monkeypatch):
     assert again == results
 
 
-def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path):
+def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path, monkeypatch):
     # two worker processes of one torch thread each against one after another on one thread: each
     # expert depends on its seed, data and threads only, so the weights must be equal bit for bit
+    from jedi_pipe import trainer
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", -1)    # the workers too: a progress line at every logged step
     _, par = tiny_config(shard_dirs, tmp_path / "par", ["device=cpu", "pretrain.workers=2", "torch_threads=2"])
     _, seq = tiny_config(shard_dirs, tmp_path / "seq", ["device=cpu", "pretrain.workers=1", "torch_threads=1"])
     lines = []
     assert pretrain(par, log=lines.append) == pretrain(seq, log=lambda m: None)
     assert any("up to 2 at a time" in m for m in lines), lines
+    for name in ("hmdb51", "ssv2"):   # the workers' progress reaches the caller's log, not only a terminal
+        assert any(re.match(rf"step \d+/\d+: expert {name}, loss \d+\.\d{{3}}; ", m) for m in lines), lines
     for name in ("hmdb51", "ssv2"):
         a, b = (torch.load(Path(c.out) / "experts" / f"{name}.pt", weights_only=False) for c in (par, seq))
         assert a["model"].keys() == b["model"].keys()
