@@ -2,10 +2,11 @@
 
 JOB is a pickle of (config dict, dataset index, torch threads, loader backend, seconds between
 progress lines); the result of trainer.train_expert, or the exception it raised, is pickled to
-JOB + ".out"; progress lines go to stdout, which the parent logs. trainer.pretrain starts these to train experts side by side on the CPU. A fresh interpreter, not a fork (the
-parent's OpenMP and DALI threads do not survive one) and not multiprocessing's spawn, which
-re-runs the caller's main script in every child: a script without the
-`if __name__ == "__main__":` guard would start over there.
+JOB + ".out"; progress lines go to stdout, which the parent logs. trainer.pretrain starts these
+to train experts side by side on the CPU. A fresh interpreter, not a fork (the parent's OpenMP
+and DALI threads do not survive one) and not multiprocessing's spawn, which re-runs the caller's
+main script in every child: a script without the `if __name__ == "__main__":` guard would start
+over there.
 """
 from __future__ import annotations
 
