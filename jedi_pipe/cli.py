@@ -324,7 +324,7 @@ def config_options(f):
 
 @main.command()
 @config_options
-@click.option("--resume", is_flag=True, help="Keep experts already trained (always on: finished experts are never retrained).")
+@click.option("--resume", is_flag=True, help="Keep experts already trained and go on with unfinished ones from their last checkpoint (always on).")
 def pretrain(config_path, overrides, resume):
     """Train one expert per dataset on its labeled shards only (<out>/experts/<dataset>.pt).
 
@@ -335,7 +335,12 @@ def pretrain(config_path, overrides, resume):
     """
     from .trainer import pretrain as run
     cfg = _config(config_path, overrides)
-    _run_guarded(lambda: run(cfg, log=click.echo))
+    try:
+        _run_guarded(lambda: run(cfg, log=click.echo))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted. Rerun the same command: finished experts are kept, and the others go on from "
+                   f"their last checkpoint (every {cfg.checkpoint_every} steps)", err=True)
+        sys.exit(130)
 
 
 @main.command()

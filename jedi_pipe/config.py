@@ -164,7 +164,8 @@ class Config:
     eval_every: int = 0                         # steps between test evaluations during training (0: epoch ends)
     eval_first: int = 0                         # one more evaluation at this step (0: none): how far the joint step
     #                                             first moves the students from their experts
-    checkpoint_every: int = 50                  # steps between checkpoints (and at the end)
+    checkpoint_every: int = 50                  # steps between checkpoints of the joint phase (and at its end) and of
+    #                                             each expert (experts/<name>.resume.pt until it is written)
     compile: bool = False                       # torch.compile the backbones (GPU runs)
     logger: str = "jsonl"                       # jsonl: metrics.jsonl; tensorboard: also TensorBoard events (pip install "jedi-pipe[tensorboard]")
     bf16: bool = True                           # autocast to bfloat16 on the GPU (the CPU always runs fp32)

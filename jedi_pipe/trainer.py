@@ -228,6 +228,35 @@ def expert_path(cfg: Config, name: str) -> Path:
     return Path(cfg.out) / "experts" / f"{name}.pt"
 
 
+def resume_path(cfg: Config, name: str) -> Path:
+    """An unfinished expert's checkpoint (every checkpoint_every steps), gone once the expert is written."""
+    return Path(cfg.out) / "experts" / f"{name}.resume.pt"
+
+
+def resume_expert(cfg: Config, name: str, model, opt, loader, rank: int, world: int, say) -> int:
+    """Load an unfinished expert's checkpoint into model, optimizer, loader and RNG when one was made
+    with this expert's settings on as many processes; the step to go on from (0: from the start)."""
+    path = resume_path(cfg, name)
+    if not path.is_file():
+        return 0
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if expert_signature(ck["config"], name) != expert_signature(cfg.to_dict(), name) or len(ck["rng"]) != world:
+        say(f"expert {name}: {path} was made with other settings or processes; training it from the start")
+        return 0
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    loader.load_state_dict(ck["loader"])
+    set_rng_state(ck["rng"][rank])
+    if distributed.is_main():   # the steps after the checkpoint are logged again
+        log_path = Path(cfg.out) / "pretrain.jsonl"
+        if log_path.is_file():
+            keep = [ln for ln in log_path.read_text().splitlines()
+                    if ln and not ((r := json.loads(ln))["dataset"] == name and r["step"] >= ck["step"])]
+            log_path.write_text("".join(ln + "\n" for ln in keep))
+    say(f"expert {name}: resumed from {path} at step {ck['step']}")
+    return ck["step"]
+
+
 def expert_signature(config: dict, name: str) -> dict:
     """What an expert depends on: its dataset entry, the clip, the pretrain schedule, the seed."""
     # evaluation settings do not change an expert's weights
@@ -239,9 +268,10 @@ def expert_signature(config: dict, name: str) -> dict:
 
 
 def without_placement(config: dict) -> dict:
-    """A saved config without the keys that say where a run's work ran, not what it learned (torch_threads,
-    pretrain.workers): a resume or an expert check need not match them."""
-    config = {k: v for k, v in config.items() if k != "torch_threads"}
+    """A saved config without the keys that say where a run's work ran or how often it was saved, not
+    what it learned (torch_threads, pretrain.workers, checkpoint_every): a resume or an expert check
+    need not match them."""
+    config = {k: v for k, v in config.items() if k not in ("torch_threads", "checkpoint_every")}
     return {**config, "pretrain": {k: v for k, v in config["pretrain"].items() if k != "workers"}}
 
 
@@ -365,11 +395,21 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
     total = cfg.pretrain.epochs * loader.steps_per_epoch
     opt = torch.optim.SGD(model.parameters(), lr=cfg.pretrain.lr, momentum=0.9,
                           weight_decay=cfg.pretrain.weight_decay)
+    start = resume_expert(cfg, d.name, model, opt, loader, rank, world, say or (lambda m: None))
+
+    def save_checkpoint(done: int):   # what an uninterrupted run has at this step, so a resume ends the same
+        rng = distributed.gather(rng_state())
+        if distributed.is_main():
+            tmp = resume_path(cfg, d.name).with_suffix(".partial")
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
+                        "rng": rng, "step": done, "config": cfg.to_dict()}, tmp)
+            os.replace(tmp, resume_path(cfg, d.name))
+
     model.train()
     forward = distributed.wrap(model)
     t0 = time.time()
-    progress = Progress(total, every=PROGRESS_EVERY_S)
-    for step, batch in zip(range(total), loader):
+    progress = Progress(total, start, every=PROGRESS_EVERY_S)
+    for step, batch in zip(range(start, total), loader):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
         b = batch[d.name]
@@ -385,6 +425,8 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
                                                       "lr": opt.param_groups[0]["lr"]}])
                 if say is not None and progress.due() and step < total - 1:
                     say(progress.line(step + 1, f"expert {d.name}, loss {mean['loss']:.3f}"))
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            save_checkpoint(step + 1)
     model.eval()
     distributed.sync_buffers(model)
     test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
@@ -395,8 +437,10 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
         torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
                     "model": model.state_dict(), "test": test, "val": val, "config": cfg.to_dict()}, tmp)
         os.replace(tmp, path)
+        resume_path(cfg, d.name).unlink(missing_ok=True)   # finished: nothing left to resume
     distributed.barrier()   # every rank finds the expert before it goes on
-    return d.name, test, (f"expert {d.name}: {total} steps in {time.time() - t0:.0f}s, test top-1 {test['top1']:.1f} "
+    return d.name, test, (f"expert {d.name}: {total - start} steps in {time.time() - t0:.0f}s"
+                          + (f" (resumed at step {start})" if start else "") + f", test top-1 {test['top1']:.1f} "
                           f"top-5 {test['top5']:.1f}")
 
 

@@ -198,3 +198,15 @@ def test_an_output_path_through_a_file_is_one_sentence(shard_dirs, tmp_path):
     conf.write_text(f"name: x\nout: {afile}\ndatasets: [{{name: a, shards: s}}]\n")
     _one_sentence(CliRunner().invoke(main, ["train", "--config", str(conf)]), f"out {afile}: {afile} is a file")
     assert afile.read_text() == "not a folder"
+
+
+def test_pretrain_interrupted_says_how_to_go_on(tmp_path, monkeypatch):
+    from jedi_pipe import trainer
+
+    def interrupted(cfg, log=print):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "pretrain", interrupted)
+    r = CliRunner().invoke(main, ["pretrain", "--config", "train/demo.yaml", "--set", f"out={tmp_path / 'run'}"])
+    assert r.exit_code == 130, r.output
+    assert "Rerun the same command: finished experts are kept, and the others go on from their last checkpoint " \
+           "(every 100 steps)" in r.output and "Aborted" not in r.output

@@ -110,6 +110,40 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path, monkeypatch):
     assert again == results
 
 
+def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(shard_dirs, tmp_path, monkeypatch):
+    from jedi_pipe import trainer
+    _, whole = tiny_config(shard_dirs, tmp_path / "whole", ["device=cpu", "torch_threads=1", "pretrain.epochs=3"])
+    _, cut = tiny_config(shard_dirs, tmp_path / "cut", ["device=cpu", "torch_threads=1", "pretrain.epochs=3"])
+    pretrain(whole, log=lambda m: None)
+    real_lr_at, calls = trainer.lr_at, []
+
+    def lr_at_then_stop(step, *a):   # a kill before update 3: update 2 ran after the checkpoint at step 2
+        calls.append(step)
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_lr_at(step, *a)
+    monkeypatch.setattr(trainer, "lr_at", lr_at_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cut, log=lambda m: None)
+    monkeypatch.setattr(trainer, "lr_at", real_lr_at)
+    experts = Path(cut.out) / "experts"
+    first = cut.datasets[0].name
+    assert (experts / f"{first}.resume.pt").is_file() and not (experts / f"{first}.pt").exists()
+    lines = []
+    pretrain(cut, log=lines.append)
+    assert f"expert {first}: resumed from {experts / (first + '.resume.pt')} at step 2" in lines, lines
+    assert any(re.match(rf"expert {first}: \d+ steps in \d+s \(resumed at step 2\)", m) for m in lines), lines
+    assert not list(experts.glob("*.resume.pt"))                      # written experts leave no checkpoint behind
+    for d in cut.datasets:
+        a, b = (torch.load(Path(c.out) / "experts" / f"{d.name}.pt", weights_only=False) for c in (whole, cut))
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (d.name, k)
+    # the loss log reads as the uninterrupted run's: each step once
+    logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
+    ref = [json.loads(ln) for ln in (Path(whole.out) / "pretrain.jsonl").read_text().splitlines()]
+    assert sorted((r["dataset"], r["step"]) for r in logged) == sorted((r["dataset"], r["step"]) for r in ref)
+
+
 def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path, monkeypatch):
     # two worker processes of one torch thread each against one after another on one thread: each
     # expert depends on its seed, data and threads only, so the weights must be equal bit for bit
