@@ -120,3 +120,13 @@ def test_synth_with_no_dataset_named_or_a_damaged_record(tmp_path):
     # nothing counts as synth's own when its record is unreadable: refused, nothing removed
     line = one_sentence_error(cli("synth", "--out", out, "--datasets", "hmdb51", "--overwrite"))
     assert "not made by jedi-pipe synth" in line and (out / "hmdb51" / "x.avi").is_file()
+
+
+def test_split_warns_of_classes_left_without_a_labeled_clip(shard_dirs, tmp_path):
+    ss = open_shards(shard_dirs["hmdb51"])
+    first = next(r for r in ss.full_rows() if r["role"] in ("labeled", "unlabeled") and r["label"] == 0)
+    (tmp_path / "list.txt").write_text(first["video_id"] + "\n")
+    result = cli("split", shard_dirs["hmdb51"], "--out", tmp_path / "one", "--labeled-list", tmp_path / "list.txt")
+    assert result.exit_code == 0, result.output
+    others = ", ".join(ss.classes[1:])
+    assert f"warning: {len(ss.classes) - 1} class(es) without a labeled clip: {others}" in result.output
