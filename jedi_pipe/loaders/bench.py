@@ -25,6 +25,7 @@ import math
 import multiprocessing as mp
 import random
 import statistics
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -245,9 +246,9 @@ def loader_command(shards_dir, loader, batch_size, frames, stride, size, threads
     """
     try:
         r = bench_loader(shards_dir, loader, batch_size, frames, stride, size, threads, clips, vs_raw, rounds, interp)
-    except (ValueError, FileNotFoundError) as e:
-        from ..cli import fail   # the other commands' one sentence and exit 2 (cli imports this module)
-        fail(str(e))
+    except (ValueError, FileNotFoundError) as e:   # one sentence and exit 2, as cli.fail (cli imports this module)
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
     click.echo(f"{r['loader']}{' (' + r['device'] + ')' if 'device' in r else ''}: {r['clips_per_s']:.1f} clips/s, "
                f"{r['frames_per_s']:.0f} frames/s ({r['clips']} clips, {frames}x{size}px, {threads} threads)")
     if vs_raw:
