@@ -233,20 +233,25 @@ def _log_to_stderr():
 
 
 @main.command()
-@click.argument("shard_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("shard_dir", metavar="SHARD_DIR|MODEL", type=click.Path(exists=True))
 @click.option("--preview", default=None, type=click.Path(dir_okay=False), help="Also write a contact-sheet PNG of a few decoded clips here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the check as one JSON object.")
 def inspect(shard_dir, preview, as_json):
-    """Show a shard folder's card and check every tar against manifest.parquet (counts, sha256).
+    """Show a shard folder's card and check every tar against manifest.parquet (counts, sha256);
+    or show a model file's card (`jedi-pipe export`): classes, clip, input recipe, where it came from.
 
     Example:
 
     \b
     jedi-pipe inspect shards/hmdb51 --preview hmdb51.png
+    jedi-pipe inspect hmdb51.pt2
     """
     from . import shards
     from .errors import JediPipeError
     from .inspect_shards import contact_sheet, verify_shards
+    if Path(shard_dir).is_file():
+        _inspect_model(shard_dir, as_json)
+        return
     try:
         ss = shards.open_shards(shard_dir)
     except (JediPipeError, ValueError) as e:   # ValueError: a dataset.json that is not JSON
@@ -274,6 +279,27 @@ def inspect(shard_dir, preview, as_json):
             fail(str(e))
     if not report["ok"]:
         sys.exit(1)
+
+
+def _inspect_model(path, as_json: bool) -> None:
+    from .export import load_model
+    card = _run_guarded(lambda: load_model(path)).card
+    if as_json:
+        click.echo(json.dumps(card))
+        return
+    c, e = card["clip"], card["encoding"]
+    test = card.get("test")
+    click.echo(f"{path}: {card['which']} of {card['dataset']} ({' + '.join(card['archs'])}), "
+               f"{len(card['classes'])} classes" + (f"; test top-1 {test['top1']:.1f}, top-5 {test['top5']:.1f}"
+                                                    if test else ""))
+    click.echo(f"  input: [B, 3, {c['frames']}, {c['size']}, {c['size']}] (frames every {c['stride']} at "
+               f"{e['fps']:g} fps, first {e['max_seconds']:g} s), mean {list(c['mean'])}, std {list(c['std'])} on 0-1 RGB; "
+               f"{card['views']} window(s) x {card['crops']} crop(s) averaged")
+    if card.get("preprocess"):
+        click.echo(f"  recipe: {card['preprocess']}")
+    click.echo(f"  from {card['run']}" + (f", step {card['step']}" if card.get("step") is not None else "")
+               + (f", {card['teacher']} teacher" if card.get("teacher") else "") + f"; {card['tool']}")
+    click.echo("  classes: " + ", ".join(card["classes"]))
 
 
 def _echo_flips(ss):
@@ -480,7 +506,8 @@ def plot(run_dir):
                    "every backbone of the run (usually the best); expert: before JEDI.")
 @click.option("--out", default="model.pt2", show_default=True, type=click.Path(dir_okay=False),
               help="File to write (a torch.export archive; keep the .pt2 suffix for plain torch.export.load).")
-def export(run_dir, dataset, which, out):
+@click.option("--overwrite", is_flag=True, help="Replace --out when it exists (refused otherwise).")
+def export(run_dir, dataset, which, out, overwrite):
     """Write one model of a run as a self-contained file: weights, graph, class names, clip spec.
 
     \b
@@ -496,8 +523,9 @@ def export(run_dir, dataset, which, out):
     """
     from .export import export_model
     can_be_folder(Path(out).parent, "--out's folder")
-    path = _run_guarded(lambda: export_model(run_dir, dataset, which, out))
-    click.echo(f"{path}: {which} of {dataset} ({Path(path).stat().st_size / 1e6:.1f} MB)")
+    path = _run_guarded(lambda: export_model(run_dir, dataset, which, out, overwrite))
+    click.echo(f"{path}: {which} of {dataset} ({Path(path).stat().st_size / 1e6:.1f} MB); "
+               f"`jedi-pipe inspect {path}` shows its card")
 
 
 @main.command()
@@ -510,8 +538,10 @@ def predict(model_path, inputs, role, k, as_json):
     """Top-k classes of videos (any format ffmpeg reads), or of a shard folder's clips.
 
     Videos are transcoded and sampled exactly as the model's shards were (fps, short side,
-    frames, stride, views). A video that cannot be decoded is named on stderr and the others are
-    still predicted; the exit is non-zero only when none could be.
+    frames, stride, views), so only their first encoding.max_seconds count (`jedi-pipe inspect
+    MODEL` shows it). A video that cannot be decoded is named on stderr (with --json, a line
+    {"video", "error"} among the others) and the others are still predicted; the exit is non-zero only when none
+    could be.
 
     Example:
 
@@ -537,7 +567,10 @@ def predict(model_path, inputs, role, k, as_json):
             continue
         for r in predict_videos(model, [item], k=k):
             if "error" in r:
-                click.echo(f"error: {item}: {r['error']}", err=True)
+                if as_json:   # the stream stays one JSON object per input
+                    click.echo(json.dumps(r))
+                else:
+                    click.echo(f"error: {item}: {r['error']}", err=True)
                 bad += 1
             else:
                 show(r, item)

@@ -16,6 +16,7 @@ extra_files={"jedi_pipe.json": ""})`.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .errors import InputError, MissingError
+from .errors import InputError, MissingError, first_line
 from .loaders.clip import ClipSpec
 
 MODEL_CARD = "jedi_pipe.json"      # the archive's extra file with what inference needs besides the graph
@@ -96,32 +97,72 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     return TeacherNet(jedi.backbones_for(dataset, ema), heads[dataset]).eval()
 
 
+# How a clip reaches the model, for users without jedi-pipe (README, "Use a trained model").
+PREPROCESS = ("video resampled to encoding.fps and cut to its first encoding.max_seconds; frames short side to "
+              "encoding.short_side, then to clip.size; clip.frames frames every clip.stride; views windows spread "
+              "evenly over the clip (one: centred), crops S x S crops along the long side (one: centred); RGB "
+              "scaled to 0-1, minus clip.mean, over clip.std; [B, 3, T, S, S]; views x crops probabilities averaged")
+
+
 def model_card(run, dataset: str, which: str) -> dict:
-    """What inference needs besides the weights: classes, clip, views, the shards' encoding."""
-    from .shards import open_shards
-    from .trainer import clip_spec
+    """What inference needs besides the weights (classes, clip, views, the shards' encoding), and where
+    the model came from (run, step, its test scores when the run finished).
+
+    The classes and encoding are the expert's, saved when it was trained: a config whose shards
+    moved or changed since cannot put other names on its outputs (refused when they differ)."""
+    import torch
+
+    from .shards import CARD, open_shards
+    from .trainer import clip_spec, expert_path
     cfg = run_config(run)
     d = next(d for d in cfg.datasets if d.name == dataset)
-    ss = open_shards(d.shards)
-    enc = ss.card["encoding"]
+    expert = torch.load(expert_path(cfg, dataset), map_location="cpu", weights_only=False, mmap=True)   # no copy
+    classes = expert["classes"]
+    ss = open_shards(d.shards) if (Path(d.shards) / CARD).is_file() else None
+    if ss is not None and ss.classes != classes:
+        raise InputError(f"{d.shards}: its classes are not the {len(classes)} that {dataset}'s models were trained "
+                         f"on (the config's shards changed since); point the run's config.yaml at the shards it "
+                         f"trained on")
+    if "encoding" in expert:
+        enc = expert["encoding"]
+    elif ss is not None:   # an expert from before it kept its encoding
+        enc = ss.card["encoding"]
+    else:
+        raise MissingError(f"{d.shards} is not a shard folder, and {expert_path(cfg, dataset)} predates experts "
+                           f"that keep their shards' encoding; point the run's config.yaml at its shards")
     archs = [x.model for x in cfg.datasets] if which == "teacher" and cfg.jedi.teachers == "joint" else [d.model]
     clip = {k: v for k, v in asdict(clip_spec(cfg)).items() if k not in ("area", "ratio", "interp")}   # training-only
-    return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": ss.classes,
+    step, test = None, expert["test"] if which == "expert" else None
+    if which != "expert":
+        step = torch.load(Path(run) / "checkpoint.pt", map_location="cpu", weights_only=False, mmap=True)["step"]
+        results = Path(run) / "results.json"
+        if results.is_file():   # a finished run's final scores
+            test = json.loads(results.read_text())["datasets"][dataset].get(which)
+    return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": classes,
             "clip": clip, "views": cfg.clip.eval_views, "crops": cfg.clip.eval_crops,
             "encoding": {k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")},
+            "preprocess": PREPROCESS,
+            "teacher": ("the moving average's" if cfg.jedi.teacher_ema else "live") if which == "teacher" else None,
+            "step": step, "test": {k: test[k] for k in ("top1", "top5")} if test else None,
             "run": str(Path(run).resolve()), "tool": f"jedi-pipe {__version__}"}
 
 
-def export_model(run, dataset: str, which: str = "student", out="model.pt2") -> Path:
-    """Write one model of a run (see the module docstring); returns the file written."""
+def export_model(run, dataset: str, which: str = "student", out="model.pt2", overwrite: bool = False) -> Path:
+    """Write one model of a run (see the module docstring); returns the file written. An existing
+    `out` is refused unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
     module = inference_module(run, dataset, which)
     card = model_card(run, dataset, which)
     c = card["clip"]
     example = torch.zeros(2, 3, c["frames"], c["size"], c["size"])
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     with torch.no_grad():
+        width = module(example).shape[-1]
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-    out = Path(out)
+    if width != len(card["classes"]):   # a guard for the names: they must fit the outputs
+        raise InputError(f"{run}: the {which} of {dataset} gives {width} outputs for {len(card['classes'])} classes")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     with open(tmp, "wb") as f:     # a file object: torch.export wants a .pt2 name otherwise
@@ -169,14 +210,33 @@ def load_model(path) -> Model:
     if not path.is_file():
         raise MissingError(f"model file {path} does not exist")
     extra = {MODEL_CARD: ""}
+    torch_log = logging.getLogger("torch.export")   # it logs a page of traceback before it fails on another kind of file
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
     try:
         with open(path, "rb") as f:
             program = torch.export.load(f, extra_files=extra)
     except Exception as e:   # torch raises several kinds for a file that is not an archive
-        raise InputError(f"{path} is not a model written by `jedi-pipe export` ({type(e).__name__}: {e})") from None
+        if _is_training_checkpoint(path):
+            raise InputError(f"{path} is a training checkpoint (an expert or checkpoint.pt), not a model file; "
+                             f"write one with `jedi-pipe export RUN --dataset NAME`") from None
+        raise InputError(f"{path} is not a model written by `jedi-pipe export` ({type(e).__name__}: "
+                         f"{first_line(e)})") from None
+    finally:
+        torch_log.setLevel(level)
     if not extra[MODEL_CARD]:
         raise InputError(f"{path} is an exported PyTorch program without {MODEL_CARD}: not written by `jedi-pipe export`")
     card = json.loads(extra[MODEL_CARD])
     if card.get("format") != FORMAT:
         raise InputError(f"{path}: model format {card.get('format')!r}, this jedi-pipe reads {FORMAT!r}")
     return Model(program.module(), card)
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    """A torch.save archive (a zip with data.pkl), as experts/<name>.pt and checkpoint.pt are."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

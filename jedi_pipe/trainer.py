@@ -435,6 +435,7 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
     if distributed.is_main():
         tmp = path.with_suffix(".pt.partial")
         torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
+                    "encoding": ss.card["encoding"],   # what `jedi-pipe export` gives predict, wherever the shards go
                     "model": model.state_dict(), "test": test, "val": val, "config": cfg.to_dict()}, tmp)
         os.replace(tmp, path)
         resume_path(cfg, d.name).unlink(missing_ok=True)   # finished: nothing left to resume

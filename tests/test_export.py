@@ -92,10 +92,14 @@ def test_predict_cli_skips_corrupt_and_missing_files(tiny_run, synth_root, shard
     proc = subprocess.run(cmd + ["--json", "-k", "2", str(videos[0]), str(corrupt), str(missing), str(videos[1])],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    out = [json.loads(ln) for ln in proc.stdout.splitlines()]
-    assert [r["video"] for r in out] == [str(videos[0]), str(videos[1])]
-    assert all(len(r["top"]) == 2 and r["top"][0]["prob"] >= r["top"][1]["prob"] for r in out)
+    out = [json.loads(ln) for ln in proc.stdout.splitlines()]   # one object per input, the failed ones too
+    assert [r["video"] for r in out] == [str(videos[0]), str(corrupt), str(missing), str(videos[1])]
+    assert [("top" in r, "error" in r) for r in out] == [(True, False), (False, True), (False, True), (True, False)]
+    assert out[2]["error"] == "missing file"
+    assert all(len(r["top"]) == 2 and r["top"][0]["prob"] >= r["top"][1]["prob"] for r in out if "top" in r)
+    proc = subprocess.run(cmd + [str(videos[0]), str(corrupt), str(missing)], capture_output=True, text=True)
     errors = proc.stderr.strip().splitlines()
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 1
     assert len(errors) == 2 and str(corrupt) in errors[0] and errors[1] == f"error: {missing}: missing file"
 
     proc = subprocess.run(cmd + [str(corrupt), str(missing)], capture_output=True, text=True)
@@ -177,3 +181,61 @@ def test_cli_offers_every_exportable_model():
     from jedi_pipe.export import WHICH
     option = next(p for p in main.commands["export"].params if p.name == "which")
     assert tuple(option.type.choices) == WHICH
+
+
+def test_the_card_says_where_the_model_came_from_and_how_to_feed_it(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from jedi_pipe.cli import main
+    res = json.loads((Path(tiny_run.out) / "results.json").read_text())
+    path = export_model(tiny_run.out, "hmdb51", "teacher", tmp_path / "t.pt2")
+    card = load_model(path).card
+    step = torch.load(Path(tiny_run.out) / "checkpoint.pt", weights_only=False)["step"]
+    want = res["datasets"]["hmdb51"]["teacher"]
+    assert card["step"] == step and card["test"] == {"top1": want["top1"], "top5": want["top5"]}
+    assert card["teacher"] == "the moving average's" and "minus clip.mean, over clip.std" in card["preprocess"]
+    expert = load_model(export_model(tiny_run.out, "ssv2", "expert", tmp_path / "e.pt2")).card
+    saved = torch.load(Path(tiny_run.out) / "experts" / "ssv2.pt", weights_only=False)["test"]
+    assert expert["step"] is None and expert["test"] == {"top1": saved["top1"], "top5": saved["top5"]}
+    r = CliRunner().invoke(main, ["inspect", str(path)])
+    assert r.exit_code == 0, r.output
+    assert f"teacher of hmdb51 (tiny3d + tiny3d), {len(card['classes'])} classes; test top-1 {want['top1']:.1f}" in r.output
+    assert "input: [B, 3, 4, 24, 24] (frames every 1 at 8 fps, first 3 s)" in r.output
+    assert json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output) == card
+
+
+def test_export_refuses_to_replace_a_file_or_to_rename_the_classes(tiny_run, shard_dirs, tmp_path):
+    import shutil
+
+    import yaml
+    from click.testing import CliRunner
+
+    from jedi_pipe.cli import main
+    from jedi_pipe.errors import InputError
+    path = export_model(tiny_run.out, "hmdb51", "student", tmp_path / "m.pt2")
+    before = path.read_bytes()
+    r = CliRunner().invoke(main, ["export", tiny_run.out, "--dataset", "ssv2", "--out", str(path)])
+    assert r.exit_code == 2 and "exists; pass --overwrite" in r.output and path.read_bytes() == before
+    r = CliRunner().invoke(main, ["export", tiny_run.out, "--dataset", "ssv2", "--out", str(path), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert load_model(path).card["dataset"] == "ssv2"
+    # the run, moved, with hmdb51's shards pointed at ssv2's folder: its outputs keep hmdb51's names, or nothing
+    run = tmp_path / "moved"
+    shutil.copytree(tiny_run.out, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["datasets"][0]["shards"] = str(shard_dirs["ssv2"])
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(InputError, match="its classes are not the 8 that hmdb51's models were trained on"):
+        export_model(run, "hmdb51", "student", tmp_path / "swapped.pt2")
+    # with its shards gone, the expert's saved encoding and classes still make a whole card
+    config["datasets"][0]["shards"] = str(tmp_path / "gone")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    card = load_model(export_model(run, "hmdb51", "student", tmp_path / "moved.pt2")).card
+    assert card["classes"] == open_shards(shard_dirs["hmdb51"]).classes and card["encoding"]["fps"] == 8.0
+
+
+def test_a_training_checkpoint_is_not_taken_for_a_model(tiny_run):
+    from jedi_pipe.errors import InputError
+    for f in ("experts/hmdb51.pt", "checkpoint.pt"):
+        with pytest.raises(InputError, match="is a training checkpoint .* write one with `jedi-pipe export"):
+            load_model(Path(tiny_run.out) / f)
