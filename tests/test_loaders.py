@@ -647,7 +647,7 @@ def test_strong_settings_are_checked():
         StrongAug(temporal_jitter=-1)
     # through a config, the error names the key in full
     from jedi_pipe.config import ConfigError, load_config
-    with pytest.raises(ConfigError, match=r"^strong\.contrast: in \[0, 1\] \(0: off\), got 2\.0$"):
+    with pytest.raises(ConfigError, match=r"^--set strong\.contrast=2: strong\.contrast: in \[0, 1\] \(0: off\), got 2\.0$"):
         load_config("train/demo.yaml", ["strong.contrast=2"])
     for loader in (TL.TorchRoleLoader, D.DaliRoleLoader):
         with pytest.raises(ValueError, match="training loaders only"):
