@@ -501,9 +501,11 @@ def plot(run_dir):
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dataset", required=True, help="Which dataset's classifier (a dataset name of the run).")
-@click.option("--which", type=click.Choice(["student", "student_avg", "teacher", "expert"]), default="student", show_default=True,
-              help="student: one backbone; student_avg: its weight average (runs with jedi.student_avg); teacher: "
-                   "every backbone of the run (usually the best); expert: before JEDI.")
+@click.option("--which", type=click.Choice(["student", "student_avg", "student_ema", "teacher", "expert"]), default="student",
+              show_default=True,
+              help="student: one backbone; student_avg: its weight average (runs with jedi.student_avg); student_ema: "
+                   "the student of the teachers' moving average (jedi.teacher_ema); teacher: every backbone of the "
+                   "run (usually the best); expert: before JEDI.")
 @click.option("--out", default="model.pt2", show_default=True, type=click.Path(dir_okay=False),
               help="File to write (a torch.export archive; keep the .pt2 suffix for plain torch.export.load).")
 @click.option("--overwrite", is_flag=True, help="Replace --out when it exists (refused otherwise).")

@@ -29,7 +29,7 @@ from .loaders.clip import ClipSpec
 
 MODEL_CARD = "jedi_pipe.json"      # the archive's extra file with what inference needs besides the graph
 FORMAT = "jedi-pipe model 1"
-WHICH = ("student", "student_avg", "teacher", "expert")
+WHICH = ("student", "student_avg", "student_ema", "teacher", "expert")
 
 
 class TeacherNet(nn.Module):
@@ -61,8 +61,9 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
     """The eval-mode module that scores `dataset` as `jedi-pipe eval` does for `which`.
 
     expert: experts/<dataset>.pt; student: S_i of checkpoint.pt; student_avg: its weight average
-    (jedi.student_avg); teacher: T_i, which needs every backbone (with teacher_ema, the moving
-    average's, as scored in training).
+    (jedi.student_avg); student_ema: the student of the teachers' moving average (jedi.teacher_ema),
+    results.json's fair pair for the teacher; teacher: T_i, which needs every backbone (with
+    teacher_ema, the moving average's, as scored in training).
     """
     from .jedi import EMABaseline, FixMatchBaseline
     from .trainer import expert_path, load_expert, load_joint
@@ -88,6 +89,11 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
         return jedi.students[dataset]
     if which == "student_avg":
         return jedi.students_avg[dataset]
+    if which == "student_ema":
+        if getattr(jedi, "ema_students", None) is None:
+            raise InputError(f"{run} keeps no moving average of its students (jedi.teacher_ema is 0); "
+                             f"export --which student")
+        return jedi.ema_students[dataset]
     if isinstance(jedi, EMABaseline):       # the baseline's teacher is the student's own average
         return jedi.teachers[dataset]
     if isinstance(jedi, FixMatchBaseline):  # FixMatch's teacher is the student itself

@@ -45,7 +45,7 @@ def _test_videos(shard_dir, synth_dir):
     return [synth_dir / r["source"] for r in rows], [r["label_name"] for r in rows]
 
 
-@pytest.mark.parametrize("which", ["student", "teacher", "expert"])
+@pytest.mark.parametrize("which", ["student", "student_ema", "teacher", "expert"])
 def test_predict_on_raw_videos_agrees_with_eval(tiny_run, scored, synth_root, shard_dirs, tmp_path, which):
     path = export_model(tiny_run.out, "hmdb51", which, tmp_path / "m.pt2")
     model = load_model(path)
@@ -58,8 +58,11 @@ def test_predict_on_raw_videos_agrees_with_eval(tiny_run, scored, synth_root, sh
     names = [d.name for d in tiny_run.datasets]
     experts = {n: load_expert(tiny_run, n, "cpu") for n in names}
     with torch.no_grad():
-        o = load_joint(tiny_run, experts, Path(tiny_run.out) / "checkpoint.pt", "cpu").eval()({"hmdb51": x}).labeled["hmdb51"]
-        want = {"student": o.student, "teacher": o.target, "expert": experts["hmdb51"].eval()(x)}[which]
+        joint = load_joint(tiny_run, experts, Path(tiny_run.out) / "checkpoint.pt", "cpu").eval()
+        o = joint({"hmdb51": x}).labeled["hmdb51"]
+        want = {"student": o.student, "teacher": o.target, "expert": experts["hmdb51"].eval()(x),
+                "student_ema": joint.ema_students["hmdb51"](x)}[which]
+        assert not torch.allclose(joint.ema_students["hmdb51"](x), o.student, atol=1e-4)
         assert torch.allclose(model.module(x), want, atol=1e-5)
         assert torch.allclose(model.module(x), inference_module(tiny_run.out, "hmdb51", which)(x), atol=1e-5)
     assert not torch.allclose(o.student, o.target, atol=1e-3)     # the three are apart, so a swap would show
