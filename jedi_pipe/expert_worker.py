@@ -37,15 +37,13 @@ def main(job: str) -> None:
 
         from . import shards
         from .config import load_config
-        from . import trainer
         from .trainer import train_expert
-        trainer.PROGRESS_EVERY_S = every   # the parent's setting (a test's, or the default)
         torch.set_num_threads(threads)
         cfg = load_config(data=config)
         d = cfg.datasets[i]
         say = lambda m: print(m, flush=True)   # noqa: E731  (progress: the parent logs our stdout as its own lines)
         result = ("ok", train_expert(cfg, i, {d.name: shards.open_shards(d.shards)}, torch.device("cpu"), backend,
-                                     say=say))
+                                     say=say, say_every=every))   # the parent's interval (a test's, or the default)
     except BaseException as e:   # handed to the parent, which raises it
         where = f"in the worker process of expert {config['datasets'][i]['name']}"
         if hasattr(e, "add_note"):   # Python 3.11+

@@ -381,9 +381,10 @@ def expert_in_child(cfg: Config, i: int, threads: int, backend: str, children: l
 
 
 def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: int = 0, world: int = 1,
-                 say=None) -> tuple:
+                 say=None, say_every: float | None = None) -> tuple:
     """Train, score and write the expert of cfg.datasets[i]: (name, test scores, a line for the log).
-    `say`: where a progress line goes once PROGRESS_EVERY_S have passed since the last (None: nowhere)."""
+    `say`: where a progress line goes once `say_every` seconds (default PROGRESS_EVERY_S) have passed
+    since the last (None: nowhere)."""
     d, ss = cfg.datasets[i], sets[cfg.datasets[i].name]
     path, out = expert_path(cfg, d.name), Path(cfg.out)
     seed_everything(cfg.seed * 1000 + i)
@@ -408,7 +409,7 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
     model.train()
     forward = distributed.wrap(model)
     t0 = time.time()
-    progress = Progress(total, start, every=PROGRESS_EVERY_S)
+    progress = Progress(total, start, every=PROGRESS_EVERY_S if say_every is None else say_every)
     for step, batch in zip(range(start, total), loader):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, cfg.pretrain.lr, cfg.pretrain.warmup_steps)
