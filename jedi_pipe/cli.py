@@ -250,6 +250,8 @@ def inspect(shard_dir, preview, as_json):
     from .errors import JediPipeError
     from .inspect_shards import contact_sheet, verify_shards
     if Path(shard_dir).is_file():
+        if preview:
+            fail("--preview draws a shard folder's clips; a model file has none")
         _inspect_model(shard_dir, as_json)
         return
     try:

@@ -316,12 +316,14 @@ def load_config(path=None, overrides: list[str] = (), data: dict | None = None) 
             raise ConfigError(f"{path}: {e}") from None
         if not given:
             raise
+        culprit = next((o for o in given if str(e).startswith(o.split("=", 1)[0].strip())), None)
+        if culprit is not None:
+            raise ConfigError(f"--set {culprit}: {e}") from None
         try:
             _build(Config, data, "")
-        except ConfigError:
-            raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
-        culprit = next((o for o in given if str(e).startswith(o.split("=", 1)[0].strip())), None)
-        raise ConfigError(f"--set {culprit}: {e}" if culprit else f"{e} (after --set {' '.join(given)})") from None
+        except ConfigError as file_error:   # the file is at fault: its own error, whatever the --set did
+            raise ConfigError(f"{path}: {file_error}" if path is not None else str(file_error)) from None
+        raise ConfigError(f"{e} (after --set {' '.join(given)})") from None
 
 
 def save_config(cfg: Config, path) -> None:

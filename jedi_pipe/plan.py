@@ -294,7 +294,7 @@ def format_plan(p: dict) -> str:
         lines.append(f"epoch: {p['steps_per_epoch']} steps (labeled clips {p['labeled']}: {source}), "
                      f"{dur(p['epoch_s'])}")
     if p["joint_steps"]:
-        lines.append(f"joint phase: {p['joint_steps']} steps ({p['steps_from']}), {p['joint_s'] / 3600:.2f} h")
+        lines.append(f"joint phase: {p['joint_steps']} steps ({p['steps_from']}), {dur(p['joint_s'])}")
     lines.append(f"the loaders must deliver {p['loader_clips_per_s']:.0f} clips/s (all GPUs) to keep up")
     lines.append("(predictions: not measured on a GPU here; docs/scale.md)")
     return "\n".join(lines)

@@ -109,6 +109,8 @@ def read_run(run: Path) -> dict:
             raise InputError(f"{run / 'results.json'} is not a results file (expected {{\"datasets\": ...}})") from None
     experts = {}
     for path in sorted((run / "experts").glob("*.pt")):
+        if path.name.endswith(".resume.pt"):   # an expert still training (trainer.resume_path): not one yet
+            continue
         ck = _load_expert_summary(path)
         if ck is not None:
             experts[path.stem] = ck

@@ -233,28 +233,43 @@ def resume_path(cfg: Config, name: str) -> Path:
     return Path(cfg.out) / "experts" / f"{name}.resume.pt"
 
 
-def resume_expert(cfg: Config, name: str, model, opt, loader, rank: int, world: int, say) -> int:
-    """Load an unfinished expert's checkpoint into model, optimizer, loader and RNG when one was made
-    with this expert's settings on as many processes; the step to go on from (0: from the start)."""
+def resume_checkpoint(cfg: Config, name: str, world: int) -> dict | None:
+    """An unfinished expert's checkpoint, when one was made with its settings on `world` processes."""
     path = resume_path(cfg, name)
     if not path.is_file():
-        return 0
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if expert_signature(ck["config"], name) != expert_signature(cfg.to_dict(), name) or len(ck["rng"]) != world:
-        say(f"expert {name}: {path} was made with other settings or processes; training it from the start")
+        return None
+    ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    same = expert_signature(ck["config"], name) == expert_signature(cfg.to_dict(), name) and len(ck["rng"]) == world
+    return ck if same else None
+
+
+def resume_expert(cfg: Config, name: str, model, opt, loader, rank: int, world: int, say) -> int:
+    """Load an unfinished expert's checkpoint (resume_checkpoint) into model, optimizer, loader and
+    RNG; the step to go on from (0: from the start)."""
+    ck = resume_checkpoint(cfg, name, world)
+    if ck is None:
+        if resume_path(cfg, name).is_file():
+            say(f"expert {name}: {resume_path(cfg, name)} was made with other settings or processes; "
+                f"training it from the start")
         return 0
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     loader.load_state_dict(ck["loader"])
     set_rng_state(ck["rng"][rank])
-    if distributed.is_main():   # the steps after the checkpoint are logged again
-        log_path = Path(cfg.out) / "pretrain.jsonl"
-        if log_path.is_file():
-            keep = [ln for ln in log_path.read_text().splitlines()
-                    if ln and not ((r := json.loads(ln))["dataset"] == name and r["step"] >= ck["step"])]
-            log_path.write_text("".join(ln + "\n" for ln in keep))
-    say(f"expert {name}: resumed from {path} at step {ck['step']}")
+    say(f"expert {name}: resumed from {resume_path(cfg, name)} at step {ck['step']}")
     return ck["step"]
+
+
+def cut_pretrain_log(cfg: Config, names: list[str], world: int) -> None:
+    """Before experts `names` (re)start: drop their pretrain.jsonl lines from the step each starts at on,
+    which they log again. Here, in the one process that starts them, not in each (they append side by side)."""
+    path = Path(cfg.out) / "pretrain.jsonl"
+    if not path.is_file():
+        return
+    start = {n: (ck["step"] if (ck := resume_checkpoint(cfg, n, world)) else 0) for n in names}
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln and not ((r := json.loads(ln))["dataset"] in start and r["step"] >= start[r["dataset"]])]
+    path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def expert_signature(config: dict, name: str) -> dict:
@@ -316,6 +331,8 @@ def pretrain(cfg: Config, log=print) -> dict:
                     f"expert {path}")
         metrics[d.name] = ck["test"]
         log(f"expert {d.name}: exists ({path}), test top-1 {metrics[d.name]['top1']:.1f}")
+    if distributed.is_main():
+        cut_pretrain_log(cfg, [cfg.datasets[i].name for i in todo], world)
     # from the config alone, not from how many experts are left: an expert's threads (and so its
     # weights) must not depend on which others a crash or a deleted file left to retrain
     workers = expert_workers(cfg, device, world)

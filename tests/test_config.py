@@ -112,6 +112,8 @@ def test_an_error_names_the_file_or_the_set_at_fault(tmp_path):
     with pytest.raises(ConfigError, match=r"^" + str(path) + r": jedi\.lr: "):   # a --set elsewhere is not at fault
         load_config(path, ["clip.size=16"])
     assert load_config(path, ["jedi.lr=0.1"]).jedi.lr == 0.1                  # a --set may mend the file
+    with pytest.raises(ConfigError, match=r"^--set jedi\.nope=1: jedi\.nope: unknown key"):   # both at fault
+        load_config(path, ["jedi.nope=1"])
     path.write_text(yaml.safe_dump(BASE))
     with pytest.raises(ConfigError, match=r"^--set jedi\.nope=1: jedi\.nope: unknown key"):
         load_config(path, ["clip.size=16", "jedi.nope=1"])

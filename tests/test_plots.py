@@ -25,6 +25,8 @@ def make_run(root, stage: str):
         torch.save({"arch": "tiny3d", "num_classes": k, "classes": [f"c{i}" for i in range(k)], "model": {},
                     "test": {"top1": EXPERT_TOP1[n], "top5": 90.0, "n": 40}, "config": cfg.to_dict()},
                    trainer.expert_path(cfg, n))
+    # an expert of another dataset still training: its checkpoint is no expert yet
+    torch.save({"model": {}, "step": 2, "config": cfg.to_dict()}, trainer.resume_path(cfg, "ucf101"))
     if stage == "experts":
         return out
     last = 40 if stage == "finished" else 25

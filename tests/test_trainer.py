@@ -110,15 +110,20 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path, monkeypatch):
     assert again == results
 
 
-def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(shard_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(shard_dirs, tmp_path, monkeypatch,
+                                                                             workers):
+    """Cut in this process after an update that followed the step-2 checkpoint; go on in this process
+    (workers 1) or in worker processes (2, one thread each: the same threads as here)."""
     from jedi_pipe import trainer
-    _, whole = tiny_config(shard_dirs, tmp_path / "whole", ["device=cpu", "torch_threads=1", "pretrain.epochs=3"])
-    _, cut = tiny_config(shard_dirs, tmp_path / "cut", ["device=cpu", "torch_threads=1", "pretrain.epochs=3"])
+    monkeypatch.setattr(trainer, "LOG_EVERY", 1)    # lines after the checkpoint, which the resume must drop
+    sets = ["device=cpu", "torch_threads=1", "pretrain.epochs=3"]
+    _, whole = tiny_config(shard_dirs, tmp_path / "whole", sets)
+    _, cut = tiny_config(shard_dirs, tmp_path / "cut", sets)
     pretrain(whole, log=lambda m: None)
-    real_lr_at, calls = trainer.lr_at, []
+    real_lr_at = trainer.lr_at
 
     def lr_at_then_stop(step, *a):   # a kill before update 3: update 2 ran after the checkpoint at step 2
-        calls.append(step)
         if step == 3:
             raise KeyboardInterrupt
         return real_lr_at(step, *a)
@@ -126,11 +131,13 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
     with pytest.raises(KeyboardInterrupt):
         pretrain(cut, log=lambda m: None)
     monkeypatch.setattr(trainer, "lr_at", real_lr_at)
-    experts = Path(cut.out) / "experts"
-    first = cut.datasets[0].name
+    experts, first = Path(cut.out) / "experts", cut.datasets[0].name
     assert (experts / f"{first}.resume.pt").is_file() and not (experts / f"{first}.pt").exists()
+    logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [0, 1, 2]      # update 2's line too: after the checkpoint
     lines = []
-    pretrain(cut, log=lines.append)
+    _, again = tiny_config(shard_dirs, tmp_path / "cut", sets + [f"pretrain.workers={workers}"])
+    pretrain(again, log=lines.append)
     assert f"expert {first}: resumed from {experts / (first + '.resume.pt')} at step 2" in lines, lines
     assert any(re.match(rf"expert {first}: \d+ steps in \d+s \(resumed at step 2\)", m) for m in lines), lines
     assert not list(experts.glob("*.resume.pt"))                      # written experts leave no checkpoint behind
@@ -138,10 +145,15 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
         a, b = (torch.load(Path(c.out) / "experts" / f"{d.name}.pt", weights_only=False) for c in (whole, cut))
         for k in a["model"]:
             assert torch.equal(a["model"][k], b["model"][k]), (d.name, k)
-    # the loss log reads as the uninterrupted run's: each step once
+    # the loss log reads as the uninterrupted run's: each step once, the same losses (worker processes log
+    # every trainer.LOG_EVERY of their own, so there only at the steps they log)
     logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
-    ref = [json.loads(ln) for ln in (Path(whole.out) / "pretrain.jsonl").read_text().splitlines()]
-    assert sorted((r["dataset"], r["step"]) for r in logged) == sorted((r["dataset"], r["step"]) for r in ref)
+    ref = {(r["dataset"], r["step"]): r["loss"]
+           for r in map(json.loads, (Path(whole.out) / "pretrain.jsonl").read_text().splitlines())}
+    keys = [(r["dataset"], r["step"]) for r in logged]
+    assert len(set(keys)) == len(keys) and all(ref[k] == r["loss"] for k, r in zip(keys, logged))
+    if workers == 1:
+        assert set(keys) == set(ref)
 
 
 def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path, monkeypatch):
