@@ -185,7 +185,7 @@ def test_export_and_predict_block_runs_as_written(shard_dirs, synth_root, tmp_pa
     subprocess.run([ffmpeg_exe(), "-nostdin", "-loglevel", "error", "-i", str(avis[1]), "-c:v", "libx264",
                     "-pix_fmt", "yuv420p", str(tmp_path / "video2.mp4")], check=True)
     _, videos, shard = run_block(block, tmp_path)
-    assert (tmp_path / "hmdb51.pt2").is_file()
+    assert (tmp_path / "demo-hmdb51.pt2").is_file()
     classes = open_shards(demo / "shards" / "hmdb51").classes
     assert "video1.avi" in videos and "video2.mp4" in videos, videos
     assert sum(c in videos for c in classes) >= 2, videos   # top classes named
