@@ -233,24 +233,23 @@ def resume_path(cfg: Config, name: str) -> Path:
     return Path(cfg.out) / "experts" / f"{name}.resume.pt"
 
 
-def resume_checkpoint(cfg: Config, name: str, world: int) -> dict | None:
-    """An unfinished expert's checkpoint, when one was made with its settings on `world` processes."""
+def resume_checkpoint(cfg: Config, name: str, world: int, threads: int) -> dict | None:
+    """An unfinished expert's checkpoint, when one was made with its settings on `world` processes of
+    `threads` torch threads each (threads round differently: another count would finish another expert)."""
     path = resume_path(cfg, name)
     if not path.is_file():
         return None
     ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    same = expert_signature(ck["config"], name) == expert_signature(cfg.to_dict(), name) and len(ck["rng"]) == world
+    same = (expert_signature(ck["config"], name) == expert_signature(cfg.to_dict(), name)
+            and len(ck["rng"]) == world and ck.get("threads") == threads)
     return ck if same else None
 
 
 def resume_expert(cfg: Config, name: str, model, opt, loader, rank: int, world: int, say) -> int:
-    """Load an unfinished expert's checkpoint (resume_checkpoint) into model, optimizer, loader and
-    RNG; the step to go on from (0: from the start)."""
-    ck = resume_checkpoint(cfg, name, world)
+    """Load an unfinished expert's checkpoint (resume_checkpoint; prepare_resumes removed any other)
+    into model, optimizer, loader and RNG; the step to go on from (0: from the start)."""
+    ck = resume_checkpoint(cfg, name, world, torch.get_num_threads())
     if ck is None:
-        if resume_path(cfg, name).is_file():
-            say(f"expert {name}: {resume_path(cfg, name)} was made with other settings or processes; "
-                f"training it from the start")
         return 0
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
@@ -260,16 +259,24 @@ def resume_expert(cfg: Config, name: str, model, opt, loader, rank: int, world: 
     return ck["step"]
 
 
-def cut_pretrain_log(cfg: Config, names: list[str], world: int) -> None:
-    """Before experts `names` (re)start: drop their pretrain.jsonl lines from the step each starts at on,
-    which they log again. Here, in the one process that starts them, not in each (they append side by side)."""
+def prepare_resumes(cfg: Config, names: list[str], world: int, threads: int, log) -> None:
+    """Before experts `names` (re)start, in the one process that starts them (they append to
+    pretrain.jsonl side by side): remove a resume checkpoint made with other settings, processes or
+    threads (the expert starts again), and drop the log lines from the step each expert starts at on,
+    which it logs again."""
+    start = {}
+    for n in names:
+        ck = resume_checkpoint(cfg, n, world, threads)
+        if ck is None and resume_path(cfg, n).is_file():
+            log(f"expert {n}: {resume_path(cfg, n)} was made with other settings, processes or threads; "
+                f"training it from the start")
+            resume_path(cfg, n).unlink()
+        start[n] = ck["step"] if ck is not None else 0
     path = Path(cfg.out) / "pretrain.jsonl"
-    if not path.is_file():
-        return
-    start = {n: (ck["step"] if (ck := resume_checkpoint(cfg, n, world)) else 0) for n in names}
-    keep = [ln for ln in path.read_text().splitlines()
-            if ln and not ((r := json.loads(ln))["dataset"] in start and r["step"] >= start[r["dataset"]])]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    if path.is_file():
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln and not ((r := json.loads(ln))["dataset"] in start and r["step"] >= start[r["dataset"]])]
+        path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def expert_signature(config: dict, name: str) -> dict:
@@ -314,7 +321,6 @@ def pretrain(cfg: Config, log=print) -> dict:
     worker is a fresh interpreter (expert_worker.py)."""
     rank, world = distributed.init()
     log = quiet_unless_main(log)
-    prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
     for d in cfg.datasets:      # before any training: a refused init should not cost an hour of experts
@@ -331,17 +337,20 @@ def pretrain(cfg: Config, log=print) -> dict:
                     f"expert {path}")
         metrics[d.name] = ck["test"]
         log(f"expert {d.name}: exists ({path}), test top-1 {metrics[d.name]['top1']:.1f}")
-    if distributed.is_main():
-        cut_pretrain_log(cfg, [cfg.datasets[i].name for i in todo], world)
+    prepare_run(cfg)   # after the checks: a refused run leaves the folder's config.yaml as it was
     # from the config alone, not from how many experts are left: an expert's threads (and so its
     # weights) must not depend on which others a crash or a deleted file left to retrain
     workers = expert_workers(cfg, device, world)
+    threads = max(1, cpu_threads(cfg) // workers) if workers > 1 else torch.get_num_threads()
+    if distributed.is_main():
+        prepare_resumes(cfg, [cfg.datasets[i].name for i in todo], world, threads, log)
+    distributed.barrier()   # every rank sees the same resume checkpoints
     backend = resolve_backend(cfg.loader, list(sets.values()))   # one loader for every expert, as in one process
     if workers > 1 and todo:
         # longest first: the largest labeled set would otherwise start last and finish alone
         todo.sort(key=lambda i: -sets[cfg.datasets[i].name].count("labeled"))
         log(f"experts: {len(todo)} to train, up to {workers} at a time (pretrain.workers)")
-        threads, children = max(1, cpu_threads(cfg) // workers), []
+        children = []
         with concurrent.futures.ThreadPoolExecutor(min(workers, len(todo))) as pool:   # each thread waits on a child
             jobs = [pool.submit(expert_in_child, cfg, i, threads, backend, children, log) for i in todo]
             try:
@@ -420,7 +429,7 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
         if distributed.is_main():
             tmp = resume_path(cfg, d.name).with_suffix(".partial")
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-                        "rng": rng, "step": done, "config": cfg.to_dict()}, tmp)
+                        "rng": rng, "step": done, "threads": torch.get_num_threads(), "config": cfg.to_dict()}, tmp)
             os.replace(tmp, resume_path(cfg, d.name))
 
     model.train()
@@ -651,9 +660,14 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     """JEDI from the experts (pretrained first when missing); writes results.json/.md."""
     rank, world = distributed.init()
     log = quiet_unless_main(log)
-    out = prepare_run(cfg)
     device = pick_device(cfg)
     sets = open_all(cfg)
+    ckpt_path, ck = Path(cfg.out) / "checkpoint.pt", None
+    if resume and ckpt_path.is_file():   # checked before the run folder is written: a refused resume changes nothing
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        _check_same(without_placement(with_new_keys(ck["config"])), without_placement(cfg.to_dict()),
+                    f"checkpoint {ckpt_path}")
+    out = prepare_run(cfg)
     names = [d.name for d in cfg.datasets]
     if not all(expert_path(cfg, n).is_file() for n in names):
         log("experts missing: pretraining them first")
@@ -676,11 +690,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     # evaluated once, at the end, for results.json.
     eval_split = "val" if all(sets[n].count("val") for n in names) else "test"
 
-    ckpt_path, step = out / "checkpoint.pt", 0
-    if resume and ckpt_path.is_file():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_same(without_placement(with_new_keys(ck["config"])), without_placement(cfg.to_dict()),
-                    f"checkpoint {ckpt_path}")
+    step = 0
+    if ck is not None:
         jedi.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         loader.load_state_dict(ck["loader"])

@@ -110,11 +110,12 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path, monkeypatch):
     assert again == results
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("mode", ["in process", "in workers", "on other threads"])
 def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(shard_dirs, tmp_path, monkeypatch,
-                                                                             workers):
-    """Cut in this process after an update that followed the step-2 checkpoint; go on in this process
-    (workers 1) or in worker processes (2, one thread each: the same threads as here)."""
+                                                                             mode):
+    """Cut in this process (one torch thread) after an update that followed the step-2 checkpoint; go on in
+    this process, in worker processes (two of one thread each: the same threads), or on two threads, which
+    round differently: that expert starts again rather than finish as no uninterrupted run would."""
     from jedi_pipe import trainer
     monkeypatch.setattr(trainer, "LOG_EVERY", 1)    # lines after the checkpoint, which the resume must drop
     sets = ["device=cpu", "torch_threads=1", "pretrain.epochs=3"]
@@ -136,24 +137,41 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
     logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [0, 1, 2]      # update 2's line too: after the checkpoint
     lines = []
-    _, again = tiny_config(shard_dirs, tmp_path / "cut", sets + [f"pretrain.workers={workers}"])
+    more = {"in process": [], "in workers": ["pretrain.workers=2"], "on other threads": ["torch_threads=2"]}[mode]
+    _, again = tiny_config(shard_dirs, tmp_path / "cut", sets + more)
     pretrain(again, log=lines.append)
-    assert f"expert {first}: resumed from {experts / (first + '.resume.pt')} at step 2" in lines, lines
-    assert any(re.match(rf"expert {first}: \d+ steps in \d+s \(resumed at step 2\)", m) for m in lines), lines
+    resumed = f"expert {first}: resumed from {experts / (first + '.resume.pt')} at step 2"
     assert not list(experts.glob("*.resume.pt"))                      # written experts leave no checkpoint behind
+    logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
+    keys = [(r["dataset"], r["step"]) for r in logged]
+    assert len(set(keys)) == len(keys)                                # each step once, however it went on
+    if mode == "on other threads":
+        assert resumed not in lines and any("training it from the start" in m for m in lines), lines
+        return
+    assert resumed in lines, lines
+    assert any(re.match(rf"expert {first}: \d+ steps in \d+s \(resumed at step 2\)", m) for m in lines), lines
     for d in cut.datasets:
         a, b = (torch.load(Path(c.out) / "experts" / f"{d.name}.pt", weights_only=False) for c in (whole, cut))
         for k in a["model"]:
             assert torch.equal(a["model"][k], b["model"][k]), (d.name, k)
-    # the loss log reads as the uninterrupted run's: each step once, the same losses (worker processes log
-    # every trainer.LOG_EVERY of their own, so there only at the steps they log)
-    logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
+    # the loss log reads as the uninterrupted run's: the same losses (worker processes log every
+    # trainer.LOG_EVERY of their own, so there only at the steps they log)
     ref = {(r["dataset"], r["step"]): r["loss"]
            for r in map(json.loads, (Path(whole.out) / "pretrain.jsonl").read_text().splitlines())}
-    keys = [(r["dataset"], r["step"]) for r in logged]
-    assert len(set(keys)) == len(keys) and all(ref[k] == r["loss"] for k, r in zip(keys, logged))
-    if workers == 1:
-        assert set(keys) == set(ref)
+    assert all(ref[k] == r["loss"] for k, r in zip(keys, logged))
+    if mode == "in workers":
+        return
+    assert set(keys) == set(ref)
+    # a refused run leaves the folder's config.yaml as it was: it must keep describing what the folder holds
+    saved = (Path(cut.out) / "config.yaml").read_text()
+    with pytest.raises(InputError, match="made with other settings"):
+        pretrain(tiny_config(shard_dirs, tmp_path / "cut", sets + ["pretrain.lr=0.5"])[1], log=lambda m: None)
+    assert (Path(cut.out) / "config.yaml").read_text() == saved
+    train(again, log=lambda m: None)
+    saved = (Path(cut.out) / "config.yaml").read_text()
+    with pytest.raises(InputError, match="made with other settings"):
+        train(tiny_config(shard_dirs, tmp_path / "cut", sets + ["jedi.lr=0.5"])[1], resume=True, log=lambda m: None)
+    assert (Path(cut.out) / "config.yaml").read_text() == saved
 
 
 def test_experts_side_by_side_equal_experts_in_turn(shard_dirs, tmp_path, monkeypatch):
