@@ -311,18 +311,17 @@ def load_config(path=None, overrides: list[str] = (), data: dict | None = None) 
     merged = apply_overrides(copy.deepcopy(data), given + extra)
     try:
         return _build(Config, merged, "")
-    except ConfigError as e:   # blame the file, or the --set that broke a file that builds alone
-        if path is not None and not given:
-            raise ConfigError(f"{path}: {e}") from None
-        if not given:
-            raise
+    except ConfigError as e:   # blame the --set whose key it names, else the file when it fails alone
+        in_file = (lambda err: f"{path}: {err}") if path is not None else str   # noqa: E731
         culprit = next((o for o in given if str(e).startswith(o.split("=", 1)[0].strip())), None)
         if culprit is not None:
             raise ConfigError(f"--set {culprit}: {e}") from None
+        if not given:
+            raise ConfigError(in_file(e)) from None
         try:
             _build(Config, data, "")
         except ConfigError as file_error:   # the file is at fault: its own error, whatever the --set did
-            raise ConfigError(f"{path}: {file_error}" if path is not None else str(file_error)) from None
+            raise ConfigError(in_file(file_error)) from None
         raise ConfigError(f"{e} (after --set {' '.join(given)})") from None
 
 

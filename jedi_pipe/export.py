@@ -116,8 +116,6 @@ def model_card(run, dataset: str, which: str) -> dict:
 
     The classes and encoding are the expert's, saved when it was trained: a config whose shards
     moved or changed since cannot put other names on its outputs (refused when they differ)."""
-    import torch
-
     from .shards import CARD, open_shards
     from .trainer import clip_spec, expert_path
     cfg = run_config(run)

@@ -664,7 +664,8 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     sets = open_all(cfg)
     ckpt_path, ck = Path(cfg.out) / "checkpoint.pt", None
     if resume and ckpt_path.is_file():   # checked before the run folder is written: a refused resume changes nothing
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        # mmap: held through any pretraining below, read when its state is loaded
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
         _check_same(without_placement(with_new_keys(ck["config"])), without_placement(cfg.to_dict()),
                     f"checkpoint {ckpt_path}")
     out = prepare_run(cfg)
