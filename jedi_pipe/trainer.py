@@ -326,17 +326,10 @@ def pretrain(cfg: Config, log=print) -> dict:
     for d in cfg.datasets:      # before any training: a refused init should not cost an hour of experts
         if not expert_path(cfg, d.name).is_file():   # (a finished expert's init may have moved since)
             check_init(d.name, {sets[d.name].card.get("dataset", d.name)}, d.init, d.init_trained_on_ok)
-    metrics, todo = {}, []
-    for i, d in enumerate(cfg.datasets):
-        path = expert_path(cfg, d.name)
-        if not path.is_file():
-            todo.append(i)
-            continue
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        _check_same(expert_signature(ck["config"], d.name), expert_signature(cfg.to_dict(), d.name),
-                    f"expert {path}")
-        metrics[d.name] = ck["test"]
-        log(f"expert {d.name}: exists ({path}), test top-1 {metrics[d.name]['top1']:.1f}")
+    metrics = finished_experts(cfg)
+    todo = [i for i, d in enumerate(cfg.datasets) if d.name not in metrics]
+    for name, test in metrics.items():
+        log(f"expert {name}: exists ({expert_path(cfg, name)}), test top-1 {test['top1']:.1f}")
     prepare_run(cfg)   # after the checks: a refused run leaves the folder's config.yaml as it was
     # from the config alone, not from how many experts are left: an expert's threads (and so its
     # weights) must not depend on which others a crash or a deleted file left to retrain
@@ -369,6 +362,21 @@ def pretrain(cfg: Config, log=print) -> dict:
             metrics[name] = test
             log(note)
     return {d.name: metrics[d.name] for d in cfg.datasets}
+
+
+def finished_experts(cfg: Config) -> dict:
+    """{name: test scores} of the experts already written, each refused unless made with cfg's settings
+    (expert_signature): pretrain keeps them, train builds on them, and the run's config.yaml must
+    describe them."""
+    done = {}
+    for d in cfg.datasets:
+        path = expert_path(cfg, d.name)
+        if path.is_file():
+            ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)   # the config, not the weights
+            _check_same(expert_signature(ck["config"], d.name), expert_signature(cfg.to_dict(), d.name),
+                        f"expert {path}")
+            done[d.name] = ck["test"]
+    return done
 
 
 def expert_workers(cfg: Config, device, world: int) -> int:
@@ -668,6 +676,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
         _check_same(without_placement(with_new_keys(ck["config"])), without_placement(cfg.to_dict()),
                     f"checkpoint {ckpt_path}")
+    finished_experts(cfg)   # experts made with other settings are refused here too, before the folder is written
     out = prepare_run(cfg)
     names = [d.name for d in cfg.datasets]
     if not all(expert_path(cfg, n).is_file() for n in names):
