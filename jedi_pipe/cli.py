@@ -543,9 +543,9 @@ def predict(model_path, inputs, role, k, as_json):
 
     Videos are transcoded and sampled exactly as the model's shards were (fps, short side,
     frames, stride, views), so only their first encoding.max_seconds count (`jedi-pipe inspect
-    MODEL` shows it). A video that cannot be decoded is named on stderr (with --json, a line
-    {"video", "error"} among the others) and the others are still predicted; the exit is non-zero only when none
-    could be.
+    MODEL` shows it). A video that cannot be decoded is named on stderr (with --json, as a
+    {"video", "error"} line among the results) and the others are still predicted; the exit is
+    non-zero only when none could be.
 
     Example:
 
