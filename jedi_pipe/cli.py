@@ -127,7 +127,7 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
 @click.option("--codec", type=click.Choice(["vp9", "mjpeg", "h264"]), default="vp9", show_default=True,
               help="vp9 decodes on DALI's CPU and GPU paths; h264 only on the GPU; mjpeg is large but cheap to decode.")
 @click.option("--fps", default=12.0, show_default=True, type=float, help="Output frame rate.")
-@click.option("--short-side", default=128, show_default=True, type=int, help="Output short side in pixels.")
+@click.option("--short-side", default=128, show_default=True, type=int, help="Output short side in pixels (the long side keeps the aspect, up to 4:1: wider sources are centre-cropped).")
 @click.option("--max-seconds", default=10.0, show_default=True, type=float, help="Keep at most this many seconds of each video.")
 @click.option("--shard-max-count", default=1000, show_default=True, type=int, help="Samples per tar at most.")
 @click.option("--max-failures", default=0.05, show_default=True, type=float, help="Fraction of videos allowed to fail before the run exits non-zero.")

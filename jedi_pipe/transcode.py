@@ -62,6 +62,11 @@ class EncodeSettings:
         return asdict(self)
 
 
+# The widest (or tallest) picture a clip keeps, long side : short side. Real footage is at most
+# about 2.4:1 (cinema scope); anything beyond is cropped around its centre.
+MAX_ASPECT = 4
+
+
 # Wall-clock limit of one transcode. Sources are cut to max_seconds, so a healthy transcode takes
 # seconds even for 4K on one core; ten minutes only ever catches a hang.
 DEFAULT_TIMEOUT_S = 600.0
@@ -86,9 +91,12 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
     import ffmpeg  # ffmpeg-python
     opts = dict(CODECS[settings.codec][1])
     # fps before scale: frames are dropped/duplicated first, so scaling works on fewer frames.
-    # Short side to `short_side`; the long side keeps the aspect, rounded to even for yuv420p.
+    # A source beyond MAX_ASPECT:1 is centre-cropped to it first (a no-op for any other), else a
+    # 4000x10 banner would become a 51200 x 128 clip. Short side to `short_side`; the long side
+    # keeps the aspect, rounded to even for yuv420p.
     stream = (ffmpeg.input(src, t=settings.max_seconds).video
               .filter("fps", fps=settings.fps)
+              .filter("crop", w=f"min(iw,{MAX_ASPECT}*ih)", h=f"min(ih,{MAX_ASPECT}*iw)")
               .filter("scale", w=f"if(lte(iw,ih),{settings.short_side},-2)",
                       h=f"if(lte(iw,ih),-2,{settings.short_side})", flags="bilinear"))
     # bitexact: no random segment UID or encoder-version string, so equal inputs give equal bytes

@@ -101,6 +101,8 @@ KEPT_ODD = {
     "odd_33x47.mkv": (32, 46),        # long side rounded to even
     "uhd_4k.avi": (56, 32),           # 3840x2160, one frame: cheap
     "vfr.mp4": (42, 32),
+    "banner_4000x10.avi": (128, 32),  # beyond 4:1: centre-cropped to 4:1, not a 12800 x 32 clip
+    "tower_10x4000.avi": (32, 128),
 }
 
 
@@ -125,6 +127,8 @@ def bad_root(tmp_path_factory) -> Path:
     make_video(odd / "tiny_1x1.mkv", "1x1", 10, 1.0, "ffv1")
     make_video(odd / "odd_33x47.mkv", "33x47", 10, 1.0, "ffv1")
     ff("-f", "lavfi", "-i", "color=c=red:size=3840x2160:rate=8", "-frames:v", "1", "-c:v", "mpeg4", odd / "uhd_4k.avi")
+    for size, name in (("4000x10", "banner_4000x10.avi"), ("10x4000", "tower_10x4000.avi")):
+        ff("-f", "lavfi", "-i", f"testsrc=size={size}:rate=8", "-frames:v", "1", "-c:v", "mpeg4", odd / name)
     # variable frame rate: 30 fps, then frames twice as long, then half as long
     make_video(odd / "vfr.mp4", "64x48", 30, 3.0, "libx264",
             "-vf", "setpts='if(lt(N,30),PTS,if(lt(N,60),2*PTS-1/TB,PTS/2+2/TB))'", "-fps_mode", "vfr")
