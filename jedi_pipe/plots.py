@@ -16,8 +16,13 @@ from .records import confused_pairs, read_metrics
 MISSING_MATPLOTLIB = 'pictures need matplotlib: pip install "jedi-pipe[plots]"'
 
 # One colour per model, the same in both pictures.
-COLORS = {"expert": "black", "student": "tab:blue", "teacher": "tab:orange", "student_avg": "tab:cyan"}
-CURVE_KINDS = ("student", "teacher", "student_avg")   # student_avg: jedi.student_avg, when the run keeps it
+COLORS = {"expert": "black", "student": "tab:blue", "teacher": "tab:orange", "student_ema": "tab:purple",
+          "student_avg": "tab:cyan"}
+# student_ema: the students of the teachers' moving average (jedi.teacher_ema), the teachers' fair pair;
+# student_avg: the students' weight average (jedi.student_avg); each drawn when the run scores it
+CURVE_KINDS = ("student", "teacher", "student_ema", "student_avg")
+LABELS = {"expert": "expert", "student": "student (JEDI)", "teacher": "teacher (JEDI)",
+          "student_ema": "student, teachers' moving average", "student_avg": "student, weight average"}
 LOSS_COLORS = {"sup_student": "tab:blue", "sup_teacher": "tab:orange", "distill": "tab:purple",
                "mutual": "tab:pink", "distill_heads": "tab:brown"}
 LOSS_LABELS = {"sup_student": "student CE (labeled)", "sup_teacher": "teacher CE (labeled)",
@@ -198,7 +203,7 @@ def _top1_curve(ax, kind, pts):
     if pts:
         teacher = kind == "teacher"
         ax.plot(*zip(*pts), marker="s" if teacher else "o", ms=5 if teacher else 3.5, zorder=2 if teacher else 3,
-                color=COLORS[kind], label="student, weight average" if kind == "student_avg" else f"{kind} (JEDI)",
+                color=COLORS[kind], label=LABELS[kind],
                 gid="curve")
 
 
@@ -304,7 +309,7 @@ def _mean_column(axes, data, names, experts, has_pseudo):
 def _bars(new_figure, data: dict):
     table, source = _final(data)
     names = [n for n in data["names"] if n in table]
-    kinds = [k for k in ("expert", "student", "teacher") if any(k in table[n] for n in names)]
+    kinds = [k for k in ("expert", *CURVE_KINDS) if any(k in table[n] for n in names)]
     groups = names + (["mean"] if len(names) > 1 else [])
     rows = {n: table[n] for n in names}
     chance = {n: _chance(data, n) for n in names}
@@ -321,7 +326,7 @@ def _bars(new_figure, data: dict):
     for i, kind in enumerate(kinds):
         xs = [g + (i - (len(kinds) - 1) / 2) * width for g, name in enumerate(groups) if kind in rows[name]]
         ys = [rows[name][kind] for name in groups if kind in rows[name]]
-        bars = ax.bar(xs, ys, width * 0.92, color=COLORS[kind] if kind != "expert" else "0.45", label=kind)
+        bars = ax.bar(xs, ys, width * 0.92, color=COLORS[kind] if kind != "expert" else "0.45", label=LABELS[kind])
         # a white box: a chance line through a value does not hide it
         ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2, zorder=4,
                      bbox=dict(facecolor="white", edgecolor="none", pad=0.5, alpha=0.85))
@@ -341,7 +346,7 @@ def _bars(new_figure, data: dict):
     ax.set_ylim(0, min(105.0, top * 1.15 + 3))
     ax.grid(axis="y", alpha=0.3)
     # under the axis: above the bars it could hide a value
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=len(kinds) + chance_drawn,
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3,
               frameon=False)
     ax.set_title(f"JEDI run '{data['name']}': test top-1 per dataset\n{source}", fontsize=11)
     return fig

@@ -9,7 +9,8 @@ metrics.jsonl, one JSON object a line:
                 total of all datasets), clips_per_s, input_wait (fraction of step time spent waiting
                 for data), and the method's terms for that dataset (`terms`: sup_student,
                 sup_teacher, distill, mutual, distill_heads, pseudo_label_acc, teacher_conf, mask_rate, ...)
-    EvalRecord  at every evaluation: step, split (val or test), and {dataset: {kind: {top1, top5, n}}} (kind: student, teacher)
+    EvalRecord  at every evaluation: step, split (val or test), and {dataset: {kind: {top1, top5, n}}} (kind: student, teacher,
+                student_ema and student_avg as in results.json)
 
 results.json (`run_results` in trainer.py):
     {"datasets": {dataset: {kind: Scores}},      kind: expert, student, teacher (and student_ema: the moving
@@ -29,6 +30,10 @@ from pathlib import Path
 from .errors import UnavailableError
 
 KINDS = ("expert", "student", "teacher")
+# Kinds a run may add, one line each under the headline table. student_ema: the fair pair of teachers
+# scored from their moving average (jedi.teacher_ema); student_avg: the students' weight average.
+EXTRA_KINDS = {"student_ema": "Students of the teachers' moving average (jedi.teacher_ema)",
+               "student_avg": "Students' weight average (jedi.student_avg)"}
 
 
 @dataclass
@@ -199,12 +204,13 @@ def results_table(results: dict) -> str:
     mean = {k: sum(r[k]["top1"] for r in rows.values()) / len(rows) for k in KINDS}
     lines.append(f"| mean | {mean['expert']:.1f} | {mean['student']:.1f} ({mean['student'] - mean['expert']:+.1f}) | "
                  f"{mean['teacher']:.1f} ({mean['teacher'] - mean['expert']:+.1f}) | | | |")
-    if all("student_avg" in r for r in rows.values()):
-        avg = {n: r["student_avg"]["top1"] - r["expert"]["top1"] for n, r in rows.items()}
-        lines.append("\nStudents' weight average (jedi.student_avg), top-1 (Δ expert): "
-                     + ", ".join(f"{n} {rows[n]['student_avg']['top1']:.1f} ({d:+.1f})" for n, d in avg.items())
-                     + f"; mean {sum(r['student_avg']['top1'] for r in rows.values()) / len(rows):.1f}"
-                     + f" ({sum(avg.values()) / len(avg):+.1f})")
+    for kind, title in EXTRA_KINDS.items():
+        if all(kind in r for r in rows.values()):
+            delta = {n: r[kind]["top1"] - r["expert"]["top1"] for n, r in rows.items()}
+            lines.append(f"\n{title}, top-1 (Δ expert): "
+                         + ", ".join(f"{n} {rows[n][kind]['top1']:.1f} ({d:+.1f})" for n, d in delta.items())
+                         + f"; mean {sum(r[kind]['top1'] for r in rows.values()) / len(rows):.1f}"
+                         + f" ({sum(delta.values()) / len(delta):+.1f})")
     return "\n".join(lines) + "\n"
 
 

@@ -159,3 +159,34 @@ def test_results_md_names_the_classes(tmp_path):
     assert row == (f"| class_3 | 40 | {r['expert']['per_class'][3]:.1f} | {r['student']['per_class'][3]:.1f} | "
                    f"{r['teacher']['per_class'][3]:.1f} |")
     assert "Most confused (teacher, true -> predicted): class_" in md
+
+
+def test_every_scored_kind_is_drawn_and_tabled(tmp_path):
+    """A run that scores the teachers' moving average's students (student_ema) and the students' weight
+    average (student_avg) shows both beside students and teachers: bars, curves and results.md's table."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from jedi_pipe import plots
+    from jedi_pipe.records import results_table
+    run = make_run(tmp_path / "run", "finished")
+    results = results_of(NAMES)
+    for n, kinds in results["datasets"].items():
+        kinds["student_ema"] = {**kinds["student"], "top1": 61.0}
+        kinds["student_avg"] = {**kinds["student"], "top1": 62.0}
+    trainer.write_results(run, results)
+    trainer.append_jsonl(run / "metrics.jsonl", [{"step": 50, "eval": {
+        n: {kind: {"top1": 50.0, "top5": 95.0, "n": 40} for kind in plots.CURVE_KINDS} for n in NAMES}}])
+    data = read_run(run)
+    bars = plots._bars(Figure, data).axes[0]
+    assert [t.get_text() for t in bars.get_legend().get_texts()][-2:] == \
+        [plots.LABELS["student_ema"], plots.LABELS["student_avg"]]
+    curves = plots._curves(Figure, data)
+    top1 = [ax for ax in curves.axes if ax.get_title().endswith("test top-1")]
+    assert len(top1) == len(NAMES) + 1
+    for ax in top1:
+        drawn = {line.get_label() for line in ax.lines if line.get_gid() == "curve"}
+        assert drawn == {plots.LABELS[k] for k in plots.CURVE_KINDS}, ax.get_title()
+    table = results_table(results)
+    assert "teachers' moving average (jedi.teacher_ema), top-1 (Δ expert): hmdb51 61.0" in table
+    assert "weight average (jedi.student_avg), top-1 (Δ expert): hmdb51 62.0" in table
