@@ -30,7 +30,8 @@ training seed, with `train/demo.yaml` and the given --set overrides:
 Prints mean ± std (population std over seeds) of top-1 per dataset and the mean over datasets,
 twice: on val, the table to compare settings and ablations by, and on test, the one to report
 (evaluated once per run, at its end), then the paired gaps by seed. --json also writes every
-number. Runs that exist are reused (delete --out to redo). --val-per-class 0 drops the val role
+number. Runs that exist are reused when they were made with the same settings (other settings are
+refused by name: delete --out to redo). --val-per-class 0 drops the val role
 (then there is only test). --data-seed N draws the benchmark afresh (same classes and motions,
 other looks and videos): a second check that a choice holds beyond one draw of the data.
 --videos-seed N draws other videos of the same-looking datasets, and --rescore-on DATA scores
@@ -51,8 +52,9 @@ import yaml
 
 from jedi_pipe import shards as shardfmt
 from jedi_pipe import synth, trainer
-from jedi_pipe.config import load_config
+from jedi_pipe.config import ConfigError, load_config
 from jedi_pipe.demo import DEMO_CONFIG, DEMO_DATASETS, DEMO_SHARD, DEMO_VIDEOS_PER_CLASS
+from jedi_pipe.errors import script_main
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.resplit import split_shards
 
@@ -173,8 +175,13 @@ def _eval_at(run: Path, step: int) -> dict | None:
 
 
 def _results(cfg, log) -> dict:
+    """The run's results.json, trained first when missing. A finished run is reused only when it was
+    made with these settings: another --set into the same --out must not print the old numbers."""
     path = Path(cfg.out) / "results.json"
-    if not path.is_file():
+    if path.is_file():
+        trainer.check_same_run(yaml.safe_load((Path(cfg.out) / "config.yaml").read_text()), cfg,
+                               f"the finished run {cfg.out}")
+    else:
         trainer.train(cfg, log=log)
     return json.loads(path.read_text())
 
@@ -402,7 +409,7 @@ def print_rescored(outs: list[Path], draw: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3, help="training seeds 0..S-1")
     ap.add_argument("--out", type=Path, default=Path("bench-learning"), help="data and runs go here")
     ap.add_argument("--videos-per-class", action="append", default=[], metavar="N|DATASET=N",
@@ -454,14 +461,24 @@ def main() -> None:
             ap.error("--report prints saved runs: the options that run training do not apply to it")
         if args.rescore_on is not None and not (args.rescore_on / "data.json").is_file():
             ap.error(f"--rescore-on {args.rescore_on}: not a data folder of bench/learning.py (no data.json)")
+        for o in [*args.report, *([args.oracle_from] if args.oracle_from else [])]:
+            if not (o / "learning.json").is_file():
+                ap.error(f"{o}: not a --json run of bench/learning.py (no learning.json)")
         return report(args.report, args.oracle_from, test=not args.val_only, rescore_on=args.rescore_on)
     if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    if args.oracle_epochs < 0 or args.val_per_class < 0 or not 0 < args.labeled_fraction <= 1:
+        ap.error("--oracle-epochs and --val-per-class must be 0 or more, --labeled-fraction in (0, 1]")
     if args.val_only and args.val_per_class == 0:   # refused before the runs, not after them
         ap.error("--val-only needs a val role: --val-per-class must be above 0")
     runs = tuple(r for r in args.runs.split(",") if r)
     if not runs or any(r not in RUNS for r in runs):
         ap.error(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")
+    try:   # every run's settings, refused now rather than after minutes of data and experts
+        for extra in [[], *(RUNS[r][0] for r in runs), [f"pretrain.epochs={args.oracle_epochs}"]]:
+            config(args.out / "data", "shards", args.out, 0, [*extra, *args.overrides])
+    except ConfigError as e:
+        ap.error(str(e))
 
     t0 = time.time()
 
@@ -510,4 +527,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

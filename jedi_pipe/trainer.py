@@ -297,6 +297,11 @@ def without_placement(config: dict) -> dict:
     return {**config, "pretrain": {k: v for k, v in config["pretrain"].items() if k != "workers"}}
 
 
+def check_same_run(saved_config: dict, cfg: Config, what: str) -> None:
+    """Refuse (InputError) when a run's saved config differs from `cfg` in anything it learned from."""
+    _check_same(without_placement(with_new_keys(saved_config)), without_placement(cfg.to_dict()), what)
+
+
 def _check_same(saved: dict, now: dict, what: str) -> None:
     if saved != now:
         diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -674,8 +679,7 @@ def train(cfg: Config, resume: bool = False, log=print) -> dict:
     if resume and ckpt_path.is_file():   # checked before the run folder is written: a refused resume changes nothing
         # mmap: held through any pretraining below, read when its state is loaded
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-        _check_same(without_placement(with_new_keys(ck["config"])), without_placement(cfg.to_dict()),
-                    f"checkpoint {ckpt_path}")
+        check_same_run(ck["config"], cfg, f"checkpoint {ckpt_path}")
     finished_experts(cfg)   # experts made with other settings are refused here too, before the folder is written
     out = prepare_run(cfg)
     names = [d.name for d in cfg.datasets]

@@ -121,10 +121,35 @@ def test_oracle_rows_come_from_a_run_on_the_same_data_whatever_its_experts(tmp_p
     (["--report", "x", "--rescore-on", "nowhere"], "not a data folder of bench/learning.py"),
     (["--report", "x", "--set", "jedi.threshold=0.5"], "the options that run training do not apply"),
     (["--val-only", "--val-per-class", "0", "--out", "never-made"], "--val-only needs a val role"),
+    (["--report", "nowhere"], "nowhere: not a --json run of bench/learning.py"),
+    # refused before the data is made (minutes of synth and shards), not when the first run starts
+    (["--set", "jedi.nope=1", "--out", "never-made"], "jedi.nope: unknown key"),
+    (["--set", "jedi.teacher_ema=0", "--out", "never-made"], "jedi.w_distill_heads: needs teacher_ema > 0"),
+    (["--oracle-epochs", "-1", "--out", "never-made"], "--oracle-epochs and --val-per-class must be 0 or more"),
+    (["--labeled-fraction", "2", "--out", "never-made"], "--labeled-fraction in (0, 1]"),
 ])
-def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, capsys):
+def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(tmp_path)
     code, _, err = run_main(monkeypatch, capsys, *args)
     assert code == 2 and error in err
+    assert not (tmp_path / "never-made").exists()
+
+
+def test_a_finished_run_is_reused_only_with_its_own_settings(tmp_path, monkeypatch):
+    """Another --set into the same --out must not print the old run's numbers as the new setting's."""
+    from jedi_pipe import trainer
+    from jedi_pipe.errors import InputError
+    cfg = learning.config(tmp_path / "data", "shards", tmp_path / "run", 0, ["jedi.lr=0.04"])
+    trainer.prepare_run(cfg)
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"datasets": {"hmdb51": {}}}))
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    assert learning._results(cfg, print) == {"datasets": {"hmdb51": {}}}
+    # where it ran is no setting: torch threads may differ
+    same = learning.config(tmp_path / "data", "shards", tmp_path / "run", 0, ["jedi.lr=0.04", "torch_threads=1"])
+    assert learning._results(same, print) == {"datasets": {"hmdb51": {}}}
+    other = learning.config(tmp_path / "data", "shards", tmp_path / "run", 0, ["jedi.lr=0.02"])
+    with pytest.raises(InputError, match=r"the finished run .*run was made with other settings \(jedi differ\)"):
+        learning._results(other, print)
 
 
 def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs, tmp_path, monkeypatch):
