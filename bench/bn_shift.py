@@ -19,6 +19,7 @@ import torch
 
 from jedi_pipe import trainer
 from jedi_pipe.config import load_config
+from jedi_pipe.errors import script_main
 
 
 def main() -> None:
@@ -50,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from jedi_pipe.errors import script_main
 from jedi_pipe.loaders.bench import loader_command
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.transcode import ffmpeg_exe
@@ -50,11 +51,14 @@ def cli():
 
 @cli.command("make-data")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--classes", default=16, show_default=True)
-@click.option("--videos", default=12, show_default=True, help="Videos per class.")
-@click.option("--workers", default=2, show_default=True)
+@click.option("--classes", default=16, show_default=True, type=click.IntRange(2))
+@click.option("--videos", default=12, show_default=True, type=click.IntRange(2), help="Videos per class.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--kinetics", is_flag=True, help="Kinetics-like sources: H.264 MP4, 10 s, short side 340-720 px.")
-def make_data(out, classes, videos, workers, kinetics):
+@click.option("--overwrite", is_flag=True, help="Replace DIR/shards when it holds shards made with other sizes "
+              "(the sources are kept and added to).")
+def make_data(out, classes, videos, workers, kinetics, overwrite):
+    """Sources under DIR/source and their shards under DIR/shards (a rerun reuses both)."""
     out = Path(out)
     for c in range(classes):
         for v in range(videos):
@@ -65,7 +69,8 @@ def make_data(out, classes, videos, workers, kinetics):
             path = out / "source" / f"class{c:02d}" / f"v{v:02d}.{ext}"
             if not path.is_file():
                 make_source_video(path, PATTERNS[(c + v) % len(PATTERNS)], seconds, size, rate)
-    s = make_shards("folder", out / "source", out / "shards", workers=workers, labeled_fraction=0.1, progress=False)
+    s = make_shards("folder", out / "source", out / "shards", workers=workers, labeled_fraction=0.1, progress=False,
+                    overwrite=overwrite)
     click.echo(f"{out / 'shards'}: {s.counts}, {s.bytes / 1e6:.1f} MB")
 
 
@@ -124,4 +129,4 @@ def stages(height, width, frames, size):
 cli.add_command(loader_command, "run")
 
 if __name__ == "__main__":
-    cli()
+    script_main(cli)

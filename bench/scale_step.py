@@ -21,6 +21,7 @@ import torch
 
 from jedi_pipe import distributed
 from jedi_pipe.config import load_config
+from jedi_pipe.errors import script_main
 from jedi_pipe.models import build
 from jedi_pipe.plan import GiB, PUBLISHED_CLASSES, plan
 from jedi_pipe.trainer import (autocast, joint_model, joint_step, loss_config, micro_batch_count, param_groups,
@@ -28,7 +29,7 @@ from jedi_pipe.trainer import (autocast, joint_model, joint_step, loss_config, m
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--steps", type=int, default=8, help="timed steps, after 2 untimed ones")
@@ -36,6 +37,8 @@ def main():
     ap.add_argument("--same-gpu", action="store_true",
                     help="under torchrun, every rank on GPU 0 (one GPU, and NCCL still to exercise)")
     args = ap.parse_args()
+    if args.steps < 1:
+        ap.error("--steps must be at least 1")
     if args.same_gpu:
         os.environ["LOCAL_RANK"] = "0"     # distributed.init picks the GPU by LOCAL_RANK
 
@@ -95,4 +98,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

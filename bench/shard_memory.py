@@ -30,18 +30,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from shard_throughput import make_lavfi_videos  # noqa: E402  (sibling script)
 
+from jedi_pipe.errors import script_main  # noqa: E402
+
 CLI = "import sys; from jedi_pipe.cli import main; main(sys.argv[1:])"
 CANNED = r"""
 import hashlib, resource, sys, time
 import jedi_pipe.make_shards as ms
 import jedi_pipe.shard_jobs as jobs
 from jedi_pipe.transcode import EncodeSettings, encode_clip
-source, root, out = sys.argv[1:4]
+source, root, out, workers = sys.argv[1:5]
 data, info = encode_clip(source, EncodeSettings(max_seconds=1.0))
 canned = (data, info, hashlib.sha256(data).hexdigest())
 jobs.encode = lambda *args: canned
 t0 = time.perf_counter()
-s = ms.make_shards("folder", root, out, workers=2, progress=False)
+s = ms.make_shards("folder", root, out, workers=int(workers), progress=False)
 print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, sum(s.counts.values()))
 """
 
@@ -105,10 +107,12 @@ def run(root: Path, out: Path, workers: int, max_seconds: float) -> dict:
             "ffmpeg_peak_mb": child_peak / 1024, "summary": stdout.strip().splitlines()[-1]}
 
 
-def run_canned(source: Path, root: Path, out: Path) -> dict:
+def run_canned(source: Path, root: Path, out: Path, workers: int) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([sys.executable, "-c", CANNED, str(source), str(root), str(out)],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", CANNED, str(source), str(root), str(out), str(workers)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"canned shard failed: {proc.stderr}")
     wall, maxrss_kb, written = proc.stdout.split()
     return {"wall_s": float(wall), "parent_peak_mb": int(maxrss_kb) / 1024, "written": int(written)}
 
@@ -121,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--data", default=None, help="folder for sources and links (kept; default: a temp folder)")
     ap.add_argument("--canned", action="store_true", help="no transcodes: our code's memory alone (see above)")
     args = ap.parse_args(argv)
+    if min(args.videos) < 1 or args.workers < 1 or not args.max_seconds > 0:
+        ap.error("--videos and --workers must be at least 1, --max-seconds above 0")
     tmp = tempfile.mkdtemp(prefix="shard-mem-")
     data = Path(args.data or tmp)
     try:
@@ -135,7 +141,7 @@ def main(argv=None):
             for n in args.videos:
                 root = data / f"folder-{n}"
                 link_dataset(sources, root, n)
-                r = run_canned(sources[0], root, Path(tmp) / f"canned-{n}")
+                r = run_canned(sources[0], root, Path(tmp) / f"canned-{n}", args.workers)
                 assert r["written"] == n
                 per = f"{(r['parent_peak_mb'] - prev[1]) * 1024 / (n - prev[0]):.2f}" if prev else "-"
                 prev = (n, r["parent_peak_mb"])
@@ -160,4 +166,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import jedi_pipe.shard_jobs as shard_jobs_module
 from jedi_pipe.datasets import list_videos
+from jedi_pipe.errors import script_main
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.transcode import CODECS, EncodeSettings, ffmpeg_args, ffmpeg_exe
 
@@ -179,6 +180,8 @@ def main(argv=None):
     ap.add_argument("--codecs", action="store_true", help="also vp9, mjpeg, h264 at the default settings")
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
+    if args.videos < 1 or args.workers < 1 or args.rounds < 1:
+        ap.error("--videos, --workers and --rounds must be at least 1")
     tmp = tempfile.mkdtemp(prefix="shard-bench-")
     args.data = args.data or tmp
     try:
@@ -210,4 +213,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from jedi_pipe import shards, synth
+from jedi_pipe.errors import script_main
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.resplit import split_shards
 
@@ -37,12 +38,14 @@ def copy_folder(src: Path, dst: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos-per-class", type=int, default=25)
     ap.add_argument("--workers", type=int, default=2, help="transcoding processes of the shard run")
     ap.add_argument("--rounds", type=int, default=3, help="split and copy rounds (median reported)")
     ap.add_argument("--out", type=Path, default=None, help="scratch folder [default: a temporary one]")
     args = ap.parse_args()
+    if args.videos_per_class < 2 or args.workers < 1 or args.rounds < 1:
+        ap.error("--videos-per-class must be at least 2, --workers and --rounds at least 1")
 
     work = args.out or Path(tempfile.mkdtemp(prefix="split-speed-"))
     roots = synth.generate(work / "sources", datasets=["hmdb51"], videos_per_class=args.videos_per_class,
@@ -77,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

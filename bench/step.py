@@ -40,6 +40,7 @@ import torch
 
 from jedi_pipe import plots, trainer
 from jedi_pipe.demo import demo_config
+from jedi_pipe.errors import script_main
 from jedi_pipe.jedi import jedi_losses
 from jedi_pipe.models import build
 from jedi_pipe.step_profile import Clock, cut_step
@@ -160,7 +161,7 @@ def demo_phases(out: Path, quick: bool, overrides: list[str]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("profile", help="time the parts of a joint step")
     p.add_argument("--shards", type=Path, required=True, help="folder with one shard folder per demo dataset")
@@ -171,6 +172,11 @@ def main() -> None:
     d.add_argument("--quick", action="store_true")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
+    if args.cmd == "profile" and args.steps < 1:
+        ap.error("--steps must be at least 1")
+    if args.cmd == "demo" and args.out.exists() and any(args.out.iterdir()):
+        # the demo reuses what a folder holds: its phases would time a cached run
+        ap.error(f"--out {args.out} is not empty: the phases are those of a fresh demo; choose a new folder")
     t = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     if args.cmd == "profile":
         print(profile(args.shards, args.steps, args.overrides))
@@ -180,4 +186,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

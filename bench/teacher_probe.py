@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from jedi_pipe import trainer
 from jedi_pipe.config import load_config
+from jedi_pipe.errors import script_main
 
 
 def probe_top1(x_train, y_train, x_test, y_test, num_classes: int, l2: float) -> float:
@@ -97,4 +98,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

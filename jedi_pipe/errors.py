@@ -28,3 +28,14 @@ class UnavailableError(JediPipeError, RuntimeError):
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (torch's come with pages of advice), cut at `limit`."""
     return (str(e).splitlines() or ["empty"])[0][:limit]
+
+
+def script_main(main) -> None:
+    """Run a script's `main()` (bench/*.py) as the CLI runs a command: an expected failure is one
+    `error:` line on stderr and exit status 2, anything else keeps its traceback."""
+    try:
+        main()
+    except JediPipeError as e:
+        import sys
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
