@@ -33,6 +33,12 @@ def fail(msg: str):
     sys.exit(2)
 
 
+def interrupted(what_next: str):
+    """Ctrl-C: what is kept and what to run next, and the shell's exit status for SIGINT (130)."""
+    click.echo(f"interrupted. {what_next}", err=True)
+    sys.exit(130)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="jedi-pipe")
 def main():
@@ -94,16 +100,26 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     foreign = [str(f) for f in taken if f.name not in made]
     if foreign:
         fail(f"{', '.join(foreign)}: not empty, and not made by jedi-pipe synth; choose another --out")
-    if taken and not overwrite:
-        fail(f"{', '.join(map(str, taken))}: made by an earlier synth; --overwrite replaces them, or choose another --out")
+    # an interrupted synth's folders are redone without asking: nothing in them is finished
+    cut = [f for f in taken if (f / synth_mod.INCOMPLETE).exists()]
+    whole = [f for f in taken if f not in cut]
+    if whole and not overwrite:
+        fail(f"{', '.join(map(str, whole))}: made by an earlier synth; --overwrite replaces them, or choose another --out")
     for folder in taken:
         shutil.rmtree(folder)
-    t0 = time.time()
-    with _bar("synth", None) as bar:
-        roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
-                                   workers=workers, kinetics_layout=kinetics_layout, progress=bar.update,
-                                   look=look, videos_seed=videos_seed)
+    if cut:
+        click.echo(f"{', '.join(map(str, cut))}: cut short by an interrupted synth; generating again")
+    # recorded before writing, so that the folders of a run cut short still count as synth's
+    Path(out).mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(sorted(set(made) | set(names))))
+    t0 = time.time()
+    try:
+        with _bar("synth", None) as bar:
+            roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
+                                       workers=workers, kinetics_layout=kinetics_layout, progress=bar.update,
+                                       look=look, videos_seed=videos_seed)
+    except KeyboardInterrupt:
+        interrupted("Rerun the same command: the datasets cut short are generated again")
     for name, root in roots.items():
         click.echo(f"{name:12s} {root}")
     click.echo(f"synth: {len(roots)} datasets in {time.time() - t0:.1f}s")
@@ -173,8 +189,7 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     except ShardError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        click.echo("interrupted; rerun the same command to resume", err=True)
-        sys.exit(130)
+        interrupted("Rerun the same command to resume")
     if s.already_complete:
         click.echo(f"{s.out}: already complete with these settings (the same videos, labels and roles); "
                    f"nothing to do (--overwrite writes it again)")
@@ -366,9 +381,8 @@ def pretrain(config_path, overrides, resume):
     try:
         _run_guarded(lambda: run(cfg, log=click.echo))
     except KeyboardInterrupt:
-        click.echo(f"interrupted. Rerun the same command: finished experts are kept, and the others go on from "
-                   f"their last checkpoint (every {cfg.checkpoint_every} steps)", err=True)
-        sys.exit(130)
+        interrupted(f"Rerun the same command: finished experts are kept, and the others go on from "
+                    f"their last checkpoint (every {cfg.checkpoint_every} steps)")
 
 
 @main.command()
@@ -398,9 +412,8 @@ def train(config_path, overrides, resume, overwrite):
     try:
         results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
     except KeyboardInterrupt:
-        click.echo(f"interrupted. The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
-                   f"one was written: rerun with --resume to go on from it", err=True)
-        sys.exit(130)
+        interrupted(f"The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
+                    f"one was written: rerun with --resume to go on from it")
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
         draw(cfg.out, click.echo)
         click.echo(results_table(results))
@@ -479,7 +492,11 @@ def demo(out, quick, seed, overrides):
     """
     from .demo import run_demo
     out = out or ("jedi-demo-quick" if quick else "jedi-demo")
-    _run_guarded(lambda: run_demo(out, quick=quick, seed=seed, overrides=overrides, echo=click.echo))
+    try:
+        _run_guarded(lambda: run_demo(out, quick=quick, seed=seed, overrides=overrides, echo=click.echo))
+    except KeyboardInterrupt:
+        interrupted("Rerun the same command: the shards and finished experts are kept (the videos are generated "
+                    "again), and training goes on from its last checkpoint")
 
 
 @main.command()
@@ -527,7 +544,10 @@ def export(run_dir, dataset, which, out, overwrite):
     """
     from .export import export_model
     can_be_folder(Path(out).parent, "--out's folder")
-    path = _run_guarded(lambda: export_model(run_dir, dataset, which, out, overwrite))
+    try:
+        path = _run_guarded(lambda: export_model(run_dir, dataset, which, out, overwrite))
+    except KeyboardInterrupt:
+        interrupted(f"Nothing was written to {out}; rerun the same command")
     click.echo(f"{path}: {which} of {dataset} ({Path(path).stat().st_size / 1e6:.1f} MB); "
                f"`jedi-pipe inspect {path}` shows its card")
 
@@ -553,8 +573,18 @@ def predict(model_path, inputs, role, k, as_json):
     jedi-pipe predict --model hmdb51.pt2 clip.mp4 other.avi -k 3
     """
     from .export import load_model
-    from .predict import predict_shards, predict_videos
     model = _run_guarded(lambda: load_model(model_path))
+    try:
+        ok, bad = _predict_each(model, inputs, role, k, as_json)
+    except KeyboardInterrupt:
+        interrupted("The lines above are whole predictions; rerun for the inputs not shown")
+    if not ok:
+        fail(f"no prediction: none of the {bad} input(s) could be decoded")
+
+
+def _predict_each(model, inputs, role, k, as_json) -> tuple[int, int]:
+    """predict's loop: each result shown as soon as it is made; returns (predicted, failed)."""
+    from .predict import predict_shards, predict_videos
     ok = bad = 0
 
     def show(r, name):
@@ -579,8 +609,7 @@ def predict(model_path, inputs, role, k, as_json):
             else:
                 show(r, item)
                 ok += 1
-    if not ok:
-        fail(f"no prediction: none of the {bad} input(s) could be decoded")
+    return ok, bad
 
 
 @main.command()
@@ -610,6 +639,8 @@ def split(src, out, **opts):
         s = split_shards(src, out, **opts)
     except ShardError as e:
         fail(str(e))
+    except KeyboardInterrupt:
+        interrupted(f"Rerun the same command to finish {out}")
     if s.already_complete:
         click.echo(f"{s.out}: already complete with these settings; nothing to do")
     counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())

@@ -27,6 +27,7 @@ from . import __version__, flips, shard_jobs, shards
 from .datasets import DatasetError, Listing, default_root, list_videos
 from .shard_jobs import (JOB, PARTS, TMP, PlannedSample, ShardError, ShardJob, default_workers, write_json_atomic,
                          write_shard)
+from .synth import INCOMPLETE as INCOMPLETE_SYNTH
 from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings
 
 LOCK = ".lock"            # flock'ed while a run writes the folder
@@ -197,6 +198,9 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 raise ShardError(f"{flag} {folder}: no such folder")
         if root is None and videos is None:
             root = default_root(dataset)
+        if root is not None and (Path(root) / INCOMPLETE_SYNTH).exists():
+            raise ShardError(f"{root}: an interrupted `jedi-pipe synth` ({INCOMPLETE_SYNTH} is there): rerun "
+                             f"the synth command to finish it")
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
     except (DatasetError, ValueError) as e:
         raise ShardError(str(e)) from None

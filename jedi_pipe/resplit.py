@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -144,10 +145,10 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
             _copy_train(ss, plan, out)
             for name in ss.card["shards"]["test"]:   # the evaluation split is the same: reuse its tars
                 for f in (name, shards.index_name(name)):
-                    shutil.copyfile(src / f, out / f)
+                    _copy_whole(src / f, out / f)
             for f in (shards.ERRORS, shards.MISSING):
                 if (src / f).is_file():
-                    shutil.copyfile(src / f, out / f)
+                    _copy_whole(src / f, out / f)
             with TableWriter(out) as tables:
                 tables.add(plan)
                 tables.add(test)
@@ -212,3 +213,10 @@ def _copy_train(ss: shards.ShardSet, plan: list[dict], out: Path) -> None:
             writer.abort()
         for f in handles.values():
             f.close()
+
+
+def _copy_whole(src: Path, dst: Path) -> None:
+    """A copy that is under its final name only when complete (a kill leaves a .partial, removed on rerun)."""
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

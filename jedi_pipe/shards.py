@@ -217,6 +217,10 @@ def open_shards(root: str | Path) -> ShardSet:
     root = Path(root)
     card_path = root / CARD
     if not card_path.is_file():
+        from .shard_jobs import JOB   # (shard_jobs imports this module)
+        if (root / JOB).is_file():    # the card is written last: a run was cut short
+            raise MissingError(f"{root} is not finished: an interrupted `jedi-pipe shard` or `split` ({JOB} is "
+                               f"there, {CARD} is not); rerun the same command to finish it")
         raise MissingError(f"{root} is not a shard folder: no {CARD} (run `jedi-pipe shard` first)")
     try:
         card = json.loads(card_path.read_text())

@@ -16,12 +16,16 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 DATASETS = ("hmdb51", "ucf101", "kinetics400", "ssv2")
+# In a dataset's folder while generate() writes it: a folder that holds it was cut short (a kill, Ctrl-C),
+# and `jedi-pipe shard` refuses it rather than take the videos written so far for the whole dataset.
+INCOMPLETE = ".jedi-pipe-synth-incomplete"
 
 # -----------------------------------------------------------------------------
 # label spaces: (class name, motion primitive, sign)
@@ -676,6 +680,8 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
     roots, jobs = {}, []
     for ds in datasets:
         root = roots[ds] = out / top_dirs.get(ds, ds)
+        root.mkdir(parents=True, exist_ok=True)
+        (root / INCOMPLETE).touch()
         rng = np.random.default_rng(np.random.SeedSequence([videos_seed, DATASETS.index(ds), 0]))
         if ds == "kinetics400":
             found = _kinetics400(root, per_dataset[ds], rng, kinetics_layout)
@@ -690,14 +696,24 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
     else:
         # fork: no re-import of the caller's __main__, so plain scripts without a main guard work
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        pool = ctx.Pool(workers)
+        pool = ctx.Pool(workers, _ignore_sigint)
         done = pool.imap_unordered(_make_video, jobs, chunksize=4)
+    finished = False
     try:
         for n in done:
             if progress is not None:
                 progress(n)
+        finished = True
     finally:
         if workers > 1:
-            pool.close()
+            # after a failure or Ctrl-C, close() + join() would wait for the jobs still queued: forever
+            pool.close() if finished else pool.terminate()
             pool.join()
+    for root in roots.values():
+        (root / INCOMPLETE).unlink()
     return roots
+
+
+def _ignore_sigint():
+    # Ctrl-C reaches every process of the terminal's group: the parent stops the pool, workers stay quiet
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -121,7 +121,7 @@ def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
         raise TranscodeError("not a regular file")
     if os.path.getsize(src) == 0:
         raise TranscodeError("zero-byte file")
-    fd, dst = tempfile.mkstemp(suffix="." + settings.ext, dir=tmp_dir)
+    fd, dst = tempfile.mkstemp(prefix="jedi-pipe-", suffix="." + settings.ext, dir=tmp_dir)   # named: a kill -9 leaves it findable
     os.close(fd)
     try:
         try:

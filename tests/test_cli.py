@@ -210,3 +210,71 @@ def test_pretrain_interrupted_says_how_to_go_on(tmp_path, monkeypatch):
     assert r.exit_code == 130, r.output
     assert "Rerun the same command: finished experts are kept, and the others go on from their last checkpoint " \
            "(every 100 steps)" in r.output and "Aborted" not in r.output
+
+
+def test_synth_interrupted_ends_at_once_and_the_same_command_finishes_it(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's whole process group) during synth's worker pool: the command
+    ends at once with one line (the pool's queued jobs once kept it waiting forever), `shard` refuses the
+    half-written dataset, and the same synth command redoes it to the files of an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "cut"
+    args = ["synth", "--datasets", "hmdb51", "--videos-per-class", "30", "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "jedi_pipe.cli", *args, "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while not list(out.rglob("*.avi")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "synth finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:   # a hung synth must not outlive the test
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "interrupted. Rerun the same command" in err, err
+    assert "Traceback" not in err, err
+    written = len(list(out.rglob("*.avi")))
+    assert 0 < written < 240         # cut short: 8 classes x 30
+    _one_sentence(CliRunner().invoke(main, ["shard", "--dataset", "hmdb51", "--root", str(out / "hmdb51"),
+                                            "--out", str(tmp_path / "shards")]),
+                  "an interrupted `jedi-pipe synth`", "rerun")
+    assert not (tmp_path / "shards").exists()
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0 and "cut short by an interrupted synth" in r.output, r.output
+    assert CliRunner().invoke(main, [*args, "--out", str(tmp_path / "whole")]).exit_code == 0
+    files = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".jedi-pipe-synth.json"}
+    assert files == {p.relative_to(tmp_path / "whole"): p.read_bytes() for p in (tmp_path / "whole").rglob("*")
+                     if p.is_file() and p.name != ".jedi-pipe-synth.json"}
+
+
+def test_an_interrupted_shard_folder_is_named_as_such(tmp_path):
+    from jedi_pipe.errors import MissingError
+    from jedi_pipe.shard_jobs import JOB
+    from jedi_pipe.shards import open_shards
+    (tmp_path / JOB).write_text("{}")
+    with pytest.raises(MissingError, match="interrupted `jedi-pipe shard` or `split`.*rerun the same command"):
+        open_shards(tmp_path)
+
+
+@pytest.mark.parametrize("target, argv, says", [
+    ("jedi_pipe.resplit.split_shards", ["split", "src", "--out", "dst"], "Rerun the same command to finish dst"),
+    ("jedi_pipe.export.export_model", ["export", "run", "--dataset", "a", "--out", "m.pt2"], "Nothing was written to m.pt2"),
+    ("jedi_pipe.demo.run_demo", ["demo", "--quick"], "the shards and finished experts are kept"),
+    ("jedi_pipe.predict.predict_videos", ["predict", "--model", "m.pt2", "a.mp4"], "The lines above are whole predictions"),
+])
+def test_ctrl_c_says_what_is_kept_and_what_to_run(target, argv, says, monkeypatch, tmp_path):
+    """Ctrl-C in any long command: exit 130 and one line saying what to do next (not click's bare 'Aborted!')."""
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+    import importlib
+    monkeypatch.chdir(tmp_path)
+    module, _, name = target.rpartition(".")
+    # by module object: the package's own `predict` function hides the module jedi_pipe.predict from a dotted path
+    monkeypatch.setattr(importlib.import_module(module), name, interrupt)
+    monkeypatch.setattr(importlib.import_module("jedi_pipe.export"), "load_model", lambda path: object())   # predict's
+    r = CliRunner().invoke(main, argv)
+    assert r.exit_code == 130 and r.output.startswith("interrupted. ") and says in r.output, r.output
