@@ -23,7 +23,7 @@ from .progress import Progress
 from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings, TranscodeError, encode_clip
 
 PARTS = ".parts"          # per-shard manifest rows and errors, merged at the end
-JOB = ".job.json"         # the settings fingerprint the folder was started with
+JOB = shards.JOB          # the settings fingerprint the folder was started with
 TMP = ".tmp"              # ffmpeg's output files while they are written
 LINE_EVERY_S = 60.0       # seconds between progress lines where no terminal shows a bar (VideoBar)
 

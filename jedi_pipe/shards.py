@@ -30,6 +30,7 @@ WITHHELD = "withheld.parquet"        # what identifies each unlabeled sample; no
 CARD = "dataset.json"
 ERRORS = "errors.jsonl"
 MISSING = "missing.jsonl"            # videos a split file names that are not on disk
+JOB = ".job.json"                    # a shard or split run's settings, written first; the card is written last
 UNLABELED = -1
 MTIME = 946684800                    # fixed member mtime (2000-01-01) so equal inputs give equal tars
 
@@ -214,10 +215,12 @@ class ShardSet:
 
 
 def open_shards(root: str | Path) -> ShardSet:
+    """The shard folder at `root` (its card read and checked): roles, tars, manifest, classes.
+    MissingError when it is no finished shard folder, InputError when its card is unreadable or of
+    another format version."""
     root = Path(root)
     card_path = root / CARD
     if not card_path.is_file():
-        from .shard_jobs import JOB   # (shard_jobs imports this module)
         if (root / JOB).is_file():    # the card is written last: a run was cut short
             raise MissingError(f"{root} is not finished: an interrupted `jedi-pipe shard` or `split` ({JOB} is "
                                f"there, {CARD} is not); rerun the same command to finish it")
