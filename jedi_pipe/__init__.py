@@ -11,6 +11,8 @@ The Python API mirrors the CLI (each command is a thin layer over one of these):
     jedi_pipe.plot(cfg.out)                                          # jedi-pipe plot
     jedi_pipe.export_model(cfg.out, "hmdb51", "student", "m.pt2")   # jedi-pipe export
     list(jedi_pipe.predict("m.pt2", ["v.avi"]))                      # jedi-pipe predict
+    list(jedi_pipe.predict_shards("m.pt2", "shards/hmdb51"))         # jedi-pipe predict on a shard folder
+    jedi_pipe.verify_shards("shards/hmdb51")                         # jedi-pipe inspect
     loader = jedi_pipe.make_loaders([{"shards": "shards/hmdb51"}], clip={"frames": 8, "size": 32})
 """
 __version__ = "0.1.0"
@@ -29,8 +31,12 @@ _API = {
     "open_shards": ("shards", "open_shards"),
     "export_model": ("export", "export_model"),
     "load_model": ("export", "load_model"),
-    "predict": ("predict", "predict_videos"),
+    "predict": ("prediction", "predict_videos"),
+    "predict_shards": ("prediction", "predict_shards"),
+    "verify_shards": ("inspect_shards", "verify_shards"),
 }
+# No name here may be a submodule's too: importing jedi_pipe.<name> would set the package attribute to
+# the module, hiding the function for good (tests/test_imports.py checks it).
 
 
 def __getattr__(name):

@@ -30,13 +30,16 @@ def top(model: Model, probs: torch.Tensor, k: int) -> list[dict]:
 def predict_videos(model: Model | str | Path, videos, k: int = 5):
     """Per video, in order: {"video", "top": [{"class", "index", "prob"}, ...]} or {"video", "error"}.
 
-    A file that cannot be decoded gets its reason and the others are still predicted.
+    A file that cannot be decoded gets its reason and the others are still predicted. `videos`: a
+    list of paths (one path alone is taken as a list of one).
     """
     import av
 
     from .transcode import TranscodeError
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
     model = model if isinstance(model, Model) else load_model(model)
-    for v in videos:
+    for v in [videos] if isinstance(videos, (str, Path)) else videos:
         try:
             x = video_views(model, v)
         except (TranscodeError, ValueError, av.error.FFmpegError) as e:
@@ -50,6 +53,8 @@ def predict_shards(model: Model | str | Path, shard_dir, role: str = "test", k: 
     """Per clip of a shard folder's role: {"key", "label" (name, or None when unlabeled), "top": [...]}."""
     from .loaders import make_eval_loader
     from .shards import open_shards
+    if k < 1:
+        raise InputError(f"k must be at least 1, got {k}")
     model = model if isinstance(model, Model) else load_model(model)
     ss = open_shards(shard_dir)
     if role not in ss.card["counts"]:

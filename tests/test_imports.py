@@ -114,3 +114,18 @@ def test_one_way_imports_are_no_circle(tmp_path):
     assert graph == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.sub.c"},
                      "pkg.sub": {"pkg.sub.c"}, "pkg.sub.c": set()}
     assert circles(graph) == []
+
+
+def test_the_api_names_stay_functions_after_every_module_is_imported():
+    """jedi_pipe's lazy API (`jedi_pipe.predict`, ...) must survive `import jedi_pipe.<module>` of every
+    module: a name shared with a submodule is replaced by the module on its first import (the
+    second `jedi_pipe.predict(...)` of a notebook once failed with "'module' object is not callable")."""
+    import importlib
+
+    import jedi_pipe
+    clashes = sorted(set(jedi_pipe._API) & {name.split(".")[1] for name in modules(PACKAGE_DIR) if "." in name})
+    assert not clashes, f"API names that are also submodules of jedi_pipe: {clashes}"
+    for module, _ in set(jedi_pipe._API.values()):
+        importlib.import_module(f"jedi_pipe.{module}")
+    for name in jedi_pipe._API:
+        assert callable(getattr(jedi_pipe, name)) and not isinstance(getattr(jedi_pipe, name), type(jedi_pipe)), name
