@@ -233,6 +233,17 @@ def test_eval_visits_every_clip_once(folder, backend, world_size, threads):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_with_more_ranks_than_clips(folder, backend):
+    """A small val role under torchrun: the ranks beyond the clip count read nothing (DALI's reader
+    refused to build with fewer samples than shards), and every clip is still read once."""
+    n = open_shards(folder["shards"]).count("test")
+    world = n + 2
+    per_rank = [list(eval_pass(folder["shards"], backend, rank=r, world_size=world, threads=1)) for r in range(world)]
+    assert [len(ids) for ids in per_rank] == [1] * n + [0, 0]
+    assert sorted(i for ids in per_rank for i in ids) == sorted(r["sample_id"] for r in manifest(folder["shards"], "test"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_ranks_see_disjoint_training_clips(folder, backend):
     shards = open_shards(folder["shards"])
     n = shards.count("labeled") // 2
@@ -256,13 +267,15 @@ def test_training_is_seeded_differs_across_epochs_and_resumes(folder, backend):
     n = loader.steps_per_epoch
     assert n == math.ceil(open_shards(folder["shards"]).count("labeled") / 2)
     a, b, c = steps(loader, 2 * n), steps(make(0), 2 * n), steps(make(1), n)
-    assert loader.state_dict() == {"epoch": 2, "step": 0}
+    assert loader.state_dict() == {"epoch": 2, "step": 0, "threads": 1}
     x = [s["folder"]["x"] for s in a]
     assert all(torch.equal(p, q["folder"]["x"]) for p, q in zip(x, b))                  # reproducible
     assert not all(torch.equal(p, q) for p, q in zip(x[:n], x[n:]))                      # epochs differ
     assert not all(torch.equal(p, q["folder"]["x"]) for p, q in zip(x, c))              # seeds differ
     resumed = make(0)
-    resumed.load_state_dict({"epoch": 1, "step": 1})
+    with pytest.raises(InputError, match="saved with threads=2"):   # other workers read other tars (torch)
+        resumed.load_state_dict({"epoch": 1, "step": 1, "threads": 2})
+    resumed.load_state_dict({"epoch": 1, "step": 1})                 # a state from before threads were kept
     (r,) = steps(resumed, 1)
     assert torch.equal(r["folder"]["x"], a[n + 1]["folder"]["x"])
     assert torch.equal(r["folder"]["id_u"], a[n + 1]["folder"]["id_u"])

@@ -108,6 +108,12 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
     threads: per role loader, DALI worker threads or DataLoader workers.
     strong: StrongAug or dict of its fields: unlabeled clips also get a strong view, "x_us"; None: none.
     """
+    if not isinstance(datasets, (list, tuple)) or not datasets \
+            or not all(isinstance(d, dict) and "shards" in d for d in datasets):
+        raise InputError(f'datasets must be a non-empty list of {{"shards": folder, ...}} dicts, got {datasets!r}')
+    for name, value in (("batch_size", batch_size), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
+            raise InputError(f"{name} must be an integer >= {1 if name == 'batch_size' else 0}, got {value!r}")
     clip = as_clip(clip)
     entries = []
     for d in datasets:
@@ -136,5 +142,9 @@ def make_eval_loader(shards_dir: str | ShardSet, clip: ClipSpec | dict | None = 
         raise InputError(f"{shards.root} has no {role} clips (its roles: "
                          f"{', '.join(f'{r} {n}' for r, n in shards.card['counts'].items())})")
     loader = role_loader(resolve_backend(backend, [shards]))
+    # DALI's reader needs a clip per reader: with more ranks than clips, the ranks beyond read nothing
+    readers = min(world_size, shards.count(role))
+    if rank >= readers:
+        return []
     return loader(shards, role, as_clip(clip), batch_size, train=False, views=views, crops=crops, rank=rank,
-                  world_size=world_size, threads=threads)
+                  world_size=readers, threads=threads)

@@ -6,8 +6,8 @@ through fresh role loaders seeded with (seed, block, dataset, role, rank), and r
 reader shard (r + block) % world_size, so
 batches differ across epochs, are reproducible from the seed, and each rank sees a different
 part of the data every epoch while ranks stay disjoint. `state_dict()` is {"epoch", "step"}, the
-next step to deliver; `load_state_dict` (before iterating) makes the iteration rebuild that
-block and skip the batches already delivered in it. Skipped batches are decoded and dropped,
+next step to deliver, and the loader's threads; `load_state_dict` (before iterating; same threads)
+makes the iteration rebuild that block and skip the batches already delivered in it. Skipped batches are decoded and dropped,
 with no model step: resuming costs at most one block of loading, and gives exactly the batches
 of an unbroken run.
 """
@@ -49,9 +49,13 @@ class MultiDatasetLoader:
         self.epoch, self.step = 0, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step}
+        return {"epoch": self.epoch, "step": self.step, "threads": self.threads}
 
     def load_state_dict(self, state: dict) -> None:
+        # the torch loader's worker count decides which worker reads which tar, and so the batches
+        if state.get("threads", self.threads) != self.threads:
+            raise InputError(f"the loader state was saved with threads={state['threads']}, this loader has "
+                             f"{self.threads}: the same batches need the same threads")
         self.epoch, self.step = state["epoch"], state["step"]
 
     def _streams(self, block: int) -> dict:

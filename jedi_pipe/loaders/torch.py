@@ -187,6 +187,9 @@ class ClipStream(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.world_size, self.workers = seed, rank, world_size, workers
 
     def _samples(self, worker: int, rng: random.Random):
+        # With at least a tar per reader (rank x worker), whole tars are dealt out: fast, but shares
+        # follow the tars' sizes (a rank may hold a few clips more), and with workers each worker's
+        # last batch may be short. The batches depend on the worker count (MultiDatasetLoader keeps it).
         import webdataset as wds
         readers = self.world_size * max(self.workers, 1)
         by_tar = len(self.urls) >= readers
