@@ -182,7 +182,7 @@ def _results(cfg, log) -> dict:
         trainer.check_same_run(yaml.safe_load((Path(cfg.out) / "config.yaml").read_text()), cfg,
                                f"the finished run {cfg.out}")
     else:
-        trainer.train(cfg, log=log)
+        trainer.train(cfg, resume=True, log=log)   # a killed run goes on from its checkpoint
     return json.loads(path.read_text())
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_
                      "max_missing", "workers", "min_frames", "timeout_s")
 
 
-SYNTH_RECORD = ".jedi-pipe-synth.json"   # in synth's --out: the datasets it generated there (what --overwrite may remove)
 
 # Options of which a shard takes one: a flag for one drops the recipe's value for the other.
 ALTERNATIVE = {"labeled_fraction": "labeled_per_class", "labeled_per_class": "labeled_fraction",
@@ -68,7 +66,7 @@ def main():
                    "ucf101 with big actors, green textured kinetics400 with tiny ones, sepia close-up ssv2; "
                    "other frame sizes and fps) and motions mostly each dataset's own (at most 2 classes of a "
                    "dataset share a primitive with another dataset); same layouts, codecs and class names.")
-@click.option("--overwrite", is_flag=True, help="Replace datasets already generated under --out.")
+@click.option("--overwrite", is_flag=True, help="Replace datasets an earlier synth generated under --out with other settings (one with the same settings is kept as it is; a folder synth did not make is never touched).")
 def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_layout, look, overwrite):
     """Generate synthetic videos in the real on-disk layouts and codecs of the four datasets.
 
@@ -88,36 +86,16 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
     unknown = sorted(set(names) - set(synth_mod.DATASETS))
     if unknown or not names:
         fail(f"unknown dataset(s) {', '.join(unknown) or repr(datasets)}; choose from {', '.join(synth_mod.DATASETS)}")
-    # a second synth into the same folders would leave the first one's files beside its own, listed nowhere
-    # (a `--dataset folder` shard would take them all); --overwrite removes only what synth made (its record)
-    record = Path(out) / SYNTH_RECORD
-    try:
-        made = json.loads(record.read_text()) if record.is_file() else []
-    except ValueError:   # a damaged record: nothing in the folder counts as synth's, so nothing is removed
-        made = []
-    made = made if isinstance(made, list) else []
-    taken = [Path(out) / n for n in names if (Path(out) / n).is_dir() and any((Path(out) / n).iterdir())]
-    foreign = [str(f) for f in taken if f.name not in made]
-    if foreign:
-        fail(f"{', '.join(foreign)}: not empty, and not made by jedi-pipe synth; choose another --out")
-    # an interrupted synth's folders are redone without asking: nothing in them is finished
-    cut = [f for f in taken if (f / synth_mod.INCOMPLETE).exists()]
-    whole = [f for f in taken if f not in cut]
-    if whole and not overwrite:
-        fail(f"{', '.join(map(str, whole))}: made by an earlier synth; --overwrite replaces them, or choose another --out")
-    for folder in taken:
-        shutil.rmtree(folder)
-    if cut:
-        click.echo(f"{', '.join(map(str, cut))}: cut short by an interrupted synth; generating again")
-    # recorded before writing, so that the folders of a run cut short still count as synth's
-    Path(out).mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(sorted(set(made) | set(names))))
+    # a second synth into the same folders with other settings would leave the first one's files beside
+    # its own (a `--dataset folder` shard would take them all): generate refuses, or replaces with --overwrite
+    # what synth made (never a folder it did not make), and keeps a folder made with the same settings
     t0 = time.time()
     try:
         with _bar("synth", None) as bar:
-            roots = synth_mod.generate(out, datasets=names, videos_per_class=videos_per_class, seed=seed,
-                                       workers=workers, kinetics_layout=kinetics_layout, progress=bar.update,
-                                       look=look, videos_seed=videos_seed)
+            roots = _run_guarded(lambda: synth_mod.generate(
+                out, datasets=names, videos_per_class=videos_per_class, seed=seed, workers=workers,
+                kinetics_layout=kinetics_layout, progress=bar.update, look=look, videos_seed=videos_seed,
+                overwrite=overwrite, log=click.echo))
     except KeyboardInterrupt:
         interrupted("Rerun the same command: the datasets cut short are generated again")
     for name, root in roots.items():
@@ -404,13 +382,8 @@ def train(config_path, overrides, resume, overwrite):
     from .trainer import train as run
     cfg = _config(config_path, overrides)
     ckpt = Path(cfg.out) / "checkpoint.pt"
-    if resume and overwrite:
-        fail("--resume or --overwrite, not both")
-    if ckpt.is_file() and not (resume or overwrite):
-        fail(f"{ckpt} exists: a run was started in {cfg.out}. --resume goes on from it (a finished run is "
-             f"scored again); --overwrite starts again and replaces it")
     try:
-        results = _run_guarded(lambda: run(cfg, resume=resume, log=click.echo))
+        results = _run_guarded(lambda: run(cfg, resume=resume, overwrite=overwrite, log=click.echo))
     except KeyboardInterrupt:
         interrupted(f"The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
                     f"one was written: rerun with --resume to go on from it")
@@ -584,7 +557,7 @@ def predict(model_path, inputs, role, k, as_json):
 
 def _predict_each(model, inputs, role, k, as_json) -> tuple[int, int]:
     """predict's loop: each result shown as soon as it is made; returns (predicted, failed)."""
-    from .predict import predict_shards, predict_videos
+    from .prediction import predict_shards, predict_videos
     ok = bad = 0
 
     def show(r, name):

@@ -295,8 +295,12 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path=None, overrides: list[str] = (), data: dict | None = None) -> Config:
-    """A validated Config from a YAML file (or a mapping), with `--set` overrides."""
+    """A validated Config from a YAML file `path` (or from `data`, the same mapping), with `overrides`
+    as `--set` takes them ("jedi.steps=50"; dotted keys, typed as the defaults). Raises ConfigError
+    (one sentence naming the file or override) for an unreadable file, an unknown key or a bad value."""
     import yaml
+    if path is None and data is None:
+        raise ConfigError("load_config needs a YAML path or data (a mapping)")
     if data is None:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}

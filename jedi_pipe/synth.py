@@ -16,16 +16,23 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 DATASETS = ("hmdb51", "ucf101", "kinetics400", "ssv2")
 # In a dataset's folder while generate() writes it: a folder that holds it was cut short (a kill, Ctrl-C),
 # and `jedi-pipe shard` refuses it rather than take the videos written so far for the whole dataset.
 INCOMPLETE = ".jedi-pipe-synth-incomplete"
+# In a finished dataset's folder: the settings that made it. A second generate() with the same ones
+# keeps it; with others it is refused (or replaced, overwrite=True), never mixed with the new files.
+MADE = ".jedi-pipe-synth.json"
+LEGACY_RECORD = ".jedi-pipe-synth.json"   # before MADE: the names synth made, a list in the parent folder
 
 # -----------------------------------------------------------------------------
 # label spaces: (class name, motion primitive, sign)
@@ -649,7 +656,7 @@ def _ssv2(root, n, rng):
 # -----------------------------------------------------------------------------
 
 def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, kinetics_layout="flat",
-             top_dirs=None, progress=None, look="alike", videos_seed=None):
+             top_dirs=None, progress=None, look="alike", videos_seed=None, overwrite=False, log=None):
     """Write synthetic copies of `datasets` under `out` (one folder each, named by `top_dirs` or the
     dataset). kinetics_layout: "flat" (CVDF: train/, val/) or "per_class" (MMAction2: videos_train/
     <label>/). progress(n) is called as videos finish. The same seed gives the same files for any
@@ -659,7 +666,13 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
     their own; same layouts, codecs and class names): see render(). videos_seed: other videos of
     the same datasets (their looks stay those of `seed`; the videos and file layouts come from
     videos_seed), e.g. a validation set for models trained on `seed`'s; another `seed` redraws the
-    looks too, and models trained on one look read near chance on another. Returns {dataset: root folder}."""
+    looks too, and models trained on one look read near chance on another. Returns {dataset: root folder}.
+
+    A dataset folder already made with the same settings is kept as it is (even with `overwrite`);
+    one cut short (a kill) is made again; one made with other settings is refused (InputError) unless
+    `overwrite`, which replaces it; a non-empty folder synth did not make is always refused. All are checked before
+    anything is written. log: a function of one line for what is kept or made again (None: quiet)."""
+    datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)}")
@@ -677,9 +690,14 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
                          f"got {videos_per_class}")
     out, top_dirs = Path(out), top_dirs or {}
     videos_seed = seed if videos_seed is None else videos_seed
-    roots, jobs = {}, []
-    for ds in datasets:
-        root = roots[ds] = out / top_dirs.get(ds, ds)
+    roots = {ds: out / top_dirs.get(ds, ds) for ds in datasets}
+    made = {ds: {"dataset": ds, "seed": seed, "videos_seed": videos_seed, "videos_per_class": per_dataset[ds],
+                 "look": look, **({"kinetics_layout": kinetics_layout} if ds == "kinetics400" else {})}
+            for ds in datasets}
+    todo = _claim_folders(roots, made, overwrite, log or (lambda m: None))
+    jobs = []
+    for ds in todo:
+        root = roots[ds]
         root.mkdir(parents=True, exist_ok=True)
         (root / INCOMPLETE).touch()
         rng = np.random.default_rng(np.random.SeedSequence([videos_seed, DATASETS.index(ds), 0]))
@@ -709,9 +727,51 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
             # after a failure or Ctrl-C, close() + join() would wait for the jobs still queued: forever
             pool.close() if finished else pool.terminate()
             pool.join()
-    for root in roots.values():
-        (root / INCOMPLETE).unlink()
+    for ds in todo:
+        (roots[ds] / MADE).write_text(json.dumps(made[ds], indent=1))
+        (roots[ds] / INCOMPLETE).unlink()
     return roots
+
+
+def _legacy_names(folder: Path) -> list:
+    """The dataset folders an older jedi-pipe synth recorded as its own in `folder` (settings unknown)."""
+    try:
+        names = json.loads((folder / LEGACY_RECORD).read_text())
+    except (OSError, ValueError):
+        return []
+    return names if isinstance(names, list) else []
+
+
+def _claim_folders(roots: dict, made: dict, overwrite: bool, log) -> list:
+    """The datasets to generate; refuses (before any change) what must not be replaced, clears the rest."""
+    todo, clear = [], []
+    for ds, root in roots.items():
+        if not (root.is_dir() and any(root.iterdir())):
+            todo.append(ds)
+            continue
+        try:
+            saved = json.loads((root / MADE).read_text())
+        except OSError:
+            saved = None
+        except ValueError:   # a damaged record: synth's folder, settings unknown
+            saved = {}
+        ours = saved is not None or (root / INCOMPLETE).exists() or root.name in _legacy_names(root.parent)
+        if not ours:
+            raise InputError(f"{root}: not empty, and not made by jedi-pipe synth; choose another folder")
+        if (root / INCOMPLETE).exists():
+            log(f"{root}: cut short by an interrupted synth; generating again")
+        elif saved == made[ds]:   # the same files again: nothing to do, even with overwrite
+            log(f"{root}: already made with these settings; kept")
+            continue
+        elif not overwrite:
+            diff = sorted(k for k in made[ds] if (saved or {}).get(k) != made[ds][k])
+            raise InputError(f"{root}: made by an earlier synth with other settings ({', '.join(diff)}); "
+                             f"overwrite=True (--overwrite) replaces it, or choose another folder")
+        todo.append(ds)
+        clear.append(root)
+    for root in clear:
+        shutil.rmtree(root)
+    return todo
 
 
 def _ignore_sigint():

@@ -158,8 +158,8 @@ def prepare_run(cfg: Config) -> Path:
 
 
 def quiet_unless_main(log):
-    """Under torchrun only rank 0 prints."""
-    return log if distributed.is_main() else (lambda m: None)
+    """Under torchrun only rank 0 prints; log=None prints nothing anywhere."""
+    return log if log is not None and distributed.is_main() else (lambda m: None)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -318,6 +318,11 @@ def load_expert(cfg: Config, name: str, device) -> torch.nn.Module:
 
 def pretrain(cfg: Config, log=print) -> dict:
     """Train one expert per dataset on its labeled clips only; skip experts already written.
+
+    Writes cfg.out/experts/<dataset>.pt (and pretrain.jsonl) and returns {dataset: test scores
+    {top1, top5, n, ...}}; an interrupted expert goes on from its <dataset>.resume.pt. log: a
+    function of one line (default print; None: quiet). Raises jedi_pipe.errors (InputError for
+    experts made with other settings, MissingError for missing shards) before any training.
 
     On the CPU, outside torchrun, experts train side by side in `pretrain.workers` processes that
     share the torch threads: small batches split poorly over threads (measured: bench/README.md,
@@ -669,13 +674,27 @@ def _concat_outputs(outs: list[StepOutput]) -> StepOutput:
     return merged
 
 
-def train(cfg: Config, resume: bool = False, log=print) -> dict:
-    """JEDI from the experts (pretrained first when missing); writes results.json/.md."""
+def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print) -> dict:
+    """JEDI from the experts (pretrained first when missing); writes results.json/.md.
+
+    Returns what results.json holds: {"datasets": {dataset: {kind: scores}}, "classes", "views"}
+    (records.py). A run folder that holds a checkpoint.pt is not started again unless asked:
+    resume=True goes on from it (with the same settings), overwrite=True replaces the run (its
+    metrics, checkpoint and results; experts/ stay). log: a function of one line (default print;
+    None: quiet). Raises jedi_pipe.errors (InputError, MissingError) before the folder is written.
+    Sets torch's thread count (torch_threads) and seeds the global RNGs (seed), as a script would.
+    """
+    ckpt_path, ck = Path(cfg.out) / "checkpoint.pt", None
+    if resume and overwrite:
+        raise InputError("resume (--resume) or overwrite (--overwrite), not both")
+    if ckpt_path.is_file() and not (resume or overwrite):
+        raise InputError(f"{ckpt_path} exists: a run was started in {cfg.out}. resume=True (--resume) goes on "
+                         f"from it (a finished run is scored again); overwrite=True (--overwrite) starts again "
+                         f"and replaces it")
     rank, world = distributed.init()
     log = quiet_unless_main(log)
     device = pick_device(cfg)
     sets = open_all(cfg)
-    ckpt_path, ck = Path(cfg.out) / "checkpoint.pt", None
     if resume and ckpt_path.is_file():   # checked before the run folder is written: a refused resume changes nothing
         # mmap: held through any pretraining below, read when its state is loaded
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
@@ -891,7 +910,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
-    """Experts, and students and teachers of a JEDI checkpoint (default: the run's), on the test roles."""
+    """Experts, and students and teachers of a JEDI checkpoint (default: the run's), on the test roles.
+
+    Returns the results.json record (as train's) and writes results.json/.md; log as train's.
+    Note: like train and pretrain it sets torch's thread count (torch_threads) and seeds the global
+    RNGs (seed); a notebook that relies on its own settings sets them again afterwards."""
     distributed.init()
     log = quiet_unless_main(log)
     out = Path(cfg.out)

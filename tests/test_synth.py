@@ -331,7 +331,8 @@ def test_different_same_layouts_and_shards(synth_root, tmp_path):
         assert alike.keys() == diff.keys(), ds
         for rel, path in diff.items():
             same = path.read_bytes() == alike[rel].read_bytes()
-            assert same == (path.suffix not in (".avi", ".mp4", ".webm")), (ds, rel)
+            # the videos differ, and synth's record of the settings (look)
+            assert same == (path.suffix not in (".avi", ".mp4", ".webm") and path.name != synth.MADE), (ds, rel)
         info = _probe(_videos(root)[0])
         assert info["codec"] == _probe(_videos(out / ds)[0])["codec"] and info["frames"] >= 16
         s = make_shards(ds, root, tmp_path / "shards" / ds, labeled_fraction=0.5, codec="mjpeg", fps=8.0,
@@ -378,3 +379,36 @@ def test_generate_with_videos_seed_writes_other_files_of_the_same_layout(tmp_pat
     videos = [p for p in base if p.suffix == ".avi"]
     assert videos and len([p for p in other if p.suffix == ".avi"]) == len(videos)
     assert not set(base[p] for p in videos) & set(other[p] for p in other if p.suffix == ".avi")   # all new
+
+
+def test_a_second_generate_keeps_refuses_or_replaces_never_mixes(tmp_path):
+    """generate() into a folder it filled before (a notebook cell run again): the same settings keep the
+    files, others are refused before any change or, with overwrite, replace them; never a mix."""
+    from jedi_pipe.errors import InputError
+    said = []
+    files = lambda: sorted(p.relative_to(tmp_path) for p in (tmp_path / "ssv2").rglob("*.webm"))  # noqa: E731
+    synth.generate(tmp_path, datasets="ssv2", videos_per_class=3, workers=1)     # one name, not its letters
+    first = files()
+    stamp = {p: (tmp_path / p).stat().st_mtime_ns for p in first}
+    synth.generate(tmp_path, datasets=["ssv2"], videos_per_class=3, workers=1, log=said.append)
+    assert said == [f"{tmp_path / 'ssv2'}: already made with these settings; kept"]
+    assert {p: (tmp_path / p).stat().st_mtime_ns for p in files()} == stamp       # not written again
+    with pytest.raises(InputError, match=r"made by an earlier synth with other settings \(videos_per_class\)"):
+        synth.generate(tmp_path, datasets=["ssv2"], videos_per_class=2, workers=1)
+    assert files() == first
+    synth.generate(tmp_path, datasets=["ssv2"], videos_per_class=2, workers=1, overwrite=True)
+    fresh = synth.generate(tmp_path / "fresh", datasets=["ssv2"], videos_per_class=2, workers=1)["ssv2"]
+    # replaced, not added to
+    assert files() == sorted("ssv2" / p.relative_to(fresh) for p in fresh.rglob("*.webm")) != first
+    # a folder synth did not make is never removed, overwrite or not
+    (tmp_path / "hmdb51").mkdir()
+    (tmp_path / "hmdb51" / "mine.avi").write_bytes(b"a real video")
+    with pytest.raises(InputError, match="not made by jedi-pipe synth"):
+        synth.generate(tmp_path, datasets=["hmdb51"], videos_per_class=2, workers=1, overwrite=True)
+    assert (tmp_path / "hmdb51" / "mine.avi").read_bytes() == b"a real video"
+    # ... unless an older synth listed it as its own (settings unknown: replaced with overwrite only)
+    (tmp_path / synth.LEGACY_RECORD).write_text('["hmdb51"]')
+    with pytest.raises(InputError, match="other settings"):
+        synth.generate(tmp_path, datasets=["hmdb51"], videos_per_class=2, workers=1)
+    synth.generate(tmp_path, datasets=["hmdb51"], videos_per_class=2, workers=1, overwrite=True)
+    assert not (tmp_path / "hmdb51" / "mine.avi").exists()

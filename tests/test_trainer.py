@@ -172,9 +172,10 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
     with pytest.raises(InputError, match="made with other settings"):
         train(tiny_config(shard_dirs, tmp_path / "cut", sets + ["jedi.lr=0.5"])[1], resume=True, log=lambda m: None)
     assert (Path(cut.out) / "config.yaml").read_text() == saved
-    # a fresh train over experts made with other settings: refused too, before the run is replaced
+    # a fresh train (overwrite) over experts made with other settings: refused too, before the run is replaced
     with pytest.raises(InputError, match="expert .* was made with other settings"):
-        train(tiny_config(shard_dirs, tmp_path / "cut", sets + ["pretrain.lr=0.5"])[1], log=lambda m: None)
+        train(tiny_config(shard_dirs, tmp_path / "cut", sets + ["pretrain.lr=0.5"])[1], overwrite=True,
+              log=lambda m: None)
     assert (Path(cut.out) / "config.yaml").read_text() == saved and (Path(cut.out) / "checkpoint.pt").is_file()
 
 
