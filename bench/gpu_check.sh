@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything docs/scale.md ("The real job at real size") wants measured on a GPU, in one script, sized
-# for about 8 minutes on one H200 with 16 cores (an estimate: it has not run yet; a timeout bounds every
-# part, and a part that would start after BUDGET seconds, 540 by default, is skipped). Needs the project
+# for about 8 minutes on one H200 with 16 cores (an estimate: it has not run yet). Every command runs under a
+# timeout of its own or what is left of BUDGET seconds (540 by default), whichever is less, so one device
+# call of 600 s holds it; what is skipped says so. Needs the project
 # installed (`pip install -e .` with a CUDA torch and nvidia-dali-cuda120; a device machine without network
 # takes them as carried wheels). Run from anywhere:
 #   OUT=/tmp/gpu-check bash bench/gpu_check.sh
@@ -33,11 +34,16 @@ BUDGET=${BUDGET:-540}
 part() {   # part NAME: false (and says so) once the budget is spent, so a device call ends inside its limit
   if [ $((SECONDS - T0)) -ge "$BUDGET" ]; then echo "over the ${BUDGET} s budget at $((SECONDS - T0)) s: skipping $1"; return 1; fi
 }
+within() {   # within CAP COMMAND...: COMMAND under a timeout of CAP s or what is left of the budget, if less
+  local cap=$1 left=$((BUDGET - (SECONDS - T0))); shift
+  if [ "$left" -le 0 ]; then echo "over the ${BUDGET} s budget: skipping $*"; return 124; fi
+  timeout "$((left < cap ? left : cap))" "$@"
+}
 
 # -- 1. the step alone (~2.5 min; the first two steps of each run build cuDNN plans, untimed)
 part "1. the step" && {
 $JP plan --config train/jedi.yaml --gpu-mem 141 | tee "$OUT/plan.txt"
-step() { part "step $*" && timeout 150 python3 bench/scale_step.py --config train/jedi.yaml --steps 5 "$@" | tee -a "$OUT/step.jsonl"; }
+step() { within 150 python3 bench/scale_step.py --config train/jedi.yaml --steps 5 "$@" | tee -a "$OUT/step.jsonl"; }
 step --set compile=false
 step --set compile=true
 step --set compile=false --set jedi.micro_batch_size=4
@@ -49,20 +55,20 @@ echo "step checks done at $((SECONDS - T0)) s"
 #       at least 16 labeled clips for a step of train/jedi.yaml); decode on the GPU vs the CPU (~1.5 min)
 S=$OUT/shards
 part "2. shards and decode" && {
-timeout 120 $JP synth --out "$OUT/synth" --videos-per-class 12 --seed 0 --overwrite   # --overwrite: a rerun
+within 120 $JP synth --out "$OUT/synth" --videos-per-class 12 --seed 0 --overwrite   # a rerun keeps them
 for ds in hmdb51 ucf101 kinetics400 ssv2; do
-  timeout 120 $JP shard --dataset $ds --root "$OUT/synth/$ds" --out "$S/$ds" --recipe preprocess/$ds.yaml \
+  within 120 $JP shard --dataset $ds --root "$OUT/synth/$ds" --out "$S/$ds" --recipe preprocess/$ds.yaml \
       --labeled-fraction 0.5 --workers "$(nproc)"
 done
-timeout 60 python3 bench/gpu_dump_eval.py "$S/ssv2" "$OUT/gpu_ssv2.npz"
-CUDA_VISIBLE_DEVICES= timeout 60 python3 bench/gpu_dump_eval.py "$S/ssv2" "$OUT/cpu_ssv2.npz"
+within 60 python3 bench/gpu_dump_eval.py "$S/ssv2" "$OUT/gpu_ssv2.npz"
+CUDA_VISIBLE_DEVICES= within 60 python3 bench/gpu_dump_eval.py "$S/ssv2" "$OUT/cpu_ssv2.npz"
 python3 -c "
 import numpy as np; g=np.load('$OUT/gpu_ssv2.npz'); c=np.load('$OUT/cpu_ssv2.npz')
 assert (g['id']==c['id']).all(); d=np.abs(g['x']-c['x']); print('nvdec vs cpu eval clips: max', d.max(), 'mean', d.mean())"
 # both paths with the same threads, each with its same-run baselines (ratios, not absolute clips/s)
 LOADER="$JP bench loader --shards $S/kinetics400 --batch-size 16 --frames 16 --size 112 --threads 8 --clips 256 --json --vs-raw $OUT/synth/kinetics400"
-timeout 120 $LOADER | tee "$OUT/loader_mixed.txt"
-CUDA_VISIBLE_DEVICES= timeout 120 $LOADER | tee "$OUT/loader_cpu.txt"
+within 120 $LOADER | tee "$OUT/loader_mixed.txt"
+CUDA_VISIBLE_DEVICES= within 120 $LOADER | tee "$OUT/loader_cpu.txt"
 echo "shards and decode done at $((SECONDS - T0)) s"
 }
 
@@ -70,7 +76,7 @@ echo "shards and decode done at $((SECONDS - T0)) s"
 #       ~50 labeled clips / 16), evaluation only at the end; compile off (step 1 measured it) (~2 min)
 part "3. training" && [ -d "$S/ssv2" ] && {
 sed -e "s#shards: shards/#shards: $S/#; s#^out: .*#out: $OUT/run#" train/jedi.yaml > "$OUT/jedi.yaml"
-timeout 240 $JP train --config "$OUT/jedi.yaml" --overwrite --set pretrain.epochs=1 --set pretrain.warmup_steps=1 \
+within 240 $JP train --config "$OUT/jedi.yaml" --overwrite --set pretrain.epochs=1 --set pretrain.warmup_steps=1 \
     --set jedi.epochs=8 --set jedi.warmup_steps=5 --set eval_every=100000 --set checkpoint_every=100000 \
     --set compile=false
 python3 -c "
@@ -81,10 +87,10 @@ echo "training done at $((SECONDS - T0)) s"
 
 # -- 4. DDP through torchrun (~40 s)
 part "4. torchrun" && if [ "$NGPU" -ge 2 ]; then
-  timeout 120 torchrun --standalone --nproc-per-node "$NGPU" bench/scale_step.py --config train/jedi.yaml \
+  within 120 torchrun --standalone --nproc-per-node "$NGPU" bench/scale_step.py --config train/jedi.yaml \
       --set compile=false --steps 4 | tee -a "$OUT/step.jsonl"
 else
-  timeout 120 torchrun --standalone --nproc-per-node 2 bench/scale_step.py --config train/jedi.yaml --same-gpu \
+  within 120 torchrun --standalone --nproc-per-node 2 bench/scale_step.py --config train/jedi.yaml --same-gpu \
       --set compile=false --steps 4 | tee -a "$OUT/step.jsonl"
 fi
 echo "all done in $((SECONDS - T0)) s"

@@ -11,8 +11,12 @@ from jedi_pipe.loaders import make_eval_loader, make_loaders
 from jedi_pipe.loaders.dali import decode_device
 from jedi_pipe.shards import open_shards
 
-if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
-    raise SystemExit(__doc__)
+if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+    print(__doc__)
+    raise SystemExit(0)
+if len(sys.argv) != 3:
+    print(__doc__, file=sys.stderr)
+    raise SystemExit(2)
 shards, out = sys.argv[1], sys.argv[2]
 print("decode device:", decode_device(open_shards(shards)))
 xs, ids = [], []

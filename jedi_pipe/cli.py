@@ -18,8 +18,6 @@ SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_
                      "codec", "fps", "short_side", "max_seconds", "shard_max_count", "max_failures",
                      "max_missing", "workers", "min_frames", "timeout_s")
 
-
-
 # Options of which a shard takes one: a flag for one drops the recipe's value for the other.
 ALTERNATIVE = {"labeled_fraction": "labeled_per_class", "labeled_per_class": "labeled_fraction",
                "val_fraction": "val_per_class", "val_per_class": "val_fraction"}
@@ -468,8 +466,8 @@ def demo(out, quick, seed, overrides):
     try:
         _run_guarded(lambda: run_demo(out, quick=quick, seed=seed, overrides=overrides, echo=click.echo))
     except KeyboardInterrupt:
-        interrupted("Rerun the same command: the shards and finished experts are kept (the videos are generated "
-                    "again), and training goes on from its last checkpoint")
+        interrupted("Rerun the same command: the finished datasets, shards and experts are kept, and training "
+                    "goes on from its last checkpoint")
 
 
 @main.command()

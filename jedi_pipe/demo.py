@@ -37,6 +37,7 @@ def demo_config(out: Path, quick: bool, seed: int, overrides=()):
 def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), echo=print) -> dict:
     """synth -> shard -> inspect -> pretrain -> train (JEDI) -> results table."""
     from . import synth
+    from .errors import InputError
     from .inspect_shards import verify_shards
     from .make_shards import make_shards
     from .plots import draw
@@ -51,7 +52,13 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
 
     echo(f"[1/5] synth: {len(DEMO_DATASETS)} datasets in their real layouts, videos per class: "
          + ", ".join(f"{n} {vpc[n]}" for n in DEMO_DATASETS))
-    roots = synth.generate(out / "sources", datasets=DEMO_DATASETS, videos_per_class=vpc, seed=seed)
+    try:   # a rerun keeps the videos it made; other ones (another --seed or --quick, an older jedi-pipe) are refused
+        roots = synth.generate(out / "sources", datasets=DEMO_DATASETS, videos_per_class=vpc, seed=seed,
+                               log=lambda m: echo("      " + m))
+    except InputError as e:
+        reason = str(e).split(";")[0]
+        raise InputError(f"{reason}: the demo does not mix videos; delete {out / 'sources'} or choose another "
+                         f"--out") from None
 
     echo(f"[2/5] shard: VP9 clips, {DEMO_SHARD['short_side']} px, {DEMO_SHARD['fps']:g} fps, "
          f"{DEMO_SHARD['labeled_fraction']:.0%} of the training videos labeled")

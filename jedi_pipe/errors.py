@@ -5,8 +5,9 @@ Any other exception is a bug or a resource limit (out of memory, a shape mismatc
 a DALI error) and keeps its traceback.
 
 Each subclass also derives from the built-in error its call sites raised before, so code that
-catches FileNotFoundError or ValueError keeps working. This module imports nothing.
+catches FileNotFoundError or ValueError keeps working. This module imports nothing of the project.
 """
+import sys
 
 
 class JediPipeError(Exception):
@@ -36,6 +37,5 @@ def script_main(main) -> None:
     try:
         main()
     except JediPipeError as e:
-        import sys
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

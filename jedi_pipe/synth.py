@@ -31,7 +31,7 @@ DATASETS = ("hmdb51", "ucf101", "kinetics400", "ssv2")
 INCOMPLETE = ".jedi-pipe-synth-incomplete"
 # In a finished dataset's folder: the settings that made it. A second generate() with the same ones
 # keeps it; with others it is refused (or replaced, overwrite=True), never mixed with the new files.
-MADE = ".jedi-pipe-synth.json"
+MADE = ".jedi-pipe-synth-settings.json"
 LEGACY_RECORD = ".jedi-pipe-synth.json"   # before MADE: the names synth made, a list in the parent folder
 
 # -----------------------------------------------------------------------------

@@ -193,7 +193,8 @@ def evaluate_logits(forward, ss: shardfmt.ShardSet, cfg: Config, device, role: s
         ids.append(b["id"])
     if distributed.world_size() > 1:
         parts = distributed.gather((probs, labels, ids))
-        probs = {k: [p for part in parts for p in part[0][k]] for k in parts[0][0]}
+        # a rank past the role's clip count read nothing (make_eval_loader): its part is empty
+        probs = {k: [p for part in parts for p in part[0].get(k, [])] for k in parts[0][0]}
         labels, ids = [y for part in parts for y in part[1]], [i for part in parts for i in part[2]]
     ids_t = torch.cat(ids)
     _, first = np.unique(ids_t.numpy(), return_index=True)
@@ -235,13 +236,15 @@ def resume_path(cfg: Config, name: str) -> Path:
 
 def resume_checkpoint(cfg: Config, name: str, world: int, threads: int) -> dict | None:
     """An unfinished expert's checkpoint, when one was made with its settings on `world` processes of
-    `threads` torch threads each (threads round differently: another count would finish another expert)."""
+    `threads` torch threads each (threads round differently: another count would finish another expert)
+    and the same loader threads (the torch loader's workers decide its batches)."""
     path = resume_path(cfg, name)
     if not path.is_file():
         return None
     ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     same = (expert_signature(ck["config"], name) == expert_signature(cfg.to_dict(), name)
-            and len(ck["rng"]) == world and ck.get("threads") == threads)
+            and len(ck["rng"]) == world and ck.get("threads") == threads
+            and ck["loader"].get("threads", cfg.threads) == cfg.threads)
     return ck if same else None
 
 

@@ -150,6 +150,12 @@ def test_a_finished_run_is_reused_only_with_its_own_settings(tmp_path, monkeypat
     other = learning.config(tmp_path / "data", "shards", tmp_path / "run", 0, ["jedi.lr=0.02"])
     with pytest.raises(InputError, match=r"the finished run .*run was made with other settings \(jedi differ\)"):
         learning._results(other, print)
+    # an unfinished run (killed: a checkpoint, no results.json) goes on from its checkpoint
+    (tmp_path / "run" / "results.json").unlink()
+    asked = []
+    monkeypatch.setattr(trainer, "train", lambda cfg, log, **kw: asked.append(kw) or
+                        (tmp_path / "run" / "results.json").write_text('{"datasets": {}}'))
+    assert learning._results(cfg, print) == {"datasets": {}} and asked == [{"resume": True}]
 
 
 def test_rescore_pools_a_real_checkpoint_over_the_draws_val_and_test(shard_dirs, tmp_path, monkeypatch):

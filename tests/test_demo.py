@@ -56,3 +56,18 @@ def test_demo_refuses_a_bad_setting_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="jedi.nope: unknown key"):
         run_demo(tmp_path / "demo", quick=True, overrides=["jedi.nope=1"], echo=lambda m: None)
     assert not (tmp_path / "demo").exists()     # no synth, no shard: a typo costs nothing
+
+
+def test_demo_does_not_mix_videos_it_did_not_make(tmp_path):
+    """Sources of an older jedi-pipe (no settings record) or of another --seed are refused with what to
+    do, before anything is written (a rerun with the same settings keeps its videos: test_synth.py)."""
+    import pytest
+
+    from jedi_pipe.demo import run_demo
+    from jedi_pipe.errors import InputError
+    (tmp_path / "demo" / "sources" / "hmdb51").mkdir(parents=True)
+    (tmp_path / "demo" / "sources" / "hmdb51" / "old.avi").write_bytes(b"an older demo's video")
+    with pytest.raises(InputError, match=r"not made by jedi-pipe synth: the demo does not mix videos; delete .*sources "
+                                         r"or choose another --out"):
+        run_demo(tmp_path / "demo", quick=True, echo=lambda m: None)
+    assert sorted(p.name for p in (tmp_path / "demo" / "sources").iterdir()) == ["hmdb51"]

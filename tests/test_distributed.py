@@ -214,3 +214,21 @@ def test_a_failed_rank_ends_the_run(shard_dirs, tmp_path):
     assert bad.returncode != 0
     assert re.search(r"error: rank [01]/2: jedi.batch_size=3 does not split over 2 processes", bad.stderr), \
         bad.stderr[-2000:]
+
+
+def test_a_rank_past_the_role_s_clips_merges_into_the_evaluation(monkeypatch):
+    """Under torchrun with more ranks than a role's clips, make_eval_loader gives the last ranks nothing;
+    their empty share must merge into every rank's scores (it once failed the merge with a KeyError)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from jedi_pipe import distributed, trainer
+    y, ids = torch.tensor([1]), torch.tensor([7])
+    rank0 = ({"expert": [torch.tensor([[0.2, 0.8]])]}, [y], [ids])     # rank 0's one clip, right
+    monkeypatch.setattr(trainer, "eval_loader", lambda *a, **k: [])     # this rank: rank 1, past it
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "gather", lambda part: [rank0, part])
+    cfg = SimpleNamespace(clip=SimpleNamespace(eval_views=1, eval_crops=1), bf16=False)
+    scores = trainer.evaluate_logits(lambda x: pytest.fail("no clip to run"), None, cfg, torch.device("cpu"))
+    assert scores["expert"]["top1"] == 100.0 and scores["expert"]["n"] == 1

@@ -110,12 +110,13 @@ def test_pipeline_writes_every_output(shard_dirs, tmp_path, monkeypatch):
     assert again == results
 
 
-@pytest.mark.parametrize("mode", ["in process", "in workers", "on other threads"])
+@pytest.mark.parametrize("mode", ["in process", "in workers", "on other threads", "on other loader threads"])
 def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(shard_dirs, tmp_path, monkeypatch,
                                                                              mode):
     """Cut in this process (one torch thread) after an update that followed the step-2 checkpoint; go on in
     this process, in worker processes (two of one thread each: the same threads), or on two threads, which
-    round differently: that expert starts again rather than finish as no uninterrupted run would."""
+    round differently: that expert starts again rather than finish as no uninterrupted run would; so does it
+    with other loader threads (the torch loader's workers decide its batches; its state refuses another count)."""
     from jedi_pipe import trainer
     monkeypatch.setattr(trainer, "LOG_EVERY", 1)    # lines after the checkpoint, which the resume must drop
     sets = ["device=cpu", "torch_threads=1", "pretrain.epochs=3"]
@@ -137,7 +138,8 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
     logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [0, 1, 2]      # update 2's line too: after the checkpoint
     lines = []
-    more = {"in process": [], "in workers": ["pretrain.workers=2"], "on other threads": ["torch_threads=2"]}[mode]
+    more = {"in process": [], "in workers": ["pretrain.workers=2"], "on other threads": ["torch_threads=2"],
+            "on other loader threads": ["threads=3"]}[mode]
     _, again = tiny_config(shard_dirs, tmp_path / "cut", sets + more)
     pretrain(again, log=lines.append)
     resumed = f"expert {first}: resumed from {experts / (first + '.resume.pt')} at step 2"
@@ -145,7 +147,7 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
     logged = [json.loads(ln) for ln in (Path(cut.out) / "pretrain.jsonl").read_text().splitlines()]
     keys = [(r["dataset"], r["step"]) for r in logged]
     assert len(set(keys)) == len(keys)                                # each step once, however it went on
-    if mode == "on other threads":
+    if mode in ("on other threads", "on other loader threads"):
         assert resumed not in lines and any("training it from the start" in m for m in lines), lines
         return
     assert resumed in lines, lines

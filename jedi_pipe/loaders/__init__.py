@@ -111,9 +111,9 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
     if not isinstance(datasets, (list, tuple)) or not datasets \
             or not all(isinstance(d, dict) and "shards" in d for d in datasets):
         raise InputError(f'datasets must be a non-empty list of {{"shards": folder, ...}} dicts, got {datasets!r}')
-    for name, value in (("batch_size", batch_size), ("threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
-            raise InputError(f"{name} must be an integer >= {1 if name == 'batch_size' else 0}, got {value!r}")
+    for name, value, least in (("batch_size", batch_size, 1), ("threads", threads, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
     clip = as_clip(clip)
     entries = []
     for d in datasets:
