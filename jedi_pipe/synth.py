@@ -669,9 +669,10 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
     looks too, and models trained on one look read near chance on another. Returns {dataset: root folder}.
 
     A dataset folder already made with the same settings is kept as it is (even with `overwrite`);
-    one cut short (a kill) is made again; one made with other settings is refused (InputError) unless
-    `overwrite`, which replaces it; a non-empty folder synth did not make is always refused. All are checked before
-    anything is written. log: a function of one line for what is kept or made again (None: quiet)."""
+    one cut short (a kill) is made again; one made with other settings is refused (InputError)
+    unless `overwrite`, which replaces it; a non-empty folder synth did not make is always refused.
+    All are checked before anything is written. log: a function of one line for what is kept or
+    made again (None: quiet)."""
     datasets = [datasets] if isinstance(datasets, str) else list(datasets)
     unknown = [d for d in datasets if d not in DATASETS]
     if unknown:

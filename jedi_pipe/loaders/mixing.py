@@ -7,9 +7,9 @@ reader shard (r + block) % world_size, so
 batches differ across epochs, are reproducible from the seed, and each rank sees a different
 part of the data every epoch while ranks stay disjoint. `state_dict()` is {"epoch", "step"}, the
 next step to deliver, and the loader's threads; `load_state_dict` (before iterating; same threads)
-makes the iteration rebuild that block and skip the batches already delivered in it. Skipped batches are decoded and dropped,
-with no model step: resuming costs at most one block of loading, and gives exactly the batches
-of an unbroken run.
+makes the iteration rebuild that block and skip the batches already delivered in it. Skipped
+batches are decoded and dropped, with no model step: resuming costs at most one block of
+loading, and gives exactly the batches of an unbroken run.
 """
 from __future__ import annotations
 
