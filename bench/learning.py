@@ -180,7 +180,7 @@ def _results(cfg, log) -> dict:
     path = Path(cfg.out) / "results.json"
     if path.is_file():
         trainer.check_same_run(yaml.safe_load((Path(cfg.out) / "config.yaml").read_text()), cfg,
-                               f"the finished run {cfg.out}")
+                               f"the finished run {cfg.out}", "delete it (or --out) to run it again")
     else:
         trainer.train(cfg, resume=True, log=log)   # a killed run goes on from its checkpoint
     return json.loads(path.read_text())
@@ -453,32 +453,38 @@ def main() -> None:
     ap.add_argument("--data-only", action="store_true",
                     help="make the data folder (OUT/data) and stop: e.g. a fresh draw for --rescore-on")
     args = ap.parse_args()
+
+    def refuse(msg):   # a value or a combination the run cannot use: one line, not the usage's dozen
+        ap.exit(2, f"{ap.prog}: error: {msg}\n")
     if (args.oracle_from or args.rescore_on) and not args.report:
-        ap.error("--oracle-from and --rescore-on go with --report")
+        refuse("--oracle-from and --rescore-on go with --report")
     if args.report:
         defaults, report_only = vars(ap.parse_args([])), {"report", "oracle_from", "val_only", "rescore_on"}
         if any(v != defaults[k] for k, v in vars(args).items() if k not in report_only):
-            ap.error("--report prints saved runs: the options that run training do not apply to it")
+            refuse("--report prints saved runs: the options that run training do not apply to it")
         if args.rescore_on is not None and not (args.rescore_on / "data.json").is_file():
-            ap.error(f"--rescore-on {args.rescore_on}: not a data folder of bench/learning.py (no data.json)")
+            refuse(f"--rescore-on {args.rescore_on}: not a data folder of bench/learning.py (no data.json)")
         for o in [*args.report, *([args.oracle_from] if args.oracle_from else [])]:
             if not (o / "learning.json").is_file():
-                ap.error(f"{o}: not a --json run of bench/learning.py (no learning.json)")
+                refuse(f"{o}: not a --json run of bench/learning.py (no learning.json)")
         return report(args.report, args.oracle_from, test=not args.val_only, rescore_on=args.rescore_on)
     if args.seeds < 1:
-        ap.error("--seeds must be at least 1")
-    if args.oracle_epochs < 0 or args.val_per_class < 0 or not 0 < args.labeled_fraction <= 1:
-        ap.error("--oracle-epochs and --val-per-class must be 0 or more, --labeled-fraction in (0, 1]")
+        refuse("--seeds must be at least 1")
+    for flag, ok, need in (("--oracle-epochs", args.oracle_epochs >= 0, "0 (no oracle) or more"),
+                           ("--val-per-class", args.val_per_class >= 0, "0 (no val role) or more"),
+                           ("--labeled-fraction", 0 < args.labeled_fraction <= 1, "in (0, 1]")):
+        if not ok:
+            refuse(f"{flag} must be {need}")
     if args.val_only and args.val_per_class == 0:   # refused before the runs, not after them
-        ap.error("--val-only needs a val role: --val-per-class must be above 0")
+        refuse("--val-only needs a val role: --val-per-class must be above 0")
     runs = tuple(r for r in args.runs.split(",") if r)
     if not runs or any(r not in RUNS for r in runs):
-        ap.error(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")
+        refuse(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")
     try:   # every run's settings, refused now rather than after minutes of data and experts
         for extra in [[], *(RUNS[r][0] for r in runs), [f"pretrain.epochs={args.oracle_epochs}"]]:
             config(args.out / "data", "shards", args.out, 0, [*extra, *args.overrides])
     except ConfigError as e:
-        ap.error(str(e))
+        refuse(str(e))
 
     t0 = time.time()
 
@@ -489,7 +495,7 @@ def main() -> None:
     for item in args.videos_per_class:
         name, _, n = item.rpartition("=")
         if (name and name not in DEMO_DATASETS) or not n.isdigit() or int(n) < 2:
-            ap.error(f"--videos-per-class {item!r}: expected N or DATASET=N with N >= 2 and DATASET one of "
+            refuse(f"--videos-per-class {item!r}: expected N or DATASET=N with N >= 2 and DATASET one of "
                      f"{', '.join(DEMO_DATASETS)}")
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
@@ -505,7 +511,7 @@ def main() -> None:
     if stored is not None and stored in (made, {**made, "oracle": True}):
         log(f"data: reusing {data}")
     elif stored is not None or args.data:
-        ap.error(f"{data} holds other data ({stored or 'none made here'}); this run needs {made}")
+        refuse(f"{data} holds other data ({stored or 'none made here'}); this run needs {made}")
     else:
         make_data(data, vpc, args.labeled_fraction, args.val_per_class, args.data_seed,
                   oracle=args.oracle_epochs > 0, look=args.look, videos_seed=args.videos_seed)

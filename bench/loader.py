@@ -12,6 +12,8 @@ with the XVID tag at 600 kbit/s, about the average bitrate of those sets, 3-6 s)
 """
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -55,11 +57,20 @@ def cli():
 @click.option("--videos", default=12, show_default=True, type=click.IntRange(2), help="Videos per class.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1))
 @click.option("--kinetics", is_flag=True, help="Kinetics-like sources: H.264 MP4, 10 s, short side 340-720 px.")
-@click.option("--overwrite", is_flag=True, help="Replace DIR/shards when it holds shards made with other sizes "
-              "(the sources are kept and added to).")
+@click.option("--overwrite", is_flag=True, help="Make DIR/source and DIR/shards again from scratch (they were "
+              "made with other sizes).")
 def make_data(out, classes, videos, workers, kinetics, overwrite):
-    """Sources under DIR/source and their shards under DIR/shards (a rerun reuses both)."""
+    """Sources under DIR/source and their shards under DIR/shards (a rerun with the same sizes reuses both)."""
     out = Path(out)
+    # the sizes the sources were made with: those of other sizes would stay beside the new and be sharded with them
+    sizes, record = {"classes": classes, "videos": videos, "kinetics": kinetics}, out / "source" / ".sizes.json"
+    if record.is_file() and json.loads(record.read_text()) != sizes:
+        if not overwrite:
+            raise click.UsageError(f"{out / 'source'} holds sources of other sizes ({record.read_text()}); "
+                                   f"--overwrite makes them again, or choose another DIR")
+        shutil.rmtree(out / "source")
+    (out / "source").mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(sizes))
     for c in range(classes):
         for v in range(videos):
             if kinetics:   # H.264 MP4, 10 s, a Kinetics download's frame size and bitrate

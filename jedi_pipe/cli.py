@@ -35,7 +35,17 @@ def interrupted(what_next: str):
     sys.exit(130)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    def invoke(self, ctx):
+        # Ctrl-C where a command does not say more (while it imports or loads): one line and 130, not
+        # click's "Aborted!" and exit 1
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            interrupted("Nothing of this command was finished; rerun it")
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="jedi-pipe")
 def main():
     """jedi-pipe: multi-dataset semi-supervised video action recognition (JEDI).
@@ -544,8 +554,8 @@ def predict(model_path, inputs, role, k, as_json):
     jedi-pipe predict --model hmdb51.pt2 clip.mp4 other.avi -k 3
     """
     from .export import load_model
-    model = _run_guarded(lambda: load_model(model_path))
     try:
+        model = _run_guarded(lambda: load_model(model_path))
         ok, bad = _predict_each(model, inputs, role, k, as_json)
     except KeyboardInterrupt:
         interrupted("The lines above are whole predictions; rerun for the inputs not shown")

@@ -22,7 +22,7 @@ COLORS = {"expert": "black", "student": "tab:blue", "teacher": "tab:orange", "st
 # student_avg: the students' weight average (jedi.student_avg); each drawn when the run scores it
 CURVE_KINDS = ("student", "teacher", "student_ema", "student_avg")
 LABELS = {"expert": "expert", "student": "student (JEDI)", "teacher": "teacher (JEDI)",
-          "student_ema": "student, teachers' moving average", "student_avg": "student, weight average"}
+          "student_ema": "student of the teachers' moving average", "student_avg": "students' weight average"}
 LOSS_COLORS = {"sup_student": "tab:blue", "sup_teacher": "tab:orange", "distill": "tab:purple",
                "mutual": "tab:pink", "distill_heads": "tab:brown"}
 LOSS_LABELS = {"sup_student": "student CE (labeled)", "sup_teacher": "teacher CE (labeled)",

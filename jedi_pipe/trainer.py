@@ -300,16 +300,23 @@ def without_placement(config: dict) -> dict:
     return {**config, "pretrain": {k: v for k, v in config["pretrain"].items() if k != "workers"}}
 
 
-def check_same_run(saved_config: dict, cfg: Config, what: str) -> None:
+def check_same_run(saved_config: dict, cfg: Config, what: str,
+                   fix: str = "choose another run folder (out), or start again with overwrite=True (--overwrite)") -> None:
     """Refuse (InputError) when a run's saved config differs from `cfg` in anything it learned from."""
-    _check_same(without_placement(with_new_keys(saved_config)), without_placement(cfg.to_dict()), what)
+    _check_same(without_placement(with_new_keys(saved_config)), without_placement(cfg.to_dict()), what, fix)
 
 
-def _check_same(saved: dict, now: dict, what: str) -> None:
+def _check_same(saved: dict, now: dict, what: str, fix: str = "choose another run folder (out) or delete it") -> None:
     if saved != now:
-        diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-        raise InputError(f"{what} was made with other settings ({', '.join(diff)} differ); "
-                         f"choose another run folder (out) or delete it")
+        raise InputError(f"{what} was made with other settings ({', '.join(_differing(saved, now))} differ); {fix}")
+
+
+def _differing(saved, now, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ (jedi.lr, not jedi); a list of datasets differs as a whole."""
+    if not (isinstance(saved, dict) and isinstance(now, dict)):
+        return [prefix.rstrip(".")] if saved != now else []
+    return [k for key in sorted(set(saved) | set(now), key=str)
+            for k in _differing(saved.get(key), now.get(key), f"{prefix}{key}.")]
 
 
 def load_expert(cfg: Config, name: str, device) -> torch.nn.Module:

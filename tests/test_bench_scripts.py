@@ -35,3 +35,17 @@ def test_step_demo_refuses_a_used_folder(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "step.py"), "demo", "--out", str(tmp_path / "used")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "is not empty" in proc.stderr
+
+
+def test_loader_make_data_never_mixes_sizes(tmp_path):
+    """bench/loader.py make-data into a DIR made with other sizes: refused (the old sources would be
+    sharded beside the new), or made again from scratch with --overwrite."""
+    def make(*args):
+        return subprocess.run([sys.executable, str(BENCH / "loader.py"), "make-data", str(tmp_path / "d"),
+                               "--classes", "2", "--workers", "1", *args], capture_output=True, text=True, timeout=300)
+    assert make("--videos", "3").returncode == 0
+    refused = make("--videos", "2")
+    assert refused.returncode == 2 and "holds sources of other sizes" in refused.stderr, refused.stderr
+    assert len(list((tmp_path / "d" / "source").rglob("*.avi"))) == 6
+    assert make("--videos", "2", "--overwrite").returncode == 0
+    assert len(list((tmp_path / "d" / "source").rglob("*.avi"))) == 4

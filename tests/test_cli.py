@@ -269,6 +269,8 @@ def test_an_interrupted_shard_folder_is_named_as_such(tmp_path):
     ("jedi_pipe.export.export_model", ["export", "run", "--dataset", "a", "--out", "m.pt2"], "Nothing was written to m.pt2"),
     ("jedi_pipe.demo.run_demo", ["demo", "--quick"], "the finished datasets, shards and experts are kept"),
     ("jedi_pipe.prediction.predict_videos", ["predict", "--model", "m.pt2", "a.mp4"], "The lines above are whole predictions"),
+    # before a command's own handler (an import, a check): the group's line, not click's "Aborted!"
+    ("jedi_pipe.cli.can_be_folder", ["export", "run", "--dataset", "a", "--out", "m.pt2"], "Nothing of this command"),
 ])
 def test_ctrl_c_says_what_is_kept_and_what_to_run(target, argv, says, monkeypatch, tmp_path):
     """Ctrl-C in any long command: exit 130 and one line saying what to do next (not click's bare 'Aborted!')."""

@@ -729,3 +729,18 @@ def test_training_crops_resample_as_clip_interp_says():
                        TL.eval_transform(frames, ClipSpec(**CLIP)))
     with pytest.raises(ValueError, match="interp must be one of"):
         ClipSpec(interp="cubic")
+
+
+@pytest.mark.parametrize("kw, error", [
+    ({"datasets": ["shards/hmdb51"]}, "datasets must be a non-empty list"),
+    ({"datasets": []}, "datasets must be a non-empty list"),
+    ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+    ({"world_size": 0}, "world_size must be an integer >= 1"),
+    ({"rank": 2, "world_size": 2}, "rank must be below world_size"),
+    ({"unlabeled_ratio": -1}, "unlabeled_ratio at least 0"),
+])
+def test_make_loaders_refuses_bad_arguments_by_name(kw, error):
+    """Before any shard folder is opened: one sentence, not a KeyError or ZeroDivisionError deep inside."""
+    args = {"datasets": [{"shards": "nowhere"}], **kw}
+    with pytest.raises(InputError, match=error):
+        make_loaders(args.pop("datasets"), **args)

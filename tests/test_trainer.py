@@ -171,7 +171,7 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
     assert (Path(cut.out) / "config.yaml").read_text() == saved
     train(again, log=lambda m: None)
     saved = (Path(cut.out) / "config.yaml").read_text()
-    with pytest.raises(InputError, match="made with other settings"):
+    with pytest.raises(InputError, match=r"made with other settings \(jedi.lr differ\); .* overwrite=True"):
         train(tiny_config(shard_dirs, tmp_path / "cut", sets + ["jedi.lr=0.5"])[1], resume=True, log=lambda m: None)
     assert (Path(cut.out) / "config.yaml").read_text() == saved
     # a fresh train (overwrite) over experts made with other settings: refused too, before the run is replaced

@@ -111,9 +111,13 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
     if not isinstance(datasets, (list, tuple)) or not datasets \
             or not all(isinstance(d, dict) and "shards" in d for d in datasets):
         raise InputError(f'datasets must be a non-empty list of {{"shards": folder, ...}} dicts, got {datasets!r}')
-    for name, value, least in (("batch_size", batch_size, 1), ("threads", threads, 0)):
+    for name, value, least in (("batch_size", batch_size, 1), ("threads", threads, 0), ("world_size", world_size, 1),
+                               ("rank", rank, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
+    if rank >= world_size or not unlabeled_ratio >= 0:
+        raise InputError(f"rank must be below world_size and unlabeled_ratio at least 0, got rank {rank}, "
+                         f"world_size {world_size}, unlabeled_ratio {unlabeled_ratio}")
     clip = as_clip(clip)
     entries = []
     for d in datasets:
