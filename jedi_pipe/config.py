@@ -166,7 +166,7 @@ class Config:
     #                                             first moves the students from their experts
     checkpoint_every: int = 50                  # steps between checkpoints of the joint phase (and at its end) and of
     #                                             each expert (experts/<name>.resume.pt until it is written)
-    compile: bool = False                       # torch.compile the backbones (GPU runs)
+    compile: bool = False                       # torch.compile the joint step of train (the experts and evaluations run eagerly)
     logger: str = "jsonl"                       # jsonl: metrics.jsonl; tensorboard: also TensorBoard events (pip install "jedi-pipe[tensorboard]")
     bf16: bool = True                           # autocast to bfloat16 on the GPU (the CPU always runs fp32)
 
@@ -184,6 +184,11 @@ class Config:
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"datasets: names must be unique, got {names}")
+        from .models import list_models   # (registered by then: models imports every built-in one)
+        for i, d in enumerate(self.datasets):   # here, not when the expert is built after the others trained
+            if d.model not in list_models():
+                raise ConfigError(f"datasets.{i}.model: {d.model!r} is not a registered model; "
+                                  f"registered: {', '.join(list_models())}")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

@@ -343,9 +343,11 @@ def pretrain(cfg: Config, log=print) -> dict:
     log = quiet_unless_main(log)
     device = pick_device(cfg)
     sets = open_all(cfg)
+    names = {d.name: {d.name, sets[d.name].card.get("dataset", d.name)} for d in cfg.datasets}
     for d in cfg.datasets:      # before any training: a refused init should not cost an hour of experts
         if not expert_path(cfg, d.name).is_file():   # (a finished expert's init may have moved since)
-            check_init(d.name, {sets[d.name].card.get("dataset", d.name)}, d.init, d.init_trained_on_ok)
+            run = set().union(*(n for other, n in names.items() if other != d.name))
+            check_init(d.name, names[d.name], d.init, d.init_trained_on_ok, run=run)
     metrics = finished_experts(cfg)
     todo = [i for i, d in enumerate(cfg.datasets) if d.name not in metrics]
     for name, test in metrics.items():

@@ -2,12 +2,15 @@
 
 JEDI's experts stand for "what the labeled part of a dataset teaches". Weights trained on all of
 a dataset (torchvision's Kinetics-400 R3D/R(2+1)D/MC3, say) used as that dataset's expert init
-bring all its labels into a run that claims to use 10 % of them, so the trainer refuses it.
+bring all its labels into a run that claims to use 10 % of them, so the trainer refuses it. So
+they do as any other dataset's init in the same run: every teacher reads every student's
+features, so the Kinetics-400 teacher would read features trained on all of Kinetics-400's labels.
 
 Where the datasets come from, first match wins:
   1. a card beside the file, `<file>.json`: {"trained_on": ["kinetics400", ...]} (dataset names as
      in shard cards; [] for weights trained on none of the run's datasets, e.g. ImageNet only);
-  2. a jedi-pipe expert or checkpoint: the datasets of the config saved in it;
+  2. a jedi-pipe expert: the datasets of the config saved in it (all of them: the run that made it
+     may have labeled other clips than this one);
   3. torchvision's published video weights, by their file names (all Kinetics-400).
 A file none of these describe is refused: its provenance is what the rule needs.
 """
@@ -42,8 +45,8 @@ def trained_on(weights) -> set[str] | None:
         return {"kinetics400"}
     if weights.is_file():
         import torch
-        try:   # mmap: the small config entry is read, not the weights
-            ck = torch.load(weights, map_location="cpu", weights_only=False, mmap=True)
+        try:   # mmap: the small config entry is read, not the weights; weights_only: nothing is executed
+            ck = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
         except Exception:   # noqa: BLE001 - not a torch file: nothing says; the loader reports it later
             return None
         if isinstance(ck, dict) and isinstance(ck.get("config"), dict) and "datasets" in ck["config"]:
@@ -51,9 +54,10 @@ def trained_on(weights) -> set[str] | None:
     return None
 
 
-def check_init(dataset: str, aliases: set[str], weights, allowed: bool = False) -> None:
-    """Refuse `weights` as the init of `dataset`'s expert when they were trained on it (or when
-    nothing says what they were trained on). `aliases`: the dataset's other names (its shard card's)."""
+def check_init(dataset: str, aliases: set[str], weights, allowed: bool = False, run: set[str] = frozenset()) -> None:
+    """Refuse `weights` as the init of `dataset`'s expert when they were trained on it or on another
+    dataset of the run (or when nothing says what they were trained on). `aliases`: the dataset's
+    other names (its shard card's); `run`: the names of the run's other datasets (and their cards')."""
     if not weights:
         return
     if not Path(weights).is_file():
@@ -70,3 +74,10 @@ def check_init(dataset: str, aliases: set[str], weights, allowed: bool = False) 
         raise InputError(f"init {weights} was trained on {', '.join(sorted(both))}, so as the {dataset} expert's "
                          f"init it would bring all of {dataset}'s labels into a semi-supervised run; use other "
                          f"weights, or set datasets.N.{OVERRIDE}: true to allow it (e.g. a fully supervised baseline)")
+    others = seen & set(run)
+    if others:
+        names = ", ".join(sorted(others))
+        raise InputError(f"init {weights} was trained on {names}, a dataset of this run: as the {dataset} expert's "
+                         f"init its features would carry all of {names}'s labels into the run (every teacher reads "
+                         f"every student's features); use other weights, or set datasets.N.{OVERRIDE}: true on "
+                         f"{dataset} to allow it")

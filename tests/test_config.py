@@ -1,6 +1,8 @@
 """The training config: validated on load, errors name the key, --set overrides typed."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from jedi_pipe.config import ConfigError, load_config
@@ -122,3 +124,11 @@ def test_an_error_names_the_file_or_the_set_at_fault(tmp_path):
     data = dict(BASE)
     load_config(data=data, overrides=["jedi.lr=0.5"])
     assert "jedi" not in data                                                 # the caller's mapping is not changed
+
+
+def test_an_unknown_model_is_refused_when_the_config_loads():
+    """Not when its expert is built, after the experts before it have trained (hours at real size)."""
+    from jedi_pipe.config import ConfigError
+    with pytest.raises(ConfigError, match=r"datasets.3.model: 'r2plus1d' is not a registered model; registered: "
+                                          r"r2plus1d_18, r3d_18"):
+        load_config(Path(__file__).resolve().parents[1] / "train" / "jedi.yaml", ["datasets.3.model=r2plus1d"])

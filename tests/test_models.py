@@ -183,3 +183,13 @@ def test_head_alias_and_other_mismatches():
         load_weights(build("tiny3d", 3, width=16), sd)
     missing, unexpected = load_weights(build("tiny3d", 3, width=8), {**sd, "extra.weight": torch.zeros(1)})
     assert missing == [] and unexpected == ["extra.weight"]
+
+
+def test_a_checkpoint_of_an_unknown_layout_is_refused_not_ignored():
+    """A wrapper or prefix the loader does not know matched no backbone weight: before, it warned and the
+    expert trained from random weights; now it is refused, naming what the file holds."""
+    from jedi_pipe.errors import InputError
+    sd = build("tiny3d", 3, width=8).state_dict()
+    for layout in ({"model_state": sd}, {"backbone." + k: v for k, v in sd.items()}):
+        with pytest.raises(InputError, match="backbone weights are not in the checkpoint"):
+            load_weights(build("tiny3d", 3, width=8), layout)

@@ -61,3 +61,17 @@ def test_cards_checkpoints_and_the_override(shard_dirs, tmp_path):
         pretrain(config(shard_dirs, tmp_path / "b", [("hmdb51", {"init": str(expert)})]), log=lambda m: None)
     pretrain(config(shard_dirs, tmp_path / "c", [("hmdb51", {"init": str(expert), OVERRIDE: True})]), log=lambda m: None)
     assert (tmp_path / "c" / "experts" / "hmdb51.pt").is_file()
+
+
+def test_weights_trained_on_another_dataset_of_the_run_are_refused_for_every_expert(shard_dirs, tmp_path):
+    """Kinetics-400 weights as the HMDB51 expert's init, in a run with Kinetics-400: the Kinetics teacher
+    reads the HMDB51 student's features, so all of Kinetics-400's labels would reach the run."""
+    weights = tmp_path / "r2plus1d_18-91a641e6.pth"     # torchvision's file name: Kinetics-400
+    weights.write_bytes(b"")
+    cfg = config(shard_dirs, tmp_path / "run", [("hmdb51", {"init": str(weights)}), ("kinetics400", {})])
+    with pytest.raises(ValueError, match=r"trained on kinetics400, a dataset of this run: as the hmdb51 expert's init "
+                                         r"its features would carry all of kinetics400's labels"):
+        pretrain(cfg, log=lambda m: None)
+    assert not list((tmp_path / "run" / "experts").glob("*.pt"))       # before any expert
+    check_init("hmdb51", {"hmdb51"}, weights, run={"ucf101", "ssv2"})  # a run without Kinetics-400: fine
+    check_init("hmdb51", {"hmdb51"}, weights, allowed=True, run={"kinetics400"})   # the named override

@@ -155,6 +155,14 @@ def load_weights(model: nn.Module, path: str | os.PathLike | Mapping) -> LoadRes
     if bad:
         raise ValueError(f"load_weights: shape mismatch (another architecture?): {'; '.join(bad[:5])}")
 
+    # A backbone weight the file lacks means a layout this loader does not know (another wrapper or
+    # prefix): the expert would silently start from random weights. Only the head may be missing.
+    lost = [k for k in own if k not in sd and not (dst_head and k.startswith(dst_head))
+            and not k.endswith("num_batches_tracked")]
+    if lost:
+        raise InputError(f"load_weights: {len(lost)} of the model's backbone weights are not in the checkpoint "
+                         f"(e.g. {lost[0]}; it has {', '.join(list(sd)[:3]) or 'nothing'}, ...): another "
+                         f"architecture, or a layout with another prefix")
     result = model.load_state_dict(sd, strict=False)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected:
