@@ -82,7 +82,7 @@ def test_missing_shards_are_one_sentence_naming_the_folder(tmp_path):
 
 def test_an_unknown_model_is_one_sentence(shard_dirs, tmp_path):
     r = CliRunner().invoke(main, ["pretrain", "--config", str(_config(tmp_path, shard_dirs["ssv2"], "r3d_19"))])
-    _one_sentence(r, "unknown model 'r3d_19'")
+    _one_sentence(r, "c.yaml: datasets.0.model: 'r3d_19' is not a registered model; registered: r2plus1d_18")
 
 
 def test_eval_without_experts_is_one_sentence(shard_dirs, tmp_path):
