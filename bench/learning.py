@@ -177,11 +177,11 @@ def _eval_at(run: Path, step: int) -> dict | None:
 def _results(cfg, log) -> dict:
     """The run's results.json, trained first when missing. A finished run is reused only when it was
     made with these settings: another --set into the same --out must not print the old numbers."""
-    path = Path(cfg.out) / "results.json"
-    if path.is_file():
-        trainer.check_same_run(yaml.safe_load((Path(cfg.out) / "config.yaml").read_text()), cfg,
-                               f"the finished run {cfg.out}", "delete it (or --out) to run it again")
-    else:
+    path, saved = Path(cfg.out) / "results.json", Path(cfg.out) / "config.yaml"
+    if saved.is_file():   # finished or killed: either is reused only with these settings
+        trainer.check_same_run(yaml.safe_load(saved.read_text()), cfg, f"the run {cfg.out}",
+                               "delete it (or --out) to run it again")
+    if not path.is_file():
         trainer.train(cfg, resume=True, log=log)   # a killed run goes on from its checkpoint
     return json.loads(path.read_text())
 
@@ -496,7 +496,7 @@ def main() -> None:
         name, _, n = item.rpartition("=")
         if (name and name not in DEMO_DATASETS) or not n.isdigit() or int(n) < 2:
             refuse(f"--videos-per-class {item!r}: expected N or DATASET=N with N >= 2 and DATASET one of "
-                     f"{', '.join(DEMO_DATASETS)}")
+                   f"{', '.join(DEMO_DATASETS)}")
         vpc.update({name: int(n)} if name else dict.fromkeys(DEMO_DATASETS, int(n)))
     log(f"data: videos per class {vpc}, {args.labeled_fraction:.0%} labeled, {args.val_per_class} val per class, "
         f"data seed {args.data_seed}, look {args.look}"

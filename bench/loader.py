@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from jedi_pipe.errors import script_main
+from jedi_pipe.errors import InputError, script_main
 from jedi_pipe.loaders.bench import loader_command
 from jedi_pipe.make_shards import make_shards
 from jedi_pipe.transcode import ffmpeg_exe
@@ -64,10 +64,13 @@ def make_data(out, classes, videos, workers, kinetics, overwrite):
     out = Path(out)
     # the sizes the sources were made with: those of other sizes would stay beside the new and be sharded with them
     sizes, record = {"classes": classes, "videos": videos, "kinetics": kinetics}, out / "source" / ".sizes.json"
-    if record.is_file() and json.loads(record.read_text()) != sizes:
+    made = json.loads(record.read_text()) if record.is_file() else None
+    old = made is None and (out / "source").is_dir() and any((out / "source").iterdir())   # before the record
+    if made not in (None, sizes) or old:
         if not overwrite:
-            raise click.UsageError(f"{out / 'source'} holds sources of other sizes ({record.read_text()}); "
-                                   f"--overwrite makes them again, or choose another DIR")
+            raise InputError(f"{out / 'source'} holds sources of other sizes "
+                             f"({json.dumps(made) if made else 'unknown: made before sizes were recorded'}); "
+                             f"--overwrite makes them again, or choose another DIR")
         shutil.rmtree(out / "source")
     (out / "source").mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(sizes))

@@ -396,8 +396,12 @@ def train(config_path, overrides, resume, overwrite):
         interrupted(f"The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
                     f"one was written: rerun with --resume to go on from it")
     if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
-        draw(cfg.out, click.echo)
-        click.echo(results_table(results))
+        try:
+            draw(cfg.out, click.echo)
+            click.echo(results_table(results))
+        except KeyboardInterrupt:
+            interrupted(f"The run is finished: its results are in {cfg.out} (results.md); "
+                        f"`jedi-pipe plot {cfg.out}` draws the pictures")
         click.echo(f"outputs in {cfg.out}")
 
 
@@ -554,8 +558,8 @@ def predict(model_path, inputs, role, k, as_json):
     jedi-pipe predict --model hmdb51.pt2 clip.mp4 other.avi -k 3
     """
     from .export import load_model
+    model = _run_guarded(lambda: load_model(model_path))   # Ctrl-C here: the group's line (nothing shown yet)
     try:
-        model = _run_guarded(lambda: load_model(model_path))
         ok, bad = _predict_each(model, inputs, role, k, as_json)
     except KeyboardInterrupt:
         interrupted("The lines above are whole predictions; rerun for the inputs not shown")

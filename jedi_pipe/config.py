@@ -44,7 +44,7 @@ class DatasetCfg:
     model: str = "tiny3d"         # registered model (jedi_pipe.models.list_models())
     flip: bool = True             # horizontal flip in training; ssv2's left/right classes swap with it (loaders/clip.py flip_map)
     init: str = ""                # optional weights file for the backbone (e.g. torchvision's r3d_18 .pth)
-    init_trained_on_ok: bool = False   # allow an init trained on this very dataset (refused by default: weights_guard.py)
+    init_trained_on_ok: bool = False   # allow this dataset's init though trained on a dataset of the run (refused by default: weights_guard.py)
 
 
 @dataclass

@@ -57,8 +57,8 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
                                log=lambda m: echo("      " + m))
     except InputError as e:
         reason = str(e).split(";")[0]
-        raise InputError(f"{reason}: the demo does not mix runs; delete {out} (its sources, shards and run) or "
-                         f"choose another --out") from None
+        raise InputError(f"{reason}: the demo does not mix runs; delete {out / 'sources'}, {out / 'shards'} "
+                         f"and {out / 'run'}, or choose another --out") from None
 
     echo(f"[2/5] shard: VP9 clips, {DEMO_SHARD['short_side']} px, {DEMO_SHARD['fps']:g} fps, "
          f"{DEMO_SHARD['labeled_fraction']:.0%} of the training videos labeled")

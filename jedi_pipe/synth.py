@@ -686,8 +686,8 @@ def generate(out, datasets=DATASETS, videos_per_class=30, seed=0, workers=None, 
     missing = [ds for ds in datasets if ds not in per_dataset]
     if missing:
         raise ValueError(f"videos_per_class has no number for {missing}")
-    if any(isinstance(per_dataset[ds], bool) or not isinstance(per_dataset[ds], int) or per_dataset[ds] < 2
-           for ds in datasets):
+    if any(isinstance(per_dataset[ds], bool) or not hasattr(per_dataset[ds], "__index__") or per_dataset[ds] < 2
+           for ds in datasets):   # __index__: ints, numpy's too; not 2.5
         raise ValueError("videos_per_class must be an integer of at least 2 (one train and one test clip per class), "
                          f"got {videos_per_class}")
     out, top_dirs = Path(out), top_dirs or {}

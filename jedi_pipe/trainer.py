@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from .jedi import (JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, add_
 from .loaders import make_eval_loader, resolve_backend, role_loader
 from .loaders.clip import ClipSpec
 from .loaders.mixing import MultiDatasetLoader
-from .models import build
+from .models import build, load_weights
 from .progress import Progress
 from .shard_jobs import default_workers
 from .records import EvalRecord, MetricsLog, StepRecord, headline, parse_line, summary, write_results
@@ -348,6 +349,10 @@ def pretrain(cfg: Config, log=print) -> dict:
         if not expert_path(cfg, d.name).is_file():   # (a finished expert's init may have moved since)
             run = set().union(*(n for other, n in names.items() if other != d.name))
             check_init(d.name, names[d.name], d.init, d.init_trained_on_ok, run=run)
+            if d.init:   # its layout and shapes too, now: not when this expert's turn comes after the others
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")   # "head skipped" is said when the expert is built
+                    load_weights(build(d.model, len(sets[d.name].classes)), d.init)
     metrics = finished_experts(cfg)
     todo = [i for i, d in enumerate(cfg.datasets) if d.name not in metrics]
     for name, test in metrics.items():

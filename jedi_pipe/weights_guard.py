@@ -2,15 +2,16 @@
 
 JEDI's experts stand for "what the labeled part of a dataset teaches". Weights trained on all of
 a dataset (torchvision's Kinetics-400 R3D/R(2+1)D/MC3, say) used as that dataset's expert init
-bring all its labels into a run that claims to use 10 % of them, so the trainer refuses it. So
-they do as any other dataset's init in the same run: every teacher reads every student's
+bring all its labels into a run that claims to use 10 % of them, so the trainer refuses it. The
+same holds for any other dataset's init in that run: every teacher reads every student's
 features, so the Kinetics-400 teacher would read features trained on all of Kinetics-400's labels.
 
 Where the datasets come from, first match wins:
   1. a card beside the file, `<file>.json`: {"trained_on": ["kinetics400", ...]} (dataset names as
      in shard cards; [] for weights trained on none of the run's datasets, e.g. ImageNet only);
-  2. a jedi-pipe expert: the datasets of the config saved in it (all of them: the run that made it
-     may have labeled other clips than this one);
+  2. a jedi-pipe expert: the datasets of the config saved in it, all of them (on purpose more than
+     the expert's own, whose labeled clips may not be this run's: a file named here is refused
+     where it may not be needed, never accepted where it leaks);
   3. torchvision's published video weights, by their file names (all Kinetics-400).
 A file none of these describe is refused: its provenance is what the rule needs.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from .errors import InputError, MissingError
 
-OVERRIDE = "init_trained_on_ok"     # DatasetCfg key that lets a dataset's expert start from its own weights
+OVERRIDE = "init_trained_on_ok"     # DatasetCfg key: this dataset's init may have been trained on a dataset of the run
 # torchvision.models.video weight files: <arch>-<8 hex digits>.pth, every one trained on Kinetics-400
 TORCHVISION_K400 = re.compile(r"^(r3d_18|mc3_18|r2plus1d_18|s3d|mvit_v[12]_[bs]|swin3d_[tsb](_1k)?)-[0-9a-f]{8}\.pth$")
 

@@ -148,7 +148,7 @@ def test_a_finished_run_is_reused_only_with_its_own_settings(tmp_path, monkeypat
     same = learning.config(tmp_path / "data", "shards", tmp_path / "run", 0, ["jedi.lr=0.04", "torch_threads=1"])
     assert learning._results(same, print) == {"datasets": {"hmdb51": {}}}
     other = learning.config(tmp_path / "data", "shards", tmp_path / "run", 0, ["jedi.lr=0.02"])
-    with pytest.raises(InputError, match=r"the finished run .*run was made with other settings \(jedi.lr differ\); delete it"):
+    with pytest.raises(InputError, match=r"the run .*run was made with other settings \(jedi.lr differ\); delete it"):
         learning._results(other, print)
     # an unfinished run (killed: a checkpoint, no results.json) goes on from its checkpoint
     (tmp_path / "run" / "results.json").unlink()

@@ -49,3 +49,8 @@ def test_loader_make_data_never_mixes_sizes(tmp_path):
     assert len(list((tmp_path / "d" / "source").rglob("*.avi"))) == 6
     assert make("--videos", "2", "--overwrite").returncode == 0
     assert len(list((tmp_path / "d" / "source").rglob("*.avi"))) == 4
+    # a DIR made before the sizes were recorded: its sizes are unknown, so it is not vouched for
+    (tmp_path / "d" / "source" / ".sizes.json").unlink()
+    unknown = make("--videos", "2")
+    assert unknown.returncode == 2 and "unknown: made before sizes were recorded" in unknown.stderr
+    assert "Usage:" not in unknown.stderr                             # one line (script_main), not click's usage

@@ -128,7 +128,6 @@ def test_an_error_names_the_file_or_the_set_at_fault(tmp_path):
 
 def test_an_unknown_model_is_refused_when_the_config_loads():
     """Not when its expert is built, after the experts before it have trained (hours at real size)."""
-    from jedi_pipe.config import ConfigError
     with pytest.raises(ConfigError, match=r"datasets.3.model: 'r2plus1d' is not a registered model; registered: "
                                           r"r2plus1d_18, r3d_18"):
         load_config(Path(__file__).resolve().parents[1] / "train" / "jedi.yaml", ["datasets.3.model=r2plus1d"])

@@ -737,7 +737,7 @@ def test_training_crops_resample_as_clip_interp_says():
     ({"batch_size": 0}, "batch_size must be an integer >= 1"),
     ({"world_size": 0}, "world_size must be an integer >= 1"),
     ({"rank": 2, "world_size": 2}, "rank must be below world_size"),
-    ({"unlabeled_ratio": -1}, "unlabeled_ratio at least 0"),
+    ({"unlabeled_ratio": -1}, "unlabeled_ratio must be at least 0"),
 ])
 def test_make_loaders_refuses_bad_arguments_by_name(kw, error):
     """Before any shard folder is opened: one sentence, not a KeyError or ZeroDivisionError deep inside."""

@@ -12,12 +12,12 @@ from jedi_pipe.trainer import pretrain
 from jedi_pipe.weights_guard import OVERRIDE, check_init, trained_on
 
 
-def config(shard_dirs, out, datasets):
+def config(shard_dirs, out, datasets, more=()):
     return load_config(data={"name": "g", "out": str(out), "loader": "torch",
                              "datasets": [{"name": n, "shards": str(shard_dirs[n]), "model": "tiny3d", **extra}
                                           for n, extra in datasets],
                              "clip": {"frames": 4, "stride": 1, "size": 24}},
-                       overrides=["pretrain.epochs=1", "pretrain.batch_size=4"])
+                       overrides=["pretrain.epochs=1", "pretrain.batch_size=4", *more])
 
 
 def test_torchvision_kinetics_weights_cannot_start_the_kinetics_expert(shard_dirs, tmp_path):
@@ -75,3 +75,16 @@ def test_weights_trained_on_another_dataset_of_the_run_are_refused_for_every_exp
     assert not list((tmp_path / "run" / "experts").glob("*.pt"))       # before any expert
     check_init("hmdb51", {"hmdb51"}, weights, run={"ucf101", "ssv2"})  # a run without Kinetics-400: fine
     check_init("hmdb51", {"hmdb51"}, weights, allowed=True, run={"kinetics400"})   # the named override
+
+
+def test_an_init_of_an_unknown_layout_is_refused_before_any_expert(shard_dirs, tmp_path):
+    """The init of the last dataset is loaded up front: a layout load_weights does not know fails the
+    run before the experts before it have trained (hours at real size), not when its turn comes."""
+    w = tmp_path / "other.pt"
+    torch.save({"model_state": build("tiny3d", 8).state_dict()}, w)   # a wrapper the loader does not know
+    (tmp_path / "other.pt.json").write_text(json.dumps({"trained_on": []}))
+    # one expert after another, as on a GPU: hmdb51's would be written before ssv2's init is read
+    cfg = config(shard_dirs, tmp_path / "run", [("hmdb51", {}), ("ssv2", {"init": str(w)})], ["pretrain.workers=1"])
+    with pytest.raises(ValueError, match="backbone weights are not in the checkpoint"):
+        pretrain(cfg, log=lambda m: None)
+    assert not list((tmp_path / "run" / "experts").glob("*.pt"))

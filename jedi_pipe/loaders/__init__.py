@@ -115,9 +115,10 @@ def make_loaders(datasets: list[dict], clip: ClipSpec | dict | None = None, batc
                                ("rank", rank, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
-    if rank >= world_size or not unlabeled_ratio >= 0:
-        raise InputError(f"rank must be below world_size and unlabeled_ratio at least 0, got rank {rank}, "
-                         f"world_size {world_size}, unlabeled_ratio {unlabeled_ratio}")
+    if rank >= world_size:
+        raise InputError(f"rank must be below world_size, got rank {rank} of world_size {world_size}")
+    if not unlabeled_ratio >= 0:
+        raise InputError(f"unlabeled_ratio must be at least 0, got {unlabeled_ratio}")
     clip = as_clip(clip)
     entries = []
     for d in datasets:
