@@ -223,16 +223,31 @@ def test_a_script_without_a_main_guard_trains_experts_side_by_side(shard_dirs, t
 
 
 def test_an_expert_failing_in_its_worker_fails_pretrain_with_its_error(shard_dirs, tmp_path):
+    import shutil
+
+    from jedi_pipe.shards import open_shards
+    # a labeled tar damaged after sharding: only the worker that reads it finds out (pretrain's up-front
+    # checks read cards and inits, not clips)
+    shards = tmp_path / "hmdb51"
+    shutil.copytree(shard_dirs["hmdb51"], shards)
+    tar = open_shards(shards).tars("labeled")[0]
+    tar.write_bytes(b"not a tar" * 100)
+    data, _ = tiny_config(shard_dirs, tmp_path / "run")
+    data["datasets"][0]["shards"], data["loader"] = str(shards), "torch"
+    cfg = load_config(data=data, overrides=TINY + ["device=cpu", "pretrain.workers=2"])
+    with pytest.raises(Exception) as raised:
+        pretrain(cfg, log=lambda m: None)
+    if sys.version_info >= (3, 11):   # the worker's traceback rides along as a note
+        assert any("in the worker process of expert hmdb51" in n for n in raised.value.__notes__), raised.value
+    # an init that is no weights file is refused up front, in this process, before any worker starts
     init = tmp_path / "bad.pt"      # the guard's record says ImageNet, but the file holds no weights
     init.write_bytes(b"not weights")
     (tmp_path / "bad.pt.json").write_text(json.dumps({"trained_on": ["imagenet"]}))
-    data, _ = tiny_config(shard_dirs, tmp_path / "run")
+    data, _ = tiny_config(shard_dirs, tmp_path / "run2")
     data["datasets"][0]["init"] = str(init)
     cfg = load_config(data=data, overrides=TINY + ["device=cpu", "pretrain.workers=2"])
-    with pytest.raises(InputError, match=r"bad\.pt: not a weights file torch can load \(UnpicklingError") as raised:
+    with pytest.raises(InputError, match=r"bad\.pt: not a weights file torch can load \(UnpicklingError"):
         pretrain(cfg, log=lambda m: None)
-    if sys.version_info >= (3, 11):   # the worker's traceback rides along as a note
-        assert any("in the worker process of expert hmdb51" in n for n in raised.value.__notes__)
 
 
 def test_jedi_steps_fixes_the_joint_length(shard_dirs, tmp_path):
