@@ -42,7 +42,7 @@ within() {   # within CAP COMMAND...: COMMAND under a timeout of CAP s or what i
 
 # -- 1. the step alone (~2.5 min; the first two steps of each run build cuDNN plans, untimed)
 part "1. the step" && {
-$JP plan --config train/jedi.yaml --gpu-mem 141 | tee "$OUT/plan.txt"
+within 180 $JP plan --config train/jedi.yaml --gpu-mem 141 | tee "$OUT/plan.txt"   # measures on the CPU: minutes
 step() { within 150 python3 bench/scale_step.py --config train/jedi.yaml --steps 5 "$@" | tee -a "$OUT/step.jsonl"; }
 step --set compile=false
 step --set compile=true
