@@ -600,7 +600,7 @@ def _predict_each(model, inputs, role, k, as_json) -> tuple[int, int]:
 @main.command()
 @click.argument("src", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The new shard folder.")
-@click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label (1.0: all but val, the fully supervised oracle).")
+@click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label (1.0: all but val and its source groups, the fully supervised oracle).")
 @click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
 @click.option("--labeled-list", type=click.Path(dir_okay=False), default=None, help="Instead: a file of the labeled videos, one video id or source path per line (published few-label splits).")
 @click.option("--val-per-class", type=int, default=None, help="Hold out this many labeled training videos per class as the val role.")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, flips, shard_jobs, shards
-from .datasets import DatasetError, Listing, default_root, list_videos
+from .datasets import DatasetError, Listing, default_root, list_videos, source_group
 from .shard_jobs import (JOB, PARTS, TMP, PlannedSample, ShardError, ShardJob, default_workers, write_json_atomic,
                          write_shard)
 from .synth import INCOMPLETE as INCOMPLETE_SYNTH
@@ -57,35 +57,49 @@ def _take(n: int, per_class: int | None, fraction: float | None) -> int:
     return min(n, per_class) if per_class is not None else round(fraction * n)
 
 
-def select_roles(train: list[tuple[str, int]], seed: int, *, labeled_fraction: float | None = None,
+def select_roles(train: list[tuple], seed: int, *, labeled_fraction: float | None = None,
                  labeled_per_class: int | None = None, labeled_list: set[str] | None = None,
                  val_per_class: int | None = None, val_fraction: float | None = None) -> dict[str, str]:
-    """{video id: "labeled" | "unlabeled" | "val"} for the training videos `train` [(video id, label)].
+    """{video id: "labeled" | "unlabeled" | "val"} for the training videos `train` [(video id,
+    label[, group])].
 
     Per class, the ids are sorted and shuffled with a seed of their own, so the choice depends
-    only on the ids and the seed, never on the order they came in or the worker count. Labeled
-    videos are taken from the front (at least one per class; the fraction is of the class's
-    training videos), val from the back (never the class's last video), so adding a val role
-    leaves the labeled choice as it was unless the two would overlap. With `labeled_list`, the
-    labeled videos are exactly those and val is drawn from the others.
+    only on the ids and the seed, never on the order they came in or the worker count. Val is
+    taken from the back (never the class's last video), labeled videos from the front (at least
+    one per class; the fraction is of the class's training videos). A labeled and a val video of
+    a class never share a group (datasets.source_group: a UCF101 group, an HMDB51 movie; by
+    default the video's own id): val scores scenes no label was seen in, as the official test
+    splits do, so the other videos of a val video's group stay unlabeled. Without groups, adding
+    a val role leaves the labeled choice as it was unless the two would overlap. With
+    `labeled_list`, the labeled videos are exactly those and val is drawn from the groups they
+    leave free.
     """
-    by_class: dict[int, list[str]] = {}
-    for vid, label in train:
-        by_class.setdefault(label, []).append(vid)
+    by_class: dict[int, list[tuple[str, str]]] = {}
+    for vid, label, *group in train:
+        by_class.setdefault(label, []).append((vid, group[0] if group else vid))
     roles = {}
-    for label, ids in sorted(by_class.items()):
-        ids = sorted(ids)
-        random.Random(f"{seed}:{label}").shuffle(ids)
+    for label, pairs in sorted(by_class.items()):
+        pairs = sorted(pairs)
+        random.Random(f"{seed}:{label}").shuffle(pairs)
+        ids, group_of, n = [v for v, _ in pairs], dict(pairs), len(pairs)
         if labeled_list is not None:
             labeled = [v for v in ids if v in labeled_list]
-            rest = [v for v in ids if v not in labeled_list]
-            nval = min(_take(len(ids), val_per_class, val_fraction or 0.0), len(rest))
-            val = rest[len(rest) - nval:]
+            taken = {group_of[v] for v in labeled}
+            free = [v for v in ids if group_of[v] not in taken]
+            val = free[len(free) - min(_take(n, val_per_class, val_fraction or 0.0), len(free)):]
         else:
-            n = len(ids)
             nval = min(_take(n, val_per_class, val_fraction or 0.0), n - 1)
-            k = min(max(1, _take(n, labeled_per_class, labeled_fraction)), n - nval)
-            labeled, val = ids[:k], ids[n - nval:]
+            val, val_groups = [], set()
+            for v in reversed(ids):
+                if len(val) == nval:
+                    break
+                g = group_of[v]
+                # a new val group must leave the class a video outside val groups, to label
+                if g in val_groups or any(group_of[u] not in val_groups | {g} for u in ids):
+                    val_groups.add(g)
+                    val.append(v)
+            rest = [v for v in ids if group_of[v] not in val_groups]
+            labeled = rest[:min(max(1, _take(n, labeled_per_class, labeled_fraction)), len(rest))]
         roles.update(dict.fromkeys(ids, "unlabeled"))
         roles.update(dict.fromkeys(labeled, "labeled"))
         roles.update(dict.fromkeys(val, "val"))
@@ -217,7 +231,8 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
         raise ShardError(f"{len(listing.missing)} of the {listed} videos that the split files of {listing.root} name "
                          f"are not on disk ({len(listing.missing) / listed:.0%} > --max-missing {max_missing:.0%}); "
                          f"is --root (or --videos) the right folder? The first: {listing.missing[0]['path']}")
-    train = [(it.video_id, it.label) for it in listing.items if it.split == "train"]
+    train = [(it.video_id, it.label, source_group(dataset, it.video_id, listing.classes[it.label]))
+             for it in listing.items if it.split == "train"]
     roles_of = select_roles(train, seed, labeled_fraction=labeled_fraction, labeled_per_class=labeled_per_class,
                             val_per_class=val_per_class, val_fraction=val_fraction)
     plan = plan_samples(listing, roles_of, seed, shard_max_count, name)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, shards
+from .datasets import source_group
 from .make_shards import (ShardError, TableWriter, check_selection, claim_folder, locked_folder, place_samples,
                           role_gaps, select_roles, selection_record, write_failed, write_json_atomic)
 
@@ -116,7 +117,9 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
     train = sorted((r for r in rows if r["role"] in shards.TRAIN_ROLES), key=lambda r: r["sample_id"])
     test = sorted((r for r in rows if r["role"] == "test"), key=lambda r: r["sample_id"])
     listed = read_labeled_list(labeled_list, rows) if labeled_list is not None else None
-    roles_of = select_roles([(r["video_id"], r["label"]) for r in train], seed, labeled_fraction=labeled_fraction,
+    dataset = ss.card.get("dataset", "")
+    roles_of = select_roles([(r["video_id"], r["label"], source_group(dataset, r["video_id"], ss.classes[r["label"]]))
+                             for r in train], seed, labeled_fraction=labeled_fraction,
                             labeled_per_class=labeled_per_class, labeled_list=listed,
                             val_per_class=val_per_class, val_fraction=val_fraction)
     plan = _plan(ss, train, roles_of, seed)

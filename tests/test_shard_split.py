@@ -175,3 +175,58 @@ def test_adding_a_val_role_keeps_the_labeled_choice():
         assert {v for v, r in with_val.items() if r == "labeled"} == {v for v, r in without.items() if r == "labeled"}
         assert {v for v, r in with_val.items() if r == "val"} and all(
             without[v] == "unlabeled" for v, r in with_val.items() if r == "val")
+
+
+def test_val_never_shares_a_source_group_with_labeled():
+    """A val video of a labeled video's scene (UCF101 group, HMDB51 movie) would score memory:
+    per class the two roles take disjoint groups, at every labeled rule, and each class keeps a
+    labeled video."""
+    from jedi_pipe.make_shards import select_roles
+    sizes = [1, 5, 2, 4, 3, 6, 1, 2]   # videos per group, as UCF101's 4-7 and HMDB51's 1-4
+    train = [(f"c{c}_g{g}_v{i}", c, f"c{c}_g{g}") for c in range(4) for g, k in enumerate(sizes) for i in range(k)]
+    group = {v: g for v, _, g in train}
+    for rule in ({"labeled_fraction": 0.1}, {"labeled_fraction": 0.5}, {"labeled_fraction": 1.0},
+                 {"labeled_per_class": 3}, {"labeled_list": {v for v, _, _ in train[::7]}}):
+        for val in ({"val_per_class": 3}, {"val_fraction": 0.4}):
+            roles = select_roles(train, seed=1, **rule, **val)
+            for c in range(4):
+                of = lambda r: {group[v] for v, role in roles.items() if role == r and v.startswith(f"c{c}_")}  # noqa: E731
+                assert of("val") and of("labeled") and not of("val") & of("labeled"), (rule, val, c)
+    # the same ids without groups: val is the back of the shuffle, exactly as many as asked
+    plain = select_roles([(v, c) for v, c, _ in train], seed=1, labeled_fraction=0.1, val_per_class=3)
+    assert Counter(v.split("_")[0] for v, r in plain.items() if r == "val") == {f"c{c}": 3 for c in range(4)}
+
+
+def test_source_groups_of_real_names(synth_root):
+    from jedi_pipe.datasets import list_videos, source_group
+    assert source_group("ucf101", "v_HandStandPushups_g08_c03", "HandstandPushups") == "v_HandStandPushups_g08"
+    assert source_group("hmdb51", "April_09_brush_hair_u_nm_np1_ba_goo_0", "brush_hair") == "April_09"
+    # a movie whose title holds the class name: the class is the last match (the fields after it are tags)
+    assert source_group("hmdb51", "my_kiss_movie_kiss_h_nm_np2_fr_goo_1", "kiss") == "my_kiss_movie"
+    assert source_group("kinetics400", "-x_y_z0123_000010_000020", "abseiling") == "-x_y_z0123"
+    assert source_group("ssv2", "10234", "Pushing something") == "10234"
+    # every synth video of UCF101 and HMDB51 (the real naming) falls into a group of its class
+    for name in ("ucf101", "hmdb51"):
+        listing = list_videos(name, synth_root / name)
+        groups = Counter(source_group(name, it.video_id, listing.classes[it.label]) for it in listing.items)
+        assert all(g != it.video_id for it in listing.items
+                   for g in [source_group(name, it.video_id, listing.classes[it.label])]), name
+        assert max(groups.values()) > 1, name
+
+
+def test_shard_and_split_keep_val_apart_from_labeled_movies(tmp_path):
+    """HMDB51 subjects of 1-4 videos, half of each class labeled and two val: drawn per video, some
+    val video would share a labeled one's movie; `shard` and `split` both draw by movie."""
+    from jedi_pipe import synth
+    from jedi_pipe.datasets import source_group
+    root = synth.generate(tmp_path / "synth", datasets=("hmdb51",), videos_per_class=12, workers=2)["hmdb51"]
+    rule = {"labeled_fraction": 0.5, "val_per_class": 2}
+    make_shards("hmdb51", root, tmp_path / "shard", **{**SHARD_OPTS, **rule})
+    with no_transcode():
+        split_shards(tmp_path / "shard", tmp_path / "split", **{**rule, "seed": 1})
+    for folder in ("shard", "split"):
+        ss = shards.open_shards(tmp_path / folder)
+        rows = [r for r in ss.full_rows() if r["role"] in ("labeled", "val")]
+        group = lambda r: (r["label"], source_group("hmdb51", r["video_id"], ss.classes[r["label"]]))  # noqa: E731
+        val = {group(r) for r in rows if r["role"] == "val"}
+        assert len(val) >= len(ss.classes) and not val & {group(r) for r in rows if r["role"] == "labeled"}, folder

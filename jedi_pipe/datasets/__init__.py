@@ -8,6 +8,7 @@ names), `videos` / `annotations` point at the two halves when they live elsewher
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from . import folder, hmdb51, kinetics400, ssv2, ucf101
@@ -55,4 +56,24 @@ def list_videos(dataset: str, root, split: int = 1, videos=None, annotations=Non
         raise DatasetError(f"cannot read {e.filename or root}: {e.strerror or e}") from None
 
 
-__all__ = ["ADAPTERS", "DATA_DIRS", "DatasetError", "Listing", "VideoItem", "default_root", "list_videos"]
+_UCF_GROUP = re.compile(r"^(v_.+_g\d+)_c\d+$")
+
+
+def source_group(dataset: str, video_id: str, class_name: str) -> str:
+    """The clips that share a scene with this one (a UCF101 group: one actor and place; an HMDB51
+    source movie; a Kinetics-400 YouTube video), named by what they share; the clip's own id
+    where the dataset has no groups. Val is drawn apart from the labeled clips' groups, as the
+    official test splits are: a val clip of a labeled clip's scene would score memory, not skill."""
+    if dataset == "ucf101":   # v_ApplyEyeMakeup_g08_c01 -> v_ApplyEyeMakeup_g08
+        m = _UCF_GROUP.match(video_id)
+        return m[1] if m else video_id
+    if dataset == "hmdb51":   # <movie>_<class>_<body>_<camera>_<people>_<view>_<quality>_<n> -> <movie>
+        i = video_id.rfind(f"_{class_name}_")
+        return video_id[:i] if i > 0 else video_id
+    if dataset == "kinetics400":   # <youtube id>_<start>_<end> -> <youtube id>
+        return video_id.rsplit("_", 2)[0] if video_id.count("_") >= 2 else video_id
+    return video_id
+
+
+__all__ = ["ADAPTERS", "DATA_DIRS", "DatasetError", "Listing", "VideoItem", "default_root", "list_videos",
+           "source_group"]
