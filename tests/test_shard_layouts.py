@@ -114,3 +114,56 @@ def test_find_any_file_precedence_in_one_walk(tmp_path, monkeypatch):
     assert common.find_file(tmp_path, "train.json", prefer_parent="labels").name == "train.json"
     assert common.find_file(tmp_path, "train.json", prefer_parent="labels").parent.name == "labels"
     assert len(walks) == 7                         # still one walk per call
+
+
+# Real copies' quirks, at the listing (no video is read: stub files are enough)
+
+def _stub(root, *names):
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"x")
+    return root
+
+
+def test_folder_split_names_any_case_and_a_val_folder_beside_test(tmp_path):
+    from jedi_pipe.datasets import list_videos
+    kaggle = _stub(tmp_path / "k", "Train/cat/a.mp4", "Train/dog/b.mp4", "Test/cat/c.mp4", "Test/dog/d.mp4")
+    listing = list_videos("folder", kaggle)   # Train/ and Test/ were the two "classes" before
+    assert listing.classes == ["cat", "dog"]
+    assert {(it.video_id, it.split) for it in listing.items} == {
+        ("Train/cat/a", "train"), ("Train/dog/b", "train"), ("Test/cat/c", "test"), ("Test/dog/d", "test")}
+    three = _stub(tmp_path / "t", "train/cat/a.mp4", "train/dog/b.mp4", "val/cat/v.mp4", "val/dog/w.mp4",
+                  "test/cat/c.mp4", "test/dog/d.mp4")
+    splits = {it.video_id: it.split for it in list_videos("folder", three).items}   # val/ was dropped before
+    assert splits == {"train/cat/a": "train", "train/dog/b": "train", "val/cat/v": "train", "val/dog/w": "train",
+                      "test/cat/c": "test", "test/dog/d": "test"}
+
+
+def test_annotations_with_a_byte_order_mark_and_macos_copies(sources, tmp_path):
+    from jedi_pipe.datasets import list_videos
+    plain = {name: list_videos(name, sources[name]) for name in ("hmdb51", "kinetics400")}
+    for name in ("hmdb51", "kinetics400"):
+        root = tmp_path / name
+        shutil.copytree(sources[name], root)
+        for f in sorted(root.rglob("*")):
+            if f.suffix in (".txt", ".csv"):
+                f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())               # saved by Notepad / Excel
+                (f.parent / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07Mac OS X")   # an AppleDouble twin
+        listing = list_videos(name, root)
+        assert [(it.video_id, it.label, it.split) for it in listing.items] == \
+            [(it.video_id, it.label, it.split) for it in plain[name].items], name
+        assert listing.missing == plain[name].missing and not listing.errors, name
+
+
+def test_kinetics_replacements_win_over_the_corrupted_originals(sources, tmp_path):
+    from jedi_pipe.datasets import list_videos
+    root = tmp_path / "k400"
+    shutil.copytree(sources["kinetics400"], root)
+    (root / "annotations" / "train.csv").rename(root / "annotations" / "kinetics-400_train.csv")  # the crawler's name
+    first = sorted((root / "train").iterdir())[0]
+    fixed = root / "replacement" / "replacement_for_corrupted_k400" / first.name
+    fixed.parent.mkdir(parents=True)
+    fixed.write_bytes(first.read_bytes())
+    first.write_bytes(b"")   # CVDF: the broken original stays in train/
+    path = {it.video_id: it.path for it in list_videos("kinetics400", root).items}
+    assert path[first.stem] == str(fixed)

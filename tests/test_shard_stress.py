@@ -402,7 +402,7 @@ def _folder_stub(root: Path, *names: str) -> Path:
 
 def _case_half_split_layout(tmp):   # train/ alone: 'train' would pass for the only class
     return ["--dataset", "folder", "--root", _folder_stub(tmp / "f", "train/a/1.avi", "train/b/2.avi")], \
-        "has train/ but no test/val/validation folder beside it"
+        "has train/ but no test/testing/val/valid/validation folder beside it"
 
 
 def _case_fps_nan(tmp):   # nan passed `<= 0`; every video then failed as if broken

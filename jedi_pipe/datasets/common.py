@@ -48,9 +48,10 @@ def check_split(split: int, allowed=(1, 2, 3)) -> int:
 
 
 def read_text(path: Path) -> str:
-    """A split/annotation file's text; unreadable or non-text files are a DatasetError."""
+    """A split/annotation file's text; unreadable or non-text files are a DatasetError. A byte-order
+    mark (files saved by Notepad or Excel) is dropped."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path} is not a UTF-8 text file (byte {e.start}); is it the right file?") from None
     except OSError as e:
@@ -110,13 +111,17 @@ def find_class_root(root: Path, classes: list[str]) -> Path | None:
     return None
 
 
-def index_videos(root: Path, exts=VIDEO_EXTS) -> dict[str, Path]:
-    """Every video file under root by file name (for layouts that name videos by id)."""
-    found = {}
+def index_videos(root: Path, exts=VIDEO_EXTS, prefer=None) -> dict[str, Path]:
+    """Every video file under root by file name (for layouts that name videos by id): the
+    shallowest of equal names, unless `prefer(folder path)` says a deeper one's folder wins."""
+    found, preferred = {}, set()
     for dirpath, _, files in _walk_sorted(root):
+        wins = prefer is not None and prefer(dirpath)
         for f in files:
-            if f.lower().endswith(exts):
-                found.setdefault(f, Path(dirpath) / f)
+            if f.lower().endswith(exts) and (f not in found or (wins and f not in preferred)):
+                found[f] = Path(dirpath) / f
+                if wins:
+                    preferred.add(f)
     return found
 
 
@@ -130,6 +135,8 @@ def _walk_sorted(root: Path):
                 entries = sorted(os.scandir(d), key=lambda e: e.name)
             except OSError:
                 continue
+            # hidden entries (macOS ._<name> copies, .git/) are never split files, videos or folders of them
+            entries = [e for e in entries if not e.name.startswith(".")]
             dirs = [e.name for e in entries if e.is_dir(follow_symlinks=True)]
             files = [e.name for e in entries if not e.is_dir(follow_symlinks=True)]
             yield str(d), dirs, files

@@ -1,6 +1,7 @@
 """Any folder of videos: `<root>/<split>/<class>/<video>` or `<root>/<class>/<video>`.
 
-Split folders are `train` and one of `test`/`val`/`validation`. Without them, a fixed 20% of
+Split folders are `train` and one of `test`/`val`/`validation` (any case; also `training`,
+`testing`, `valid`); with both test/ and val/, val's videos join training. Without them, a fixed 20% of
 each class (by a hash of the path, so it never changes between runs) becomes the test split.
 Class order: sorted folder names (a folder without videos is no class). A video's id is its
 path under the root without the extension (`a/clip`, or `train/a/clip` in the split layout).
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from .common import VIDEO_EXTS, DatasetError, Listing, VideoItem, check_root, rel
 
-TEST_NAMES = ("test", "val", "validation")
+# split folder names, matched case-blind (Kaggle copies say Train/ and Test/)
+TRAIN_NAMES = ("train", "training")
+TEST_NAMES = ("test", "testing", "val", "valid", "validation")
 log = logging.getLogger(__name__)
 
 
@@ -23,25 +26,35 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
     root = check_root(Path(videos) if videos else root)
     if split != 1:
         raise DatasetError(f"--split {split} does not exist; a folder dataset has one split")
-    test_dir = next((root / n for n in TEST_NAMES if (root / n).is_dir()), None)
-    has_train = (root / "train").is_dir()
-    if has_train != (test_dir is not None):   # half a split layout: its folder would pass for a class
-        raise DatasetError(f"{root} has {'train/' if has_train else test_dir.name + '/'} but no "
-                           f"{'/'.join(TEST_NAMES) if has_train else 'train'} folder beside it; give both "
+    subdirs = {d.name.lower(): d for d in sorted(root.iterdir()) if d.is_dir()}
+    train_dir = next((subdirs[n] for n in TRAIN_NAMES if n in subdirs), None)
+    held = [subdirs[n] for n in TEST_NAMES if n in subdirs]   # test before val
+    if (train_dir is not None) != bool(held):   # half a split layout: its folder would pass for a class
+        raise DatasetError(f"{root} has {train_dir.name + '/' if train_dir else held[0].name + '/'} but no "
+                           f"{'/'.join(TEST_NAMES) if train_dir else 'train'} folder beside it; give both "
                            f"(<root>/train/<class>/..., <root>/test/<class>/...) or neither (<root>/<class>/...)")
-    parts = {"train": root / "train", "test": test_dir} if has_train else {None: root}
+    if train_dir is None:
+        parts = {None: [root]}
+    else:
+        # test/ is the test split; a val/ beside it joins training (shard's --val-per-class draws val from there)
+        parts = {"train": [train_dir, *held[1:]], "test": held[:1]}
+        if held[1:]:
+            log.warning("%s: %s/ is the test split; the videos of %s join the training split (use --val-per-class "
+                        "for a val role)", root, held[0].name, ", ".join(d.name + "/" for d in held[1:]))
     # hidden entries (.ipynb_checkpoints/, macOS ._clip.avi) are never classes or videos
-    folders = sorted({d.name for p in parts.values() for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")})
+    folders = sorted({d.name for bases in parts.values() for p in bases for d in p.iterdir()
+                      if d.is_dir() and not d.name.startswith(".")})
     if not folders:
         raise DatasetError(f"{root} has no class folders (<root>/<class>/<video> or <root>/<split>/<class>/<video>)")
     found = []   # (split, class folder name, file)
-    for split_name, base in parts.items():
-        for cls in folders:
-            if not (base / cls).is_dir():
-                continue
-            for f in sorted((base / cls).rglob("*")):
-                if f.is_file() and f.name.lower().endswith(VIDEO_EXTS) and not f.name.startswith("."):
-                    found.append((split_name, cls, f))
+    for split_name, bases in parts.items():
+        for base in bases:
+            for cls in folders:
+                if not (base / cls).is_dir():
+                    continue
+                for f in sorted((base / cls).rglob("*")):
+                    if f.is_file() and f.name.lower().endswith(VIDEO_EXTS) and not f.name.startswith("."):
+                        found.append((split_name, cls, f))
     if not found:
         raise DatasetError(f"no video files ({', '.join(VIDEO_EXTS)}) under {root}")
     # a folder without videos is no class (an empty download, or an output folder put under the root)

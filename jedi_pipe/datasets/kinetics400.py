@@ -1,6 +1,7 @@
 """Kinetics-400: `annotations/{train,val}.csv` and `<youtube_id>_<start:06d>_<end:06d>.mp4`.
 
-Videos may be flat (`train/`, `val/`, as in the CVDF copy) or in per-class folders (as
+Videos may be flat (`train/`, `val/`, as in the CVDF copy, whose `replacement/` files win over
+the corrupted originals they replace) or in per-class folders (as
 MMAction2 lays them out): they are found by file name anywhere under the videos root. CSV rows
 whose video is missing (every real download misses some) go to missing.jsonl, apart from failures.
 """
@@ -14,8 +15,8 @@ from .common import (DatasetError, Listing, VideoItem, check_root, find_any_file
                      missing_error, read_text, rel)
 
 HEADER = ("label", "youtube_id", "time_start", "time_end", "split")
-CSV_NAMES = {"train": ("train.csv", "kinetics_train.csv", "kinetics400_train.csv"),
-             "val": ("val.csv", "validate.csv", "kinetics_val.csv", "kinetics400_val.csv")}
+CSV_NAMES = {"train": ("train.csv", "kinetics_train.csv", "kinetics400_train.csv", "kinetics-400_train.csv"),
+             "val": ("val.csv", "validate.csv", "kinetics_val.csv", "kinetics400_val.csv", "kinetics-400_val.csv")}
 
 
 def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
@@ -34,7 +35,10 @@ def list_videos(root, split=1, videos=None, annotations=None) -> Listing:
         csvs[name] = _read_csv(p)
     classes = sorted({row["label"] for row in csvs["train"]})
     index = {c: i for i, c in enumerate(classes)}
-    files = index_videos(Path(videos) if videos else root)
+    vroot = Path(videos) if videos else root
+    # CVDF's copy keeps fixed versions of ~1400 corrupted train videos under replacement/
+    # (replacement_for_corrupted_k400/), beside the broken originals: the replacements win
+    files = index_videos(vroot, prefer=lambda d: any(p.startswith("replacement") for p in Path(d).relative_to(vroot).parts))
 
     items, errors, missing = [], [], []
     for name, split_name in (("train", "train"), ("val", "test")):
