@@ -2,10 +2,14 @@
 
 Epochs and resume: every block of `epochs_per_build` epochs (at least MIN_STEPS_PER_BUILD steps,
 so a tiny labeled set does not rebuild its pipelines every other step) reads every dataset
-through fresh role loaders seeded with (seed, block, dataset, role, rank), and rank r reads
-reader shard (r + block) % world_size, so
-batches differ across epochs, are reproducible from the seed, and each rank sees a different
-part of the data every epoch while ranks stay disjoint. `state_dict()` is {"epoch", "step"}, the
+through fresh role loaders seeded with (seed, block, dataset, role, rank). A role is cut into
+world_size x P reader shards, P the pieces a rank's share needs so that one block's draws cover
+a piece (1 for the labeled roles, often more for a large unlabeled role), and rank r reads
+reader shard (r * P + block) % (world_size * P). A fresh reader starts at its shard's beginning,
+so without pieces a block that draws fewer clips than the share would read the same first clips
+in every block and never the rest; with them, P blocks in turn read every clip. So batches
+differ across epochs, are reproducible from the seed, every clip is read, and each rank sees a
+different part of the data every block while ranks stay disjoint. `state_dict()` is {"epoch", "step"}, the
 next step to deliver, and the loader's threads; `load_state_dict` (before iterating; same threads)
 makes the iteration rebuild that block and skip the batches already delivered in it. Skipped
 batches are decoded and dropped, with no model step: resuming costs at most one block of
@@ -58,17 +62,24 @@ class MultiDatasetLoader:
                              f"{self.threads}: the same batches need the same threads")
         self.epoch, self.step = state["epoch"], state["step"]
 
+    def pieces(self, shards: ShardSet, role: str, batch: int) -> int:
+        """How many pieces a rank's share of `role` is read in, one a block: enough that a block's
+        draws (batch clips a step) cover its piece."""
+        draws = self.epochs_per_build * self.steps_per_epoch * batch
+        return max(1, math.ceil(shards.count(role) // self.world_size / draws))
+
     def _streams(self, block: int) -> dict:
-        shard = (self.rank + block) % self.world_size
         streams = {}
         for name, shards, flip in self.datasets:
             for role, b in (("labeled", self.batch_size), ("unlabeled", self.unlabeled_batch)):
                 if b:
+                    p = self.pieces(shards, role, b)
                     seed = derive_seed(self.seed, block, name, role, self.rank)
                     strong = {"strong": self.strong} if role == "unlabeled" and self.strong else {}
                     streams[name, role] = iter(self.role_loader(
-                        shards, role, self.clip, b, train=True, flip=flip, seed=seed, rank=shard,
-                        world_size=self.world_size, threads=self.threads, **strong))
+                        shards, role, self.clip, b, train=True, flip=flip, seed=seed,
+                        rank=(self.rank * p + block) % (self.world_size * p),
+                        world_size=self.world_size * p, threads=self.threads, **strong))
         return streams
 
     def __iter__(self):
