@@ -59,8 +59,8 @@ def probe_run(run: Path, l2: float) -> dict:
     blocks = jedi.feature_slices
     rows = {}
     for n in jedi.names:
-        x_tr, y_tr = trainer.teacher_features(jedi, cfg, sets[n], "labeled", device)
-        x_te, y_te = trainer.teacher_features(jedi, cfg, sets[n], "test", device)
+        x_tr, y_tr = trainer.teacher_features(jedi, cfg, n, sets[n], "labeled", device)
+        x_te, y_te = trainer.teacher_features(jedi, cfg, n, sets[n], "test", device)
         own = blocks[n]
         others = [blocks[m] for m in jedi.names if m != n]
         other_tr = torch.cat([x_tr[:, s] for s in others], 1)

@@ -208,9 +208,12 @@ class JEDI(nn.Module):
             else:
                 g.bias.zero_()
 
-    def teacher_features(self, x: Tensor) -> Tensor:
-        """[f_1(x); ...; f_N(x)]: the teachers' input, [B, teacher_dim] (e.g. for the probe)."""
-        return torch.cat([self.students[n].features(x) for n in self.names], dim=1)
+    def teacher_features(self, x: Tensor, dataset: str) -> Tensor:
+        """[f_1(x); ...; f_N(x)] of clips `x` of `dataset`: teacher `dataset`'s input, [B, teacher_dim]
+        (e.g. for the probe), each backbone normalising them as the joint step does that dataset's
+        rows (with bn_stats "source", by `dataset`'s statistics)."""
+        parts = [("labeled", dataset, x)]
+        return torch.cat([self._features(n, x, parts) for n in self.names], dim=1)
 
     def source_parts(self, parts: list, offset: int = 0, strong: bool = False) -> list[tuple[int, slice]]:
         """(dataset index, rows) of every part of a batch, from row `offset` on: what a SourceBatchNorm normalises by.
@@ -500,7 +503,7 @@ def fit_teacher_heads_probe(jedi: JEDI, feats_per_dataset: Mapping[str, Tensor],
                             weight_decay: float = 1e-4) -> dict[str, Tensor]:
     """``teacher_init="probe"``: fit each g_i by full-batch logistic regression (Adam).
 
-    ``feats_per_dataset[i]``: ``jedi.teacher_features(x)`` of dataset i's labeled clips,
+    ``feats_per_dataset[i]``: ``jedi.teacher_features(x, name_i)`` of dataset i's labeled clips,
     ``[M_i, teacher_dim]``, computed beforehand (eval mode, no grad); ``labels_per_dataset[i]``:
     ``[M_i]``. Starts from the current g_i (the block init, i.e. the expert), touches nothing
     else. Returns the final training loss per dataset.

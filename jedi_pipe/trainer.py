@@ -590,14 +590,15 @@ def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
 
 
 @torch.no_grad()
-def teacher_features(jedi: JEDI, cfg: Config, ss: shardfmt.ShardSet, role: str, device) -> tuple:
-    """[f_1; ...; f_N] of every clip of a role (one centre view, eval mode), and the labels."""
+def teacher_features(jedi: JEDI, cfg: Config, name: str, ss: shardfmt.ShardSet, role: str, device) -> tuple:
+    """[f_1; ...; f_N] of every clip of a role of dataset `name` (one centre view, eval mode), as its
+    teacher sees them, and the labels."""
     jedi.eval()
     loader = make_eval_loader(ss, clip_spec(cfg), cfg.eval_batch_size, backend=cfg.loader, threads=cfg.threads,
                               role=role)
     fs, ys = [], []
     for b in loader:
-        fs.append(jedi.teacher_features(to_device(b["x"][:, 0], device)).float())
+        fs.append(jedi.teacher_features(to_device(b["x"][:, 0], device), name).float())
         ys.append(b["y"].to(device))
     return torch.cat(fs), torch.cat(ys)
 
@@ -606,7 +607,7 @@ def probe_teachers(jedi: JEDI, cfg: Config, sets, device) -> None:
     """teacher_init: probe: fit the teacher heads on the labeled clips' concatenated features."""
     feats, labels = {}, {}
     for d in cfg.datasets:
-        feats[d.name], labels[d.name] = teacher_features(jedi, cfg, sets[d.name], "labeled", device)
+        feats[d.name], labels[d.name] = teacher_features(jedi, cfg, d.name, sets[d.name], "labeled", device)
     fit_teacher_heads_probe(jedi, feats, labels)
 
 

@@ -358,6 +358,10 @@ def test_source_bn_stats_normalise_each_dataset_by_its_own_statistics():
     with torch.no_grad():
         exported = jedi.teachers["a"](torch.cat([m.features(xa) for m in jedi.backbones_for("a")], 1))
     torch.testing.assert_close(o.teacher, exported, rtol=1e-4, atol=1e-5)
+    # the probe's features (teacher_init: probe, bench/teacher_probe.py) are the ones the teacher reads
+    with torch.no_grad():
+        probed = jedi.teachers["a"](jedi.teacher_features(xa, "a"))
+    torch.testing.assert_close(o.teacher, probed, rtol=1e-4, atol=1e-5)
     plain_b = torch.cat([jedi.students["a"].features(xa), jedi.students["b"].features(xa)], 1)
     assert not torch.allclose(o.teacher, jedi.teachers["a"](plain_b), atol=1e-3)   # it is not b's own statistics
 
