@@ -6,9 +6,11 @@ A JEDI backbone runs over the clips of every dataset at once, so in training its
 layers normalise with (and track) statistics of the mixed batch, not of its own dataset as
 its expert did. This loads a run's experts (RUN_DIR: config.yaml and experts/), scores the
 students on the test clips, runs --batches mixed training batches through the joint model
-with no gradient (only the running statistics move), and scores them again. With
-jedi.bn_stats=own the statistics stay each backbone's own and the scores move by a few points at
-most (within 3 on the equal-size benchmark's seed 0, docs/experiments.md).
+with no gradient (only the running statistics move), and scores them again. The default
+jedi.bn_stats=source keeps statistics per source dataset, so a default run shows little here:
+pass a run made with `--set jedi.bn_stats=batch` to see the shift. With jedi.bn_stats=own the
+statistics stay each backbone's own and the scores move by a few points at most (within 3 on
+the equal-size benchmark's seed 0, docs/experiments.md).
 """
 from __future__ import annotations
 

@@ -294,7 +294,7 @@ def gaps(per_seed: list[dict]) -> str:
         mean = lambda s, r: statistics.fmean(s[r].values())   # noqa: E731
         gap = statistics.fmean(mean(s, "oracle") - mean(s, "expert") for s in per_seed)
         closed = [f"{r} {100 * statistics.fmean(mean(s, r) - mean(s, 'expert') for s in per_seed) / gap:.0f} %"
-                  for r in per_seed[0] if r not in ("expert", "oracle")]
+                  if gap else f"{r} n/a" for r in per_seed[0] if r not in ("expert", "oracle")]
         lines.append(f"share of the expert -> oracle gap closed (mean over seeds of the mean over datasets, gap "
                      f"{gap:.1f} points): " + ", ".join(closed))
     return "\n".join(lines) + "\n"

@@ -123,7 +123,9 @@ def read_run(run: Path) -> dict:
     for n in [*(evals[max(evals)] if evals else {}), *steps, *experts]:
         if n not in names:
             names.append(n)
-    return {"name": name, "run": run, "names": names, "steps": steps,
+    # the curves' role: val when every shard folder has one (trainer), and then test is read once, at the end
+    split = eval_records[-1].split if eval_records else "test"
+    return {"name": name, "run": run, "names": names, "steps": steps, "split": split,
             "evals": sorted(evals.items()), "results": results, "classes": classes, "experts": experts,
             "finished": results is not None}
 
@@ -134,7 +136,8 @@ def _load_expert_summary(path: Path) -> dict | None:
         ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception:   # noqa: BLE001 - a half-written or foreign file is left out of the pictures
         return None
-    return {"top1": ck["test"]["top1"], "num_classes": ck.get("num_classes")}
+    return {"top1": ck["test"]["top1"], "val_top1": (ck.get("val") or {}).get("top1"),
+            "num_classes": ck.get("num_classes")}
 
 
 def _chance(data: dict, n: str) -> float | None:
@@ -142,18 +145,25 @@ def _chance(data: dict, n: str) -> float | None:
     return 100.0 / k if k else None
 
 
-def _final(data: dict) -> tuple[dict, str]:
-    """{dataset: {kind: top1}} for the bars, and where the numbers come from."""
+def _expert_top1(data: dict, n: str, split: str) -> float | None:
+    e = data["experts"].get(n, {})
+    return e.get("val_top1") if split == "val" else e.get("top1")
+
+
+def _final(data: dict) -> tuple[dict, str, str]:
+    """{dataset: {kind: top1}} for the bars, where the numbers come from, and their role (test,
+    or val for a run in progress that evaluates on val): experts of the same role only."""
     if data["results"]:
         return ({n: {k: v["top1"] for k, v in kinds.items()} for n, kinds in data["results"].items()},
-                "final evaluation (results.json)")
-    table = {n: {"expert": e["top1"]} for n, e in data["experts"].items()}
+                "final evaluation (results.json)", "test")
+    split = data["split"] if data["evals"] else "test"
+    table = {n: {"expert": top1} for n in data["experts"] if (top1 := _expert_top1(data, n, split)) is not None}
     if data["evals"]:
         step, ev = data["evals"][-1]
         for n, kinds in ev.items():
             table.setdefault(n, {}).update({k: v["top1"] for k, v in kinds.items()})
-        return table, f"run in progress: student and teacher at step {step}"
-    return table, "experts only: JEDI training has not evaluated yet"
+        return table, f"run in progress: student and teacher at step {step}", split
+    return table, "experts only: JEDI training has not evaluated yet", split
 
 
 # ---------------------------------------------------------------------------- curves.png
@@ -165,37 +175,38 @@ def _curves(new_figure, data: dict):
     cols = len(names) + (len(names) > 1)        # last column: all datasets together
     fig = new_figure(figsize=(3.6 * cols, 3.0 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    experts = {n: _final(data)[0].get(n, {}).get("expert") for n in names}
+    split = data["split"]   # the curves' role; the experts' line is of the same role
+    experts = {n: _expert_top1(data, n, split) for n in names}
     last_step = max([s for s, _ in data["evals"]] + [r.step for recs in data["steps"].values() for r in recs])
 
     for col, n in enumerate(names):
         _accuracy_panel(axes[0, col], n, [(s, ev[n]) for s, ev in data["evals"] if n in ev],
-                        experts[n], _chance(data, n))
+                        experts[n], _chance(data, n), split)
         _loss_panel(axes[1, col], n, data["steps"].get(n, []))
         if has_pseudo:
             _pseudo_panel(axes[2, col], n, data["steps"].get(n, []), _chance(data, n))
     if cols > len(names):
-        _mean_column(axes[:, -1], data, names, experts, has_pseudo)
+        _mean_column(axes[:, -1], data, names, experts, has_pseudo, split)
     for ax in axes.flat:
         ax.set_xlim(0, last_step * 1.04 or 1)     # room for a point on the last step
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
         ax.set_xlabel("training step")
     state = "finished" if data["finished"] else f"in progress, step {last_step}"
-    fig.suptitle(f"JEDI run '{data['name']}' ({state}): test top-1 and training losses over steps",
+    fig.suptitle(f"JEDI run '{data['name']}' ({state}): {split} top-1 and training losses over steps",
                  fontsize=13, weight="bold")
     return fig
 
 
-def _accuracy_panel(ax, n, evals, expert, chance):
+def _accuracy_panel(ax, n, evals, expert, chance, split):
     for kind in CURVE_KINDS:
         _top1_curve(ax, kind, [(s, e[kind]["top1"]) for s, e in evals if kind in e])
     if expert is not None:
         ax.axhline(expert, color=COLORS["expert"], ls="--", lw=1.2, label=f"expert ({expert:.1f})")
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1.2, label=f"chance ({chance:.1f})")
-    ax.set_title(f"{n}: test top-1")
-    _finish_accuracy(ax, "no evaluation logged yet")
+    ax.set_title(f"{n}: {split} top-1")
+    _finish_accuracy(ax, "no evaluation logged yet", split)
 
 
 def _top1_curve(ax, kind, pts):
@@ -212,11 +223,11 @@ def _line(ax, x, y, **kw):
     ax.plot(x, y, lw=1.2, marker="o" if len(x) <= 30 else None, ms=3, **kw)
 
 
-def _finish_accuracy(ax, empty_note):
+def _finish_accuracy(ax, empty_note, split):
     # the y range holds every curve and reference line with a margin (axhline does not count)
     ys = [y for line in ax.lines for y in line.get_ydata()]
     ax.set_ylim(0, min(105.0, max(ys, default=10.0) * 1.12 + 1))
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"{split} top-1 (%)")
     ax.legend(fontsize=7, loc="best")
     if not any(line.get_gid() == "curve" for line in ax.lines):
         _note(ax, empty_note)
@@ -258,8 +269,8 @@ def _pseudo_panel(ax, n, recs, chance):
     ax.legend(fontsize=7, loc="best")
 
 
-def _mean_column(axes, data, names, experts, has_pseudo):
-    """Averages over the datasets: test top-1, the summed loss, pseudo-label accuracy."""
+def _mean_column(axes, data, names, experts, has_pseudo, split):
+    """Averages over the datasets: top-1 (of `split`), the summed loss, pseudo-label accuracy."""
     ax = axes[0]
     for kind in CURVE_KINDS:
         _top1_curve(ax, kind, [(s, sum(ev[n][kind]["top1"] for n in names) / len(names)) for s, ev in data["evals"]
@@ -271,8 +282,8 @@ def _mean_column(axes, data, names, experts, has_pseudo):
     chance = sum(chances) / len(chances) if all(c is not None for c in chances) else None
     if chance is not None:
         ax.axhline(chance, color="grey", ls=":", lw=1.2, label=f"chance ({chance:.1f})")
-    ax.set_title("mean over datasets: test top-1")
-    _finish_accuracy(ax, "no evaluation logged yet")
+    ax.set_title(f"mean over datasets: {split} top-1")
+    _finish_accuracy(ax, "no evaluation logged yet", split)
 
     ax = axes[1]
     # `loss` is the weighted total over all datasets: the same number on every dataset's line
@@ -307,7 +318,7 @@ def _mean_column(axes, data, names, experts, has_pseudo):
 # ---------------------------------------------------------------------------- results.png
 
 def _bars(new_figure, data: dict):
-    table, source = _final(data)
+    table, source, split = _final(data)
     names = [n for n in data["names"] if n in table]
     kinds = [k for k in ("expert", *CURVE_KINDS) if any(k in table[n] for n in names)]
     groups = names + (["mean"] if len(names) > 1 else [])
@@ -342,13 +353,13 @@ def _bars(new_figure, data: dict):
     ax.set_xticks(range(len(groups)), groups)
     if len(names) > 1:
         ax.axvline(len(groups) - 1.5, color="0.7", lw=0.8)      # set the mean apart
-    ax.set_ylabel("test top-1 (%)")
+    ax.set_ylabel(f"{split} top-1 (%)")
     ax.set_ylim(0, min(105.0, top * 1.15 + 3))
     ax.grid(axis="y", alpha=0.3)
     # under the axis: above the bars it could hide a value
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncols=3,
               frameon=False)
-    ax.set_title(f"JEDI run '{data['name']}': test top-1 per dataset\n{source}", fontsize=11)
+    ax.set_title(f"JEDI run '{data['name']}': {split} top-1 per dataset\n{source}", fontsize=11)
     return fig
 
 

@@ -17,7 +17,9 @@ results.json (`run_results` in trainer.py):
                                                  average's student, when the teachers are scored from it;
                                                  student_avg: the students' weight average, jedi.student_avg)
      "classes":  {dataset: [class name, ...]},    the indices of per_class and confusion
-     "views":    {"temporal": windows, "spatial": crops}}
+     "views":    {"temporal": windows, "spatial": crops},
+     "val":      {dataset: {kind: {top1, top5, n}}}   only when every shard folder has a val role: the
+                                                 numbers to choose by (kind: expert when its checkpoint has it)}
     Scores: top1, top5 (%), n (test clips), per_class (top-1 % by class index; null: no test clip),
             confusion ([true, predicted, clips] for every non-zero cell).
 """

@@ -930,7 +930,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
     """Experts, and students and teachers of a JEDI checkpoint (default: the run's), on the test roles.
 
-    Returns the results.json record (as train's) and writes results.json/.md; log as train's.
+    Returns the results.json record (as train's) and logs it; it writes no file (the run's
+    results.json stays train's). log as train's.
     Note: like train and pretrain it sets torch's thread count (torch_threads) and seeds the global
     RNGs (seed); a notebook that relies on its own settings sets them again afterwards."""
     distributed.init()

@@ -190,3 +190,28 @@ def test_every_scored_kind_is_drawn_and_tabled(tmp_path):
     table = results_table(results)
     assert "teachers' moving average (jedi.teacher_ema), top-1 (Δ expert): hmdb51 61.0" in table
     assert "weight average (jedi.student_avg), top-1 (Δ expert): hmdb51 62.0" in table
+
+
+def test_a_run_that_evaluates_on_val_says_val_and_draws_the_experts_val(tmp_path):
+    """With a val role the curves are val (test is read once, at the end): their titles, and the
+    experts' line and bars, must be val too, not the experts' test score beside val curves."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from jedi_pipe import plots
+    run = make_run(tmp_path / "run", "experts")
+    cfg = load_config(run / "config.yaml")
+    for n in NAMES:   # the experts' checkpoints carry their val score beside test
+        ck = torch.load(trainer.expert_path(cfg, n), weights_only=False)
+        torch.save({**ck, "val": {"top1": EXPERT_TOP1[n] - 7.0, "top5": 80.0, "n": 20}}, trainer.expert_path(cfg, n))
+    trainer.append_jsonl(run / "metrics.jsonl", [{"step": 20, "split": "val", "eval": {
+        n: {kind: {"top1": 50.0, "top5": 95.0, "n": 20} for kind in ("student", "teacher")} for n in NAMES}}])
+    data = read_run(run)
+    assert data["split"] == "val"
+    table, _, split = plots._final(data)
+    assert split == "val" and {n: table[n]["expert"] for n in NAMES} == {n: EXPERT_TOP1[n] - 7.0 for n in NAMES}
+    fig = plots._curves(Figure, data)
+    ax = fig.axes[0]
+    assert ax.get_title() == "hmdb51: val top-1" and ax.get_ylabel() == "val top-1 (%)"
+    assert f"expert ({EXPERT_TOP1['hmdb51'] - 7.0:.1f})" in [line.get_label() for line in ax.lines]
+    assert "val top-1" in fig.get_suptitle()
