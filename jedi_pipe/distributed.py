@@ -97,6 +97,16 @@ def sync_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(b, 0)
 
 
+def average_buffers(model: torch.nn.Module) -> None:
+    """Every floating-point buffer (BatchNorm statistics) averaged over ranks, in place: statistics
+    each rank gathered over its own share of the data, made the statistics of all of it."""
+    if world_size() > 1:
+        for b in model.buffers():
+            if b.is_floating_point():
+                dist.all_reduce(b)
+                b /= world_size()
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -100,13 +100,17 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # the GPUs' generators too: dropout on a GPU draws from them
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def autocast(device: torch.device, bf16: bool = True):
@@ -570,7 +574,7 @@ def recompute_bn_seed(seed: int, step: int) -> int:
 
 def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
     """jedi.precise_bn: the students' BatchNorm statistics recomputed over that many training steps' clips
-    (this rank's share; evaluate_jedi then gives every rank rank 0's), each step in the micro-batches a
+    (each rank over its share, then averaged over ranks: the statistics of the whole steps), each step in the micro-batches a
     training step runs in, from a loader of their own seeded by the step. The run's stream of batches and
     its RNG are untouched (dropout in train mode draws from a forked RNG); returns the buffers replaced."""
     rank, world = distributed.rank(), distributed.world_size()
@@ -584,7 +588,9 @@ def recompute_bn(model, cfg: Config, sets, device, step: int) -> dict:
                     yield (lab, unl) if wk is None else (lab, unl, wk)
         cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), autocast(device, cfg.bf16):
-            return precise_bn(model, batches())
+            before = precise_bn(model, batches())
+        distributed.average_buffers(model.students)
+        return before
     finally:
         it.close()
 
@@ -717,6 +723,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
         # mmap: held through any pretraining below, read when its state is loaded
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
         check_same_run(ck["config"], cfg, f"checkpoint {ckpt_path}")
+        if len(ck["rng"]) != world:   # each rank goes on with its own RNG and its share of the data
+            raise InputError(f"{ckpt_path} was saved by a run of {len(ck['rng'])} process(es), this one has {world}: "
+                             f"resume with {len(ck['rng'])} (torchrun --nproc-per-node), or start again with "
+                             f"overwrite=True (--overwrite)")
     finished_experts(cfg)   # experts made with other settings are refused here too, before the folder is written
     out = prepare_run(cfg)
     names = [d.name for d in cfg.datasets]

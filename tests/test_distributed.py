@@ -120,6 +120,46 @@ def test_a_ddp_step_over_two_ranks_is_the_one_process_step(tmp_path):
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 
+def _precise_bn_buffers(rank, world, store, batches, out_path):
+    """precise_bn over this rank's batches (rank r: batch r; one process: all), then averaged over ranks."""
+    import torch
+    import torch.distributed as dist
+
+    from jedi_pipe import distributed
+    from jedi_pipe.jedi import JEDI, JEDIConfig, precise_bn
+    from jedi_pipe.models import build
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    jedi = JEDI.from_experts({"a": build("tiny3d", 3, width=8), "b": build("tiny3d", 5, width=8)},
+                             JEDIConfig(bn_stats="source"))
+    precise_bn(jedi, batches[rank::world])
+    distributed.average_buffers(jedi.students)
+    if rank == 0:
+        torch.save({k: v for k, v in jedi.students.named_buffers() if v.is_floating_point()}, out_path)
+    if world > 1:
+        dist.barrier()
+    distributed.shutdown()
+
+
+def test_precise_bn_over_two_ranks_is_over_both_ranks_clips(tmp_path):
+    """PreciseBN's statistics are the mean of its batches' statistics: two ranks of one batch each,
+    averaged, are the one process's two batches (it gave rank 0's alone before). Only the order of
+    float32 sums differs: rtol 1e-5."""
+    import torch
+    import torch.multiprocessing as mp
+    torch.manual_seed(1)
+    batches = [({"a": torch.randn(2, 3, 4, 16, 16) + k, "b": torch.randn(3, 3, 4, 16, 16) * (k + 1)},)
+               for k in range(2)]
+    _precise_bn_buffers(0, 1, None, batches, tmp_path / "one.pt")
+    mp.spawn(_precise_bn_buffers, args=(2, tmp_path / "store", batches, tmp_path / "two.pt"), nprocs=2)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and any(k.endswith("source_mean") for k in one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+
+
 def test_two_ranks_match_one_process_and_see_disjoint_clips(shard_dirs, tmp_path):
     extra = ["jedi.epochs=3"]
     one = write_config(shard_dirs, tmp_path / "one", extra)

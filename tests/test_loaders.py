@@ -300,6 +300,16 @@ def test_blocks_read_every_unlabeled_clip_when_a_block_draws_fewer(folder, backe
     assert set().union(*blocks) == {r["sample_id"] for r in manifest(folder["shards"], "unlabeled")}
 
 
+def test_torch_loader_leaves_the_global_rng_alone(folder):
+    """A DataLoader draws its base seed from torch's global generator unless given one; the
+    model's dropout draws from it too, and a resumed run builds its loaders at other points than
+    an unbroken run, so its dropout masks (and weights) would differ."""
+    before = torch.get_rng_state()
+    steps(make_loaders([{"shards": folder["shards"]}], CLIP, batch_size=2, unlabeled_ratio=1,
+                       backend="torch", threads=0), 2)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_short_clip_is_edge_padded(folder, backend):
     """A 4-frame clip with a 15-frame window: frames 4, 6, ... repeat the last one, 3."""

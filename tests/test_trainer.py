@@ -174,6 +174,14 @@ def test_an_interrupted_expert_goes_on_from_its_checkpoint_to_the_same_weights(s
     with pytest.raises(InputError, match=r"made with other settings \(jedi.lr differ\); .* overwrite=True"):
         train(tiny_config(shard_dirs, tmp_path / "cut", sets + ["jedi.lr=0.5"])[1], resume=True, log=lambda m: None)
     assert (Path(cut.out) / "config.yaml").read_text() == saved
+    # a checkpoint of two processes resumed by one: refused by name (it was an IndexError on rank 1
+    # of the other way round, and a silent change of data shares with fewer processes)
+    ck_path = Path(cut.out) / "checkpoint.pt"
+    ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+    torch.save({**ck, "rng": ck["rng"] * 2}, ck_path)
+    with pytest.raises(InputError, match=r"saved by a run of 2 process\(es\), this one has 1"):
+        train(again, resume=True, log=lambda m: None)
+    torch.save(ck, ck_path)
     # a fresh train (overwrite) over experts made with other settings: refused too, before the run is replaced
     with pytest.raises(InputError, match="expert .* was made with other settings"):
         train(tiny_config(shard_dirs, tmp_path / "cut", sets + ["pretrain.lr=0.5"])[1], overwrite=True,

@@ -250,8 +250,12 @@ class TorchRoleLoader:
         self.batch_size, self.threads = batch_size, threads
 
     def __iter__(self):
+        # a generator of its own: a DataLoader draws its workers' base seed from the generator it is
+        # given, else from torch's global one, which the model's dropout shares (a resumed run rebuilds
+        # loaders at other points than an unbroken one, so its dropout would differ)
         loader = torch.utils.data.DataLoader(self.stream, batch_size=self.batch_size, num_workers=self.threads,
-                                             prefetch_factor=2 if self.threads else None)
+                                             prefetch_factor=2 if self.threads else None,
+                                             generator=torch.Generator())
         for b in loader:
             out = {"x": b["x"], "y": b["y"].long(), "id": b["id"].long()}
             if "x_strong" in b:
