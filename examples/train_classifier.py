@@ -27,7 +27,9 @@ def train_and_test(shards: str, model: str = "r3d_18", steps: int = 1000, batch_
     """Train on the labeled role for `steps` steps, then return test top-1 (%) and the clip count."""
     classes = jedi_pipe.open_shards(shards).classes
     clip = {"frames": frames, "stride": stride, "size": size}
-    net = build(model, len(classes))          # or torchvision.models.video.r3d_18(num_classes=len(classes))
+    # the loaders put batches on the GPU where DALI decodes there, else on the CPU: the model goes with them
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = build(model, len(classes)).to(device)   # or torchvision.models.video.r3d_18(num_classes=len(classes))
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
@@ -36,7 +38,8 @@ def train_and_test(shards: str, model: str = "r3d_18", steps: int = 1000, batch_
                                     unlabeled_ratio=0, threads=threads)
     net.train()
     for step, batch in zip(range(steps), loader):
-        loss = F.cross_entropy(net(batch["data"]["x"]), batch["data"]["y"])
+        x, y = batch["data"]["x"].to(device), batch["data"]["y"].to(device)
+        loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -49,9 +52,10 @@ def train_and_test(shards: str, model: str = "r3d_18", steps: int = 1000, batch_
     hits = n = 0
     with torch.no_grad():
         for b in jedi_pipe.make_eval_loader(shards, clip, batch_size=batch_size, threads=threads):
-            B, V = b["x"].shape[:2]
-            probs = net(b["x"].flatten(0, 1)).softmax(-1).view(B, V, -1).mean(1)
-            hits += (probs.argmax(1) == b["y"]).sum().item()
+            x, y = b["x"].to(device), b["y"].to(device)
+            B, V = x.shape[:2]
+            probs = net(x.flatten(0, 1)).softmax(-1).view(B, V, -1).mean(1)
+            hits += (probs.argmax(1) == y).sum().item()
             n += B
     top1 = 100.0 * hits / n
     log(f"test top-1 {top1:.1f}% on {n} clips ({len(classes)} classes)")

@@ -300,6 +300,16 @@ def _inspect_model(path, as_json: bool) -> None:
                f"{card['views']} window(s) x {card['crops']} crop(s) averaged")
     if card.get("preprocess"):
         click.echo(f"  recipe: {card['preprocess']}")
+    if card.get("transcode"):
+        click.echo(f"  transcode: {card['transcode']}")
+    for name, seen in (card.get("trained_on") or {}).items():
+        if seen is None:
+            click.echo(f"  trained on {name} (its shard folder was gone at export)")
+            continue
+        sel, counts = seen.get("selection") or {}, seen["counts"]
+        click.echo(f"  trained on {name}: {seen['classes']} classes, {seen.get('source_split')}, labeled by "
+                   f"{sel.get('rule')} {sel.get('value')} (seed {sel.get('seed')}); "
+                   + ", ".join(f"{n} {role}" for role, n in counts.items()))
     click.echo(f"  from {card['run']}" + (f", step {card['step']}" if card.get("step") is not None else "")
                + (f", {card['teacher']} teacher" if card.get("teacher") else "") + f"; {card['tool']}")
     click.echo("  classes: " + ", ".join(card["classes"]))
@@ -580,8 +590,9 @@ def _predict_each(model, inputs, role, k, as_json) -> tuple[int, int]:
 
     for item in inputs:
         if (Path(item) / "dataset.json").is_file():
-            for r in _run_guarded(lambda: list(predict_shards(model, item, role=role, k=k))):
-                show(r, f"{item}/{r['key']}")
+            results = predict_shards(model, item, role=role, k=k)
+            while (r := _run_guarded(lambda: next(results, None))) is not None:   # shown as they come
+                show(r, f"{item}/{r['key']}" + (f" [{r['label']}]" if r["label"] is not None else ""))
                 ok += 1
             continue
         for r in predict_videos(model, [item], k=k):

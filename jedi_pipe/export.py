@@ -8,14 +8,17 @@ PyTorch loads it without jedi-pipe installed:
     model = torch.export.load("model.pt2").module()    # normalised clips [B, 3, T, S, S] -> logits [B, C]
 
 Next to the program the archive holds `jedi_pipe.json` (MODEL_CARD below): class names, the clip
-(frames, stride, size, mean/std), the evaluation views (windows x crops), and the shard encoding (codec, fps, short
+(frames, stride, size, mean/std), the evaluation views (windows x crops), the shard encoding (codec, fps, short
 side, seconds kept) that `jedi-pipe predict` re-applies to raw videos so that they are sampled as
-the model was trained and tested. Plain PyTorch reads it with `torch.export.load(path,
+the model was trained and tested, with the ffmpeg command it amounts to (`transcode`), and the
+data the weights learnt from (`trained_on`: per dataset, its labeled selection, source split and
+counts per role). Plain PyTorch reads it with `torch.export.load(path,
 extra_files={"jedi_pipe.json": ""})`.
 """
 from __future__ import annotations
 
 import json
+import shlex
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from torch import nn
 from . import __version__
 from .errors import InputError, MissingError, first_line
 from .loaders.clip import ClipSpec
+from .transcode import CODECS, EncodeSettings, ffmpeg_args
 
 MODEL_CARD = "jedi_pipe.json"      # the archive's extra file with what inference needs besides the graph
 FORMAT = "jedi-pipe model 1"
@@ -104,11 +108,25 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
 
 
 # How a clip reaches the model, for users without jedi-pipe (README, "Use a trained model").
-PREPROCESS = ("video resampled to encoding.fps and cut to its first encoding.max_seconds; frames centre-cropped "
-              "to at most 4:1, short side to encoding.short_side, then to clip.size; clip.frames frames every "
+PREPROCESS = ("video re-encoded by the card's transcode command (IN: the video, OUT: the clip; the lossy encode "
+              "is part of what the model saw): resampled to encoding.fps and cut to its first encoding.max_seconds, "
+              "frames centre-cropped "
+              "to at most 4:1, short side to encoding.short_side; then to clip.size; clip.frames frames every "
               "clip.stride; views windows spread evenly over the clip (one: centred), crops S x S crops along "
               "the long side (one: centred); RGB scaled to 0-1, minus clip.mean, over clip.std; [B, 3, T, S, S]; "
               "views x crops probabilities averaged")
+
+
+def trained_on(cfg, name: str) -> dict | None:
+    """What a model learnt from dataset `name`: its shards' labeled selection, source split and
+    counts per role (None when the run's config no longer points at its shard folder)."""
+    from .shards import CARD, open_shards
+    d = next(d for d in cfg.datasets if d.name == name)
+    if not (Path(d.shards) / CARD).is_file():
+        return None
+    card = open_shards(d.shards).card
+    return {"shards": card.get("name"), "classes": len(card["classes"]), "selection": card.get("selection"),
+            "source_split": card.get("source_split"), "counts": card["counts"]}
 
 
 def model_card(run, dataset: str, which: str) -> dict:
@@ -141,12 +159,18 @@ def model_card(run, dataset: str, which: str) -> dict:
     if which != "expert":
         step = torch.load(Path(run) / "checkpoint.pt", map_location="cpu", weights_only=False, mmap=True)["step"]
         results = Path(run) / "results.json"
-        if results.is_file():   # a finished run's final scores
-            test = json.loads(results.read_text())["datasets"][dataset].get(which)
+        if results.is_file():   # a finished run's final scores, when they are of this checkpoint's step
+            saved = json.loads(results.read_text())
+            if saved.get("step", step) == step:   # (older results.json name no step)
+                test = saved["datasets"][dataset].get(which)
+    encoding = {k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")}
+    command = ffmpeg_args("IN", f"OUT.{CODECS[encoding['codec']][0]}", EncodeSettings(**encoding))
+    # the data the weights saw: its own dataset's for an expert, every dataset's for a joint model
+    seen = [dataset] if which == "expert" else [x.name for x in cfg.datasets]
     return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": classes,
             "clip": clip, "views": cfg.clip.eval_views, "crops": cfg.clip.eval_crops,
-            "encoding": {k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")},
-            "preprocess": PREPROCESS,
+            "encoding": encoding, "transcode": shlex.join(["ffmpeg", *command[1:]]),
+            "preprocess": PREPROCESS, "trained_on": {n: trained_on(cfg, n) for n in seen},
             "teacher": ("the moving average's" if cfg.jedi.teacher_ema else "live") if which == "teacher" else None,
             "step": step, "test": {k: test[k] for k in ("top1", "top5")} if test else None,
             "run": str(Path(run).resolve()), "tool": f"jedi-pipe {__version__}"}

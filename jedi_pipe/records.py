@@ -18,6 +18,7 @@ results.json (`run_results` in trainer.py):
                                                  student_avg: the students' weight average, jedi.student_avg)
      "classes":  {dataset: [class name, ...]},    the indices of per_class and confusion
      "views":    {"temporal": windows, "spatial": crops},
+     "step":     the joint step scored (the checkpoint's; absent for experts alone and in runs before 2026-12-01),
      "val":      {dataset: {kind: {top1, top5, n}}}   only when every shard folder has a val role: the
                                                  numbers to choose by (kind: expert when its checkpoint has it)}
     Scores: top1, top5 (%), n (test clips), per_class (top-1 % by class index; null: no test clip),

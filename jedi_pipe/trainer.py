@@ -854,7 +854,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
     test = final if eval_split == "test" else evaluate_jedi(jedi, cfg, sets, device, "test")
     log(f"test evaluation ({'once, at the end' if eval_split == 'val' else 'the last of the curves'}): "
         + ", ".join(f"{n} student {test[n]['student']['top1']:.1f}" for n in names))
-    results = run_results(cfg, sets, {n: expert_test(cfg, n, sets[n], device) for n in names}, test)
+    results = run_results(cfg, sets, {n: expert_test(cfg, n, sets[n], device) for n in names}, test, step)
     if eval_split == "val":   # the numbers to choose by, next to the ones to report
         for n in names:
             expert_val = torch.load(expert_path(cfg, n), map_location="cpu", weights_only=False).get("val")
@@ -890,13 +890,15 @@ def expert_test(cfg: Config, name: str, ss: shardfmt.ShardSet, device) -> dict:
     return evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
 
 
-def run_results(cfg: Config, sets, experts: dict, joint: dict) -> dict:
+def run_results(cfg: Config, sets, experts: dict, joint: dict, step: int | None = None) -> dict:
     """The results.json record: per dataset, the `score_probs` of expert, student and teacher;
-    the class names that per_class and confusion index; the evaluation views."""
+    the class names that per_class and confusion index; the evaluation views; the joint step
+    scored (none for experts alone)."""
     names = [d.name for d in cfg.datasets]
     return {"datasets": {n: {"expert": experts[n], **joint.get(n, {})} for n in names},
             "classes": {n: sets[n].classes for n in names},
-            "views": {"temporal": cfg.clip.eval_views, "spatial": cfg.clip.eval_crops}}
+            "views": {"temporal": cfg.clip.eval_views, "spatial": cfg.clip.eval_crops},
+            **({"step": step} if step is not None else {})}
 
 
 @torch.no_grad()
@@ -955,9 +957,10 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
         if not expert_path(cfg, n).is_file():
             raise MissingError(f"no expert for {n} in {out / 'experts'}: run `jedi-pipe pretrain` first")
         experts[n] = load_expert(cfg, n, device).eval()
-    joint = {}
+    joint, step = {}, None
     ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
     if ckpt.is_file():   # the experts in the joint model's pass: each clip decoded once
+        step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["step"]
         joint = evaluate_jedi(load_joint(cfg, experts, ckpt, device), cfg, sets, device, experts=experts)
         expert_scores = {n: joint[n].pop("expert") for n in names}
     elif checkpoint:
@@ -966,4 +969,4 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
         log(f"no JEDI checkpoint in {out}: evaluating the experts only")
         expert_scores = {n: evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device)["expert"]
                          for n in names}
-    return run_results(cfg, sets, expert_scores, joint)
+    return run_results(cfg, sets, expert_scores, joint, step)

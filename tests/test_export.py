@@ -108,10 +108,29 @@ def test_predict_cli_skips_corrupt_and_missing_files(tiny_run, synth_root, shard
     proc = subprocess.run(cmd + [str(corrupt), str(missing)], capture_output=True, text=True)
     assert proc.returncode != 0 and "none of the 2 input(s)" in proc.stderr
 
-    # a shard folder's test role, by key
+    # a shard folder's test role, by key, with each clip's true class
     proc = subprocess.run(cmd + ["-k", "1", str(shard_dirs["ssv2"])], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.splitlines()) == open_shards(shard_dirs["ssv2"]).count("test")
+    lines = proc.stdout.splitlines()
+    ss = open_shards(shard_dirs["ssv2"])
+    names = {r["key"]: r["label_name"] for r in ss.manifest().to_pylist() if r["role"] == "test"}
+    assert len(lines) == ss.count("test") and all(
+        ln.startswith(f"{shard_dirs['ssv2']}/{key} [{names[key]}]: ") for ln, key in
+        zip(lines, (ln.split("/")[-1].split(" ")[0] for ln in lines)))
+
+
+def test_predict_refuses_shards_encoded_otherwise(tiny_run, shard_dirs, tmp_path):
+    import shutil
+
+    from jedi_pipe.errors import InputError
+    model = export_model(tiny_run.out, "ssv2", "student", tmp_path / "ssv2.pt2")
+    other = tmp_path / "ssv2"
+    shutil.copytree(shard_dirs["ssv2"], other)
+    card = json.loads((other / "dataset.json").read_text())
+    card["encoding"]["short_side"] *= 2
+    (other / "dataset.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match=r"encoded otherwise than the model's shards \(short_side"):
+        next(predict_shards(model, other))
 
 
 def test_plain_pytorch_recipe_and_bad_files(tiny_run, tmp_path):
@@ -205,6 +224,50 @@ def test_the_card_says_where_the_model_came_from_and_how_to_feed_it(tiny_run, tm
     assert f"teacher of hmdb51 (tiny3d + tiny3d), {len(card['classes'])} classes; test top-1 {want['top1']:.1f}" in r.output
     assert "input: [B, 3, 4, 24, 24] (frames every 1 at 8 fps, first 3 s)" in r.output
     assert json.loads(CliRunner().invoke(main, ["inspect", str(path), "--json"]).output) == card
+    # the data the weights saw: a teacher every dataset of the run, an expert its own, with their selections
+    for name in ("hmdb51", "ssv2"):
+        shard_card = open_shards(next(d.shards for d in tiny_run.datasets if d.name == name)).card
+        assert card["trained_on"][name] == {"shards": shard_card["name"], "classes": len(shard_card["classes"]),
+                                            "selection": shard_card["selection"], "counts": shard_card["counts"],
+                                            "source_split": shard_card["source_split"]}
+    assert list(expert["trained_on"]) == ["ssv2"]
+    assert "trained on hmdb51: 8 classes, split1, labeled by" in r.output
+
+
+def test_the_cards_transcode_command_makes_the_shards_clip(tiny_run, synth_root, shard_dirs, tmp_path):
+    """Plain users re-encode raw videos by the card's command (the lossy encode is part of what the
+    model saw): run as written, it gives the shard's clip byte for byte."""
+    import shlex
+
+    from jedi_pipe.transcode import ffmpeg_exe
+    card = load_model(export_model(tiny_run.out, "hmdb51", "student", tmp_path / "m.pt2")).card
+    videos, _ = _test_videos(shard_dirs["hmdb51"], synth_root / "hmdb51")
+    args = shlex.split(card["transcode"])
+    dst = next(a for a in args if a.startswith("OUT."))
+    assert args[0] == "ffmpeg" and "IN" in args
+    out = tmp_path / dst
+    args = [ffmpeg_exe(), *(str(videos[0]) if a == "IN" else str(out) if a == dst else a for a in args[1:])]
+    subprocess.run(args, check=True, capture_output=True)
+    ss = open_shards(shard_dirs["hmdb51"])
+    row = next(r for r in ss.manifest().to_pylist() if r["role"] == "test")
+    import webdataset as wds
+    sample = next(s for s in wds.WebDataset([str(t) for t in ss.tars("test")], shardshuffle=False, empty_check=False)
+                  if s["__key__"] == row["key"])
+    assert out.read_bytes() == sample[ss.clip_ext]
+
+
+def test_scores_of_another_step_stay_off_the_card(tiny_run, tmp_path):
+    """results.json names the step it scored: a run resumed for more steps and stopped after a
+    checkpoint holds a newer checkpoint beside older scores, which are not this model's."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.out, run)
+    res = json.loads((run / "results.json").read_text())
+    step = torch.load(run / "checkpoint.pt", weights_only=False)["step"]
+    assert res["step"] == step
+    (run / "results.json").write_text(json.dumps({**res, "step": step - 1}))
+    card = load_model(export_model(run, "hmdb51", "student", tmp_path / "m.pt2")).card
+    assert card["step"] == step and card["test"] is None
 
 
 def test_export_refuses_to_replace_a_file_or_to_rename_the_classes(tiny_run, shard_dirs, tmp_path):
