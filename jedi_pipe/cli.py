@@ -166,6 +166,8 @@ def shard(ctx, dataset, root, out, recipe, **opts):
                 whole = isinstance(params[key].type, click.types.IntParamType)
                 if whole and isinstance(value, float) and not value.is_integer():   # click's int() would cut it
                     fail(f"recipe {recipe}: {key}: {value} is not an integer")
+                if isinstance(value, bool) and params[key].type is not click.BOOL:   # click would take true for 1
+                    fail(f"recipe {recipe}: {key}: {value} is not a number or a name")
                 try:   # recipe values pass the same type checks as flags
                     opts[key] = params[key].type_cast_value(ctx, value)
                 except click.BadParameter as e:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
+import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +27,20 @@ class ConfigError(InputError):
 
 
 def check_at_least(cfg, **least) -> None:
-    """ValueError naming the first field of `cfg` under its least allowed value (a count, a size, a step)."""
+    """ValueError naming the first field of `cfg` under its least allowed value (a count, a size, a
+    step) or not finite (nan passes every comparison)."""
     for key, low in least.items():
+        if not math.isfinite(getattr(cfg, key)):
+            raise ValueError(f"{key}: a finite number, got {getattr(cfg, key)!r}")
         if getattr(cfg, key) < low:
             raise ValueError(f"{key}: at least {low}, got {getattr(cfg, key)!r}")
 
 
 def check_positive(cfg, *keys) -> None:
-    """ValueError naming the first of `keys` of `cfg` that is not above 0 (a learning rate)."""
+    """ValueError naming the first of `keys` of `cfg` that is not a finite number above 0 (a learning rate)."""
     for key in keys:
-        if not getattr(cfg, key) > 0:
-            raise ValueError(f"{key}: a positive number, got {getattr(cfg, key)!r}")
+        if not (math.isfinite(getattr(cfg, key)) and getattr(cfg, key) > 0):
+            raise ValueError(f"{key}: a positive number (finite), got {getattr(cfg, key)!r}")
 
 
 @dataclass
@@ -60,7 +66,7 @@ class ClipCfg:
     def __post_init__(self):
         if self.interp not in TRAIN_INTERP:
             raise ValueError(f"interp: one of {', '.join(TRAIN_INTERP)}, got {self.interp!r}")
-        check_at_least(self, frames=1, stride=1, size=1, eval_views=1, eval_crops=1)
+        check_at_least(self, frames=1, stride=1, size=8, eval_views=1, eval_crops=1)
 
 
 @dataclass
@@ -86,7 +92,10 @@ class JediCfg(JEDIConfig):
     steps: int = 0                # > 0: the joint phase's length in steps, whatever the data sizes (epochs unused);
     #                               one budget for every dataset size (docs/method.md). 0: epochs x steps per epoch.
     #                               A --set jedi.epochs=N without jedi.steps sets steps to 0 (load_config)
-    lr: float = 0.005             # peak learning rate (the students': x student_lr_scale)
+    lr: float = 0.005             # peak learning rate (the students': x student_lr_scale). The library's default
+    #                               predates the choice on a fresh draw (JEDI: students at 0.01 after a 60-step
+    #                               warm-up with faster teacher heads; baselines 0.01 after 20): train/demo.yaml and
+    #                               train/jedi.yaml set those, and configs from before keep their meaning
     student_lr_scale: float = 1.0  # the students (backbones and heads), started from trained experts, learn at
     #                                lr x this; the teacher heads, new, at lr (baselines: every weight is a student's)
     teacher_lr_from: int = 0      # with student_lr_scale < 1: before this step the teacher heads learn at the students'
@@ -119,6 +128,8 @@ class JediCfg(JEDIConfig):
         super().__post_init__()
         check_at_least(self, epochs=0, batch_size=1, unlabeled_ratio=0, weight_decay=0, warmup_steps=0)
         check_positive(self, "lr")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: a decay in [0, 1), got {self.ema_decay}")
         if self.steps < 0:
             raise ValueError(f"steps: a number of joint steps >= 0 (0: epochs decide), got {self.steps}")
         if self.teachers not in ("joint", "ema", "fixmatch"):
@@ -176,7 +187,8 @@ class Config:
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         try:
-            check_at_least(self, eval_batch_size=1, checkpoint_every=1, eval_every=0, eval_first=0, torch_threads=0)
+            check_at_least(self, eval_batch_size=1, checkpoint_every=1, eval_every=0, eval_first=0, torch_threads=0,
+                           threads=1)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if not self.datasets:
@@ -251,16 +263,30 @@ def _coerce(tp, value, where):
             raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r} ({type(value).__name__})")
+    if tp is tuple:   # numbers: ranges (low, high) and per-channel values
+        if not isinstance(value, (list, tuple)) or not value or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
         return tuple(value)
+    if tp in (int, float) and isinstance(value, str) and SCIENTIFIC.fullmatch(value.strip()):
+        # YAML 1.1 reads 1e-3 (no dot) as a string: a number written so is still a number
+        number = float(value)
+        if tp is float:
+            return number
+        if number.is_integer():
+            return int(number)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is str and isinstance(value, (bool, int, float, datetime.date)):   # YAML read `off`, `2024-01-01`, ...
+        raise ConfigError(f"{where}: expected a name, got {value!r} ({type(value).__name__}); quote it, e.g. "
+                          f"'\"{value}\"' in a file or --set {where.split('[')[0]}='\"...\"'")
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
             or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
+
+
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")   # 1e-3, 4E2, 2.5e-4
 
 
 def _join(where, key):
@@ -322,7 +348,8 @@ def load_config(path=None, overrides: list[str] = (), data: dict | None = None) 
         return _build(Config, merged, "")
     except ConfigError as e:   # blame the --set whose key it names, else the file when it fails alone
         in_file = (lambda err: f"{path}: {err}") if path is not None else str   # noqa: E731
-        culprit = next((o for o in given if str(e).startswith(o.split("=", 1)[0].strip())), None)
+        # the override whose key the error names: the whole key, then a ":" or a "." (not jedi.w_distill for jedi.w_distill_heads)
+        culprit = next((o for o in given if re.match(re.escape(o.split("=", 1)[0].strip()) + r"[:.\[]", str(e))), None)
         if culprit is not None:
             raise ConfigError(f"--set {culprit}: {e}") from None
         if not given:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -80,8 +81,11 @@ class JEDIConfig:
                              f"bn_stats {self.bn_stats!r}")
         if self.teacher_init not in TEACHER_INITS:
             raise ValueError(f"teacher_init: one of {', '.join(TEACHER_INITS)}, got {self.teacher_init!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        for name in ("w_sup_student", "w_sup_teacher", "w_distill", "w_mutual", "w_distill_heads"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):   # nan fails every comparison
+                raise ValueError(f"{name}: a loss weight, finite and >= 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature: must be finite and > 0, got {self.temperature}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold: a probability in [0, 1], got {self.threshold}")
         if self.distill_rampup < 0:

@@ -345,6 +345,7 @@ def pretrain(cfg: Config, log=print) -> dict:
     threads give the same experts either way. On a GPU or under torchrun, one after another. Each
     worker is a fresh interpreter (expert_worker.py)."""
     rank, world = distributed.init()
+    check_batches(cfg)
     log = quiet_unless_main(log)
     device = pick_device(cfg)
     sets = open_all(cfg)
@@ -617,6 +618,13 @@ def probe_teachers(jedi: JEDI, cfg: Config, sets, device) -> None:
     fit_teacher_heads_probe(jedi, feats, labels)
 
 
+def check_batches(cfg: Config) -> None:
+    """Both phases' batches split over this run's processes (and micro-batches), checked before
+    either phase runs: a joint batch that does not split must not wait for hours of experts."""
+    distributed.per_rank(cfg.pretrain.batch_size, "pretrain.batch_size")
+    micro_batch_count(cfg.jedi.micro_batch_size, distributed.per_rank(cfg.jedi.batch_size, "jedi.batch_size"))
+
+
 def micro_batch_count(micro_batch_size: int, batch_per_gpu: int) -> int:
     """How many micro-batches one GPU's step runs in (jedi.micro_batch_size labeled clips per dataset each)."""
     if not micro_batch_size:
@@ -716,6 +724,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
                          f"from it (a finished run is scored again); overwrite=True (--overwrite) starts again "
                          f"and replaces it")
     rank, world = distributed.init()
+    check_batches(cfg)
     log = quiet_unless_main(log)
     device = pick_device(cfg)
     sets = open_all(cfg)
@@ -750,6 +759,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
     # Periodic evaluations (the curves) run on val when every folder has one; test is then
     # evaluated once, at the end, for results.json.
     eval_split = "val" if all(sets[n].count("val") for n in names) else "test"
+    if eval_split == "test":
+        log(f"curves on test: no val role in {', '.join(n for n in names if not sets[n].count('val'))} "
+            f"(choose settings on val: shard or split with --val-per-class)")
 
     step = 0
     if ck is not None:

@@ -283,3 +283,18 @@ def test_ctrl_c_says_what_is_kept_and_what_to_run(target, argv, says, monkeypatc
     monkeypatch.setattr(importlib.import_module("jedi_pipe.export"), "load_model", lambda path: object())   # predict's
     r = CliRunner().invoke(main, argv)
     assert r.exit_code == 130 and r.output.startswith("interrupted. ") and says in r.output, r.output
+
+
+def test_a_shipped_recipe_is_for_its_own_dataset_and_makes_a_val_role(tmp_path):
+    import yaml
+    for name in ("hmdb51", "ucf101", "kinetics400", "ssv2"):
+        recipe = yaml.safe_load(open(f"preprocess/{name}.yaml"))
+        assert recipe["dataset"] == name and recipe["val_per_class"] > 0, name   # choices are made on val
+    r = CliRunner().invoke(main, ["shard", "--dataset", "hmdb51", "--root", str(tmp_path), "--out", str(tmp_path / "s"),
+                                  "--recipe", "preprocess/ssv2.yaml"])
+    _one_sentence(r, "recipe preprocess/ssv2.yaml is for --dataset ssv2, not hmdb51")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("fps: true\n")   # click would read true as 1
+    r = CliRunner().invoke(main, ["shard", "--dataset", "hmdb51", "--root", str(tmp_path), "--out", str(tmp_path / "s"),
+                                  "--recipe", str(bad)])
+    _one_sentence(r, f"recipe {bad}: fps: True is not a number or a name")

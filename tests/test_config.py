@@ -27,7 +27,17 @@ def test_defaults_fill_everything_not_required():
     ({**BASE, "jedi": {"strong_stats": "apart"}}, "jedi.strong_stats"),
     ({**BASE, "jedi": {"distill_rampup": -5}}, "jedi.distill_rampup"),
     # values that passed the type check and crashed later (a ZeroDivisionError, a DALI ValueError)
-    ({**BASE, "clip": {"size": -3}}, "clip.size: at least 1"),
+    ({**BASE, "clip": {"size": -3}}, "clip.size: at least 8"),
+    ({**BASE, "clip": {"size": 4}}, "clip.size: at least 8"),   # under the loaders' least size
+    ({**BASE, "jedi": {"w_distill": -1}}, "jedi.w_distill: a loss weight"),
+    ({**BASE, "jedi": {"w_sup_student": float("nan")}}, "jedi.w_sup_student: a loss weight, finite"),
+    ({**BASE, "jedi": {"temperature": float("inf")}}, "jedi.temperature: must be finite"),
+    ({**BASE, "jedi": {"lr": float("inf")}}, "jedi.lr: a positive number"),
+    ({**BASE, "jedi": {"weight_decay": float("nan")}}, "jedi.weight_decay: a finite number"),
+    ({**BASE, "jedi": {"ema_decay": 1.5}}, "jedi.ema_decay: a decay in"),
+    ({**BASE, "threads": 0}, "threads: at least 1"),
+    ({**BASE, "strong": {"area": [0.1]}}, "strong.area: a range"),
+    ({**BASE, "strong": {"area": ["a", "b"]}}, "strong.area: expected a list of numbers"),
     ({**BASE, "clip": {"frames": 0}}, "clip.frames: at least 1"),
     ({**BASE, "pretrain": {"batch_size": 0}}, "pretrain.batch_size: at least 1"),
     ({**BASE, "pretrain": {"lr": -1}}, "pretrain.lr: a positive number"),
@@ -131,3 +141,30 @@ def test_an_unknown_model_is_refused_when_the_config_loads():
     with pytest.raises(ConfigError, match=r"datasets.3.model: 'r2plus1d' is not a registered model; registered: "
                                           r"r2plus1d_18, r3d_18"):
         load_config(Path(__file__).resolve().parents[1] / "train" / "jedi.yaml", ["datasets.3.model=r2plus1d"])
+
+
+def test_numbers_in_scientific_notation_and_names_that_yaml_reads_otherwise():
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a user writes learning rates so
+    cfg = load_config(data={**BASE, "pretrain": {"lr": "4e-2"}}, overrides=["jedi.lr=1e-3", "jedi.warmup_steps=1e2"])
+    assert (cfg.jedi.lr, cfg.pretrain.lr, cfg.jedi.warmup_steps) == (1e-3, 4e-2, 100)
+    with pytest.raises(ConfigError, match="clip.frames: expected int"):   # a quoted "8" stays a string
+        load_config(data={**BASE, "clip": {"frames": "8"}})
+    with pytest.raises(ConfigError, match=r"--set name=off: name: expected a name, got False \(bool\); quote it"):
+        load_config(data=BASE, overrides=["name=off"])
+
+
+def test_the_error_blames_the_override_whose_whole_key_it_names():
+    # jedi.w_distill is a prefix of jedi.w_distill_heads: the heads' rule broke by teacher_ema=0, not w_distill
+    with pytest.raises(ConfigError, match=r"^--set jedi.w_distill_heads=1: jedi.w_distill_heads: needs teacher_ema"):
+        load_config(data=BASE, overrides=["jedi.w_distill=2", "jedi.w_distill_heads=1", "jedi.teacher_ema=0"])
+
+
+def test_a_joint_batch_that_does_not_split_is_refused_before_any_expert(tmp_path):
+    from jedi_pipe.errors import InputError
+    from jedi_pipe.trainer import pretrain, train
+    cfg = load_config(data={**BASE, "out": str(tmp_path / "run")}, overrides=["jedi.batch_size=8",
+                                                                             "jedi.micro_batch_size=3"])
+    for phase in (pretrain, train):   # the shards do not even exist: nothing ran
+        with pytest.raises(InputError, match="jedi.micro_batch_size: 3 does not divide the 8"):
+            phase(cfg, log=None)
+    assert not (tmp_path / "run").exists()

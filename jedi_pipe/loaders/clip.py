@@ -74,9 +74,9 @@ class StrongAug:
     def __post_init__(self):
         # each message starts with the key, as config.py's checks do (strong.brightness: ...)
         for name in ("area", "erase_area"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name}: a range [low, high] with 0 < low <= high <= 1, got {[lo, hi]}")
+            value = list(getattr(self, name))
+            if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+                raise ValueError(f"{name}: a range [low, high] with 0 < low <= high <= 1, got {value}")
         for name in ("brightness", "contrast", "saturation", "erase"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name}: in [0, 1] (0: off), got {getattr(self, name)}")
