@@ -52,7 +52,8 @@ def main():
 
     \b
     Stages:  synth -> shard -> (inspect) -> pretrain -> train -> eval -> export -> predict
-    Start with `jedi-pipe demo`, which runs them all on generated data.
+    Start with `jedi-pipe demo`, which runs synth to train (and the pictures) on generated data;
+    its run folder is then ready for eval, export and predict.
     """
 
 
@@ -242,6 +243,7 @@ def _log_to_stderr():
 def inspect(shard_dir, preview, as_json):
     """Show a shard folder's card and check every tar against manifest.parquet (counts, sha256);
     or show a model file's card (`jedi-pipe export`): classes, clip, input recipe, where it came from.
+    Exits 1 when the check finds a problem (2: unusable input).
 
     Example:
 
@@ -257,6 +259,10 @@ def inspect(shard_dir, preview, as_json):
             fail("--preview draws a shard folder's clips; a model file has none")
         _inspect_model(shard_dir, as_json)
         return
+    if (Path(shard_dir) / "config.yaml").is_file() and not (Path(shard_dir) / shards.CARD).is_file():
+        fail(f"{shard_dir} is a run folder, not a shard folder: its results are in results.md; `jedi-pipe plot "
+             f"{shard_dir}` draws them, and `jedi-pipe export {shard_dir} --dataset NAME` writes a model file "
+             f"that inspect reads")
     try:
         ss = shards.open_shards(shard_dir)
     except (JediPipeError, ValueError) as e:   # ValueError: a dataset.json that is not JSON
@@ -269,7 +275,7 @@ def inspect(shard_dir, preview, as_json):
         click.echo(f"{c['name']} ({c['dataset']}, {c['source_split']}): {c['num_classes']} classes, "
                    f"{c['encoding']['codec']} {c['encoding']['short_side']}px {c['encoding']['fps']}fps")
         click.echo("  " + ", ".join(f"{r}: {c['counts'][r]} in {len(c['shards'][r])} tar(s)" for r in c["counts"]))
-        click.echo(f"  labeled selection: {c['selection']}; failures: {c['failures']}; "
+        click.echo(f"  labeled selection: {_selection_said(c['selection'])}; failures: {c['failures']}; "
                    f"missing: {c.get('missing', 0)}; {c['bytes'] / 1e6:.1f} MB")
         _echo_flips(ss)
         click.echo(f"  check: {report['samples_checked']} samples read, "
@@ -315,6 +321,20 @@ def _inspect_model(path, as_json: bool) -> None:
     click.echo(f"  from {card['run']}" + (f", step {card['step']}" if card.get("step") is not None else "")
                + (f", {card['teacher']} teacher" if card.get("teacher") else "") + f"; {card['tool']}")
     click.echo("  classes: " + ", ".join(card["classes"]))
+
+
+def _selection_said(sel: dict) -> str:
+    """A card's selection record in words: `fraction 0.1 (seed 0), val 5 per class; split from hmdb51 (...)`."""
+    if not isinstance(sel, dict):
+        return str(sel)
+    said = f"{sel.get('rule')} {sel.get('value')} (seed {sel.get('seed')})"
+    val = sel.get("val")
+    if val:
+        said += f", val {val['value']} per class" if val.get("rule") == "per_class" else f", val {val.get('rule')} {val.get('value')}"
+    src = sel.get("split_from")
+    if src:
+        said += f"; split from {src.get('name')} ({_selection_said(src.get('selection'))})"
+    return said
 
 
 def _echo_flips(ss):
@@ -365,7 +385,7 @@ def config_options(f):
 
 @main.command()
 @config_options
-@click.option("--resume", is_flag=True, help="Keep experts already trained and go on with unfinished ones from their last checkpoint (always on).")
+@click.option("--resume", is_flag=True, hidden=True, help="No effect: pretrain always keeps finished experts and resumes unfinished ones.")
 def pretrain(config_path, overrides, resume):
     """Train one expert per dataset on its labeled shards only (<out>/experts/<dataset>.pt).
 
@@ -420,8 +440,10 @@ def train(config_path, overrides, resume, overwrite):
 @main.command(name="eval")
 @config_options
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False), help="JEDI checkpoint [default: <out>/checkpoint.pt].")
-def evaluate(config_path, overrides, checkpoint):
-    """Evaluate experts, and the students and teachers of a JEDI checkpoint, on the test shards.
+@click.option("--role", default="test", show_default=True, type=click.Choice(["test", "val"]),
+              help="The shards' role scored: val to compare settings by (choices are made there), test to report.")
+def evaluate(config_path, overrides, checkpoint, role):
+    """Evaluate experts, and the students and teachers of a JEDI checkpoint, on the test (or val) shards.
 
     Example:
 
@@ -430,7 +452,7 @@ def evaluate(config_path, overrides, checkpoint):
     """
     from .trainer import evaluate as run
     cfg = _config(config_path, overrides)
-    results = _run_guarded(lambda: run(cfg, checkpoint=checkpoint, log=click.echo))
+    results = _run_guarded(lambda: run(cfg, checkpoint=checkpoint, log=click.echo, role=role))
     if int(os.environ.get("RANK", 0)):
         return
     for name, kinds in results["datasets"].items():
@@ -474,7 +496,7 @@ def _run_as_rank(fn):
 @main.command()
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: ./jedi-demo, or ./jedi-demo-quick with --quick].")
 @click.option("--quick", is_flag=True, help="Fewer videos and epochs: a smoke run of every stage (about 1 CPU minute, against 8-14 for the full demo; bench/README.md).")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the synthetic data, the labeled selection and training.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a value of the demo's training config (train/demo.yaml).")
 def demo(out, quick, seed, overrides):
     """The whole pipeline on built-in synthetic data, no download needed.
@@ -552,7 +574,8 @@ def export(run_dir, dataset, which, out, overwrite):
 @main.command()
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A file written by `jedi-pipe export`.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--role", default="test", show_default=True, help="With a shard folder as input: the role to predict.")
+@click.option("--role", default="test", show_default=True, type=click.Choice(["labeled", "unlabeled", "val", "test"]),
+              help="With a shard folder as input: the role to predict.")
 @click.option("-k", "--top", "k", default=5, show_default=True, type=click.IntRange(1, None), help="Classes shown per video.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (video or key, top classes with probabilities).")
 def predict(model_path, inputs, role, k, as_json):
@@ -616,7 +639,7 @@ def _predict_each(model, inputs, role, k, as_json) -> tuple[int, int]:
 @click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label (1.0: all but val and its source groups, the fully supervised oracle).")
 @click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
 @click.option("--labeled-list", type=click.Path(dir_okay=False), default=None, help="Instead: a file of the labeled videos, one video id or source path per line (published few-label splits).")
-@click.option("--val-per-class", type=int, default=None, help="Hold out this many labeled training videos per class as the val role.")
+@click.option("--val-per-class", type=int, default=None, help="Hold out this many labeled training videos per class as the val role (0: no val role). [default: SRC's val rule]")
 @click.option("--val-fraction", type=float, default=None, help="Instead: this fraction of each class's training videos as val.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the selection and shard order.")
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier split with other settings wrote to --out.")
@@ -639,10 +662,11 @@ def split(src, out, **opts):
         fail(str(e))
     except KeyboardInterrupt:
         interrupted(f"Rerun the same command to finish {out}")
-    if s.already_complete:
-        click.echo(f"{s.out}: already complete with these settings; nothing to do")
     counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
-    click.echo(f"{s.out}: {counts}; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s (clip bytes copied, nothing transcoded)")
+    if s.already_complete:
+        click.echo(f"{s.out}: already complete with these settings ({counts}); nothing to do")
+    else:
+        click.echo(f"{s.out}: {counts}; {s.bytes / 1e6:.1f} MB in {s.seconds:.1f}s (clip bytes copied, nothing transcoded)")
     _warn(s.warnings)
 
 
@@ -671,8 +695,9 @@ class _bar:
 def plan(config_path, overrides, gpus, gpu_mem, tflops, utilisation):
     """Memory and time model of the config's joint step: does it fit, how long, what input rate.
 
-    Activations and FLOPs per clip are measured here on the CPU (a few seconds per model);
-    the rest is arithmetic, written out in jedi_pipe/plan.py and docs/scale.md.
+    Activations and FLOPs per clip are measured here on the CPU (seconds per model at small
+    sizes; minutes for R(2+1)D-18 at 16x112^2 on a small CPU); the rest is arithmetic, written
+    out in jedi_pipe/plan.py and docs/scale.md.
 
     Example:
 

@@ -141,9 +141,10 @@ def _first_dup(values):
         seen.add(v)
 
 
-def role_gaps(labels_roles, classes: list[str]) -> list[str]:
+def role_gaps(labels_roles, classes: list[str], all_labeled: bool = False) -> list[str]:
     """What a shard folder lacks for `jedi-pipe train`, one sentence each: no test role, classes
-    with no labeled or no test clip, a single class. `labels_roles`: (class index, role) per clip."""
+    with no labeled or no test clip, a single class, no unlabeled clip (unless `all_labeled`, the
+    oracle's selection, asked for none). `labels_roles`: (class index, role) per clip."""
     have = {(label, role) for label, role in labels_roles}
     def missing(role):
         names = [c for i, c in enumerate(classes) if (i, role) not in have]
@@ -157,6 +158,9 @@ def role_gaps(labels_roles, classes: list[str]) -> list[str]:
         gaps.append(missing("test"))
     if any((i, "labeled") not in have for i in range(len(classes))):
         gaps.append(missing("labeled"))
+    if not all_labeled and not any(role == "unlabeled" for _, role in have):
+        gaps.append("no unlabeled clips: nothing for semi-supervised training (val and the labeled selection took "
+                    "every training video; a smaller --val-per-class leaves some)")
     return gaps
 
 
@@ -363,7 +367,9 @@ def _check_failures(summary: ShardSummary, max_failures: float) -> None:
     run when no clip, or more than `max_failures` of the videos, failed."""
     ss = shards.open_shards(summary.out)
     t = ss.manifest(columns=["label", "role"]).to_pydict()
-    summary.warnings = role_gaps(zip(t["label"], t["role"]), ss.classes)
+    sel = ss.card.get("selection") or {}
+    summary.warnings = role_gaps(zip(t["label"], t["role"]), ss.classes,
+                                 all_labeled=(sel.get("rule"), sel.get("value")) == ("fraction", 1.0))
     errors = Path(summary.out) / shards.ERRORS
     retry = "to retry them once the sources are mended, rerun with --overwrite (a rerun without it keeps this folder)"
     if not sum(summary.counts.values()):

@@ -88,8 +88,9 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
     """Write shard folder `out` from `src`'s clips with a new labeled selection and val role.
 
     Exactly one of labeled_fraction (of each class's training videos; 1.0: every one not in
-    val, the fully supervised oracle), labeled_per_class and labeled_list (a file). Raises
-    ShardError (one sentence) for unusable input.
+    val, the fully supervised oracle), labeled_per_class and labeled_list (a file). Without
+    val_per_class and val_fraction the source's val rule goes on (val_per_class=0: no val role).
+    Raises ShardError (one sentence) for unusable input.
     """
     src, out = Path(src), Path(out)
     try:
@@ -104,6 +105,10 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
         raise ShardError("give exactly one of --labeled-fraction, --labeled-per-class, --labeled-list"
                          + (f" (got {', '.join(given)})" if given else ""))
     check_selection(labeled_fraction, labeled_per_class, val_fraction, val_per_class)
+    if val_per_class is None and val_fraction is None:   # held-out videos stay held out unless asked otherwise
+        val = (ss.card.get("selection") or {}).get("val") or {}
+        val_per_class = val.get("value") if val.get("rule") == "per_class" else None
+        val_fraction = val.get("value") if val.get("rule") == "fraction" else None
 
     try:
         rows = ss.full_rows()
@@ -127,7 +132,7 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
         raise ShardError(f"{src}: test sample ids start at {test[0]['sample_id']}, below the "
                          f"{len(plan)} training samples; the folder is not one `jedi-pipe shard` wrote")
 
-    gaps = role_gaps([(r["label"], r["role"]) for r in plan + test], ss.classes)
+    gaps = role_gaps([(r["label"], r["role"]) for r in plan + test], ss.classes, all_labeled=labeled_fraction == 1.0)
     plan_hash = hashlib.sha256("".join(f"{r['key']} {r['role']} {r['shard']}\n" for r in plan).encode())
     job = {"format_version": shards.FORMAT_VERSION, "split_from": str(src.resolve()),
            "source_card": hashlib.sha256((src / shards.CARD).read_bytes()).hexdigest(),

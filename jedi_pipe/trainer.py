@@ -951,8 +951,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in keep))
 
 
-def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
-    """Experts, and students and teachers of a JEDI checkpoint (default: the run's), on the test roles.
+def evaluate(cfg: Config, checkpoint=None, log=print, role: str = "test") -> dict:
+    """Experts, and students and teachers of a JEDI checkpoint (default: the run's), on the test
+    roles (role="val": the val roles, to choose by; every shard folder needs one).
 
     Returns the results.json record (as train's) and logs it; it writes no file (the run's
     results.json stays train's). log as train's.
@@ -964,6 +965,12 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
     device = pick_device(cfg)
     sets = open_all(cfg)
     names = [d.name for d in cfg.datasets]
+    if role not in ("test", "val"):
+        raise InputError(f"role: test or val, got {role!r}")
+    lacking = [n for n in names if not sets[n].count(role)]
+    if lacking:
+        raise InputError(f"no {role} role in the shards of {', '.join(lacking)}: shard or split them with "
+                         f"--val-per-class N")
     experts = {}
     for n in names:
         if not expert_path(cfg, n).is_file():
@@ -973,12 +980,12 @@ def evaluate(cfg: Config, checkpoint=None, log=print) -> dict:
     ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
     if ckpt.is_file():   # the experts in the joint model's pass: each clip decoded once
         step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["step"]
-        joint = evaluate_jedi(load_joint(cfg, experts, ckpt, device), cfg, sets, device, experts=experts)
+        joint = evaluate_jedi(load_joint(cfg, experts, ckpt, device), cfg, sets, device, role, experts=experts)
         expert_scores = {n: joint[n].pop("expert") for n in names}
     elif checkpoint:
         raise MissingError(f"checkpoint {ckpt} does not exist")
     else:
         log(f"no JEDI checkpoint in {out}: evaluating the experts only")
-        expert_scores = {n: evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device)["expert"]
-                         for n in names}
+        expert_scores = {n: evaluate_logits(lambda x, n=n: {"expert": experts[n](x)}, sets[n], cfg, device,
+                                            role)["expert"] for n in names}
     return run_results(cfg, sets, expert_scores, joint, step)

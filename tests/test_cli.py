@@ -298,3 +298,18 @@ def test_a_shipped_recipe_is_for_its_own_dataset_and_makes_a_val_role(tmp_path):
     r = CliRunner().invoke(main, ["shard", "--dataset", "hmdb51", "--root", str(tmp_path), "--out", str(tmp_path / "s"),
                                   "--recipe", str(bad)])
     _one_sentence(r, f"recipe {bad}: fps: True is not a number or a name")
+
+
+def test_inspect_of_a_run_folder_says_what_to_run_instead(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("name: x\n")
+    _one_sentence(CliRunner().invoke(main, ["inspect", str(tmp_path / "run")]), "is a run folder",
+                  f"jedi-pipe plot {tmp_path / 'run'}")
+
+
+def test_inspect_says_the_selection_in_words(shard_dirs, tmp_path):
+    from jedi_pipe.resplit import split_shards
+    split_shards(shard_dirs["hmdb51"], tmp_path / "s", labeled_fraction=0.5, val_per_class=1)
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    assert "labeled selection: fraction 0.5 (seed 0), val 1 per class; split from hmdb51 (" in r.output

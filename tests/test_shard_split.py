@@ -97,11 +97,16 @@ def test_same_settings_reproduce_the_source_selection(src, tmp_path):
 
 def test_split_to_half_labeled(src, tmp_path):
     with no_transcode():
-        s = split_shards(src, tmp_path / "half", labeled_fraction=0.5, seed=1)
+        s = split_shards(src, tmp_path / "half", labeled_fraction=0.5, seed=1, val_per_class=0)   # 0: no val role
     rows = check_folder(tmp_path / "half", src)
     train = Counter(r["label"] for r in rows if r["role"] != "test")
     assert per_class(rows, "labeled") == {c: max(1, round(0.5 * n)) for c, n in train.items()}
     assert s.counts["val"] == 0 and not shards.open_shards(tmp_path / "half").tars("val")
+    # without a val option the source's val rule goes on: held-out videos are not handed back to training
+    with no_transcode():
+        kept = split_shards(src, tmp_path / "kept", labeled_fraction=0.5, seed=1)
+    assert kept.counts["val"] == shards.open_shards(src).count("val") > 0
+    assert shards.open_shards(tmp_path / "kept").card["selection"]["val"] == {"rule": "per_class", "value": 1}
     card = shards.open_shards(tmp_path / "half").card
     assert card["selection"]["rule"] == "fraction" and card["selection"]["split_from"]["selection"]["value"] == 0.1
 
@@ -230,3 +235,11 @@ def test_shard_and_split_keep_val_apart_from_labeled_movies(tmp_path):
         group = lambda r: (r["label"], source_group("hmdb51", r["video_id"], ss.classes[r["label"]]))  # noqa: E731
         val = {group(r) for r in rows if r["role"] == "val"}
         assert len(val) >= len(ss.classes) and not val & {group(r) for r in rows if r["role"] == "labeled"}, folder
+
+
+def test_a_val_rule_that_takes_every_training_video_is_warned_of(src, tmp_path):
+    with no_transcode():
+        s = split_shards(src, tmp_path / "all-val", labeled_fraction=0.5, val_per_class=100)
+        oracle = split_shards(src, tmp_path / "oracle", labeled_fraction=1.0, val_per_class=0)
+    assert s.counts["unlabeled"] == 0 and any(w.startswith("no unlabeled clips") for w in s.warnings)
+    assert oracle.counts["unlabeled"] == 0 and not any("unlabeled" in w for w in oracle.warnings)   # asked for none

@@ -49,6 +49,11 @@ def test_periodic_evaluation_on_val_and_test_once_for_results(shard_dirs, tmp_pa
     saved = json.loads((out / "results.json").read_text())
     assert saved == results and set(saved["val"]) == set(dirs)
     assert saved["val"]["hmdb51"]["student"]["top1"] == evals[-1]["eval"]["hmdb51"]["student"]["top1"]
+    # `jedi-pipe eval --role val` scores the same checkpoint on val: the last curve point, every clip once
+    monkeypatch.setattr(trainer, "evaluate_logits", real)
+    on_val = trainer.evaluate(cfg, log=lambda m: None, role="val")
+    assert all(on_val["datasets"][n]["student"]["n"] == n_val[n] for n in dirs)
+    assert on_val["datasets"]["hmdb51"]["student"]["top1"] == saved["val"]["hmdb51"]["student"]["top1"]
 
 
 def test_pseudo_label_truth_comes_from_the_sidecar(shard_dirs):

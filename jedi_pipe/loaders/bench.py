@@ -221,8 +221,9 @@ bench_cli = click.Group("bench", help="Throughput benchmarks (numbers for bench/
 @bench_cli.command("loader")
 @click.option("--shards", "shards_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A shard folder.")
-@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True)
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--loader", type=click.Choice(["dali", "torch"]), default="dali", show_default=True,
+              help="The loader measured: the DALI graph, or the webdataset + PyAV fallback.")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1), help="Clips per batch.")
 @click.option("--frames", default=16, show_default=True, type=click.IntRange(1), help="T, frames per clip.")
 @click.option("--stride", default=2, show_default=True, type=click.IntRange(1), help="Take every s-th frame of the shard clip.")
 @click.option("--size", default=112, show_default=True, type=click.IntRange(8), help="Output height = width, pixels.")
