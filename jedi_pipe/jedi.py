@@ -39,7 +39,7 @@ class JEDIConfig:
     w_sup_student: float = 1.0  # weight of CE(S_i, y) on labeled clips
     w_sup_teacher: float = 1.0  # weight of CE(T_i, y) on labeled clips
     w_distill: float = 1.0  # weight of the T_i -> S_i distillation on unlabeled clips
-    distill_rampup: int = 0  # joint steps over which w_distill rises from ~0 to its value (mean teacher's ramp,
+    distill_rampup: int = 0  # joint steps over which w_distill (not w_distill_heads) rises from ~0 to its value (mean teacher's ramp,
     #                          exp(-5 (1 - t/T)^2)): early targets on strong views knock the live students far
     #                          below their experts at full lr (docs/method.md); 0: full weight from the start
     detach_teacher_features: bool = False  # ablation: teacher losses stop at the features, train g_i only

@@ -639,7 +639,9 @@ def micro_batches(labeled: dict, unlabeled: dict, labels: dict, k: int, weak: di
     """The step's clips in k equal parts, each with 1/k of every dataset's labeled and unlabeled
     clips (and their weak views, with views): every part holds the step's mix of datasets and
     roles, and since each loss term is a mean over a dataset's clips, the mean of the parts'
-    losses is the step's loss exactly. Parts are (labeled, unlabeled, labels, weak or None)."""
+    losses is the step's loss exactly, for the same outputs: BatchNorm in training normalises each
+    part by its own statistics, so the outputs (and gradients) differ unless it is frozen
+    (docs/scale.md, "BatchNorm under micro-batches"). Parts are (labeled, unlabeled, labels, weak or None)."""
     if k == 1:
         return [(labeled, unlabeled, labels, weak)]
     for role, clips in (("labeled", labeled), ("unlabeled", unlabeled)):

@@ -38,7 +38,9 @@ def test_role_gaps_name_what_training_lacks():
     assert role_gaps([x for x in full if x[1] != "test"], classes)[0].startswith("no test clips")
     assert role_gaps([x for x in full if x[1] != "labeled" or x[0] == 2], classes) == \
         ["2 class(es) without a labeled clip: a, b"]
-    assert role_gaps([(0, "labeled"), (0, "test")], ["a"]) == ["1 class: nothing to tell apart"]
+    assert role_gaps([(0, "labeled"), (0, "test")], ["a"], all_labeled=True) == ["1 class: nothing to tell apart"]
+    # no unlabeled clip where some were asked for: nothing for the semi-supervised part
+    assert role_gaps([(0, "labeled"), (0, "test")], ["a"])[-1].startswith("no unlabeled clips")
 
 
 @pytest.fixture(scope="module")

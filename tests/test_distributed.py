@@ -44,20 +44,28 @@ def run(args, env=None, timeout=600):
     return p
 
 
+def _rank_jedi(rank, world, store, **config):
+    """This rank's process group (when world > 1) and a two-dataset tiny JEDI, the same on every rank."""
+    import torch
+    import torch.distributed as dist
+
+    from jedi_pipe.jedi import JEDI, JEDIConfig
+    from jedi_pipe.models import build
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    return JEDI.from_experts({"a": build("tiny3d", 3, width=8), "b": build("tiny3d", 5, width=8)}, JEDIConfig(**config))
+
+
 def _jedi_step_grads(rank, world, store, batch, out_path):
     """One JEDI step on this rank's share of `batch` (under DDP when world > 1); its gradients."""
     import torch
     import torch.distributed as dist
 
     from jedi_pipe import distributed
-    from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
-    from jedi_pipe.models import build
-    torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    jedi = JEDI.from_experts({"a": build("tiny3d", 3, width=8), "b": build("tiny3d", 5, width=8)},
-                             JEDIConfig(w_mutual=0.5, threshold=0.5))
+    from jedi_pipe.jedi import jedi_losses
+    jedi = _rank_jedi(rank, world, store, w_mutual=0.5, threshold=0.5)
     # BatchNorm on running statistics, so each clip's outputs do not depend on the other clips of its
     # batch (which is what lets one rank's half stand for its part of the whole batch); statistics of
     # the whole batch (one training forward, momentum 1, the same on every rank), since fresh ones
@@ -126,14 +134,8 @@ def _precise_bn_buffers(rank, world, store, batches, out_path):
     import torch.distributed as dist
 
     from jedi_pipe import distributed
-    from jedi_pipe.jedi import JEDI, JEDIConfig, precise_bn
-    from jedi_pipe.models import build
-    torch.set_num_threads(1)
-    if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    torch.manual_seed(0)
-    jedi = JEDI.from_experts({"a": build("tiny3d", 3, width=8), "b": build("tiny3d", 5, width=8)},
-                             JEDIConfig(bn_stats="source"))
+    from jedi_pipe.jedi import precise_bn
+    jedi = _rank_jedi(rank, world, store, bn_stats="source")
     precise_bn(jedi, batches[rank::world])
     distributed.average_buffers(jedi.students)
     if rank == 0:
