@@ -110,7 +110,7 @@ def inference_module(run, dataset: str, which: str = "student") -> nn.Module:
 # How a clip reaches the model, for users without jedi-pipe (README, "Use a trained model").
 PREPROCESS = ("video re-encoded by the card's transcode command (IN: the video, OUT: the clip; the lossy encode "
               "is part of what the model saw): resampled to encoding.fps and cut to its first encoding.max_seconds, "
-              "frames centre-cropped "
+              "frames deinterlaced, made square-pixelled, centre-cropped "
               "to at most 4:1, short side to encoding.short_side; then to clip.size; clip.frames frames every "
               "clip.stride; views windows spread evenly over the clip (one: centred), crops S x S crops along "
               "the long side (one: centred); RGB scaled to 0-1, minus clip.mean, over clip.std; [B, 3, T, S, S]; "

@@ -102,11 +102,11 @@ _TABLES = {"alike": _TABLE,
 # flicker: per-frame gain; jitter: hand-held shake in short sides; pan: camera speed in short
 # sides per second; distractors: (min, max) count; occlusion: probability of a pole in front.
 _DOMAIN = {
-    "hmdb51": dict(  # old film: muted colours on a flat wall, grain and flicker, 30 fps
+    "hmdb51": dict(  # old film: muted colours on a flat wall, grain and flicker, 24-30 fps
         bg="flat", places=1, shapes=("ellipse",), palette=1, sat=(0.1, 0.45), size=(0.24, 0.34),
         heights=(72, 80, 96), aspects=(4 / 3, 1.45, 16 / 9), fps=(30, 25, 24), dur=(1.5, 3.5),
         speed=(0.8, 1.1), noise=(6, 12), flicker=0.05, jitter=0.012, pan=0.0, distractors=(0, 1), occlusion=0.15),
-    "ucf101": dict(  # clean 320x240 look: saturated actors on sky-to-ground gradients, 25 fps
+    "ucf101": dict(  # clean 4:3 look (128x96 here; 320x240 real): saturated actors on sky-to-ground gradients, mostly 25 fps
         bg="gradient", places=1, shapes=("diamond",), palette=1, sat=(0.6, 1.0), size=(0.26, 0.36),
         heights=(96,), aspects=(4 / 3,), fps=(25, 25, 30), dur=(1.5, 3.5),
         speed=(0.9, 1.2), noise=(2, 5), flicker=0.0, jitter=0.006, pan=0.0, distractors=(0, 1), occlusion=0.1),
@@ -114,7 +114,7 @@ _DOMAIN = {
         bg="texture", places=1, shapes=("ellipse",), palette=1, sat=(0.3, 0.9), size=(0.28, 0.38),
         heights=(64, 72, 96, 128), aspects=(16 / 9, 4 / 3, 1.0, 3 / 4), fps=(12, 15, 24, 25, 30), dur=(1.5, 3.5),
         speed=(1.0, 1.35), noise=(2, 6), flicker=0.02, jitter=0.012, pan=0.04, distractors=(0, 2), occlusion=0.2),
-    "ssv2": dict(  # phone close-ups: big boxy objects on cluttered table tops, 12 fps, height 96
+    "ssv2": dict(  # phone close-ups: big boxy objects on cluttered table tops, mostly 12 fps, height 96
         bg="clutter", places=1, shapes=("rect",), palette=1, sat=(0.2, 0.8), size=(0.28, 0.38),
         heights=(96,), aspects=(1.0, 4 / 3, 1.5, 16 / 9), fps=(12, 12, 15), dur=(2.0, 4.0),
         speed=(0.7, 1.0), noise=(3, 6), flicker=0.0, jitter=0.01, pan=0.0, distractors=(0, 1), occlusion=0.1),

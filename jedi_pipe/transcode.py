@@ -94,12 +94,20 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
     # A source beyond MAX_ASPECT:1 is centre-cropped to it first (a no-op for any other), else a
     # 4000x10 banner would become a 51200 x 128 clip. Short side to `short_side`; the long side
     # keeps the aspect, rounded to even for yuv420p.
+    # Interlaced frames are deinterlaced first (yadif passes progressive ones through), and
+    # non-square pixels (anamorphic DV, some phones) made square (width x SAR; a no-op at SAR 1,
+    # which the loaders assume: they read stored pixels), so sizes and crops are of the picture shown.
     stream = (ffmpeg.input(src, t=settings.max_seconds).video
+              .filter("yadif", deint="interlaced")
               .filter("fps", fps=settings.fps)
+              .filter("scale", w="if(eq(sar,1),iw,trunc(iw*sar/2)*2)", h="ih")
+              .filter("setsar", "1")
               .filter("crop", w=f"min(iw,{MAX_ASPECT}*ih)", h=f"min(ih,{MAX_ASPECT}*iw)")
               .filter("scale", w=f"if(lte(iw,ih),{settings.short_side},-2)",
-                      h=f"if(lte(iw,ih),-2,{settings.short_side})", flags="bilinear"))
-    # bitexact: no random segment UID or encoder-version string, so equal inputs give equal bytes
+                      h=f"if(lte(iw,ih),-2,{settings.short_side})", flags="bilinear")
+              .filter("setsar", "1"))   # say so in the clip: the even rounding above would tag it 80:81 or so
+    # bitexact: no random segment UID or encoder-version string in the container, so equal inputs give
+    # equal bytes (libx264 still writes its settings string into the h264 stream itself)
     # map_metadata -1: no tag of the source (a title, a file name) reaches the clip; an unlabeled
     # clip must not name its video or class (shards/README.md)
     out = ffmpeg.output(stream, dst, an=None, threads=1, fflags="+bitexact", map_metadata="-1",
