@@ -13,7 +13,8 @@
 The synthetic datasets of the demo (generated once, seed 0) are sharded once, with the demo's
 15 % labels (DEMO_SHARD) and a val role of --val-per-class training videos per class, and re-split (no
 transcode: `jedi-pipe split --labeled-fraction 1.0`) into the oracle's shards, where every
-training clip but the same val ones is labeled (same clips, same val and test sets). Per
+training clip but the same val ones is labeled (since 2026-12-01: every one outside the val clips'
+groups; same clips, same val and test sets). Per
 training seed, with `train/demo.yaml` and the given --set overrides:
 
     expert   the demo's experts, trained on each dataset's labeled clips only

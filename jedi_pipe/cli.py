@@ -314,10 +314,9 @@ def _inspect_model(path, as_json: bool) -> None:
         if seen is None:
             click.echo(f"  trained on {name} (its shard folder was gone at export)")
             continue
-        sel, counts = seen.get("selection") or {}, seen["counts"]
         click.echo(f"  trained on {name}: {seen['classes']} classes, {seen.get('source_split')}, labeled by "
-                   f"{sel.get('rule')} {sel.get('value')} (seed {sel.get('seed')}); "
-                   + ", ".join(f"{n} {role}" for role, n in counts.items()))
+                   f"{_selection_said(seen.get('selection'))}; "
+                   + ", ".join(f"{n} {role}" for role, n in seen["counts"].items()))
     click.echo(f"  from {card['run']}" + (f", step {card['step']}" if card.get("step") is not None else "")
                + (f", {card['teacher']} teacher" if card.get("teacher") else "") + f"; {card['tool']}")
     click.echo("  classes: " + ", ".join(card["classes"]))

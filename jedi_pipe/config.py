@@ -168,7 +168,8 @@ class Config:
     #                                                        fields and defaults: loaders/clip.py StrongAug
     loader: str = "auto"                        # auto | dali | torch
     device: str = "auto"                        # auto | cpu | cuda
-    threads: int = 2                            # loader threads per dataset pipeline
+    threads: int = 2                            # loader threads per dataset pipeline (0: the torch loader reads in
+    #                                             the training process; DALI takes at least 1)
     torch_threads: int = 0                      # torch's intra-op threads on the CPU (0: every core this process may
     #                                             use, shared among torchrun's local processes; trainer.cpu_threads)
     eval_batch_size: int = 32
@@ -188,7 +189,7 @@ class Config:
                 raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
         try:
             check_at_least(self, eval_batch_size=1, checkpoint_every=1, eval_every=0, eval_first=0, torch_threads=0,
-                           threads=1)
+                           threads=0)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if not self.datasets:
@@ -264,6 +265,8 @@ def _coerce(tp, value, where):
         (item,) = typing.get_args(tp)
         return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is tuple:   # numbers: ranges (low, high) and per-channel values
+        if isinstance(value, (list, tuple)):
+            value = [float(v) if isinstance(v, str) and SCIENTIFIC.fullmatch(v.strip()) else v for v in value]
         if not isinstance(value, (list, tuple)) or not value or \
                 not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{where}: expected a list of numbers, got {value!r}")
@@ -278,8 +281,8 @@ def _coerce(tp, value, where):
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is str and isinstance(value, (bool, int, float, datetime.date)):   # YAML read `off`, `2024-01-01`, ...
-        raise ConfigError(f"{where}: expected a name, got {value!r} ({type(value).__name__}); quote it, e.g. "
-                          f"'\"{value}\"' in a file or --set {where.split('[')[0]}='\"...\"'")
+        raise ConfigError(f"{where}: expected a name, got {value!r} ({type(value).__name__}), which YAML made of "
+                          f"the value as written; quote it as written (\"...\" in a file, --set {where}='\"...\"')")
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
             or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")

@@ -18,8 +18,8 @@ extra_files={"jedi_pipe.json": ""})`.
 from __future__ import annotations
 
 import json
-import shlex
 import logging
+import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,8 +119,13 @@ PREPROCESS = ("video re-encoded by the card's transcode command (IN: the video, 
 
 def trained_on(cfg, name: str) -> dict | None:
     """What a model learnt from dataset `name`: its shards' labeled selection, source split and
-    counts per role (None when the run's config no longer points at its shard folder)."""
+    counts per role, as its expert saved them when it trained (an expert from before that: the
+    shard folder the config points at now; None when that is gone too)."""
     from .shards import CARD, open_shards
+    from .trainer import expert_path
+    saved = torch.load(expert_path(cfg, name), map_location="cpu", weights_only=False, mmap=True).get("shards")
+    if saved is not None:
+        return saved
     d = next(d for d in cfg.datasets if d.name == name)
     if not (Path(d.shards) / CARD).is_file():
         return None

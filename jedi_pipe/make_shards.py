@@ -57,26 +57,26 @@ def _take(n: int, per_class: int | None, fraction: float | None) -> int:
     return min(n, per_class) if per_class is not None else round(fraction * n)
 
 
-def select_roles(train: list[tuple], seed: int, *, labeled_fraction: float | None = None,
+def select_roles(train: list[tuple[str, int, str]], seed: int, *, labeled_fraction: float | None = None,
                  labeled_per_class: int | None = None, labeled_list: set[str] | None = None,
                  val_per_class: int | None = None, val_fraction: float | None = None) -> dict[str, str]:
     """{video id: "labeled" | "unlabeled" | "val"} for the training videos `train` [(video id,
-    label[, group])].
+    label, group)] (group: datasets.source_group, the video's own id where a dataset has none).
 
     Per class, the ids are sorted and shuffled with a seed of their own, so the choice depends
     only on the ids and the seed, never on the order they came in or the worker count. Val is
-    taken from the back (never the class's last video), labeled videos from the front (at least
-    one per class; the fraction is of the class's training videos). A labeled and a val video of
-    a class never share a group (datasets.source_group: a UCF101 group, an HMDB51 movie; by
-    default the video's own id): val scores scenes no label was seen in, as the official test
-    splits do, so the other videos of a val video's group stay unlabeled. Without groups, adding
+    taken from the back, a whole group at a time (never the class's last group), labeled videos
+    from the front (at least one per class; the fraction is of the class's training videos). A
+    labeled and a val video of a class never share a group (a UCF101 group, an HMDB51 movie): val
+    scores scenes no label was seen in, as the official test splits do; only the rest of the last
+    val group, when val ends inside it, stays unlabeled. Without groups, adding
     a val role leaves the labeled choice as it was unless the two would overlap. With
     `labeled_list`, the labeled videos are exactly those and val is drawn from the groups they
     leave free.
     """
     by_class: dict[int, list[tuple[str, str]]] = {}
-    for vid, label, *group in train:
-        by_class.setdefault(label, []).append((vid, group[0] if group else vid))
+    for vid, label, group in train:
+        by_class.setdefault(label, []).append((vid, group))
     roles = {}
     for label, pairs in sorted(by_class.items()):
         pairs = sorted(pairs)
@@ -90,14 +90,14 @@ def select_roles(train: list[tuple], seed: int, *, labeled_fraction: float | Non
         else:
             nval = min(_take(n, val_per_class, val_fraction or 0.0), n - 1)
             val, val_groups = [], set()
-            for v in reversed(ids):
-                if len(val) == nval:
-                    break
+            for v in reversed(ids):   # whole groups, so that few videos are left out of both roles
                 g = group_of[v]
+                if len(val) == nval or g in val_groups:
+                    continue
                 # a new val group must leave the class a video outside val groups, to label
-                if g in val_groups or any(group_of[u] not in val_groups | {g} for u in ids):
+                if any(group_of[u] not in val_groups | {g} for u in ids):
                     val_groups.add(g)
-                    val.append(v)
+                    val += [u for u in reversed(ids) if group_of[u] == g][:nval - len(val)]
             rest = [v for v in ids if group_of[v] not in val_groups]
             labeled = rest[:min(max(1, _take(n, labeled_per_class, labeled_fraction)), len(rest))]
         roles.update(dict.fromkeys(ids, "unlabeled"))
@@ -159,8 +159,8 @@ def role_gaps(labels_roles, classes: list[str], all_labeled: bool = False) -> li
     if any((i, "labeled") not in have for i in range(len(classes))):
         gaps.append(missing("labeled"))
     if not all_labeled and not any(role == "unlabeled" for _, role in have):
-        gaps.append("no unlabeled clips: nothing for semi-supervised training (val and the labeled selection took "
-                    "every training video; a smaller --val-per-class leaves some)")
+        took = "val and the labeled selection" if any(role == "val" for _, role in have) else "the labeled selection"
+        gaps.append(f"no unlabeled clips: nothing for semi-supervised training ({took} took every training video)")
     return gaps
 
 

@@ -173,7 +173,7 @@ def test_adding_a_val_role_keeps_the_labeled_choice():
     from the back, so adding val (where the two fit) changes no labeled video; val is drawn only
     from what was unlabeled."""
     from jedi_pipe.make_shards import select_roles
-    train = [(f"v{c}_{i:03d}", c) for c in range(5) for i in range(20)]
+    train = [(f"v{c}_{i:03d}", c, f"v{c}_{i:03d}") for c in range(5) for i in range(20)]   # no groups: its own
     without = select_roles(train, seed=3, labeled_fraction=0.15)
     for val in ({"val_per_class": 4}, {"val_fraction": 0.3}):
         with_val = select_roles(train, seed=3, labeled_fraction=0.15, **val)
@@ -198,8 +198,13 @@ def test_val_never_shares_a_source_group_with_labeled():
                 of = lambda r: {group[v] for v, role in roles.items() if role == r and v.startswith(f"c{c}_")}  # noqa: E731
                 assert of("val") and of("labeled") and not of("val") & of("labeled"), (rule, val, c)
     # the same ids without groups: val is the back of the shuffle, exactly as many as asked
-    plain = select_roles([(v, c) for v, c, _ in train], seed=1, labeled_fraction=0.1, val_per_class=3)
+    plain = select_roles([(v, c, v) for v, c, _ in train], seed=1, labeled_fraction=0.1, val_per_class=3)
     assert Counter(v.split("_")[0] for v, r in plain.items() if r == "val") == {f"c{c}": 3 for c in range(4)}
+    # val takes whole groups: the oracle (every video labeled) leaves out at most the rest of one group a class
+    oracle = select_roles(train, seed=1, labeled_fraction=1.0, val_per_class=3)
+    for c in range(4):
+        left = [v for v, r in oracle.items() if r == "unlabeled" and v.startswith(f"c{c}_")]
+        assert len({group[v] for v in left}) <= 1 and len(left) < max(sizes), (c, left)
 
 
 def test_source_groups_of_real_names(synth_root):

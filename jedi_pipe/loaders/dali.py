@@ -144,7 +144,7 @@ def build_pipeline(shards: ShardSet, role: str, clip: ClipSpec, batch_size: int,
         return fn.lookup_table(key, keys=list(range(len(values))), values=values, default_value=default,
                                dtype=types.INT32)
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id, seed=seed)
+    @pipeline_def(batch_size=batch_size, num_threads=max(1, threads), device_id=device_id, seed=seed)   # 0: the torch loader's in-process reading
     def pipeline():
         encoded, meta = fn.readers.webdataset(
             paths=[str(p) for p in shards.tars(role)], index_paths=[str(p) for p in shards.indexes(role)],
