@@ -97,7 +97,10 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
     # Interlaced frames are deinterlaced first (yadif passes progressive ones through), and
     # non-square pixels (anamorphic DV, some phones) made square (width x SAR; a no-op at SAR 1,
     # which the loaders assume: they read stored pixels), so sizes and crops are of the picture shown.
+    # yadif needs 3 rows and columns: a smaller source (a 1x1 test pattern) is first blown up to that
+    tiny = "lt(min(iw,ih),3)"
     stream = (ffmpeg.input(src, t=settings.max_seconds).video
+              .filter("scale", w=f"if({tiny},ceil(iw*3/min(iw,ih)),iw)", h=f"if({tiny},ceil(ih*3/min(iw,ih)),ih)")
               .filter("yadif", deint="interlaced")
               .filter("fps", fps=settings.fps)
               .filter("scale", w="if(eq(sar,1),iw,trunc(iw*sar/2)*2)", h="ih")
