@@ -281,8 +281,10 @@ def _coerce(tp, value, where):
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is str and isinstance(value, (bool, int, float, datetime.date)):   # YAML read `off`, `2024-01-01`, ...
-        raise ConfigError(f"{where}: expected a name, got {value!r} ({type(value).__name__}), which YAML made of "
-                          f"the value as written; quote it as written (\"...\" in a file, --set {where}='\"...\"')")
+        key = re.sub(r"\[(\d+)\]", r".\1", where)   # datasets[0].name is --set datasets.0.name
+        raise ConfigError(f"{where}: expected a name, got {value!r} ({type(value).__name__}): YAML reads unquoted "
+                          f"off, yes, numbers and dates as other types; quote it (\"...\" in a file, "
+                          f"--set {key}='\"...\"')")
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
             or not isinstance(value, tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")

@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .errors import InputError, MissingError, first_line
 from .loaders.clip import ClipSpec
-from .transcode import CODECS, EncodeSettings, ffmpeg_args
+from .transcode import CODECS, FILTER_CHAIN, EncodeSettings, ffmpeg_args
 
 MODEL_CARD = "jedi_pipe.json"      # the archive's extra file with what inference needs besides the graph
 FORMAT = "jedi-pipe model 1"
@@ -117,21 +117,22 @@ PREPROCESS = ("video re-encoded by the card's transcode command (IN: the video, 
               "views x crops probabilities averaged")
 
 
+def settings_of(encoding: dict) -> EncodeSettings:
+    """A card's encoding (with its filter chain and whatever else it records) as EncodeSettings."""
+    return EncodeSettings(**{k: encoding[k] for k in ("codec", "fps", "short_side", "max_seconds")})
+
+
 def trained_on(cfg, name: str) -> dict | None:
     """What a model learnt from dataset `name`: its shards' labeled selection, source split and
     counts per role, as its expert saved them when it trained (an expert from before that: the
     shard folder the config points at now; None when that is gone too)."""
-    from .shards import CARD, open_shards
+    from .shards import CARD, data_record, open_shards
     from .trainer import expert_path
     saved = torch.load(expert_path(cfg, name), map_location="cpu", weights_only=False, mmap=True).get("shards")
     if saved is not None:
         return saved
     d = next(d for d in cfg.datasets if d.name == name)
-    if not (Path(d.shards) / CARD).is_file():
-        return None
-    card = open_shards(d.shards).card
-    return {"shards": card.get("name"), "classes": len(card["classes"]), "selection": card.get("selection"),
-            "source_split": card.get("source_split"), "counts": card["counts"]}
+    return data_record(open_shards(d.shards).card) if (Path(d.shards) / CARD).is_file() else None
 
 
 def model_card(run, dataset: str, which: str) -> dict:
@@ -168,13 +169,15 @@ def model_card(run, dataset: str, which: str) -> dict:
             saved = json.loads(results.read_text())
             if saved.get("step", step) == step:   # (older results.json name no step)
                 test = saved["datasets"][dataset].get(which)
-    encoding = {k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")}
-    command = ffmpeg_args("IN", f"OUT.{CODECS[encoding['codec']][0]}", EncodeSettings(**encoding))
+    encoding = {**{k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")}, "chain": enc.get("chain", 1)}
+    # the command of the filters the shards were made with: today's, or none when they were older ones
+    command = ffmpeg_args("IN", f"OUT.{CODECS[encoding['codec']][0]}", settings_of(encoding)) \
+        if encoding["chain"] == FILTER_CHAIN else None
     # the data the weights saw: its own dataset's for an expert, every dataset's for a joint model
     seen = [dataset] if which == "expert" else [x.name for x in cfg.datasets]
     return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": classes,
             "clip": clip, "views": cfg.clip.eval_views, "crops": cfg.clip.eval_crops,
-            "encoding": encoding, "transcode": shlex.join(["ffmpeg", *command[1:]]),
+            "encoding": encoding, "transcode": shlex.join(["ffmpeg", *command[1:]]) if command else None,
             "preprocess": PREPROCESS, "trained_on": {n: trained_on(cfg, n) for n in seen},
             "teacher": ("the moving average's" if cfg.jedi.teacher_ema else "live") if which == "teacher" else None,
             "step": step, "test": {k: test[k] for k in ("top1", "top5")} if test else None,

@@ -48,6 +48,10 @@ def verify_shards(root) -> dict:
                     problems.append(f"{tar.name}: {key} clip bytes differ from the manifest's sha256")
                 if int(sample["cls"]) != row["label"]:
                     problems.append(f"{tar.name}: {key} cls {int(sample['cls'])} != manifest label {row['label']}")
+                # .meta.i32 is what both loaders read the label (and frames, id) from
+                meta = shards.decode_meta(sample[shards.META_EXT]) if shards.META_EXT in sample else None
+                if meta is None or any(meta[f] != row[f] for f in shards.META_FIELDS):
+                    problems.append(f"{tar.name}: {key} {shards.META_EXT} {meta} differs from its manifest row")
                 if role == "unlabeled":
                     extra = set(json.loads(sample["json"])) - UNLABELED_JSON
                     if extra or set(sample) - {"__key__", "cls", "json", ss.clip_ext, shards.META_EXT}:

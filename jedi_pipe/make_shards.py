@@ -28,7 +28,7 @@ from .datasets import DatasetError, Listing, default_root, list_videos, source_g
 from .shard_jobs import (JOB, PARTS, TMP, PlannedSample, ShardError, ShardJob, default_workers, write_json_atomic,
                          write_shard)
 from .synth import INCOMPLETE as INCOMPLETE_SYNTH
-from .transcode import DEFAULT_TIMEOUT_S, EncodeSettings
+from .transcode import DEFAULT_TIMEOUT_S, FILTER_CHAIN, EncodeSettings
 
 LOCK = ".lock"            # flock'ed while a run writes the folder
 EXECUTORS = ("local", "ray")   # where the shards are written: this machine's threads, or Ray tasks
@@ -245,7 +245,7 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
     for p in plan:
         plan_hash.update(f"{p.key} {p.role} {p.shard} {p.item.label} {p.item.source}\n".encode())
     job = {"format_version": shards.FORMAT_VERSION, "dataset": dataset, "name": name,
-           "encoding": {**settings.as_dict(), "min_frames": min_frames},
+           "encoding": {**settings.as_dict(), "min_frames": min_frames, "chain": FILTER_CHAIN},
            "selection": selection_record(seed, labeled_fraction, labeled_per_class, val_fraction, val_per_class),
            "shard_max_count": shard_max_count,
            "source_split": listing.source_split, "plan": plan_hash.hexdigest()}

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .export import Model, load_model
+from .export import Model, load_model, settings_of
 
 
 def video_views(model: Model, path) -> torch.Tensor:
     """The model's evaluation views of one source video, [views x crops, 3, T, S, S]; TranscodeError if unusable."""
     from .loaders.torch import eval_views
-    from .transcode import EncodeSettings, encode_clip
-    data, info = encode_clip(str(path), EncodeSettings(**model.card["encoding"]))
+    from .transcode import encode_clip
+    data, info = encode_clip(str(path), settings_of(model.card["encoding"]))
     return eval_views(data, info.frames, model.clip, model.views, model.crops)
 
 
@@ -64,7 +64,8 @@ def predict_shards(model: Model | str | Path, shard_dir, role: str = "test", k: 
     if ss.classes != model.classes:
         raise InputError(f"{shard_dir}: its classes are not the model's ({ss.name}, {len(ss.classes)} classes; "
                          f"the model: {model.card['dataset']}, {len(model.classes)})")
-    theirs = {k: ss.card["encoding"].get(k) for k in model.card["encoding"]}
+    # (a card from before the filter chain was recorded: chain 1)
+    theirs = {k: ss.card["encoding"].get(k, 1 if k == "chain" else None) for k in model.card["encoding"]}
     if theirs != model.card["encoding"]:   # other pixels than the model was trained and scored on
         differ = ", ".join(f"{k} {theirs[k]} (model: {v})" for k, v in model.card["encoding"].items() if theirs[k] != v)
         raise InputError(f"{shard_dir}: its clips are encoded otherwise than the model's shards ({differ}); "

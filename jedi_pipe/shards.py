@@ -214,6 +214,13 @@ class ShardSet:
                 for r in self.manifest().to_pylist()]
 
 
+def data_record(card: dict) -> dict:
+    """What a model learnt from a shard folder, from its card: its name, class count, labeled
+    selection, source split and clips per role (an expert saves it; the model card shows it)."""
+    return {"name": card.get("name"), "classes": len(card["classes"]), "selection": card.get("selection"),
+            "source_split": card.get("source_split"), "counts": card["counts"]}
+
+
 def open_shards(root: str | Path) -> ShardSet:
     """The shard folder at `root` (its card read and checked): roles, tars, manifest, classes.
     MissingError when it is no finished shard folder, InputError when its card is unreadable or of

@@ -504,9 +504,7 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
         torch.save({"arch": d.model, "num_classes": len(ss.classes), "classes": ss.classes,
                     "encoding": ss.card["encoding"],   # what `jedi-pipe export` gives predict, wherever the shards go
                     # the data it learnt from, as the model card states it (export.trained_on)
-                    "shards": {"shards": ss.card.get("name"), "classes": len(ss.classes),
-                               "selection": ss.card.get("selection"), "source_split": ss.card.get("source_split"),
-                               "counts": ss.card["counts"]},
+                    "shards": shardfmt.data_record(ss.card),
                     "model": model.state_dict(), "test": test, "val": val, "config": cfg.to_dict()}, tmp)
         os.replace(tmp, path)
         resume_path(cfg, d.name).unlink(missing_ok=True)   # finished: nothing left to resume

@@ -62,6 +62,12 @@ class EncodeSettings:
         return asdict(self)
 
 
+# The version of the ffmpeg filters below, recorded with the encoding settings: a shard folder's
+# clips all come from one (a run of other filters is not resumed into it). 2 (2026-12-01):
+# interlaced frames deinterlaced and pixels made square; 1 before (the same clips of progressive,
+# square-pixelled sources).
+FILTER_CHAIN = 2
+
 # The widest (or tallest) picture a clip keeps, long side : short side. Real footage is at most
 # about 2.4:1 (cinema scope); anything beyond is cropped around its centre.
 MAX_ASPECT = 4

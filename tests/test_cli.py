@@ -38,6 +38,25 @@ def test_inspect_reports_a_tampered_tar(shard_dirs, tmp_path):
     assert r.exit_code != 0 and "problem" in r.output
 
 
+def test_inspect_reports_a_label_put_into_an_unlabeled_samples_meta(shard_dirs, tmp_path):
+    """The loaders read labels from .meta.i32, not .cls: a label there must not pass the check."""
+    import shutil
+
+    import numpy as np
+    d = tmp_path / "copy"
+    shutil.copytree(shard_dirs["hmdb51"], d)
+    tar = sorted(d.glob("train-unlabeled-*.tar"))[0]
+    first = (d / (tar.name + ".idx")).read_text().splitlines()[1].split()
+    meta = first.index("meta.i32")
+    offset = int(first[meta + 1])
+    data = bytearray(tar.read_bytes())
+    assert np.frombuffer(bytes(data[offset:offset + 4]), "<i4")[0] == -1   # the label field: unlabeled
+    data[offset:offset + 4] = np.array([4], "<i4").tobytes()
+    tar.write_bytes(bytes(data))
+    r = CliRunner().invoke(main, ["inspect", str(d)])
+    assert r.exit_code == 1 and "meta.i32" in r.output and "differs from its manifest row" in r.output
+
+
 def test_inspect_reports_a_cut_tar_and_a_missing_manifest(shard_dirs, tmp_path):
     import shutil
     d = tmp_path / "copy"

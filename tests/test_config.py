@@ -149,8 +149,12 @@ def test_numbers_in_scientific_notation_and_names_that_yaml_reads_otherwise():
     assert (cfg.jedi.lr, cfg.pretrain.lr, cfg.jedi.warmup_steps) == (1e-3, 4e-2, 100)
     with pytest.raises(ConfigError, match="clip.frames: expected int"):   # a quoted "8" stays a string
         load_config(data={**BASE, "clip": {"frames": "8"}})
-    with pytest.raises(ConfigError, match=r"--set name=off: name: expected a name, got False \(bool\).* quote it as written"):
+    with pytest.raises(ConfigError, match=r"--set name=off: name: expected a name, got False \(bool\).* quote it"):
         load_config(data=BASE, overrides=["name=off"])
+    # the hint's --set key is one that --set reads (datasets.0.name, not datasets[0].name)
+    with pytest.raises(ConfigError, match=r"--set datasets.0.name='\"...\"'"):
+        load_config(data=BASE, overrides=["datasets.0.name=off"])
+    assert load_config(data=BASE, overrides=['datasets.0.name="off"']).datasets[0].name == "off"
     assert load_config(data=BASE, overrides=["strong.area=[8e-2, 1.0]"]).strong.area == (0.08, 1.0)
 
 

@@ -131,6 +131,12 @@ def test_predict_refuses_shards_encoded_otherwise(tiny_run, shard_dirs, tmp_path
     (other / "dataset.json").write_text(json.dumps(card))
     with pytest.raises(InputError, match=r"encoded otherwise than the model's shards \(short_side"):
         next(predict_shards(model, other))
+    # shards of the filters before deinterlacing and square pixels (no chain recorded: 1)
+    card["encoding"]["short_side"] //= 2
+    del card["encoding"]["chain"]
+    (other / "dataset.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match=r"\(chain 1 \(model: 2\)\)"):
+        next(predict_shards(model, other))
 
 
 def test_plain_pytorch_recipe_and_bad_files(tiny_run, tmp_path):
@@ -227,7 +233,7 @@ def test_the_card_says_where_the_model_came_from_and_how_to_feed_it(tiny_run, tm
     # the data the weights saw: a teacher every dataset of the run, an expert its own, with their selections
     for name in ("hmdb51", "ssv2"):
         shard_card = open_shards(next(d.shards for d in tiny_run.datasets if d.name == name)).card
-        assert card["trained_on"][name] == {"shards": shard_card["name"], "classes": len(shard_card["classes"]),
+        assert card["trained_on"][name] == {"name": shard_card["name"], "classes": len(shard_card["classes"]),
                                             "selection": shard_card["selection"], "counts": shard_card["counts"],
                                             "source_split": shard_card["source_split"]}
     assert list(expert["trained_on"]) == ["ssv2"]
@@ -298,6 +304,9 @@ def test_export_refuses_to_replace_a_file_or_to_rename_the_classes(tiny_run, sha
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     card = load_model(export_model(run, "hmdb51", "student", tmp_path / "moved.pt2")).card
     assert card["classes"] == open_shards(shard_dirs["hmdb51"]).classes and card["encoding"]["fps"] == 8.0
+    # and the data the weights saw is the experts' own record, not whatever the config points at now
+    assert card["trained_on"]["hmdb51"]["counts"] == open_shards(shard_dirs["hmdb51"]).card["counts"]
+    assert card["transcode"] and card["encoding"]["chain"] == 2
 
 
 def test_a_training_checkpoint_is_not_taken_for_a_model(tiny_run):

@@ -11,7 +11,7 @@ import av
 import pytest
 
 from jedi_pipe import shards
-from jedi_pipe.make_shards import make_shards
+from jedi_pipe.make_shards import JOB, make_shards
 from jedi_pipe.inspect_shards import verify_shards
 
 from .conftest import SHARD_OPTS, dali_decoded_clips
@@ -176,6 +176,13 @@ def test_rerun_is_noop_and_changed_settings_are_refused(synth_root, tmp_path):
         make_shards("ssv2", synth_root / "ssv2", tmp_path / "s", **{**opts, "short_side": 40})
     s = make_shards("ssv2", synth_root / "ssv2", tmp_path / "s", overwrite=True, **{**opts, "short_side": 40})
     assert not s.already_complete and s.transcoded > 0
+    # a folder of older ffmpeg filters (its job names no chain) is not finished with today's
+    import json
+    job = json.loads((tmp_path / "s" / JOB).read_text())
+    del job["encoding"]["chain"]
+    (tmp_path / "s" / JOB).write_text(json.dumps(job))
+    with pytest.raises(ShardError, match="--overwrite"):
+        make_shards("ssv2", synth_root / "ssv2", tmp_path / "s", **{**opts, "short_side": 40})
 
 
 def test_layout_variants(tmp_path):
