@@ -39,7 +39,7 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
     from . import synth
     from .errors import InputError
     from .inspect_shards import verify_shards
-    from .make_shards import make_shards
+    from .make_shards import ShardError, make_shards
     from .plots import draw
     from .records import results_table
     from .trainer import train
@@ -63,7 +63,15 @@ def run_demo(out="jedi-demo", quick: bool = False, seed: int = 0, overrides=(), 
     echo(f"[2/5] shard: VP9 clips, {DEMO_SHARD['short_side']} px, {DEMO_SHARD['fps']:g} fps, "
          f"{DEMO_SHARD['labeled_fraction']:.0%} of the training videos labeled")
     for name in DEMO_DATASETS:
-        s = make_shards(name, roots[name], out / "shards" / name, seed=seed, **DEMO_SHARD)
+        try:
+            s = make_shards(name, roots[name], out / "shards" / name, seed=seed, **DEMO_SHARD)
+        except ShardError as e:
+            if "other settings" not in str(e):
+                raise
+            # shards of another run (other settings, or an older jedi-pipe's filters): the demo has no --overwrite
+            raise InputError(f"{out / 'shards' / name} holds shards made with other settings (another --seed or "
+                             f"--quick, or an older jedi-pipe): the demo does not mix runs; delete {out / 'shards'} "
+                             f"and {out / 'run'}, or choose another --out") from None
         counts = ", ".join(f"{r} {n}" for r, n in s.counts.items())
         echo(f"      {name:12s} {counts}; failures {s.failures}")
 

@@ -47,6 +47,20 @@ def test_demo_quick(tmp_path):
         classes = json.loads((out / "shards" / name / "dataset.json").read_text())["num_classes"]
         assert last[name] < 0.75 * math.log(classes), (name, last[name], classes)
 
+    # a rerun over shards of other settings (here: an older jedi-pipe's ffmpeg filters) says what to do;
+    # the demo has no --overwrite to pass
+    import pytest
+
+    from jedi_pipe.demo import run_demo
+    from jedi_pipe.errors import InputError
+    job = out / "shards" / "ssv2" / ".job.json"
+    old = json.loads(job.read_text())
+    del old["encoding"]["chain"]
+    job.write_text(json.dumps(old))
+    with pytest.raises(InputError, match=r"shards/ssv2 holds shards made with other settings .* the demo does not mix "
+                                         r"runs; delete .*shards and .*run, or choose another --out"):
+        run_demo(out, quick=True, overrides=["pretrain.epochs=30"], echo=lambda m: None)
+
 
 def test_demo_refuses_a_bad_setting_before_any_work(tmp_path):
     import pytest
