@@ -23,36 +23,38 @@ def test_inspect_checks_and_previews(shard_dirs, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
-def test_inspect_reports_a_tampered_tar(shard_dirs, tmp_path):
+def _changed_copy(src, dst, tars: str, member: str, change):
+    """A copy of shard folder `src` whose first `tars` tar has its first sample's `member` bytes
+    replaced by change(bytes) (same length), found through the tar's DALI index."""
     import shutil
-    d = tmp_path / "copy"
-    shutil.copytree(shard_dirs["hmdb51"], d)
-    tar = sorted(d.glob("test-*.tar"))[0]
-    first = (d / (tar.name + ".idx")).read_text().splitlines()[1].split()
-    webm = first.index("webm")
-    offset, size = int(first[webm + 1]), int(first[webm + 2])   # the first clip's bytes, from the index
+    shutil.copytree(src, dst)
+    tar = sorted(dst.glob(tars))[0]
+    first = (dst / (tar.name + ".idx")).read_text().splitlines()[1].split()
+    at = first.index(member)
+    offset, size = int(first[at + 1]), int(first[at + 2])
     data = bytearray(tar.read_bytes())
-    data[offset + size // 2] ^= 0xFF
+    data[offset:offset + size] = change(bytes(data[offset:offset + size]))
     tar.write_bytes(bytes(data))
+    return dst
+
+
+def test_inspect_reports_a_tampered_tar(shard_dirs, tmp_path):
+    flip = lambda b: b[:len(b) // 2] + bytes([b[len(b) // 2] ^ 0xFF]) + b[len(b) // 2 + 1:]   # noqa: E731
+    d = _changed_copy(shard_dirs["hmdb51"], tmp_path / "copy", "test-*.tar", "webm", flip)   # one clip byte
     r = CliRunner().invoke(main, ["inspect", str(d)])
     assert r.exit_code != 0 and "problem" in r.output
 
 
 def test_inspect_reports_a_label_put_into_an_unlabeled_samples_meta(shard_dirs, tmp_path):
     """The loaders read labels from .meta.i32, not .cls: a label there must not pass the check."""
-    import shutil
-
     import numpy as np
-    d = tmp_path / "copy"
-    shutil.copytree(shard_dirs["hmdb51"], d)
-    tar = sorted(d.glob("train-unlabeled-*.tar"))[0]
-    first = (d / (tar.name + ".idx")).read_text().splitlines()[1].split()
-    meta = first.index("meta.i32")
-    offset = int(first[meta + 1])
-    data = bytearray(tar.read_bytes())
-    assert np.frombuffer(bytes(data[offset:offset + 4]), "<i4")[0] == -1   # the label field: unlabeled
-    data[offset:offset + 4] = np.array([4], "<i4").tobytes()
-    tar.write_bytes(bytes(data))
+
+    def label_4(meta: bytes) -> bytes:
+        fields = np.frombuffer(meta, "<i4").copy()
+        assert fields[0] == -1   # the label field: unlabeled
+        fields[0] = 4
+        return fields.tobytes()
+    d = _changed_copy(shard_dirs["hmdb51"], tmp_path / "copy", "train-unlabeled-*.tar", "meta.i32", label_4)
     r = CliRunner().invoke(main, ["inspect", str(d)])
     assert r.exit_code == 1 and "meta.i32" in r.output and "differs from its manifest row" in r.output
 
