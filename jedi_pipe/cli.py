@@ -294,6 +294,7 @@ def inspect(shard_dir, preview, as_json):
 
 def _inspect_model(path, as_json: bool) -> None:
     from .export import load_model
+    from .transcode import FILTER_CHAIN
     card = _run_guarded(lambda: load_model(path)).card
     if as_json:
         click.echo(json.dumps(card))
@@ -310,6 +311,10 @@ def _inspect_model(path, as_json: bool) -> None:
         click.echo(f"  recipe: {card['preprocess']}")
     if card.get("transcode"):
         click.echo(f"  transcode: {card['transcode']}")
+        chain = e.get("chain", 1)
+        if chain != FILTER_CHAIN:
+            click.echo(f"  (its shards were made with filter chain {chain}, before interlaced frames were deinterlaced "
+                       f"and pixels made square: the same clips of progressive, square-pixelled sources)")
     for name, seen in (card.get("trained_on") or {}).items():
         if seen is None:
             click.echo(f"  trained on {name} (its shard folder was gone at export)")
@@ -328,11 +333,14 @@ def _selection_said(sel: dict) -> str:
         return str(sel)
     said = f"{sel.get('rule')} {sel.get('value')} (seed {sel.get('seed')})"
     val = sel.get("val")
-    if val:
+    if val and val.get("value"):
         said += f", val {val['value']} per class" if val.get("rule") == "per_class" else f", val {val.get('rule')} {val.get('value')}"
+    else:
+        said += ", no val"
     src = sel.get("split_from")
-    if src:
-        said += f"; split from {src.get('name')} ({_selection_said(src.get('selection'))})"
+    if src:   # the folder it was split from, by its own rule (not the whole history)
+        first = dict(src.get("selection") or {}, split_from=None)
+        said += f"; split from {src.get('name')} ({_selection_said(first)})"
     return said
 
 
@@ -455,7 +463,9 @@ def evaluate(config_path, overrides, checkpoint, role):
     if int(os.environ.get("RANK", 0)):
         return
     for name, kinds in results["datasets"].items():
-        click.echo(f"{name:12s} " + "  ".join(f"{k} {v['top1']:.1f}/{v['top5']:.1f}" for k, v in kinds.items()) + "  (top-1/top-5 %)")
+        clips = next(iter(kinds.values()))["n"]
+        click.echo(f"{name:12s} " + "  ".join(f"{k} {v['top1']:.1f}/{v['top5']:.1f}" for k, v in kinds.items())
+                   + f"  ({role}, {clips} clips; top-1/top-5 %)")
 
 
 def _run_guarded(fn):
@@ -635,7 +645,7 @@ def _predict_each(model, inputs, role, k, as_json) -> tuple[int, int]:
 @main.command()
 @click.argument("src", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The new shard folder.")
-@click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label (1.0: all but val and its source groups, the fully supervised oracle).")
+@click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label (1.0: all but val and its source groups, the fully supervised oracle). [default: SRC's labeled rule]")
 @click.option("--labeled-per-class", type=int, default=None, help="Instead: this many labeled videos per class.")
 @click.option("--labeled-list", type=click.Path(dir_okay=False), default=None, help="Instead: a file of the labeled videos, one video id or source path per line (published few-label splits).")
 @click.option("--val-per-class", type=int, default=None, help="Hold out this many labeled training videos per class as the val role (0: no val role). [default: SRC's val rule]")

@@ -29,7 +29,7 @@ from torch import nn
 from . import __version__
 from .errors import InputError, MissingError, first_line
 from .loaders.clip import ClipSpec
-from .transcode import CODECS, FILTER_CHAIN, EncodeSettings, ffmpeg_args
+from .transcode import CODECS, EncodeSettings, ffmpeg_args
 
 MODEL_CARD = "jedi_pipe.json"      # the archive's extra file with what inference needs besides the graph
 FORMAT = "jedi-pipe model 1"
@@ -169,15 +169,15 @@ def model_card(run, dataset: str, which: str) -> dict:
             saved = json.loads(results.read_text())
             if saved.get("step", step) == step:   # (older results.json name no step)
                 test = saved["datasets"][dataset].get(which)
+    # chain: the shards' ffmpeg filters (transcode.FILTER_CHAIN). The command is today's, which
+    # `predict` runs too; an older chain gave the same clips of progressive, square-pixelled sources
     encoding = {**{k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")}, "chain": enc.get("chain", 1)}
-    # the command of the filters the shards were made with: today's, or none when they were older ones
-    command = ffmpeg_args("IN", f"OUT.{CODECS[encoding['codec']][0]}", settings_of(encoding)) \
-        if encoding["chain"] == FILTER_CHAIN else None
+    command = ffmpeg_args("IN", f"OUT.{CODECS[encoding['codec']][0]}", settings_of(encoding))
     # the data the weights saw: its own dataset's for an expert, every dataset's for a joint model
     seen = [dataset] if which == "expert" else [x.name for x in cfg.datasets]
     return {"format": FORMAT, "dataset": dataset, "which": which, "archs": archs, "classes": classes,
             "clip": clip, "views": cfg.clip.eval_views, "crops": cfg.clip.eval_crops,
-            "encoding": encoding, "transcode": shlex.join(["ffmpeg", *command[1:]]) if command else None,
+            "encoding": encoding, "transcode": shlex.join(["ffmpeg", *command[1:]]),
             "preprocess": PREPROCESS, "trained_on": {n: trained_on(cfg, n) for n in seen},
             "teacher": ("the moving average's" if cfg.jedi.teacher_ema else "live") if which == "teacher" else None,
             "step": step, "test": {k: test[k] for k in ("top1", "top5")} if test else None,

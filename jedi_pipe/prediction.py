@@ -64,10 +64,12 @@ def predict_shards(model: Model | str | Path, shard_dir, role: str = "test", k: 
     if ss.classes != model.classes:
         raise InputError(f"{shard_dir}: its classes are not the model's ({ss.name}, {len(ss.classes)} classes; "
                          f"the model: {model.card['dataset']}, {len(model.classes)})")
-    # (a card from before the filter chain was recorded: chain 1)
-    theirs = {k: ss.card["encoding"].get(k, 1 if k == "chain" else None) for k in model.card["encoding"]}
-    if theirs != model.card["encoding"]:   # other pixels than the model was trained and scored on
-        differ = ", ".join(f"{k} {theirs[k]} (model: {v})" for k, v in model.card["encoding"].items() if theirs[k] != v)
+    # the settings that make other pixels of any source (the filter chain differs only for interlaced or
+    # non-square-pixelled ones, as raw videos' transcode does too)
+    mine = {k: v for k, v in model.card["encoding"].items() if k != "chain"}
+    theirs = {k: ss.card["encoding"].get(k) for k in mine}
+    if theirs != mine:   # other pixels than the model was trained and scored on
+        differ = ", ".join(f"{k} {theirs[k]} (model: {v})" for k, v in mine.items() if theirs[k] != v)
         raise InputError(f"{shard_dir}: its clips are encoded otherwise than the model's shards ({differ}); "
                          f"predict from the source videos instead, which are encoded as the model's were")
     t = ss.manifest(columns=["sample_id", "key", "label_name"]).to_pydict()

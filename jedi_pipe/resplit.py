@@ -89,7 +89,8 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
 
     Exactly one of labeled_fraction (of each class's training videos; 1.0: every one not in
     val, the fully supervised oracle), labeled_per_class and labeled_list (a file). Without
-    val_per_class and val_fraction the source's val rule goes on (val_per_class=0: no val role).
+    val_per_class and val_fraction the source's val rule goes on (val_per_class=0: no val role), and
+    without a labeled option the source's labeled rule (unless it was a list).
     Raises ShardError (one sentence) for unusable input.
     """
     src, out = Path(src), Path(out)
@@ -101,9 +102,14 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
         raise ShardError(f"--out {out} is the source folder; write the new split to another folder")
     given = [k for k, v in (("--labeled-fraction", labeled_fraction), ("--labeled-per-class", labeled_per_class),
                             ("--labeled-list", labeled_list)) if v is not None]
+    if not given:   # the source's labeled rule goes on, as its val rule does (a list rule needs its file)
+        rule = ss.card.get("selection") or {}
+        labeled_fraction = rule.get("value") if rule.get("rule") == "fraction" else None
+        labeled_per_class = rule.get("value") if rule.get("rule") == "per_class" else None
+        given = ["source"] if labeled_fraction is not None or labeled_per_class is not None else []
     if len(given) != 1:
         raise ShardError("give exactly one of --labeled-fraction, --labeled-per-class, --labeled-list"
-                         + (f" (got {', '.join(given)})" if given else ""))
+                         + (f" (got {', '.join(given)})" if given else f" ({src}'s own is a list rule)"))
     check_selection(labeled_fraction, labeled_per_class, val_fraction, val_per_class)
     if val_per_class is None and val_fraction is None:   # held-out videos stay held out unless asked otherwise
         val = (ss.card.get("selection") or {}).get("val") or {}

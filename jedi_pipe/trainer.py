@@ -361,7 +361,8 @@ def pretrain(cfg: Config, log=print) -> dict:
     metrics = finished_experts(cfg)
     todo = [i for i, d in enumerate(cfg.datasets) if d.name not in metrics]
     for name, test in metrics.items():
-        log(f"expert {name}: exists ({expert_path(cfg, name)}), test top-1 {test['top1']:.1f}")
+        val = torch.load(expert_path(cfg, name), map_location="cpu", weights_only=False, mmap=True).get("val")
+        log(f"expert {name}: exists ({expert_path(cfg, name)}), {expert_score_said(test, val)}")
     prepare_run(cfg)   # after the checks: a refused run leaves the folder's config.yaml as it was
     # from the config alone, not from how many experts are left: an expert's threads (and so its
     # weights) must not depend on which others a crash or a deleted file left to retrain
@@ -510,8 +511,15 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
         resume_path(cfg, d.name).unlink(missing_ok=True)   # finished: nothing left to resume
     distributed.barrier()   # every rank finds the expert before it goes on
     return d.name, test, (f"expert {d.name}: {total - start} steps in {time.time() - t0:.0f}s"
-                          + (f" (resumed at step {start})" if start else "") + f", test top-1 {test['top1']:.1f} "
-                          f"top-5 {test['top5']:.1f}")
+                          + (f" (resumed at step {start})" if start else "") + f", {expert_score_said(test, val)}")
+
+
+def expert_score_said(test: dict, val: dict | None) -> str:
+    """An expert's score for the log: val's when its folder has a val role (choices are made there;
+    test stays in the checkpoint and results.json), else test's."""
+    if val:
+        return f"val top-1 {val['top1']:.1f} top-5 {val['top5']:.1f}"
+    return f"test top-1 {test['top1']:.1f} top-5 {test['top5']:.1f}"
 
 
 # ---------------------------------------------------------------------------- JEDI

@@ -138,6 +138,8 @@ def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
         raise TranscodeError("not a regular file")
     if os.path.getsize(src) == 0:
         raise TranscodeError("zero-byte file")
+    if _looks_like_text(src):   # ffmpeg's tty demuxer would draw a text file as a video of its letters
+        raise TranscodeError("not a video: a text file")
     fd, dst = tempfile.mkstemp(prefix="jedi-pipe-", suffix="." + settings.ext, dir=tmp_dir)   # named: a kill -9 leaves it findable
     os.close(fd)
     try:
@@ -179,6 +181,20 @@ def encode_clip(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
         raise TranscodeError(f"only {info.frames} frame(s) at {settings.fps:g} fps, fewer than "
                              f"min_frames {min_frames} (truncated or too short)")
     return data, info
+
+
+def _looks_like_text(path: str) -> bool:
+    """Whether the file starts as text: every video container starts with binary bytes (a NUL or
+    other control byte within its first kilobyte), a split file or a README does not."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:   # a multi-byte character cut at the end of the kilobyte is still text
+        if e.start < len(head) - 3:
+            return False
+        text = head[:e.start].decode("utf-8")
+    return all(ch.isprintable() or ch in "\t\n\r\f" for ch in text)
 
 
 def _no_frames(settings: EncodeSettings) -> str:

@@ -45,8 +45,10 @@ def test_the_guard_has_teeth(tmp_path):
     exe = ffmpeg_exe()
     with no_transcode(), pytest.raises(AssertionError, match="started a process"):
         subprocess.run([exe, "-version"], capture_output=True)
+    binary = tmp_path / "x.avi"   # not text: a text file is refused before ffmpeg starts
+    binary.write_bytes(b"RIFF\x00\x00\x00\x00AVI ")
     with no_transcode(), pytest.raises(AssertionError, match="started a process"):
-        encode_clip(__file__, EncodeSettings())
+        encode_clip(str(binary), EncodeSettings())
 
 
 def check_folder(d: Path, src: Path) -> list[dict]:
@@ -162,8 +164,16 @@ def test_cli_split_and_a_rerun_is_a_noop(src, tmp_path):
     assert "already complete" in run("--labeled-per-class", "2").output
     r = run("--labeled-per-class", "1")
     assert r.exit_code == 2 and "--overwrite" in r.output
-    r = run()
+    r = run("--labeled-per-class", "1", "--labeled-fraction", "0.5")
     assert r.exit_code == 2 and "exactly one of --labeled-fraction" in r.output
+    # without a labeled option the source's rule goes on, as its val rule does: here only val changes
+    r = CliRunner().invoke(main, ["split", str(src), "--out", str(tmp_path / "no-val"), "--val-per-class", "0"])
+    assert r.exit_code == 0, r.output
+    sel = shards.open_shards(tmp_path / "no-val").card["selection"]
+    assert (sel["rule"], sel["value"], sel["val"]) == ("fraction", 0.1, {"rule": "per_class", "value": 0})
+    r = CliRunner().invoke(main, ["inspect", str(tmp_path / "no-val")])
+    assert "labeled selection: fraction 0.1 (seed 0), no val; split from hmdb51 (fraction 0.1 (seed 0), val 1 per class)" \
+        in r.output, r.output
     r = CliRunner().invoke(main, ["split", str(src), "--out", str(src), "--labeled-fraction", "0.5"])
     assert r.exit_code == 2 and "is the source folder" in r.output
 

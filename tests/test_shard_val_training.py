@@ -35,7 +35,11 @@ def test_periodic_evaluation_on_val_and_test_once_for_results(shard_dirs, tmp_pa
         return real(forward, ss, cfg, device, role)
 
     monkeypatch.setattr(trainer, "evaluate_logits", spy)
-    trainer.pretrain(cfg, log=lambda m: None)
+    said = []
+    trainer.pretrain(cfg, log=said.append)
+    # the log gives the experts' val scores, to choose by; test stays in the checkpoints
+    experts_said = [m for m in said if m.startswith("expert ") and "steps in" in m]
+    assert len(experts_said) == 2 and all("val top-1" in m and "test" not in m for m in experts_said), said
     assert Counter(calls) == {("hmdb51", "test"): 1, ("hmdb51", "val"): 1, ("ssv2", "test"): 1, ("ssv2", "val"): 1}
     calls.clear()
     results = trainer.train(cfg, log=lambda m: None)
