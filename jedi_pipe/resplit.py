@@ -82,6 +82,14 @@ def read_labeled_list(path, rows: list[dict]) -> set[str]:
     return set(found)
 
 
+def _fraction_or_per_class(rule: dict | None) -> tuple:
+    """(fraction, per_class) of a card's selection rule {"rule", "value"}: one of them set, or neither
+    (no rule, or a list rule)."""
+    rule = rule or {}
+    return (rule.get("value") if rule.get("rule") == "fraction" else None,
+            rule.get("value") if rule.get("rule") == "per_class" else None)
+
+
 def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per_class: int | None = None,
                  labeled_list=None, val_per_class: int | None = None, val_fraction: float | None = None,
                  seed: int = 0, overwrite: bool = False) -> SplitSummary:
@@ -102,19 +110,16 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
         raise ShardError(f"--out {out} is the source folder; write the new split to another folder")
     given = [k for k, v in (("--labeled-fraction", labeled_fraction), ("--labeled-per-class", labeled_per_class),
                             ("--labeled-list", labeled_list)) if v is not None]
+    source = ss.card.get("selection") or {}
     if not given:   # the source's labeled rule goes on, as its val rule does (a list rule needs its file)
-        rule = ss.card.get("selection") or {}
-        labeled_fraction = rule.get("value") if rule.get("rule") == "fraction" else None
-        labeled_per_class = rule.get("value") if rule.get("rule") == "per_class" else None
+        labeled_fraction, labeled_per_class = _fraction_or_per_class(source)
         given = ["source"] if labeled_fraction is not None or labeled_per_class is not None else []
     if len(given) != 1:
         raise ShardError("give exactly one of --labeled-fraction, --labeled-per-class, --labeled-list"
                          + (f" (got {', '.join(given)})" if given else f" ({src}'s own is a list rule)"))
     check_selection(labeled_fraction, labeled_per_class, val_fraction, val_per_class)
     if val_per_class is None and val_fraction is None:   # held-out videos stay held out unless asked otherwise
-        val = (ss.card.get("selection") or {}).get("val") or {}
-        val_per_class = val.get("value") if val.get("rule") == "per_class" else None
-        val_fraction = val.get("value") if val.get("rule") == "fraction" else None
+        val_fraction, val_per_class = _fraction_or_per_class(source.get("val"))
 
     try:
         rows = ss.full_rows()

@@ -358,11 +358,11 @@ def pretrain(cfg: Config, log=print) -> dict:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")   # "head skipped" is said when the expert is built
                     load_weights(build(d.model, len(sets[d.name].classes)), d.init)
-    metrics = finished_experts(cfg)
+    finished = finished_experts(cfg)
+    metrics = {name: scores["test"] for name, scores in finished.items()}
     todo = [i for i, d in enumerate(cfg.datasets) if d.name not in metrics]
-    for name, test in metrics.items():
-        val = torch.load(expert_path(cfg, name), map_location="cpu", weights_only=False, mmap=True).get("val")
-        log(f"expert {name}: exists ({expert_path(cfg, name)}), {expert_score_said(test, val)}")
+    for name, scores in finished.items():
+        log(f"expert {name}: exists ({expert_path(cfg, name)}), {expert_score_said(scores['test'], scores['val'])}")
     prepare_run(cfg)   # after the checks: a refused run leaves the folder's config.yaml as it was
     # from the config alone, not from how many experts are left: an expert's threads (and so its
     # weights) must not depend on which others a crash or a deleted file left to retrain
@@ -398,7 +398,7 @@ def pretrain(cfg: Config, log=print) -> dict:
 
 
 def finished_experts(cfg: Config) -> dict:
-    """{name: test scores} of the experts already written, each refused unless made with cfg's settings
+    """{name: {"test", "val"} scores} of the experts already written, each refused unless made with cfg's settings
     (expert_signature): pretrain keeps them, train builds on them, and the run's config.yaml must
     describe them."""
     done = {}
@@ -408,7 +408,7 @@ def finished_experts(cfg: Config) -> dict:
             ck = torch.load(path, map_location="cpu", weights_only=False, mmap=True)   # the config, not the weights
             _check_same(expert_signature(ck["config"], d.name), expert_signature(cfg.to_dict(), d.name),
                         f"expert {path}")
-            done[d.name] = ck["test"]
+            done[d.name] = {"test": ck["test"], "val": ck.get("val")}
     return done
 
 

@@ -1,7 +1,7 @@
 """Loaders: shard folders -> normalised clip batches for PyTorch (DESIGN.md section 4).
 
 Two backends with the same output (format, clips, windows, crops, flips; the pixels differ by
-the decoders' YUV -> RGB conversions, about one gray level on average): `dali` (a DALI graph end to end; GPU decode when CUDA is
+the decoders' YUV -> RGB conversions, within 3 grey levels of luma on average: test_backends_agree): `dali` (a DALI graph end to end; GPU decode when CUDA is
 visible, DALI's CPU path otherwise) and `torch` (stock webdataset + PyAV in DataLoader workers,
 the fallback where DALI is missing). `backend="auto"` picks dali when it imports and can decode
 the shards' codec on this machine.
