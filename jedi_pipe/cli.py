@@ -137,7 +137,7 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
 @click.option("--max-missing", default=0.3, show_default=True, type=float, help="Fraction of the videos the split files name that may be absent from disk (missing.jsonl; real Kinetics downloads miss a few percent) before the run stops, as --root is then likely the wrong folder.")
 @click.option("--min-frames", default=1, show_default=True, type=click.IntRange(1, None), help="Skip clips with fewer frames (after --fps); truncated files keep what decodes.")
 @click.option("--timeout", "timeout_s", default=600.0, show_default=True, type=float, help="Seconds one ffmpeg transcode may take before its video is recorded as failed.")
-@click.option("--videos", default=None, type=click.Path(), help="Folder of the videos, when not under --root.")
+@click.option("--videos", default=None, type=click.Path(), help="Folder of the videos, when not under --root (without --root, the split files are searched for under it unless --annotations is given).")
 @click.option("--annotations", default=None, type=click.Path(), help="Folder of the split/annotation files, when not under --root.")
 @click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML of defaults for these options (preprocess/<dataset>.yaml); flags given here win.")
 @click.option("--overwrite", is_flag=True, help="Replace shards made earlier with other settings.")

@@ -216,9 +216,10 @@ def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 raise ShardError(f"{flag} {folder}: no such folder")
         if root is None and videos is None:
             root = default_root(dataset)
-        if root is not None and (Path(root) / INCOMPLETE_SYNTH).exists():
-            raise ShardError(f"{root}: an interrupted `jedi-pipe synth` ({INCOMPLETE_SYNTH} is there): rerun "
-                             f"the synth command to finish it")
+        for folder in {root, videos} - {None}:
+            if (Path(folder) / INCOMPLETE_SYNTH).exists():
+                raise ShardError(f"{folder}: an interrupted `jedi-pipe synth` ({INCOMPLETE_SYNTH} is there): rerun "
+                                 f"the synth command to finish it")
         listing = list_videos(dataset, root, split=split, videos=videos, annotations=annotations)
     except (DatasetError, ValueError) as e:
         raise ShardError(str(e)) from None

@@ -167,3 +167,20 @@ def test_kinetics_replacements_win_over_the_corrupted_originals(sources, tmp_pat
     first.write_bytes(b"")   # CVDF: the broken original stays in train/
     path = {it.video_id: it.path for it in list_videos("kinetics400", root).items}
     assert path[first.stem] == str(fixed)
+
+
+def test_videos_and_annotations_apart_without_a_root(sources, tmp_path, monkeypatch):
+    # the two halves on different disks, as --videos / --annotations' help offers; no --root given
+    vids, ann = tmp_path / "disk1" / "hmdb51_org", tmp_path / "disk2" / "splits"
+    shutil.copytree(sources["hmdb51"], vids, ignore=shutil.ignore_patterns("testTrainMulti_7030_splits"))
+    shutil.copytree(sources["hmdb51"] / "testTrainMulti_7030_splits", ann)
+    monkeypatch.chdir(tmp_path)
+    r = shard("--dataset", "hmdb51", "--videos", vids, "--annotations", ann, "--out", "h")
+    assert r.exit_code == 0, r.output
+    manifest = shards.open_shards(tmp_path / "h").manifest()
+    sources_seen = [s for s in manifest.column("source").to_pylist() if s]   # unlabeled rows name no source
+    assert sources_seen and [s for s in sources_seen if not s.startswith("disk1/hmdb51_org/")] == []   # relative to what they share
+    # --videos alone: the split files are searched for under it
+    r = shard("--dataset", "kinetics400", "--videos", sources["kinetics400"], "--out", "k")
+    assert r.exit_code == 0, r.output
+    assert shards.open_shards(tmp_path / "k").count("test") > 0

@@ -50,6 +50,11 @@ def default_root(dataset: str) -> Path:
 def list_videos(dataset: str, root, split: int = 1, videos=None, annotations=None) -> Listing:
     if not isinstance(dataset, str) or dataset not in ADAPTERS:
         raise DatasetError(f"unknown dataset {dataset!r}; known: {', '.join(ADAPTERS)}")
+    if root is None:   # the two halves given apart: paths in the manifest are relative to what they share
+        halves = [str(Path(p).resolve()) for p in (videos, annotations) if p is not None]
+        if not halves:
+            raise DatasetError(f"{dataset}: give the dataset's root (--root), or --videos and --annotations")
+        root = os.path.commonpath(halves)
     try:
         return ADAPTERS[dataset](root, split=split, videos=videos, annotations=annotations)
     except OSError as e:   # an unreadable folder or file met while searching: the input is unusable
