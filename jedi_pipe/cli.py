@@ -294,7 +294,7 @@ def inspect(shard_dir, preview, as_json):
 
 def _inspect_model(path, as_json: bool) -> None:
     from .export import load_model
-    from .transcode import FILTER_CHAIN
+    from .transcode import FILTER_CHAIN, FILTER_CHAINS
     card = _run_guarded(lambda: load_model(path)).card
     if as_json:
         click.echo(json.dumps(card))
@@ -313,8 +313,9 @@ def _inspect_model(path, as_json: bool) -> None:
         click.echo(f"  transcode: {card['transcode']}")
         chain = e.get("chain", 1)
         if chain != FILTER_CHAIN:
-            click.echo(f"  (its shards were made with filter chain {chain}, before interlaced frames were deinterlaced "
-                       f"and pixels made square: the same clips of progressive, square-pixelled sources)")
+            since = "; ".join(why for n, why in FILTER_CHAINS.items() if n > chain)
+            click.echo(f"  (its shards were made with filter chain {chain}, before: {since}; the same clips of the "
+                       f"sources these do not touch)")
     for name, seen in (card.get("trained_on") or {}).items():
         if seen is None:
             click.echo(f"  trained on {name} (its shard folder was gone at export)")

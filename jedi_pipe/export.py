@@ -170,7 +170,8 @@ def model_card(run, dataset: str, which: str) -> dict:
             if saved.get("step", step) == step:   # (older results.json name no step)
                 test = saved["datasets"][dataset].get(which)
     # chain: the shards' ffmpeg filters (transcode.FILTER_CHAIN). The command is today's, which
-    # `predict` runs too; an older chain gave the same clips of progressive, square-pixelled sources
+    # `predict` runs too (on a file of several video streams, of the main one: transcode.main_video_stream);
+    # an older chain gave the same clips of the sources its changes do not touch (transcode.FILTER_CHAINS)
     encoding = {**{k: enc[k] for k in ("codec", "fps", "short_side", "max_seconds")}, "chain": enc.get("chain", 1)}
     command = ffmpeg_args("IN", f"OUT.{CODECS[encoding['codec']][0]}", settings_of(encoding))
     # the data the weights saw: its own dataset's for an expert, every dataset's for a joint model

@@ -65,8 +65,8 @@ def predict_shards(model: Model | str | Path, shard_dir, role: str = "test", k: 
     if ss.classes != model.classes:
         raise InputError(f"{shard_dir}: its classes are not the model's ({ss.name}, {len(ss.classes)} classes; "
                          f"the model: {model.card['dataset']}, {len(model.classes)})")
-    # the settings that make other pixels of any source (the filter chain differs only for interlaced or
-    # non-square-pixelled ones, as raw videos' transcode does too)
+    # the settings that make other pixels of any source (the filter chains differ only for some sources:
+    # interlaced, non-square-pixelled, several video streams; transcode.FILTER_CHAINS)
     mine = {k: v for k, v in model.card["encoding"].items() if k != "chain"}
     theirs = {k: ss.card["encoding"].get(k) for k in mine}
     if theirs != mine:   # other pixels than the model was trained and scored on

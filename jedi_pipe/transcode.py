@@ -63,10 +63,13 @@ class EncodeSettings:
 
 
 # The version of the ffmpeg filters below, recorded with the encoding settings: a shard folder's
-# clips all come from one (a run of other filters is not resumed into it). 2 (2026-12-01):
-# interlaced frames deinterlaced and pixels made square; 1 before (the same clips of progressive,
-# square-pixelled sources).
-FILTER_CHAIN = 2
+# clips all come from one (a run of other filters is not resumed into it). What each version
+# changed; a source the change does not touch gives the same clip under both.
+FILTER_CHAINS = {
+    2: "interlaced frames deinterlaced and pixels made square (2026-12-01)",
+    3: "the main video stream read, not the first, in a file of several (2026-12-01)",
+}
+FILTER_CHAIN = max(FILTER_CHAINS)
 
 # The widest (or tallest) picture a clip keeps, long side : short side. Real footage is at most
 # about 2.4:1 (cinema scope); anything beyond is cropped around its centre.
@@ -92,8 +95,9 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
-    """The ffmpeg command line for one transcode (also used by the throughput baseline)."""
+def ffmpeg_args(src: str, dst: str, settings: EncodeSettings, stream: int | None = None) -> list[str]:
+    """The ffmpeg command line for one transcode (also used by the throughput baseline) of the
+    source's video stream number `stream` (`main_video_stream`), or of its first when None."""
     import ffmpeg  # ffmpeg-python
     opts = dict(CODECS[settings.codec][1])
     # fps before scale: frames are dropped/duplicated first, so scaling works on fewer frames.
@@ -105,7 +109,9 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings) -> list[str]:
     # which the loaders assume: they read stored pixels), so sizes and crops are of the picture shown.
     # yadif needs 3 rows and columns: a smaller source (a 1x1 test pattern) is first blown up to that
     tiny = "lt(min(iw,ih),3)"
-    stream = (ffmpeg.input(src, t=settings.max_seconds).video
+    source = ffmpeg.input(src, t=settings.max_seconds)
+    stream = (source.video if stream is None else source[str(stream)])
+    stream = (stream
               .filter("scale", w=f"if({tiny},ceil(iw*3/min(iw,ih)),iw)", h=f"if({tiny},ceil(ih*3/min(iw,ih)),ih)")
               .filter("yadif", deint="interlaced")
               .filter("fps", fps=settings.fps)
@@ -138,14 +144,18 @@ def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
         raise TranscodeError("not a regular file")
     if os.path.getsize(src) == 0:
         raise TranscodeError("zero-byte file")
-    if _looks_like_text(src):   # ffmpeg's tty demuxer would draw a text file as a video of its letters
-        raise TranscodeError("not a video: a text file")
+    try:
+        if _looks_like_text(src):   # ffmpeg's tty demuxer would draw a text file as a video of its letters
+            raise TranscodeError("not a video: a text file")
+        stream = main_video_stream(src)
+    except OSError as e:   # this video's fault (no read permission), not the run's: recorded, the run goes on
+        raise TranscodeError(f"cannot read the file: {e.strerror or e}") from None
     fd, dst = tempfile.mkstemp(prefix="jedi-pipe-", suffix="." + settings.ext, dir=tmp_dir)   # named: a kill -9 leaves it findable
     os.close(fd)
     try:
         try:
             # errors="replace": ffmpeg echoes file names, which need not be valid UTF-8
-            proc = subprocess.run(ffmpeg_args(src, dst, settings), stdin=subprocess.DEVNULL,
+            proc = subprocess.run(ffmpeg_args(src, dst, settings, stream), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, errors="replace", timeout=timeout_s)
         except subprocess.TimeoutExpired:   # run() has killed ffmpeg already
             raise TranscodeError(f"ffmpeg did not finish within {timeout_s:g} s and was killed "
@@ -181,6 +191,21 @@ def encode_clip(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
         raise TranscodeError(f"only {info.frames} frame(s) at {settings.fps:g} fps, fewer than "
                              f"min_frames {min_frames} (truncated or too short)")
     return data, info
+
+
+def main_video_stream(src: str) -> int | None:
+    """The number of the video stream ffmpeg itself would pick (av_find_best_stream: not a cover
+    picture, the default or largest), where a file has several: the first can be a thumbnail or
+    cover track. None when there is at most one, or the file does not open (ffmpeg then says why)."""
+    import av
+    try:
+        with av.open(src) as container:
+            if len(container.streams.video) < 2:
+                return None
+            best = container.streams.best("video")
+            return None if best is None else best.index   # inside: a closed container's streams read garbage
+    except (av.error.FFmpegError, EOFError, IndexError, ValueError):
+        return None
 
 
 def _looks_like_text(path: str) -> bool:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from jedi_pipe import transcode
 from jedi_pipe.config import load_config
 from jedi_pipe.export import export_model, inference_module, load_model
 from jedi_pipe.prediction import predict_shards, predict_videos
@@ -306,7 +307,7 @@ def test_export_refuses_to_replace_a_file_or_to_rename_the_classes(tiny_run, sha
     assert card["classes"] == open_shards(shard_dirs["hmdb51"]).classes and card["encoding"]["fps"] == 8.0
     # and the data the weights saw is the experts' own record, not whatever the config points at now
     assert card["trained_on"]["hmdb51"]["counts"] == open_shards(shard_dirs["hmdb51"]).card["counts"]
-    assert card["transcode"] and card["encoding"]["chain"] == 2
+    assert card["transcode"] and card["encoding"]["chain"] == transcode.FILTER_CHAIN
 
 
 def test_a_training_checkpoint_is_not_taken_for_a_model(tiny_run):

@@ -103,6 +103,7 @@ KEPT_ODD = {
     "vfr.mp4": (42, 32),
     "banner_4000x10.avi": (128, 32),  # beyond 4:1: centre-cropped to 4:1, not a 12800 x 32 clip
     "tower_10x4000.avi": (32, 128),
+    "thumb_first.mkv": (42, 32),      # a 16x16 thumbnail track first, the 64x48 video (default) second
 }
 
 
@@ -129,6 +130,8 @@ def bad_root(tmp_path_factory) -> Path:
     ff("-f", "lavfi", "-i", "color=c=red:size=3840x2160:rate=8", "-frames:v", "1", "-c:v", "mpeg4", odd / "uhd_4k.avi")
     for size, name in (("4000x10", "banner_4000x10.avi"), ("10x4000", "tower_10x4000.avi")):
         ff("-f", "lavfi", "-i", f"testsrc=size={size}:rate=8", "-frames:v", "1", "-c:v", "mpeg4", odd / name)
+    ff("-f", "lavfi", "-i", "testsrc=size=16x16:rate=1:duration=1", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=15:duration=1",
+       "-map", "0", "-map", "1", "-c:v", "ffv1", "-disposition:v:0", "0", "-disposition:v:1", "default", odd / "thumb_first.mkv")
     # variable frame rate: 30 fps, then frames twice as long, then half as long
     make_video(odd / "vfr.mp4", "64x48", 30, 3.0, "libx264",
             "-vf", "setpts='if(lt(N,30),PTS,if(lt(N,60),2*PTS-1/TB,PTS/2+2/TB))'", "-fps_mode", "vfr")
@@ -213,6 +216,24 @@ def test_min_frames_skips_truncated_videos_with_too_little_left(bad_root, tmp_pa
     assert shards.open_shards(tmp_path / "o").card["encoding"]["min_frames"] == 12
 
 
+def test_an_unreadable_video_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    from jedi_pipe import transcode
+    root = tmp_path / "v"
+    for i, name in enumerate(("a/one.avi", "a/two.avi", "b/three.avi", "b/locked.avi")):
+        make_video(root / name, seconds=1.0 + 0.1 * i)
+    real = transcode._looks_like_text
+
+    def looks_like_text(path):   # as open() fails on a file without read permission (root reads them all)
+        if Path(path).name == "locked.avi":
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(transcode, "_looks_like_text", looks_like_text)
+    s = make_shards("folder", root, tmp_path / "o", max_failures=0.5, **SMALL)
+    assert errors_by_file(tmp_path / "o") == {"locked.avi": "cannot read the file: Permission denied"}
+    assert s.failures == 1 and sum(s.counts.values()) == 3
+
+
 def test_a_hung_ffmpeg_is_killed_and_recorded(tmp_path, monkeypatch):
     from jedi_pipe import transcode
     root = tmp_path / "v"
@@ -220,10 +241,10 @@ def test_a_hung_ffmpeg_is_killed_and_recorded(tmp_path, monkeypatch):
         make_video(root / name, seconds=1.0 + 0.1 * i)
     real = transcode.ffmpeg_args
 
-    def args(src, dst, settings):   # stands in for an ffmpeg stuck on a bad file or a dead mount
+    def args(src, dst, settings, stream=None):   # stands in for an ffmpeg stuck on a bad file or a dead mount
         if Path(src).name == "hangs.avi":
             return [sys.executable, "-c", "import time; time.sleep(300)"]
-        return real(src, dst, settings)
+        return real(src, dst, settings, stream)
 
     monkeypatch.setattr(transcode, "ffmpeg_args", args)
     t0 = time.time()
