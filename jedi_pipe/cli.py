@@ -651,7 +651,7 @@ def _predict_each(model, inputs, role, k, as_json) -> tuple[int, int]:
 @click.option("--labeled-list", type=click.Path(dir_okay=False), default=None, help="Instead: a file of the labeled videos, one video id or source path per line (published few-label splits).")
 @click.option("--val-per-class", type=int, default=None, help="Hold out this many labeled training videos per class as the val role (0: no val role). [default: SRC's val rule]")
 @click.option("--val-fraction", type=float, default=None, help="Instead: this fraction of each class's training videos as val.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the selection and shard order.")
+@click.option("--seed", default=None, type=int, help="Seed of the selection and shard order. [default: SRC's seed, so a rule kept draws the same videos]")
 @click.option("--overwrite", is_flag=True, help="Replace what an earlier split with other settings wrote to --out.")
 def split(src, out, **opts):
     """Re-split shard folder SRC into --out with another labeled selection or val role.

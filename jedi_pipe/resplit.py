@@ -92,13 +92,14 @@ def _fraction_or_per_class(rule: dict | None) -> tuple:
 
 def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per_class: int | None = None,
                  labeled_list=None, val_per_class: int | None = None, val_fraction: float | None = None,
-                 seed: int = 0, overwrite: bool = False) -> SplitSummary:
+                 seed: int | None = None, overwrite: bool = False) -> SplitSummary:
     """Write shard folder `out` from `src`'s clips with a new labeled selection and val role.
 
     Exactly one of labeled_fraction (of each class's training videos; 1.0: every one not in
     val, the fully supervised oracle), labeled_per_class and labeled_list (a file). Without
     val_per_class and val_fraction the source's val rule goes on (val_per_class=0: no val role), and
-    without a labeled option the source's labeled rule (unless it was a list).
+    without a labeled option the source's labeled rule (unless it was a list); without a seed the
+    source's seed, so that a rule kept draws the same videos.
     Raises ShardError (one sentence) for unusable input.
     """
     src, out = Path(src), Path(out)
@@ -120,6 +121,8 @@ def split_shards(src, out, *, labeled_fraction: float | None = None, labeled_per
     check_selection(labeled_fraction, labeled_per_class, val_fraction, val_per_class)
     if val_per_class is None and val_fraction is None:   # held-out videos stay held out unless asked otherwise
         val_fraction, val_per_class = _fraction_or_per_class(source.get("val"))
+    if seed is None:
+        seed = source.get("seed", 0)
 
     try:
         rows = ss.full_rows()

@@ -97,6 +97,17 @@ def test_same_settings_reproduce_the_source_selection(src, tmp_path):
     assert roles(tmp_path / "same") == roles(src)
 
 
+def test_split_without_a_seed_keeps_the_sources(src, tmp_path):
+    # a folder drawn with seed 3, split again with its own rules and no seed: the same roles, not seed 0's
+    roles = lambda d: {(r["video_id"], r["role"]) for r in shards.open_shards(d).full_rows()}
+    with no_transcode():
+        split_shards(src, tmp_path / "s3", labeled_fraction=0.3, val_per_class=1, seed=3)
+        split_shards(tmp_path / "s3", tmp_path / "again")
+        split_shards(tmp_path / "s3", tmp_path / "s0", seed=0)
+    assert roles(tmp_path / "again") == roles(tmp_path / "s3") != roles(tmp_path / "s0")
+    assert shards.open_shards(tmp_path / "again").card["selection"]["seed"] == 3
+
+
 def test_split_to_half_labeled(src, tmp_path):
     with no_transcode():
         s = split_shards(src, tmp_path / "half", labeled_fraction=0.5, seed=1, val_per_class=0)   # 0: no val role
