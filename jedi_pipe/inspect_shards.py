@@ -32,8 +32,7 @@ def verify_shards(root) -> dict:
             if not tar.is_file():
                 problems.append(f"{tar.name}: missing")
                 continue
-            if not Path(shards.index_name(str(tar))).is_file():
-                problems.append(f"{tar.name}: its DALI index {tar.name}.idx is missing")
+            problems += _index_problems(tar)
             for sample in _readable_samples(tar, problems):
                 key = sample["__key__"]
                 row = by_key.get(key)
@@ -46,13 +45,16 @@ def verify_shards(root) -> dict:
                     problems.append(f"{tar.name}: {key} belongs to {row['shard']} ({row['role']})")
                 if clip is None or hashlib.sha256(clip).hexdigest() != row["sha256"]:
                     problems.append(f"{tar.name}: {key} clip bytes differ from the manifest's sha256")
-                if int(sample["cls"]) != row["label"]:
-                    problems.append(f"{tar.name}: {key} cls {int(sample['cls'])} != manifest label {row['label']}")
+                label = _int_or_none(sample.get("cls"))
+                if label != row["label"]:
+                    problems.append(f"{tar.name}: {key} cls {sample.get('cls')!r} != manifest label {row['label']}")
                 # .meta.i32 is what both loaders read the label (and frames, id) from
                 meta = shards.decode_meta(sample[shards.META_EXT]) if shards.META_EXT in sample else None
                 if meta is None or any(meta[f] != row[f] for f in shards.META_FIELDS):
                     problems.append(f"{tar.name}: {key} {shards.META_EXT} {meta} differs from its manifest row")
-                if role == "unlabeled":
+                if "json" not in sample:
+                    problems.append(f"{tar.name}: {key} has no .json member")
+                elif role == "unlabeled":
                     extra = set(json.loads(sample["json"])) - UNLABELED_JSON
                     if extra or set(sample) - {"__key__", "cls", "json", ss.clip_ext, shards.META_EXT}:
                         problems.append(f"{tar.name}: unlabeled {key} carries more than the spec allows "
@@ -73,6 +75,37 @@ def verify_shards(root) -> dict:
         if counts[role] != ss.count(role):
             problems.append(f"{role}: manifest has {counts[role]} rows, dataset.json says {ss.count(role)}")
     return {"ok": not problems, "problems": problems, "counts": dict(counts), "samples_checked": sum(seen.values())}
+
+
+def _int_or_none(data: bytes | None) -> int | None:
+    try:
+        return int(data)
+    except (TypeError, ValueError):
+        return None
+
+
+def _index_problems(tar: Path) -> list[str]:
+    """The DALI index against the tar it names: a stale or swapped one sends both DALI and `split`
+    to the wrong bytes."""
+    idx = Path(shards.index_name(str(tar)))
+    if not idx.is_file():
+        return [f"{tar.name}: its DALI index {idx.name} is missing"]
+    try:
+        indexed = shards.read_index(idx)
+    except (InputError, ValueError, OSError) as e:
+        return [f"{idx.name}: unreadable ({e})"]
+    actual: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(tar) as t:
+            for m in t:
+                if m.isfile():
+                    key, ext = m.name.split(".", 1)
+                    actual.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, OSError, EOFError):
+        return []   # the damaged tar is reported as such by the sample pass
+    wrong = sum(indexed.get(k) != v for k, v in actual.items()) + len(indexed.keys() - actual.keys())
+    return [f"{idx.name}: {wrong} sample(s) at other offsets, sizes or keys than in {tar.name} "
+            f"(a stale index or another tar's); DALI and `jedi-pipe split` would read the wrong bytes"] if wrong else []
 
 
 def _readable_samples(tar: Path, problems: list):

@@ -215,6 +215,9 @@ def _copy_train(ss: shards.ShardSet, plan: list[dict], out: Path) -> None:
                 if writer is not None:
                     writer.close()
                 writer = shards.ShardWriter(out / r["shard"])
+            if r["src_key"] not in where:   # a stale or swapped .idx
+                raise ShardError(f"{ss.root}: {r['src_key']} is in no tar's DALI index of its role; "
+                                 f"check the source folder with `jedi-pipe inspect`")
             tar, offset, size = where[r["src_key"]]
             f = handles.get(tar) or handles.setdefault(tar, open(tar, "rb"))
             f.seek(offset)

@@ -1,6 +1,8 @@
 """The CLI as a user meets it: --help everywhere, inspect with a preview PNG, clear errors."""
 from __future__ import annotations
 
+import io
+
 import pytest
 from click.testing import CliRunner
 
@@ -71,6 +73,38 @@ def test_inspect_reports_a_cut_tar_and_a_missing_manifest(shard_dirs, tmp_path):
     (d / "manifest.parquet").unlink()
     r = CliRunner().invoke(main, ["inspect", str(d)])
     assert isinstance(r.exception, SystemExit) and r.exit_code != 0 and "manifest.parquet: unreadable" in r.output, r.output
+
+
+def test_inspect_reports_a_sample_without_its_cls_and_a_swapped_index(shard_dirs, tmp_path):
+    import shutil
+    import tarfile
+
+    from jedi_pipe.make_shards import ShardError
+    from jedi_pipe.resplit import split_shards
+    d = tmp_path / "copy"
+    shutil.copytree(shard_dirs["hmdb51"], d)
+    tar = sorted(d.glob("train-unlabeled-*.tar"))[0]
+    with tarfile.open(tar) as t:
+        members = [(m, t.extractfile(m).read()) for m in t]
+    dropped = members[0][0].name.split(".")[0] + ".cls"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:   # the tar again, one sample's .cls left out
+        for m, data in members:
+            if m.name != dropped:
+                t.addfile(m, io.BytesIO(data))
+    r = CliRunner().invoke(main, ["inspect", str(d)])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output   # a report, not a KeyError
+    assert "cls None != manifest label -1" in r.output, r.output
+    # the index of the first sample's removal no longer matches: DALI would read wrong bytes
+    assert f"{tar.name}.idx: " in r.output and "at other offsets" in r.output, r.output
+    # an index swapped for another tar's: reported, and split refuses with one sentence
+    shutil.rmtree(d)
+    shutil.copytree(shard_dirs["hmdb51"], d)
+    labeled = sorted(d.glob("train-labeled-*.tar"))[0]
+    shutil.copyfile(sorted(d.glob("train-unlabeled-*.tar"))[0].with_suffix(".tar.idx"), labeled.with_suffix(".tar.idx"))
+    r = CliRunner().invoke(main, ["inspect", str(d)])
+    assert r.exit_code == 1 and f"{labeled.name}.idx: " in r.output, r.output
+    with pytest.raises(ShardError, match="is in no tar's DALI index"):
+        split_shards(d, tmp_path / "new", labeled_per_class=1)
 
 
 def test_train_with_a_bad_config_is_one_sentence(tmp_path):
