@@ -78,9 +78,10 @@ def make_data(root: Path, videos_per_class: dict, labeled_fraction: float, val_p
 def config(data: Path, shards: str, out: Path, seed: int, overrides) -> object:
     d = yaml.safe_load(DEMO_CONFIG.read_text())
     # the final evaluation, and one at step EARLY_STEP: how far the joint step first knocks the experts
-    d.update(out=str(out), seed=seed, eval_every=10**9, eval_first=EARLY_STEP)
+    # absolute: --report --rescore-on reads these configs again, from whatever directory it runs in
+    d.update(out=str(out.absolute()), seed=seed, eval_every=10**9, eval_first=EARLY_STEP)
     for ds in d["datasets"]:
-        ds["shards"] = str(data / shards / ds["name"])
+        ds["shards"] = str((data / shards / ds["name"]).absolute())
     return load_config(data=d, overrides=list(overrides))
 
 
@@ -220,6 +221,7 @@ def rescore_seed(seed_dir: Path, draw: Path) -> dict:
 def _rescore_run(run_dir: Path, draw: Path) -> dict:
     """{kind: {dataset: top1}} of one run's final checkpoint and experts on the draw's val + test clips."""
     d = yaml.safe_load((run_dir / "config.yaml").read_text())
+    d["out"] = str(run_dir)   # its experts are run_dir/experts, wherever the run was started from
     trained_on = {ds["name"]: ds["shards"] for ds in d["datasets"]}
     for ds in d["datasets"]:
         ds["shards"] = str(draw / "shards" / ds["name"])
@@ -281,7 +283,8 @@ def gaps(per_seed: list[dict]) -> str:
     # rows merged in by --report carry a " [overrides]" tag: the same gaps within each tag, baselines untagged
     tags = [""] + sorted({r[r.index(" ["):] for r in per_seed[0] if " [" in r})
     baselines = ("expert", "ema student", "fixmatch student", "ema student (slow avg)", "fixmatch student (slow avg)")
-    pairs = [(a + tag, b if b in baselines else b + tag)
+    # a tagged run's own baseline where it has one, else the first run's
+    pairs = [(a + tag, b + tag if b not in baselines or b + tag in per_seed[0] else b)
              for tag in tags for a, b in GAPS]
     # and what a --report is for: each tagged row against the same row of the first run (untagged)
     pairs += [(r, r[:r.index(" [")]) for r in per_seed[0] if " [" in r]
@@ -320,9 +323,12 @@ def print_tables(per_seed: list[dict], overrides, test: bool = True) -> None:
 
 
 def _tag(other: dict, first: dict) -> str:
-    """The suffix of another run's rows in a merged table: its overrides, unless they are the first's."""
-    if not other["overrides"] or other["overrides"] == first["overrides"]:
+    """The suffix of another run's rows in a merged table: its overrides, unless they are the first's
+    (a run of the defaults next to a first one with overrides: " [defaults]")."""
+    if other["overrides"] == first["overrides"]:
         return ""
+    if not other["overrides"]:
+        return " [defaults]"
     return " [" + ", ".join(k.rsplit(".", 1)[-1] + "=" + v for k, v in (o.split("=", 1) for o in other["overrides"])) + "]"
 
 
@@ -340,13 +346,22 @@ def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True,
             raise SystemExit(f"{who}: the runs' experts differ ({split}); not the same data and seeds")
         return theirs[split]
 
+    def same_data(other: dict, who) -> bool:
+        """Whether both record their data (then it must be the same) and their seeds match."""
+        if len(other["seeds"]) != len(first["seeds"]):
+            raise SystemExit(f"{who}: {len(other['seeds'])} seeds, not {len(first['seeds'])} as {outs[0]}")
+        by_data = "data" in first and "data" in other
+        if by_data and data_options(first["data"]) != data_options(other["data"]):
+            raise SystemExit(f"{who}: other data ({other['data']}, not {first['data']})")
+        return by_data
+
     first, *others = [json.loads((o / "learning.json").read_text()) for o in outs]
     per_seed = first["seeds"]
+    for out, other in zip(outs[1:], others):
+        same_data(other, out)
     if oracle_from is not None:
         donor_run = json.loads((oracle_from / "learning.json").read_text())
-        by_data = "data" in first and "data" in donor_run
-        if by_data and first["data"] != donor_run["data"]:
-            raise SystemExit(f"{oracle_from}: other data ({donor_run['data']}, not {first['data']})")
+        by_data = same_data(donor_run, oracle_from)
         for mine, theirs in zip(per_seed, donor_run["seeds"], strict=True):
             for split in set(mine) & {"test", "val"}:
                 rows = theirs.get(split, {}) if by_data else same_experts(mine, theirs, split, oracle_from)
@@ -478,6 +493,9 @@ def main() -> None:
             refuse(f"{flag} must be {need}")
     if args.val_only and args.val_per_class == 0:   # refused before the runs, not after them
         refuse("--val-only needs a val role: --val-per-class must be above 0")
+    per_run = {"seed", "out", "eval_every", "eval_first"}   # set here, per seed and run
+    if any(o.split("=", 1)[0].strip() in per_run for o in args.overrides):
+        refuse(f"--set cannot move {', '.join(sorted(per_run))}: the script sets them per seed and run (--seeds, --out)")
     runs = tuple(r for r in args.runs.split(",") if r)
     if not runs or any(r not in RUNS for r in runs):
         refuse(f"--runs {args.runs!r}: choose from {', '.join(RUNS)}")
@@ -519,6 +537,15 @@ def main() -> None:
         mark.write_text(json.dumps(made))
     if args.data_only:
         return log("done: data only")
+    # the data the runs under --out were trained on: a run reused on rebuilt data of other options
+    # would print the old data's numbers as the new's (each run's own check sees only the shards' path)
+    identity = {k: v for k, v in made.items() if k != "oracle"}
+    runs_on = args.out / "runs-data.json"
+    if runs_on.is_file() and data_options(json.loads(runs_on.read_text())) != identity:
+        refuse(f"the runs under {args.out} were made on other data ({json.loads(runs_on.read_text())}); "
+               f"delete {args.out}/seed* (or choose another --out) to run on {identity}")
+    runs_on.parent.mkdir(parents=True, exist_ok=True)
+    runs_on.write_text(json.dumps(identity))
     per_seed = []
     for seed in range(args.seeds):
         log(f"seed {seed}")
@@ -527,7 +554,6 @@ def main() -> None:
     print_tables(per_seed, args.overrides, test=not args.val_only)
     if args.json:
         # the data's identity (what made it; the oracle rows aside): --report --oracle-from matches runs by it
-        identity = {k: v for k, v in made.items() if k != "oracle"}
         (args.out / "learning.json").write_text(json.dumps({"overrides": args.overrides, "data": identity,
                                                             "seeds": per_seed}, indent=1))
     log("done")

@@ -75,6 +75,48 @@ def test_report_tags_the_second_run_and_pairs_gaps_within_the_tag(tmp_path, monk
     assert out.count("top-1 (%), report this one") == 1
 
 
+def test_report_pairs_a_tagged_run_with_its_own_baseline_and_tags_the_defaults(tmp_path, monkeypatch, capsys):
+    base = write_run(tmp_path / "base", ["jedi.steps=600"], [{"ema student": 50.0, "jedi student": 55.0},
+                                                             {"ema student": 52.0, "jedi student": 60.0}])
+    other = write_run(tmp_path / "short", [], [{"ema student": 40.0, "jedi student": 44.0},
+                                               {"ema student": 41.0, "jedi student": 42.0}])
+    code, out, err = run_report(monkeypatch, capsys, base, other)
+    assert code == 0, err
+    # the run of the defaults is named, not taken for the first run's setting
+    assert "| jedi student [defaults] |" in out and "| ema student [defaults] |" in out
+    # and its students are paired with its own baseline (+4, +1), not the first run's (-6, -10)
+    assert "jedi student [defaults] - ema student [defaults]: mean +2.5 ± 1.5 (seeds: +4.0, +1.0)" in out
+    assert "jedi student [defaults] - ema student:" not in out
+
+
+def test_report_refuses_other_seed_counts_and_other_data(tmp_path, monkeypatch, capsys):
+    base = write_run(tmp_path / "base", [], [{"jedi student": 55.0}, {"jedi student": 60.0}],
+                     data={"data_seed": 0, "val_per_class": 5})
+    one = write_run(tmp_path / "one", ["jedi.lr=0.02"], [{"jedi student": 55.0}], experts=(40.0,),
+                    data={"data_seed": 0, "val_per_class": 5})
+    code, _, err = run_report(monkeypatch, capsys, base, one)
+    assert code != 0 and "1 seeds, not 2" in err and "Traceback" not in err
+    no_val = write_run(tmp_path / "no-val", ["jedi.lr=0.02"], [{"jedi student": 1.0}] * 2,
+                       data={"data_seed": 0, "val_per_class": 0})
+    code, _, err = run_report(monkeypatch, capsys, base, no_val)
+    assert code != 0 and "other data" in err
+
+
+def test_runs_are_not_reused_on_data_of_other_options(tmp_path, monkeypatch, capsys):
+    """Data rebuilt with other options at the same path: the runs under --out are of the old data."""
+    made = {"videos_per_class": dict(learning.DEMO_VIDEOS_PER_CLASS),
+            "labeled_fraction": learning.DEMO_SHARD["labeled_fraction"], "val_per_class": 5, "data_seed": 1,
+            "oracle": True, "look": "alike"}
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "data.json").write_text(json.dumps(made))
+    (tmp_path / "out").mkdir()
+    old = {k: v for k, v in made.items() if k != "oracle"} | {"data_seed": 0}
+    (tmp_path / "out" / "runs-data.json").write_text(json.dumps(old))
+    monkeypatch.setattr(learning, "run_seed", lambda *a, **k: pytest.fail("ran on the old data's runs"))
+    code, _, err = run_main(monkeypatch, capsys, "--data", tmp_path / "data", "--data-seed", "1", "--out", tmp_path / "out")
+    assert code == 2 and "were made on other data" in err and "'data_seed': 0" in err
+
+
 def test_report_val_only_prints_no_test(tmp_path, monkeypatch, capsys):
     base = write_run(tmp_path / "base", [], [{"jedi+views student": 55.0}, {"jedi+views student": 60.0}])
     code, out, err = run_report(monkeypatch, capsys, base, "--val-only")
@@ -127,9 +169,12 @@ def test_oracle_rows_come_from_a_run_on_the_same_data_whatever_its_experts(tmp_p
     (["--set", "jedi.teacher_ema=0", "--out", "never-made"], "jedi.w_distill_heads: needs teacher_ema > 0"),
     (["--oracle-epochs", "-1", "--out", "never-made"], "--oracle-epochs must be 0 (no oracle) or more"),
     (["--labeled-fraction", "2", "--out", "never-made"], "--labeled-fraction must be in (0, 1]"),
+    # every "seed" would be one run, its std 0
+    (["--set", "seed=7", "--out", "never-made"], "--set cannot move eval_every, eval_first, out, seed"),
 ])
 def test_options_that_do_not_go_together_are_refused(args, error, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(learning, "make_data", lambda *a, **k: pytest.fail("the data was made before the refusal"))
     code, _, err = run_main(monkeypatch, capsys, *args)
     assert code == 2 and error in err and "usage:" not in err     # one line, not the usage's dozen
     assert not (tmp_path / "never-made").exists()
