@@ -5,6 +5,7 @@ The Python API mirrors the CLI (each command is a thin layer over one of these):
     import jedi_pipe
     jedi_pipe.synthesize("data/synth")                              # jedi-pipe synth
     jedi_pipe.shard("hmdb51", "data/synth/hmdb51", "shards/hmdb51")  # jedi-pipe shard
+    jedi_pipe.shard("hmdb51", root, out, **jedi_pipe.read_recipe("preprocess/hmdb51.yaml", "hmdb51", fps=8))  # --recipe
     jedi_pipe.split("shards/hmdb51", "shards/hmdb51-all", labeled_fraction=1.0)  # jedi-pipe split
     cfg = jedi_pipe.load_config("train/demo.yaml", ["jedi.steps=50"])
     jedi_pipe.pretrain(cfg); jedi_pipe.train(cfg); jedi_pipe.evaluate(cfg)
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 _API = {
     "synthesize": ("synth", "generate"),
     "shard": ("make_shards", "make_shards"),
+    "read_recipe": ("make_shards", "read_recipe"),
     "split": ("resplit", "split_shards"),
     "load_config": ("config", "load_config"),
     "pretrain": ("trainer", "pretrain"),

@@ -12,15 +12,7 @@ import click
 
 from . import __version__
 from .flips import RECIPE_KEYS as FLIP_RECIPE_KEYS   # recipe-only keys (no flags): the flip map
-from .flips import read_rule as read_flip_rule
 
-SHARD_RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_class", "val_fraction", "seed",
-                     "codec", "fps", "short_side", "max_seconds", "shard_max_count", "max_failures",
-                     "max_missing", "workers", "min_frames", "timeout_s")
-
-# Options of which a shard takes one: a flag for one drops the recipe's value for the other.
-ALTERNATIVE = {"labeled_fraction": "labeled_per_class", "labeled_per_class": "labeled_fraction",
-               "val_fraction": "val_per_class", "val_per_class": "val_fraction"}
 
 
 def fail(msg: str):
@@ -155,24 +147,30 @@ def shard(ctx, dataset, root, out, recipe, **opts):
     \b
     jedi-pipe shard --dataset hmdb51 --root /data/hmdb51 --recipe preprocess/hmdb51.yaml
     """
-    from .make_shards import ShardError, make_shards
+    from .make_shards import ShardError, make_shards, read_recipe
     _log_to_stderr()   # the ssv2 adapter's flip pairs, found in labels.json
     if recipe:
         params = {p.name: p for p in ctx.command.params}
-        given = lambda key: ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT  # noqa: E731
-        for key, value in _read_recipe(recipe, dataset).items():
+        flagged = {k: v for k, v in opts.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+        try:   # a flag wins, over its alternative too
+            values = read_recipe(recipe, dataset, **flagged)
+        except ShardError as e:
+            fail(str(e))
+        for key, value in values.items():
+            if key in flagged:
+                continue
             if key in FLIP_RECIPE_KEYS:
                 opts[key] = value
-            elif not (given(key) or given(ALTERNATIVE.get(key, key))):   # a flag wins, over its alternative too
-                whole = isinstance(params[key].type, click.types.IntParamType)
-                if whole and isinstance(value, float) and not value.is_integer():   # click's int() would cut it
-                    fail(f"recipe {recipe}: {key}: {value} is not an integer")
-                if isinstance(value, bool) and params[key].type is not click.BOOL:   # click would take true for 1
-                    fail(f"recipe {recipe}: {key}: {value} is not a number or a name")
-                try:   # recipe values pass the same type checks as flags
-                    opts[key] = params[key].type_cast_value(ctx, value)
-                except click.BadParameter as e:
-                    fail(f"recipe {recipe}: {key}: {e.message}")
+                continue
+            whole = isinstance(params[key].type, click.types.IntParamType)
+            if whole and isinstance(value, float) and not value.is_integer():   # click's int() would cut it
+                fail(f"recipe {recipe}: {key}: {value} is not an integer")
+            if isinstance(value, bool) and params[key].type is not click.BOOL:   # click would take true for 1
+                fail(f"recipe {recipe}: {key}: {value} is not a number or a name")
+            try:   # recipe values pass the same type checks as flags
+                opts[key] = params[key].type_cast_value(ctx, value)
+            except click.BadParameter as e:
+                fail(f"recipe {recipe}: {key}: {e.message}")
     try:
         s = make_shards(dataset, root, out, **opts)
     except ShardError as e:
@@ -193,32 +191,6 @@ def shard(ctx, dataset, root, out, recipe, **opts):
 def _warn(lines: list[str]) -> None:
     for line in lines:
         click.echo(f"warning: {line}", err=True)
-
-
-def _read_recipe(path, dataset: str) -> dict:
-    import yaml
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        fail(f"cannot read recipe {path}: {e.strerror}")
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        fail(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}")
-    if not isinstance(data, dict):
-        fail(f"recipe {path} must be a YAML mapping of option: value")
-    meant_for = data.pop("dataset", dataset)
-    if meant_for != dataset:   # e.g. ssv2's flip pairs and sizes applied to hmdb51 by a slip
-        fail(f"recipe {path} is for --dataset {meant_for}, not {dataset}; remove its `dataset:` line to use it anyway")
-    known = SHARD_RECIPE_KEYS + FLIP_RECIPE_KEYS
-    bad = sorted(set(data) - set(known))
-    if bad:
-        fail(f"recipe {path}: unknown key(s) {', '.join(bad)}; known: {', '.join(known)}")
-    try:   # checked here too, so that the error names the file
-        read_flip_rule(data, f"recipe {path}")
-    except ValueError as e:
-        fail(str(e))
-    return data
 
 
 class _EchoHandler(logging.Handler):

@@ -164,6 +164,50 @@ def role_gaps(labels_roles, classes: list[str], all_labeled: bool = False) -> li
     return gaps
 
 
+# The options a recipe (preprocess/<dataset>.yaml) may set: make_shards' keywords of the same names.
+RECIPE_KEYS = ("split", "labeled_fraction", "labeled_per_class", "val_per_class", "val_fraction", "seed",
+               "codec", "fps", "short_side", "max_seconds", "shard_max_count", "max_failures",
+               "max_missing", "workers", "min_frames", "timeout_s")
+
+
+# Options of which a shard takes one: giving one drops a recipe's value for the other.
+ALTERNATIVE = {"labeled_fraction": "labeled_per_class", "labeled_per_class": "labeled_fraction",
+               "val_fraction": "val_per_class", "val_per_class": "val_fraction"}
+
+
+def read_recipe(path, dataset: str, **given) -> dict:
+    """A recipe's options as make_shards keywords, with the `given` ones winning over the recipe's
+    value and over its alternative's (labeled_per_class given drops the recipe's labeled_fraction),
+    as `jedi-pipe shard --recipe` does with flags: `make_shards(dataset, root, out, **read_recipe(path,
+    dataset, fps=8))`. The recipe's `dataset:` line is checked against `dataset` and dropped, the
+    flip map checked. Raises ShardError (one sentence)."""
+    import yaml
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ShardError(f"cannot read recipe {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ShardError(f"recipe {path} is not valid YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise ShardError(f"recipe {path} must be a YAML mapping of option: value")
+    meant_for = data.pop("dataset", dataset)
+    if meant_for != dataset:   # e.g. ssv2's flip pairs and sizes applied to hmdb51 by a slip
+        raise ShardError(f"recipe {path} is for --dataset {meant_for}, not {dataset}; remove its `dataset:` line "
+                         f"to use it anyway")
+    known = RECIPE_KEYS + flips.RECIPE_KEYS
+    bad = sorted(set(data) - set(known))
+    if bad:
+        raise ShardError(f"recipe {path}: unknown key(s) {', '.join(bad)}; known: {', '.join(known)}")
+    try:   # checked here too, so that the error names the file
+        flips.read_rule(data, f"recipe {path}")
+    except ValueError as e:
+        raise ShardError(str(e)) from None
+    kept = {k: v for k, v in data.items() if k not in given and ALTERNATIVE.get(k) not in given}
+    return {**kept, **given}
+
+
 def make_shards(dataset: str, root, out=None, *, split: int = 1,
                 labeled_fraction: float | None = None, labeled_per_class: int | None = None,
                 val_per_class: int | None = None, val_fraction: float | None = None,

@@ -355,6 +355,20 @@ def test_a_shipped_recipe_is_for_its_own_dataset_and_makes_a_val_role(tmp_path):
     _one_sentence(r, f"recipe {bad}: fps: True is not a number or a name")
 
 
+def test_the_library_reads_a_recipe_as_the_cli_does():
+    import yaml
+
+    import jedi_pipe
+    from jedi_pipe.make_shards import ShardError
+    recipe = yaml.safe_load(open("preprocess/hmdb51.yaml"))
+    got = jedi_pipe.read_recipe("preprocess/hmdb51.yaml", "hmdb51", labeled_per_class=1, fps=8)
+    # the given options win, over their alternative too; the rest is the recipe's; `dataset:` is no keyword
+    assert got == {**{k: v for k, v in recipe.items() if k not in ("dataset", "labeled_fraction")},
+                   "labeled_per_class": 1, "fps": 8}
+    with pytest.raises(ShardError, match="is for --dataset hmdb51, not ucf101"):
+        jedi_pipe.read_recipe("preprocess/hmdb51.yaml", "ucf101")
+
+
 def test_inspect_of_a_run_folder_says_what_to_run_instead(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("name: x\n")
