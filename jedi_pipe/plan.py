@@ -164,10 +164,21 @@ def plan(cfg: Config, gpus: int = 1, gpu_mem_gb: float = 80.0, tflops: float = 9
 
     ``tflops``: the GPU's dense bf16 peak (989 for an H100/H200 SXM, 312 for an A100), of which
     ``utilisation`` is assumed reached. ``costs``: measured ModelCost per arch (measured here
-    when missing). ``labeled_counts`` and ``class_counts``: labeled clips and classes per dataset
-    (shard_counts), for the epoch length and the teachers' heads; the published sizes stand in
-    for a dataset left out.
+    when missing). ``labeled_counts`` and ``class_counts``: labeled clips and classes per dataset,
+    for the epoch length and the teachers' heads (None: counted in the shard folders that exist,
+    shard_counts, as `jedi-pipe plan` does); the published sizes stand in for a dataset left out.
     """
+    for name, value, low in (("gpus", gpus, 1), ("gpu_mem_gb", gpu_mem_gb, 1), ("tflops", tflops, 1)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= low:
+            raise InputError(f"{name} must be a number >= {low}, got {value!r}")
+    if not isinstance(gpus, int):
+        raise InputError(f"gpus must be a whole number, got {gpus!r}")
+    if not (isinstance(utilisation, (int, float)) and 0.01 <= utilisation <= 1):
+        raise InputError(f"utilisation must be in [0.01, 1] (the fraction of the peak reached), got {utilisation!r}")
+    if labeled_counts is None or class_counts is None:
+        counted = shard_counts(cfg)
+        labeled_counts = counted[0] if labeled_counts is None else labeled_counts
+        class_counts = counted[1] if class_counts is None else class_counts
     j = cfg.jedi
     names = [d.name for d in cfg.datasets]
     bf16 = cfg.bf16

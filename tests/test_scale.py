@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from jedi_pipe.config import ConfigError, load_config
+from jedi_pipe.errors import InputError
 from jedi_pipe.jedi import JEDI, JEDIConfig, jedi_losses
 from jedi_pipe.models import build, list_models
 from jedi_pipe.plan import ModelCost, format_plan, measure_model, plan
@@ -361,6 +362,12 @@ def test_plan_counts_the_config_shards_and_the_joint_phase(shard_dirs, tmp_path)
     # the teachers' heads are sized by the folder's classes, not the published 51
     p = plan(load_config(path), labeled_counts={}, class_counts={"hmdb51": len(ss.classes)},
              costs={"tiny3d": measure_model("tiny3d", 5, 4, 16, bf16=False)})
-    q = plan(load_config(path), costs=p["models"])
+    q = plan(load_config(path), labeled_counts={}, class_counts={}, costs=p["models"])   # the published sizes
     width = 2 * p["models"]["tiny3d"].num_features
     assert q["params"] - p["params"] == (width + 1) * (51 - len(ss.classes))
+    # from Python without counts, the folders are counted as the CLI counts them
+    counted = plan(load_config(path), costs=p["models"])
+    assert counted["params"] == p["params"] and counted["steps_per_epoch"] == 477
+    for bad in ({"gpus": 0}, {"gpus": 1.5}, {"utilisation": 0}, {"tflops": 0}, {"gpu_mem_gb": -1}):
+        with pytest.raises(InputError, match=f"{next(iter(bad))} must be"):
+            plan(load_config(path), costs=p["models"], **bad)
