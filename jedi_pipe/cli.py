@@ -107,7 +107,7 @@ def synth(out, datasets, videos_per_class, seed, videos_seed, workers, kinetics_
 @main.command()
 @click.option("--dataset", required=True, help="hmdb51 | ucf101 | kinetics400 | ssv2 | folder")
 @click.option("--root", default=None, type=click.Path(), help="Where the dataset was unpacked (split files and videos are searched for under it) [default: data/<dataset> (data/sthv2 or data/ssv2 for ssv2), else $JEDI_PIPE_DATA/<dataset>].")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: shards/<dataset>].")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder [default: shards/<name>, --name being --dataset unless given].")
 @click.option("--name", default=None, help="Dataset name in the card (default: --dataset; useful with `folder`).")
 @click.option("--split", default=1, show_default=True, type=int, help="Official split 1|2|3 (hmdb51, ucf101).")
 @click.option("--labeled-fraction", type=float, default=None, help="Fraction of each class's training videos that keep their label [default: 0.1].")

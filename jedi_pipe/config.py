@@ -337,6 +337,10 @@ def load_config(path=None, overrides: list[str] = (), data: dict | None = None) 
     import yaml
     if path is None and data is None:
         raise ConfigError("load_config needs a YAML path or data (a mapping)")
+    if path is not None and data is not None:
+        raise ConfigError("load_config takes a YAML path or data (a mapping), not both")
+    if isinstance(overrides, str):   # one override, "jedi.steps=50", is not its letters
+        overrides = [overrides]
     if data is None:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}

@@ -73,6 +73,10 @@ def test_overrides_are_typed_and_dotted():
     assert cfg.pretrain.epochs == 3
     with pytest.raises(ConfigError, match="pretrain.epochs"):
         load_config(data=dict(BASE), overrides=["pretrain.epochs=three"])
+    # one override as a plain string (natural in a notebook) is that override, not its letters
+    assert load_config(data=dict(BASE), overrides="jedi.lr=0.25").jedi.lr == 0.25
+    with pytest.raises(ConfigError, match="not both"):
+        load_config("train/demo.yaml", data=dict(BASE))
 
 
 def test_shipped_configs_load():
