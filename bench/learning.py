@@ -335,8 +335,8 @@ def _tag(other: dict, first: dict) -> str:
 def report(outs: list[Path], oracle_from: Path | None = None, test: bool = True, rescore_on: Path | None = None) -> None:
     """The tables of several --json runs on the same data and seeds as one: the first run's rows as
     they are, the others' joint-phase rows named with their overrides (their experts are the same;
-    a run without overrides, or with the first's, adds its rows as they are, and a name taken twice
-    is refused).
+    a run with the first's overrides adds its rows as they are, one of the defaults beside a first
+    run with overrides is tagged [defaults], and a name taken twice is refused).
     `oracle_from`: a run on the same data and seeds whose oracle rows to use (the oracle has no
     joint phase and epochs of its own, so any run's serves, whatever its experts; its other rows are
     left out). Same data: both runs record the same data options (learning.json's "data"), or,
@@ -525,6 +525,15 @@ def main() -> None:
     made = {"videos_per_class": vpc, "labeled_fraction": args.labeled_fraction, "val_per_class": args.val_per_class,
             "data_seed": args.data_seed, "oracle": args.oracle_epochs > 0, "look": args.look,
             **({"videos_seed": args.videos_seed} if args.videos_seed is not None else {})}
+    # the data the runs under --out were trained on: a run reused on rebuilt data of other options
+    # would print the old data's numbers as the new's (each run's own check sees only the shards'
+    # path); checked before minutes of data, and only while runs are there
+    identity = {k: v for k, v in made.items() if k != "oracle"}
+    runs_on = args.out / "runs-data.json"
+    if (not args.data_only and runs_on.is_file() and any(args.out.glob("seed*"))
+            and data_options(json.loads(runs_on.read_text())) != identity):
+        refuse(f"the runs under {args.out} were made on other data ({json.loads(runs_on.read_text())}); "
+               f"delete {args.out}/seed* (or choose another --out) to run on {identity}")
     mark = data / "data.json"
     stored = data_options(json.loads(mark.read_text())) if mark.is_file() else None
     if stored is not None and stored in (made, {**made, "oracle": True}):
@@ -537,13 +546,6 @@ def main() -> None:
         mark.write_text(json.dumps(made))
     if args.data_only:
         return log("done: data only")
-    # the data the runs under --out were trained on: a run reused on rebuilt data of other options
-    # would print the old data's numbers as the new's (each run's own check sees only the shards' path)
-    identity = {k: v for k, v in made.items() if k != "oracle"}
-    runs_on = args.out / "runs-data.json"
-    if runs_on.is_file() and data_options(json.loads(runs_on.read_text())) != identity:
-        refuse(f"the runs under {args.out} were made on other data ({json.loads(runs_on.read_text())}); "
-               f"delete {args.out}/seed* (or choose another --out) to run on {identity}")
     runs_on.parent.mkdir(parents=True, exist_ok=True)
     runs_on.write_text(json.dumps(identity))
     per_seed = []

@@ -80,7 +80,8 @@ def main():
     step_s = (time.perf_counter() - t0) / args.steps
     clips = world * sum(x.shape[0] for x in (*labeled.values(), *unlabeled.values()))
     gpu_mem = args.gpu_mem or (torch.cuda.get_device_properties(device).total_memory / 1e9 if cuda else 80.0)
-    predicted = plan(cfg, gpus=world, gpu_mem_gb=gpu_mem)
+    # the model measured has the published class counts, whatever shard folders the config names
+    predicted = plan(cfg, gpus=world, gpu_mem_gb=gpu_mem, labeled_counts={}, class_counts=classes)
     result = {"rank": rank, "world": world, "device": torch.cuda.get_device_name(device) if cuda else "cpu",
               "micro_batch_size": cfg.jedi.micro_batch_size, "micro_batches": k,
               "grad_checkpointing": cfg.jedi.grad_checkpointing, "bf16": cfg.bf16, "compile": cfg.compile,

@@ -14,7 +14,6 @@ from . import __version__
 from .flips import RECIPE_KEYS as FLIP_RECIPE_KEYS   # recipe-only keys (no flags): the flip map
 
 
-
 def fail(msg: str):
     """One clear sentence on stderr and a non-zero exit, no traceback."""
     click.echo(f"error: {msg}", err=True)

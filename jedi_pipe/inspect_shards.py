@@ -99,7 +99,7 @@ def _index_problems(tar: Path) -> list[str]:
         with tarfile.open(tar) as t:
             for m in t:
                 if m.isfile():
-                    key, ext = m.name.split(".", 1)
+                    key, ext = shards.member_key_ext(m.name)
                     actual.setdefault(key, {})[ext] = (m.offset_data, m.size)
     except (tarfile.TarError, OSError, EOFError):
         return []   # the damaged tar is reported as such by the sample pass

@@ -208,6 +208,10 @@ def _copy_train(ss: shards.ShardSet, plan: list[dict], out: Path) -> None:
         for tar, idx in zip(ss.tars(role), ss.indexes(role), strict=True):
             for key, members in shards.read_index(idx).items():
                 where[key] = (tar, *members[ss.clip_ext])
+    lost = next((r["src_key"] for r in plan if r["src_key"] not in where), None)
+    if lost is not None:   # a stale or swapped .idx; before any tar is written
+        raise ShardError(f"{ss.root}: {lost} is in no tar's DALI index of its role; "
+                         f"check the source folder with `jedi-pipe inspect`")
     handles, writer = {}, None
     try:
         for r in plan:
@@ -215,9 +219,6 @@ def _copy_train(ss: shards.ShardSet, plan: list[dict], out: Path) -> None:
                 if writer is not None:
                     writer.close()
                 writer = shards.ShardWriter(out / r["shard"])
-            if r["src_key"] not in where:   # a stale or swapped .idx
-                raise ShardError(f"{ss.root}: {r['src_key']} is in no tar's DALI index of its role; "
-                                 f"check the source folder with `jedi-pipe inspect`")
             tar, offset, size = where[r["src_key"]]
             f = handles.get(tar) or handles.setdefault(tar, open(tar, "rb"))
             f.seek(offset)

@@ -116,7 +116,7 @@ class ShardWriter:
             self.tar.addfile(info, io.BytesIO(data))
             # After addfile the stream sits past the data padded to 512: the data began there.
             start = self.tar.offset - ((len(data) + 511) // 512) * 512
-            ext = name.split(".", 1)[1]
+            ext = member_key_ext(name)[1]
             parts.append(f"{ext} {start} {len(data)} {name}")
         self.index_lines.append(" ".join(parts))
         self.count += 1
@@ -244,6 +244,12 @@ def open_shards(root: str | Path) -> ShardSet:
     return ShardSet(root, card)
 
 
+def member_key_ext(name: str) -> tuple[str, str]:
+    """A tar member's sample key and extension: "hmdb51-0000013.meta.i32" -> ("hmdb51-0000013", "meta.i32")."""
+    key, _, ext = name.partition(".")
+    return key, ext
+
+
 def iter_tar_samples(path: str | Path):
     """Samples of one tar as dicts {'__key__': key, ext: bytes}, in file order (no webdataset)."""
     sample, key = {}, None
@@ -251,7 +257,7 @@ def iter_tar_samples(path: str | Path):
         for m in tar:
             if not m.isfile():
                 continue
-            k, ext = m.name.split(".", 1)
+            k, ext = member_key_ext(m.name)
             if k != key and sample:
                 yield sample
                 sample = {}
@@ -274,5 +280,5 @@ def read_index(path: str | Path) -> dict[str, dict[str, tuple[int, int]]]:
         for i in range(0, len(f), 4):   # groups of: ext offset size name
             ext, offset, size, name = f[i:i + 4]
             members[ext] = (int(offset), int(size))
-        out[name.split(".", 1)[0]] = members
+        out[member_key_ext(name)[0]] = members
     return out

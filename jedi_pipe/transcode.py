@@ -95,9 +95,9 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def ffmpeg_args(src: str, dst: str, settings: EncodeSettings, stream: int | None = None) -> list[str]:
+def ffmpeg_args(src: str, dst: str, settings: EncodeSettings, stream_index: int | None = None) -> list[str]:
     """The ffmpeg command line for one transcode (also used by the throughput baseline) of the
-    source's video stream number `stream` (`main_video_stream`), or of its first when None."""
+    source's stream number `stream_index` (`main_video_stream`), or of its first video stream when None."""
     import ffmpeg  # ffmpeg-python
     opts = dict(CODECS[settings.codec][1])
     # fps before scale: frames are dropped/duplicated first, so scaling works on fewer frames.
@@ -110,7 +110,7 @@ def ffmpeg_args(src: str, dst: str, settings: EncodeSettings, stream: int | None
     # yadif needs 3 rows and columns: a smaller source (a 1x1 test pattern) is first blown up to that
     tiny = "lt(min(iw,ih),3)"
     source = ffmpeg.input(src, t=settings.max_seconds)
-    stream = (source.video if stream is None else source[str(stream)])
+    stream = (source.video if stream_index is None else source[str(stream_index)])
     stream = (stream
               .filter("scale", w=f"if({tiny},ceil(iw*3/min(iw,ih)),iw)", h=f"if({tiny},ceil(ih*3/min(iw,ih)),ih)")
               .filter("yadif", deint="interlaced")
@@ -147,7 +147,7 @@ def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
     try:
         if _looks_like_text(src):   # ffmpeg's tty demuxer would draw a text file as a video of its letters
             raise TranscodeError("not a video: a text file")
-        stream = main_video_stream(src)
+        stream_index = main_video_stream(src, timeout_s)
     except OSError as e:   # this video's fault (no read permission), not the run's: recorded, the run goes on
         raise TranscodeError(f"cannot read the file: {e.strerror or e}") from None
     fd, dst = tempfile.mkstemp(prefix="jedi-pipe-", suffix="." + settings.ext, dir=tmp_dir)   # named: a kill -9 leaves it findable
@@ -155,7 +155,7 @@ def transcode(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
     try:
         try:
             # errors="replace": ffmpeg echoes file names, which need not be valid UTF-8
-            proc = subprocess.run(ffmpeg_args(src, dst, settings, stream), stdin=subprocess.DEVNULL,
+            proc = subprocess.run(ffmpeg_args(src, dst, settings, stream_index), stdin=subprocess.DEVNULL,
                                   capture_output=True, text=True, errors="replace", timeout=timeout_s)
         except subprocess.TimeoutExpired:   # run() has killed ffmpeg already
             raise TranscodeError(f"ffmpeg did not finish within {timeout_s:g} s and was killed "
@@ -193,13 +193,14 @@ def encode_clip(src: str, settings: EncodeSettings, tmp_dir: str | None = None,
     return data, info
 
 
-def main_video_stream(src: str) -> int | None:
+def main_video_stream(src: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> int | None:
     """The number of the video stream ffmpeg itself would pick (av_find_best_stream: not a cover
     picture, the default or largest), where a file has several: the first can be a thumbnail or
-    cover track. None when there is at most one, or the file does not open (ffmpeg then says why)."""
+    cover track. None when there is at most one, or the file does not open in `timeout_s` (ffmpeg
+    then says why, under its own limit)."""
     import av
     try:
-        with av.open(src) as container:
+        with av.open(src, timeout=timeout_s) as container:
             if len(container.streams.video) < 2:
                 return None
             best = container.streams.best("video")

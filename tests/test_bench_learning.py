@@ -112,9 +112,22 @@ def test_runs_are_not_reused_on_data_of_other_options(tmp_path, monkeypatch, cap
     (tmp_path / "out").mkdir()
     old = {k: v for k, v in made.items() if k != "oracle"} | {"data_seed": 0}
     (tmp_path / "out" / "runs-data.json").write_text(json.dumps(old))
+    (tmp_path / "out" / "seed0").mkdir()
     monkeypatch.setattr(learning, "run_seed", lambda *a, **k: pytest.fail("ran on the old data's runs"))
-    code, _, err = run_main(monkeypatch, capsys, "--data", tmp_path / "data", "--data-seed", "1", "--out", tmp_path / "out")
+    monkeypatch.setattr(learning, "make_data", lambda *a, **k: pytest.fail("made data before refusing"))
+    args = ("--data-seed", "1", "--out", tmp_path / "out")
+    code, _, err = run_main(monkeypatch, capsys, "--data", tmp_path / "data", *args)
     assert code == 2 and "were made on other data" in err and "'data_seed': 0" in err
+    # refused before the data is made, too
+    code, _, err = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and "were made on other data" in err
+    # as the message says: with the runs deleted, the new data's runs go ahead
+    (tmp_path / "out" / "seed0").rmdir()
+    monkeypatch.setattr(learning, "run_seed", lambda *a, **k: {"test": {}})
+    monkeypatch.setattr(learning, "print_tables", lambda *a, **k: None)
+    code, _, err = run_main(monkeypatch, capsys, "--data", tmp_path / "data", "--seeds", "1", *args)
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "runs-data.json").read_text())["data_seed"] == 1
 
 
 def test_report_val_only_prints_no_test(tmp_path, monkeypatch, capsys):

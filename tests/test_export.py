@@ -239,6 +239,19 @@ def test_the_card_says_where_the_model_came_from_and_how_to_feed_it(tiny_run, tm
                                             "source_split": shard_card["source_split"]}
     assert list(expert["trained_on"]) == ["ssv2"]
     assert "trained on hmdb51: 8 classes, split1, labeled by" in r.output
+    assert "filter chain" not in r.output   # today's
+    # a model of shards made with the first filter chain: inspect says what every later one changed
+    import jedi_pipe.export
+
+    def of_chain_1(p):
+        model = load_model(p)
+        model.card["encoding"]["chain"] = 1
+        return model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jedi_pipe.export, "load_model", of_chain_1)
+        r = CliRunner().invoke(main, ["inspect", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "made with filter chain 1, before: " + "; ".join(transcode.FILTER_CHAINS.values()) in r.output
 
 
 def test_the_cards_transcode_command_makes_the_shards_clip(tiny_run, synth_root, shard_dirs, tmp_path):

@@ -241,10 +241,10 @@ def test_a_hung_ffmpeg_is_killed_and_recorded(tmp_path, monkeypatch):
         make_video(root / name, seconds=1.0 + 0.1 * i)
     real = transcode.ffmpeg_args
 
-    def args(src, dst, settings, stream=None):   # stands in for an ffmpeg stuck on a bad file or a dead mount
+    def args(src, dst, settings, stream_index=None):   # stands in for an ffmpeg stuck on a bad file or a dead mount
         if Path(src).name == "hangs.avi":
             return [sys.executable, "-c", "import time; time.sleep(300)"]
-        return real(src, dst, settings, stream)
+        return real(src, dst, settings, stream_index)
 
     monkeypatch.setattr(transcode, "ffmpeg_args", args)
     t0 = time.time()
