@@ -215,9 +215,9 @@ class ShardSet:
 
 
 def data_record(card: dict) -> dict:
-    """What a model learnt from a shard folder, from its card: its name, class count, labeled
-    selection, source split and clips per role (an expert saves it; the model card shows it)."""
-    return {"name": card.get("name"), "classes": len(card["classes"]), "selection": card.get("selection"),
+    """What a model learnt from a shard folder, from its card: its name and dataset, class count,
+    labeled selection, source split and clips per role (an expert saves it; the model card shows it)."""
+    return {"name": card.get("name"), "dataset": card.get("dataset"), "classes": len(card["classes"]), "selection": card.get("selection"),
             "source_split": card.get("source_split"), "counts": card["counts"]}
 
 

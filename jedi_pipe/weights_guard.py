@@ -11,7 +11,8 @@ Where the datasets come from, first match wins:
      in shard cards; [] for weights trained on none of the run's datasets, e.g. ImageNet only);
   2. a jedi-pipe expert: the datasets of the config saved in it, all of them (on purpose more than
      the expert's own, whose labeled clips may not be this run's: a file named here is refused
-     where it may not be needed, never accepted where it leaks);
+     where it may not be needed, never accepted where it leaks), and its own shard card's name and
+     dataset (a config may call a dataset anything: an oracle's "hmdb51-all" is hmdb51);
   3. torchvision's published video weights, by their file names (all Kinetics-400).
 A file none of these describe is refused: its provenance is what the rule needs.
 """
@@ -25,7 +26,7 @@ from .errors import InputError, MissingError
 
 OVERRIDE = "init_trained_on_ok"     # DatasetCfg key: this dataset's init may have been trained on a dataset of the run
 # torchvision.models.video weight files: <arch>-<8 hex digits>.pth, every one trained on Kinetics-400
-TORCHVISION_K400 = re.compile(r"^(r3d_18|mc3_18|r2plus1d_18|s3d|mvit_v[12]_[bs]|swin3d_[tsb](_1k)?)-[0-9a-f]{8}\.pth$")
+TORCHVISION_K400 = re.compile(r"^(r3d_18|mc3_18|r2plus1d_18|s3d|mvit_v[12]_[bs]|swin3d_[tsb](_1k|_22k)?)-[0-9a-f]{8}\.pth$")
 
 
 def card_path(weights) -> Path:
@@ -40,7 +41,9 @@ def trained_on(weights) -> set[str] | None:
         try:
             names = json.loads(card.read_text())["trained_on"]
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise InputError(f"{card}: expected a JSON object {{\"trained_on\": [dataset, ...]}}") from None
+            names = None
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):   # "hmdb51" is no set of letters
+            raise InputError(f"{card}: expected a JSON object {{\"trained_on\": [dataset, ...]}}")
         return set(names)
     if TORCHVISION_K400.match(weights.name):
         return {"kinetics400"}
@@ -51,7 +54,9 @@ def trained_on(weights) -> set[str] | None:
         except Exception:   # noqa: BLE001 - not a torch file: nothing says; the loader reports it later
             return None
         if isinstance(ck, dict) and isinstance(ck.get("config"), dict) and "datasets" in ck["config"]:
-            return {d["name"] for d in ck["config"]["datasets"]}
+            own = ck.get("shards") if isinstance(ck.get("shards"), dict) else {}
+            return ({d["name"] for d in ck["config"]["datasets"]}
+                    | {own[k] for k in ("name", "dataset") if isinstance(own.get(k), str)})
     return None
 
 

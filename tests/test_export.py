@@ -234,7 +234,8 @@ def test_the_card_says_where_the_model_came_from_and_how_to_feed_it(tiny_run, tm
     # the data the weights saw: a teacher every dataset of the run, an expert its own, with their selections
     for name in ("hmdb51", "ssv2"):
         shard_card = open_shards(next(d.shards for d in tiny_run.datasets if d.name == name)).card
-        assert card["trained_on"][name] == {"name": shard_card["name"], "classes": len(shard_card["classes"]),
+        assert card["trained_on"][name] == {"name": shard_card["name"], "dataset": shard_card["dataset"],
+                                            "classes": len(shard_card["classes"]),
                                             "selection": shard_card["selection"], "counts": shard_card["counts"],
                                             "source_split": shard_card["source_split"]}
     assert list(expert["trained_on"]) == ["ssv2"]

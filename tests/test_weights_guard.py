@@ -56,11 +56,22 @@ def test_cards_checkpoints_and_the_override(shard_dirs, tmp_path):
     pretrain(cfg, log=lambda m: None)
     expert = tmp_path / "a" / "experts" / "hmdb51.pt"
     assert trained_on(expert) == {"hmdb51"}
-    assert trained_on(tmp_path / "r3d_18-b3b3357e.pth") == {"kinetics400"}
+    for name in ("r3d_18-b3b3357e.pth", "swin3d_b_22k-7c6ae6fa.pth"):   # torchvision's names
+        assert trained_on(tmp_path / name) == {"kinetics400"}
     with pytest.raises(ValueError, match="was trained on hmdb51"):
         pretrain(config(shard_dirs, tmp_path / "b", [("hmdb51", {"init": str(expert)})]), log=lambda m: None)
     pretrain(config(shard_dirs, tmp_path / "c", [("hmdb51", {"init": str(expert), OVERRIDE: True})]), log=lambda m: None)
     assert (tmp_path / "c" / "experts" / "hmdb51.pt").is_file()
+    # an expert of hmdb51's shards under another name in its config (an oracle's "hmdb51-all") is hmdb51's too
+    pretrain(config(shard_dirs, tmp_path / "d", [("hmdb51", {"name": "hmdb51-all"})]), log=lambda m: None)
+    renamed = tmp_path / "d" / "experts" / "hmdb51-all.pt"
+    assert trained_on(renamed) == {"hmdb51-all", "hmdb51"}
+    with pytest.raises(ValueError, match="was trained on hmdb51,? "):
+        pretrain(config(shard_dirs, tmp_path / "e", [("hmdb51", {"init": str(renamed)})]), log=lambda m: None)
+    # a card naming one dataset as a string, not a list: refused, not read as a set of its letters
+    (tmp_path / "mine.pt.json").write_text(json.dumps({"trained_on": "ucf101"}))
+    with pytest.raises(ValueError, match=r"expected a JSON object \{"):
+        check_init("ucf101", {"ucf101"}, w)
 
 
 def test_weights_trained_on_another_dataset_of_the_run_are_refused_for_every_expert(shard_dirs, tmp_path):
