@@ -406,7 +406,8 @@ def train(config_path, overrides, resume, overwrite):
     except KeyboardInterrupt:
         interrupted(f"The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
                     f"one was written: rerun with --resume to go on from it")
-    if int(os.environ.get("RANK", 0)) == 0:   # under torchrun, rank 0 speaks for the run
+    from .distributed import is_main
+    if is_main():   # under torchrun, rank 0 speaks for the run
         try:
             draw(cfg.out, click.echo)
             click.echo(results_table(results))
@@ -431,8 +432,9 @@ def evaluate(config_path, overrides, checkpoint, role):
     """
     from .trainer import evaluate as run
     cfg = _config(config_path, overrides)
+    from .distributed import is_main
     results = _run_guarded(lambda: run(cfg, checkpoint=checkpoint, log=click.echo, role=role))
-    if int(os.environ.get("RANK", 0)):
+    if not is_main():   # under torchrun, rank 0 speaks for the run
         return
     for name, kinds in results["datasets"].items():
         clips = next(iter(kinds.values()))["n"]

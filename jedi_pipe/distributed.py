@@ -40,12 +40,23 @@ def is_main() -> bool:
 
 def init() -> tuple[int, int]:
     """Join the torchrun process group when there is one; (rank, world_size)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        unset = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+        if unset:   # torchrun sets them all; a hand-set WORLD_SIZE alone is no process group
+            raise InputError(f"WORLD_SIZE={world} but {', '.join(unset)} not set: start the run with torchrun "
+                             f"(or unset WORLD_SIZE for one process)")
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        timeout = datetime.timedelta(seconds=float(os.environ.get("JEDI_PIPE_DIST_TIMEOUT", 600)))
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+        seconds = float(os.environ.get("JEDI_PIPE_DIST_TIMEOUT", 600))
+        try:
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=seconds))
+        except dist.DistError as e:   # said here, not taken later for another rank's failure
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(f"could not join the {world} processes of this run at {os.environ['MASTER_ADDR']}:"
+                             f"{os.environ['MASTER_PORT']} within {seconds:g} s (JEDI_PIPE_DIST_TIMEOUT): "
+                             f"{first}") from None
     return rank(), world_size()
 
 

@@ -258,6 +258,21 @@ def test_a_failed_rank_ends_the_run(shard_dirs, tmp_path):
         bad.stderr[-2000:]
 
 
+def test_a_process_group_that_cannot_start_is_one_sentence_of_its_own(shard_dirs, tmp_path):
+    """Not "another process failed": what is missing, or that the others never joined."""
+    conf = write_config(shard_dirs, tmp_path / "run")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK")}
+    start = lambda more: subprocess.run(cli("eval", "--config", str(conf)), capture_output=True, text=True,  # noqa: E731
+                                        timeout=300, env={**env, "WORLD_SIZE": "2", **more})
+    half = start({})
+    assert half.returncode == 2 and "Traceback" not in half.stderr
+    assert "WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT not set: start the run with torchrun" in half.stderr
+    alone = start({"RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29563", "JEDI_PIPE_DIST_TIMEOUT": "2"})
+    assert alone.returncode == 2 and "another process" not in alone.stderr
+    assert re.search(r"error: rank 0/2: could not join the 2 processes of this run at 127.0.0.1:29563 within 2 s",
+                     alone.stderr), alone.stderr[-2000:]
+
+
 def test_a_rank_past_the_role_s_clips_merges_into_the_evaluation(monkeypatch):
     """Under torchrun with more ranks than a role's clips, make_eval_loader gives the last ranks nothing;
     their empty share must merge into every rank's scores (it once failed the merge with a KeyError)."""
