@@ -27,6 +27,7 @@ results.json (`run_results` in trainer.py):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,7 +78,9 @@ def parse_line(text: str) -> StepRecord | EvalRecord | None:
     if "eval" in d:
         return EvalRecord(d["step"], d["eval"], d.get("split", "test"))
     fixed = {k: d.pop(k) for k in ("step", "dataset", "lr", "loss", "clips_per_s", "input_wait")}
-    return StepRecord(**fixed, terms=d)
+    nan = float("nan")   # written as null (a diverged run's loss): strict JSON readers take no NaN
+    fixed.update({k: nan for k in ("lr", "loss", "clips_per_s", "input_wait") if fixed[k] is None})
+    return StepRecord(**fixed, terms={k: nan if v is None else v for k, v in d.items()})
 
 
 def read_metrics(path) -> tuple[list[StepRecord], list[EvalRecord]]:
@@ -94,10 +97,19 @@ def read_metrics(path) -> tuple[list[StepRecord], list[EvalRecord]]:
     return steps, evals
 
 
+def _finite(value):
+    """value with every NaN or infinity in it as None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
 def append_records(path, records) -> None:
     with open(path, "a") as f:
-        for r in records:
-            f.write(json.dumps(r.line()) + "\n")
+        for r in records:   # strict JSON, one object a line (jq and other readers refuse NaN)
+            f.write(json.dumps(_finite(r.line()), allow_nan=False) + "\n")
 
 
 class MetricsLog:

@@ -960,7 +960,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop lines logged after the checkpoint: they will be logged again."""
     if path.is_file():
         keep = [ln for ln in path.read_text().splitlines() if ln and (r := parse_line(ln)) and r.step <= step]
-        path.write_text("".join(ln + "\n" for ln in keep))
+        tmp = path.with_name(path.name + ".partial")   # a kill mid-write keeps the whole history
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
 
 
 def evaluate(cfg: Config, checkpoint=None, log=print, role: str = "test") -> dict:

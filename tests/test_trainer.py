@@ -531,3 +531,18 @@ def test_a_file_that_is_not_a_runs_checkpoint_is_one_sentence(tmp_path):
     torch.save({"model": {}, "step": 3}, f)                                   # another config's run
     with pytest.raises(InputError, match="does not fit this config's datasets and models"):
         load_joint(cfg, experts, f, "cpu")
+
+
+def test_a_diverged_loss_is_logged_as_strict_json_and_read_back_as_nan(tmp_path):
+    import math
+
+    from jedi_pipe.records import StepRecord, append_records, read_metrics
+
+    def refuse(name):   # what jq and other strict readers do with NaN / Infinity
+        raise ValueError(f"not JSON: {name}")
+    path = tmp_path / "metrics.jsonl"
+    append_records(path, [StepRecord(3, "hmdb51", 0.01, float("nan"), 12.0, 0.1, {"distill": float("inf"), "ce": 1.5})])
+    line = json.loads(path.read_text(), parse_constant=refuse)
+    assert line["loss"] is None and line["distill"] is None and line["ce"] == 1.5
+    (step,), _ = read_metrics(path)
+    assert math.isnan(step.loss) and math.isnan(step.terms["distill"]) and step.terms["ce"] == 1.5
