@@ -173,7 +173,8 @@ def _curves(new_figure, data: dict):
     has_pseudo = any(rec.value(k) is not None for recs in data["steps"].values() for rec in recs for k in PSEUDO)
     rows = 2 + has_pseudo
     cols = len(names) + (len(names) > 1)        # last column: all datasets together
-    fig = new_figure(figsize=(3.6 * cols, 3.0 * rows + 0.6), layout="constrained")
+    # at least 7.2 in wide: one dataset's column alone would cut the title
+    fig = new_figure(figsize=(max(7.2, 3.6 * cols), 3.0 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     split = data["split"]   # the curves' role; the experts' line is of the same role
     experts = {n: _expert_top1(data, n, split) for n in names}
@@ -250,7 +251,12 @@ def _loss_panel(ax, n, recs):
     ax.set_title(f"{n}: losses")
     ax.set_ylabel("loss (log scale)")
     if ax.lines:
-        ax.set_yscale("log")
+        # log scale where every value is positive; a zero (a term off until a step) would vanish there
+        if all(min(line.get_ydata()) > 0 for line in ax.lines):
+            ax.set_yscale("log")
+        else:
+            ax.set_yscale("symlog", linthresh=1e-2)
+            ax.set_ylabel("loss (log scale above 0.01)")
         ax.legend(fontsize=7, loc="best")
     else:
         _note(ax, "no training step logged yet")
@@ -330,7 +336,7 @@ def _bars(new_figure, data: dict):
         cs = list(chance.values())
         chance["mean"] = sum(cs) / len(cs) if all(c is not None for c in cs) else None
 
-    fig = new_figure(figsize=(1.6 + 1.9 * len(groups), 4.8), layout="constrained")
+    fig = new_figure(figsize=(max(6.0, 1.6 + 1.9 * len(groups)), 4.8), layout="constrained")   # room for the legend
     ax = fig.subplots()
     width = 0.8 / len(kinds)
     top = 0.0

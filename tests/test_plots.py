@@ -215,3 +215,20 @@ def test_a_run_that_evaluates_on_val_says_val_and_draws_the_experts_val(tmp_path
     assert ax.get_title() == "hmdb51: val top-1" and ax.get_ylabel() == "val top-1 (%)"
     assert f"expert ({EXPERT_TOP1['hmdb51'] - 7.0:.1f})" in [line.get_label() for line in ax.lines]
     assert "val top-1" in fig.get_suptitle()
+
+
+def test_the_loss_panel_keeps_zero_values_in_sight():
+    """A term that is 0 until some step (distill before its ramp) would vanish on a log axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jedi_pipe.plots import _loss_panel
+    from jedi_pipe.records import StepRecord
+    rec = lambda step, distill: StepRecord(step, "a", 0.01, 1.0, 10.0, 0.0, {"sup_student": 1.0, "distill": distill})  # noqa: E731
+    for distill, scale in ((0.5, "log"), (0.0, "symlog")):
+        fig, ax = plt.subplots()
+        _loss_panel(ax, "a", [rec(1, distill), rec(2, 0.4)])
+        assert ax.get_yscale() == scale
+        assert len(ax.lines) >= 2
+        plt.close(fig)
