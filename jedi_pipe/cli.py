@@ -462,15 +462,16 @@ def _run_as_rank(fn):
 
     from . import distributed
     from .errors import JediPipeError
-    where = f"rank {os.environ.get('RANK')}/{os.environ.get('WORLD_SIZE')}"
+    # (no rank without RANK: a WORLD_SIZE set by hand, which distributed.init refuses by name)
+    where = f"rank {os.environ['RANK']}/{os.environ['WORLD_SIZE']}: " if os.environ.get("RANK") else ""
     try:
         return fn()
     except dist.DistError:
-        fail(f"{where}: another process of this run failed or stopped (its message is above)")
+        fail(f"{where}another process of this run failed or stopped (its message is above)")
     except JediPipeError as e:
-        fail(f"{where}: {e}")
+        fail(f"{where}{e}")
     except Exception:
-        click.echo(f"error: {where}: unexpected failure, traceback below", err=True)
+        click.echo(f"error: {where}unexpected failure, traceback below", err=True)
         raise
     finally:
         distributed.shutdown()

@@ -266,7 +266,8 @@ def test_a_process_group_that_cannot_start_is_one_sentence_of_its_own(shard_dirs
                                         timeout=300, env={**env, "WORLD_SIZE": "2", **more})
     half = start({})
     assert half.returncode == 2 and "Traceback" not in half.stderr
-    assert "WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT not set: start the run with torchrun" in half.stderr
+    assert "error: WORLD_SIZE=2 but RANK, MASTER_ADDR, MASTER_PORT not set: start the run with torchrun" \
+        in half.stderr, half.stderr
     alone = start({"RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29563", "JEDI_PIPE_DIST_TIMEOUT": "2"})
     assert alone.returncode == 2 and "another process" not in alone.stderr
     assert re.search(r"error: rank 0/2: could not join the 2 processes of this run at 127.0.0.1:29563 within 2 s",
