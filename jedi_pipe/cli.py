@@ -688,14 +688,16 @@ def plan(config_path, overrides, gpus, gpu_mem, tflops, utilisation):
     \b
     jedi-pipe plan --config train/jedi.yaml --gpus 8
     """
-    from .plan import format_plan, plan as make_plan
+    from .plan import format_plan, plan as make_plan, shard_counts
     cfg = _config(config_path, overrides)
 
     def run():
+        labeled, classes = shard_counts(cfg)   # first: a damaged shard folder is said before minutes of measuring
         archs = sorted({d.model for d in cfg.datasets})
         click.echo(f"measuring {', '.join(archs)} on the CPU at {cfg.clip.frames}x{cfg.clip.size}^2 "
                    f"(seconds for small models, minutes for R(2+1)D-18 at 16x112^2)...", err=True)
-        return make_plan(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, tflops=tflops, utilisation=utilisation)
+        return make_plan(cfg, gpus=gpus, gpu_mem_gb=gpu_mem, tflops=tflops, utilisation=utilisation,
+                         labeled_counts=labeled, class_counts=classes)
     click.echo(format_plan(_run_guarded(run)))
 
 
