@@ -406,8 +406,7 @@ def train(config_path, overrides, resume, overwrite):
     except KeyboardInterrupt:
         interrupted(f"The run's last checkpoint (every {cfg.checkpoint_every} steps) is in {ckpt} if "
                     f"one was written: rerun with --resume to go on from it")
-    from .distributed import is_main
-    if is_main():   # under torchrun, rank 0 speaks for the run
+    if _speaks_for_the_run():
         try:
             draw(cfg.out, click.echo)
             click.echo(results_table(results))
@@ -432,14 +431,19 @@ def evaluate(config_path, overrides, checkpoint, role):
     """
     from .trainer import evaluate as run
     cfg = _config(config_path, overrides)
-    from .distributed import is_main
     results = _run_guarded(lambda: run(cfg, checkpoint=checkpoint, log=click.echo, role=role))
-    if not is_main():   # under torchrun, rank 0 speaks for the run
+    if not _speaks_for_the_run():
         return
     for name, kinds in results["datasets"].items():
         clips = next(iter(kinds.values()))["n"]
         click.echo(f"{name:12s} " + "  ".join(f"{k} {v['top1']:.1f}/{v['top5']:.1f}" for k, v in kinds.items())
                    + f"  ({role}, {clips} clips; top-1/top-5 %)")
+
+
+def _speaks_for_the_run() -> bool:
+    """Under torchrun rank 0 prints and draws for the run; a single process always does (whatever RANK
+    it may carry). Read from torchrun's variables: the process group is shut down by now."""
+    return int(os.environ.get("WORLD_SIZE", 1)) <= 1 or int(os.environ.get("RANK", 0)) == 0
 
 
 def _run_guarded(fn):
