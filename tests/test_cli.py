@@ -281,8 +281,11 @@ def test_synth_interrupted_ends_at_once_and_the_same_command_finishes_it(tmp_pat
     import time
     out = tmp_path / "cut"
     args = ["synth", "--datasets", "hmdb51", "--videos-per-class", "30", "--workers", "2"]
+    # SIGINT's default action, as under a terminal: a test run started in the background (`cmd &` in a
+    # script) passes SIGINT on ignored, and a synth that ignores it rightly finishes
     proc = subprocess.Popen([sys.executable, "-m", "jedi_pipe.cli", *args, "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 60
         while not list(out.rglob("*.avi")) and time.time() < deadline and proc.poll() is None:
