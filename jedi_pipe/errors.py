@@ -26,6 +26,10 @@ class UnavailableError(JediPipeError, RuntimeError):
     """This machine lacks what the step needs (a GPU, an optional package)."""
 
 
+class DivergedError(JediPipeError, FloatingPointError):
+    """The training loss stopped being a finite number (too high a learning rate, most often)."""
+
+
 def first_line(e: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (torch's come with pages of advice), cut at `limit`."""
     return (str(e).splitlines() or ["empty"])[0][:limit]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from . import distributed
 from . import shards as shardfmt
 from .config import Config, save_config, with_new_keys
-from .errors import InputError, MissingError, UnavailableError, first_line
+from .errors import DivergedError, InputError, MissingError, UnavailableError, first_line
 from .jedi import (JEDI, EMABaseline, FixMatchBaseline, Logits, StepOutput, add_students_avg, fit_teacher_heads_probe,
                    jedi_losses, precise_bn, update_averages)
 from .loaders import make_eval_loader, resolve_backend, role_loader
@@ -486,6 +487,8 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        diverged = functools.partial(stop_if_diverged, f"expert {d.name}", step + 1, "pretrain.lr", cfg.pretrain.lr,
+                                     "run again (an expert with other settings starts from step 0)")
         if step % LOG_EVERY == 0 or step == total - 1:
             mean = distributed.mean_over_ranks({"loss": loss.item()})
             if distributed.is_main():
@@ -493,8 +496,12 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
                                                       "lr": opt.param_groups[0]["lr"]}])
                 if say is not None and progress.due() and step < total - 1:
                     say(progress.line(step + 1, f"expert {d.name}, loss {mean['loss']:.3f}"))
+            diverged(loss=mean["loss"])
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
+            diverged(model=model)
             save_checkpoint(step + 1)
+    if start < total:
+        diverged(model=model)
     model.eval()
     distributed.sync_buffers(model)
     test = evaluate_logits(lambda x: {"expert": model(x)}, ss, cfg, device)["expert"]
@@ -512,6 +519,21 @@ def train_expert(cfg: Config, i: int, sets: dict, device, backend: str, rank: in
     distributed.barrier()   # every rank finds the expert before it goes on
     return d.name, test, (f"expert {d.name}: {total - start} steps in {time.time() - t0:.0f}s"
                           + (f" (resumed at step {start})" if start else "") + f", {expert_score_said(test, val)}")
+
+
+def stop_if_diverged(what: str, step: int, lr_key: str, lr: float, again: str,
+                     loss: float | None = None, model: torch.nn.Module | None = None) -> None:
+    """Stop a run that diverged: its (logged) loss, or its weights before they are saved, no longer
+    finite. Every later step would be wasted and its scores meaningless, and a checkpoint never holds
+    such weights. Ranks stop together: `loss` is the mean over ranks and the weights are the same."""
+    if loss is not None and not math.isfinite(loss):
+        reason = f"its loss is {loss}"
+    elif model is not None and not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        reason = "its weights are no longer finite numbers"
+    else:
+        return
+    raise DivergedError(f"{what} diverged at step {step}: {reason}, and training stopped before saving it. "
+                        f"Lower {lr_key} (now {lr:g}) or lengthen its warm-up, then {again}")
 
 
 def expert_score_said(test: dict, val: dict | None) -> str:
@@ -835,6 +857,8 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
         clips_done += sum(x.shape[0] for x in labeled.values()) + sum(x.shape[0] for x in unlabeled.values())
         distributed.trace_ids(step, batch)
 
+        diverged = functools.partial(stop_if_diverged, "the joint phase", step, "jedi.lr", cfg.jedi.lr,
+                                     "start it again with --overwrite")
         if step % LOG_EVERY == 0 or step == total:
             # clips/s of all ranks together; everything else is the mean over ranks
             flat = {"loss": logs["total"].item(), "clips_per_s": clips_done / t_step * world,
@@ -851,6 +875,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
                     StepRecord(step, n, opt.param_groups[0]["lr"], flat["loss"], flat["clips_per_s"], flat["input_wait"],
                                terms={k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(n + "/")})
                     for n in batch])
+            diverged(loss=flat["loss"])
             t_wait = t_step = 0.0
             clips_done = 0
         epoch_end = step % loader.steps_per_epoch == 0
@@ -868,6 +893,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
             log(progress.line(step, scores_said(scores, eval_split)))
             jedi.train()
         if step % cfg.checkpoint_every == 0 or step == total:
+            diverged(model=jedi)
             save_checkpoint()
 
     metrics_log.close()

@@ -546,3 +546,26 @@ def test_a_diverged_loss_is_logged_as_strict_json_and_read_back_as_nan(tmp_path)
     assert line["loss"] is None and line["distill"] is None and line["ce"] == 1.5
     (step,), _ = read_metrics(path)
     assert math.isnan(step.loss) and math.isnan(step.terms["distill"]) and step.terms["ce"] == 1.5
+
+
+def test_a_diverging_run_stops_with_one_sentence_and_saves_nothing_of_it(shard_dirs, tmp_path):
+    """A learning rate that blows the weights up ends the expert and the joint phase with a DivergedError
+    naming the lr to lower, and no checkpoint or expert file holds a non-finite weight."""
+    from jedi_pipe.errors import DivergedError
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run", ["pretrain.lr=1e30", "pretrain.epochs=3"])
+    with pytest.raises(DivergedError, match=r"expert hmdb51 diverged at step \d+: .*Lower pretrain\.lr \(now 1e\+30\)"):
+        pretrain(cfg, log=lambda m: None)
+    for f in (Path(cfg.out) / "experts").glob("*.pt"):   # a resume checkpoint from before, if any, is finite
+        assert all(torch.isfinite(v).all() for v in torch.load(f, weights_only=False)["model"].values()
+                   if v.is_floating_point()), f
+
+    # the joint phase from sound experts: a checkpoint every step, so one is due right after the blow-up
+    _, cfg = tiny_config(shard_dirs, tmp_path / "joint", ["jedi.lr=1e30", "jedi.warmup_steps=0",
+                                                          "checkpoint_every=1", "jedi.epochs=6"])
+    pretrain(cfg, log=lambda m: None)
+    with pytest.raises(DivergedError, match=r"the joint phase diverged at step \d+: .*Lower jedi\.lr \(now 1e\+30\)"
+                                            r".*--overwrite"):
+        train(cfg, log=lambda m: None)
+    ck = torch.load(Path(cfg.out) / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert not (Path(cfg.out) / "results.json").exists()
