@@ -118,6 +118,23 @@ def average_buffers(model: torch.nn.Module) -> None:
                 b /= world_size()
 
 
+def same_files(paths) -> None:
+    """Raise InputError on every rank unless every rank finds each of `paths` as rank 0 does (there or
+    not). Ranks decide from their own disk whether to resume, to pretrain, which experts to load; ranks
+    on nodes that do not share the run folder would decide apart and part ways silently (one resumed at
+    step s, another from step 0, until a collective hangs). A collective: every rank calls it."""
+    if world_size() == 1:
+        return
+    paths = [Path(p) for p in paths]
+    views = gather([p.is_file() for p in paths])
+    for r, view in enumerate(views):
+        for path, at_main, here in zip(paths, views[0], view):
+            if here != at_main:
+                raise InputError(f"rank {r} {'does not find' if at_main else 'finds'} {path}, rank 0 "
+                                 f"{'does' if at_main else 'does not'}: every process of a run must see one "
+                                 f"run folder (out on a filesystem that every node mounts)")
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

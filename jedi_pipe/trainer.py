@@ -346,6 +346,7 @@ def pretrain(cfg: Config, log=print) -> dict:
     threads give the same experts either way. On a GPU or under torchrun, one after another. Each
     worker is a fresh interpreter (expert_worker.py)."""
     rank, world = distributed.init()
+    distributed.same_files([p for d in cfg.datasets for p in (expert_path(cfg, d.name), resume_path(cfg, d.name))])
     check_batches(cfg)
     log = quiet_unless_main(log)
     device = pick_device(cfg)
@@ -751,13 +752,15 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
     Sets torch's thread count (torch_threads) and seeds the global RNGs (seed), as a script would.
     """
     ckpt_path, ck = Path(cfg.out) / "checkpoint.pt", None
+    names = [d.name for d in cfg.datasets]
     if resume and overwrite:
         raise InputError("resume (--resume) or overwrite (--overwrite), not both")
+    rank, world = distributed.init()
+    distributed.same_files([ckpt_path] + [expert_path(cfg, n) for n in names])
     if ckpt_path.is_file() and not (resume or overwrite):
         raise InputError(f"{ckpt_path} exists: a run was started in {cfg.out}. resume=True (--resume) goes on "
                          f"from it (a finished run is scored again); overwrite=True (--overwrite) starts again "
                          f"and replaces it")
-    rank, world = distributed.init()
     check_batches(cfg)
     log = quiet_unless_main(log)
     device = pick_device(cfg)
@@ -772,10 +775,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, log=print)
                              f"overwrite=True (--overwrite)")
     finished_experts(cfg)   # experts made with other settings are refused here too, before the folder is written
     out = prepare_run(cfg)
-    names = [d.name for d in cfg.datasets]
     if not all(expert_path(cfg, n).is_file() for n in names):
         log("experts missing: pretraining them first")
         pretrain(cfg, log=log)
+        distributed.same_files(expert_path(cfg, n) for n in names)   # rank 0 wrote them
     experts = {n: load_expert(cfg, n, device) for n in names}
     jcfg = loss_config(cfg.jedi)
 
@@ -1002,9 +1005,11 @@ def evaluate(cfg: Config, checkpoint=None, log=print, role: str = "test") -> dic
     distributed.init()
     log = quiet_unless_main(log)
     out = Path(cfg.out)
+    names = [d.name for d in cfg.datasets]
+    ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
+    distributed.same_files([ckpt] + [expert_path(cfg, n) for n in names])
     device = pick_device(cfg)
     sets = open_all(cfg)
-    names = [d.name for d in cfg.datasets]
     if role not in ("test", "val"):
         raise InputError(f"role: test or val, got {role!r}")
     lacking = [n for n in names if not sets[n].count(role)]
@@ -1017,7 +1022,6 @@ def evaluate(cfg: Config, checkpoint=None, log=print, role: str = "test") -> dic
             raise MissingError(f"no expert for {n} in {out / 'experts'}: run `jedi-pipe pretrain` first")
         experts[n] = load_expert(cfg, n, device).eval()
     joint, step = {}, None
-    ckpt = Path(checkpoint) if checkpoint else out / "checkpoint.pt"
     if ckpt.is_file():   # the experts in the joint model's pass: each clip decoded once
         step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["step"]
         joint = evaluate_jedi(load_joint(cfg, experts, ckpt, device), cfg, sets, device, role, experts=experts)

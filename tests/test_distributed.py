@@ -290,3 +290,26 @@ def test_a_rank_past_the_role_s_clips_merges_into_the_evaluation(monkeypatch):
     cfg = SimpleNamespace(clip=SimpleNamespace(eval_views=1, eval_crops=1), bf16=False)
     scores = trainer.evaluate_logits(lambda x: pytest.fail("no clip to run"), None, cfg, torch.device("cpu"))
     assert scores["expert"]["top1"] == 100.0 and scores["expert"]["n"] == 1
+
+
+@pytest.mark.parametrize("entry", ["train", "pretrain", "evaluate"])
+def test_ranks_that_see_different_run_folders_stop_before_parting_ways(shard_dirs, tmp_path, monkeypatch, entry):
+    """Nodes without a shared run folder: rank 0 finds the checkpoint and the experts, rank 1 (this
+    process) finds nothing. Each would decide on its own disk (rank 0 resumes at step s, rank 1 starts
+    from 0 and pretrains) until a collective hangs; instead every rank stops with one sentence, before
+    anything is written."""
+    from jedi_pipe import distributed, trainer
+    from jedi_pipe.errors import InputError
+    _, cfg = tiny_config(shard_dirs, tmp_path / "run")
+    monkeypatch.setattr(distributed, "init", lambda: (1, 2))
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    monkeypatch.setattr(distributed, "gather", lambda here: [[True] * len(here), here])
+    call = {"train": lambda: trainer.train(cfg, resume=True, log=None),
+            "pretrain": lambda: trainer.pretrain(cfg, log=None),
+            "evaluate": lambda: trainer.evaluate(cfg, log=None)}[entry]
+    first = tmp_path / "run" / ("experts/hmdb51.pt" if entry == "pretrain" else "checkpoint.pt")
+    with pytest.raises(InputError, match=re.escape(f"rank 1 does not find {first}, rank 0 does: every process "
+                                                   "of a run must see one run folder")):
+        call()
+    assert not (tmp_path / "run").exists()
