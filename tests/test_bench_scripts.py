@@ -19,6 +19,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
     (["split_speed.py", "--rounds", "0"], "--rounds at least 1"),
     (["shard_throughput.py", "--videos", "0"], "--videos, --workers and --rounds must be at least 1"),
     (["loader.py", "run", "--shards", ".", "--rounds", "0"], "'--rounds': 0 is not in the range x>=1"),  # click
+    (["early_draw.py", "nowhere", "--draw", "nowhere"], "error: no finished jedi+views run under nowhere"),
 ])
 def test_bad_input_is_one_line(argv, error, tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / argv[0]), *argv[1:]], cwd=tmp_path,
