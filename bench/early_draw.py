@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from learning import EARLY_STEP, _eval_at, pool_roles
+from learning import EARLY_STEP, _eval_at, draw_sets, pool_roles, table
 
 from jedi_pipe import shards as shardfmt
 from jedi_pipe import trainer
@@ -41,21 +41,15 @@ def early_scores(run_dir: Path, draw: Path, scratch: Path) -> tuple[dict, dict]:
     cfg = load_config(data=d)
     scratch.mkdir(parents=True)
     (scratch / "experts").symlink_to((run_dir / "experts").resolve())
-    draw_cfg = load_config(data={**d, "datasets": [{**ds, "shards": str(draw / "shards" / ds["name"])}
-                                                   for ds in d["datasets"]]})
-    draw_sets = trainer.open_all(draw_cfg)
-    for ds in d["datasets"]:   # the same classes in the same order, or the scores mean nothing
-        if draw_sets[ds["name"]].classes != shardfmt.open_shards(ds["shards"]).classes:
-            raise InputError(f"{draw}: {ds['name']}'s classes differ from those {run_dir} was trained on")
-    roles = [r for r in ("val", "test") if all(ss.count(r) for ss in draw_sets.values())]
+    on_draw, roles = draw_sets(d, draw, run_dir)
     device = trainer.pick_device(cfg)
-    expert_models = {n: trainer.load_expert(cfg, n, device).eval() for n in draw_sets}
+    expert_models = {n: trainer.load_expert(cfg, n, device).eval() for n in on_draw}
     evaluate_jedi, got = trainer.evaluate_jedi, {}
 
     def scored_on_the_draw_too(model, cfg, sets, device, role="test", experts=None):
         scores = evaluate_jedi(model, cfg, sets, device, role, experts)
         got["val"] = trainer.summary(scores)
-        got["draw"] = pool_roles([evaluate_jedi(model, cfg, draw_sets, device, r, experts=expert_models)
+        got["draw"] = pool_roles([evaluate_jedi(model, cfg, on_draw, device, r, experts=expert_models)
                                   for r in roles])
         raise _Reached
 
@@ -94,15 +88,14 @@ def main() -> None:
     names = list(per_seed[0]["expert"])
     print(f"\ntop-1 (%) at joint step {EARLY_STEP} on {args.draw} (val + test pooled), {args.run}, "
           f"mean ± std over {len(per_seed)} seeds\n")
-    print("| | " + " | ".join(names) + " | mean |\n| --- |" + " --- |" * (len(names) + 1))
-    for kind in [k for k in ("expert", "student", "teacher", "student_avg") if k in per_seed[0]]:
-        cells = [[s[kind][n] for s in per_seed] for n in names] + [[statistics.fmean(s[kind].values()) for s in per_seed]]
-        print(f"| {kind} | " + " | ".join(f"{statistics.fmean(c):.1f} ± {statistics.pstdev(c):.1f}" for c in cells) + " |")
+    kinds = [k for k in ("expert", "student", "teacher", "student_avg") if k in per_seed[0]]
+    print(table([{k: s[k] for k in kinds} for s in per_seed]), end="")
     by_seed = [statistics.fmean(s["student"][n] - s["expert"][n] for n in names) for s in per_seed]
     clips = {n: sum(shardfmt.open_shards(args.draw / "shards" / n).count(r) for r in ("val", "test")) for n in names}
     print(f"\nstudent - expert: mean {statistics.fmean(by_seed):+.1f} ± {statistics.pstdev(by_seed):.1f} "
           f"(seeds: {', '.join(f'{g:+.1f}' for g in by_seed)}); clips scored: "
           + ", ".join(f"{n} {c}" for n, c in clips.items()))
+
 
 if __name__ == "__main__":
     script_main(main)

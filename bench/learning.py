@@ -222,19 +222,23 @@ def _rescore_run(run_dir: Path, draw: Path) -> dict:
     """{kind: {dataset: top1}} of one run's final checkpoint and experts on the draw's val + test clips."""
     d = yaml.safe_load((run_dir / "config.yaml").read_text())
     d["out"] = str(run_dir)   # its experts are run_dir/experts, wherever the run was started from
-    trained_on = {ds["name"]: ds["shards"] for ds in d["datasets"]}
-    for ds in d["datasets"]:
-        ds["shards"] = str(draw / "shards" / ds["name"])
     cfg = load_config(data=d)
+    sets, roles = draw_sets(d, draw, run_dir)
     device = trainer.pick_device(cfg)
-    sets = trainer.open_all(cfg)
-    for n, ss in sets.items():   # the same classes in the same order, or the scores mean nothing
-        if ss.classes != shardfmt.open_shards(trained_on[n]).classes:
-            raise SystemExit(f"{draw}: {n}'s classes differ from those {run_dir} was trained on")
     experts = {n: trainer.load_expert(cfg, n, device).eval() for n in sets}
     model = trainer.load_joint(cfg, experts, run_dir / "checkpoint.pt", device)
-    roles = [r for r in ("val", "test") if all(ss.count(r) for ss in sets.values())]
     return pool_roles([trainer.evaluate_jedi(model, cfg, sets, device, role, experts=experts) for role in roles])
+
+
+def draw_sets(d: dict, draw: Path, run_dir: Path) -> tuple[dict, list[str]]:
+    """The shard sets of a draw for a run's config `d` (its datasets read from draw/shards/<name>), each
+    checked to hold the run's classes in the same order, and the roles every one of them has there."""
+    moved = {**d, "datasets": [{**ds, "shards": str(draw / "shards" / ds["name"])} for ds in d["datasets"]]}
+    sets = trainer.open_all(load_config(data=moved))
+    for ds in d["datasets"]:   # the same classes in the same order, or the scores mean nothing
+        if sets[ds["name"]].classes != shardfmt.open_shards(ds["shards"]).classes:
+            raise SystemExit(f"{draw}: {ds['name']}'s classes differ from those {run_dir} was trained on")
+    return sets, [r for r in ("val", "test") if all(ss.count(r) for ss in sets.values())]
 
 
 def pool_roles(per_role: list[dict]) -> dict:
